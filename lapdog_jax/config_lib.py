@@ -1,0 +1,168 @@
+"""The one config schema shared by every mode; configs/*.py pick a mode and a preset.
+
+Every field is declared here with a default and a one-line comment. Configs are returned
+locked (`lock_config`), so a typo in a `--config.x=y` override is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+MODES = ("sft", "lapdog", "reinforce", "grpo", "joint_grpo")
+PRESETS = ("small", "base", "large", "xl")
+
+# The paper's model sizes (T5 v1.1 reader family used by LAPDOG) and per-size learning rates.
+_PRESET_SIZES = {
+    "small": dict(lr=1e-4, batch_size=64),
+    "base": dict(lr=5e-5, batch_size=64),
+    "large": dict(lr=3e-5, batch_size=64),
+    "xl": dict(lr=1e-5, batch_size=64),
+}
+
+
+def _tiny_reader() -> ml_collections.ConfigDict:
+    """A T5 small enough to train on a laptop CPU in minutes (used when init.reader is empty)."""
+    return ml_collections.ConfigDict(dict(
+        d_model=64,  # hidden width
+        d_kv=16,  # per-head width
+        d_ff=128,  # feed-forward width
+        num_layers=2,  # encoder layers
+        num_decoder_layers=2,  # decoder layers
+        num_heads=4,  # attention heads
+        relative_attention_num_buckets=32,  # relative position buckets
+        relative_attention_max_distance=128,  # distance at which buckets saturate
+        feed_forward_proj="gated-gelu",  # 'relu' (T5 v1.0) or 'gated-gelu' (T5 v1.1 / Flan)
+        tie_word_embeddings=False,  # v1.0 ties input and output embeddings
+        dropout_rate=0.0,  # dropout in training
+    ))
+
+
+def _tiny_retriever() -> ml_collections.ConfigDict:
+    """A BERT small enough for a laptop CPU (used when init.retriever is empty)."""
+    return ml_collections.ConfigDict(dict(
+        hidden_size=64,  # hidden width
+        num_hidden_layers=2,  # encoder layers
+        num_attention_heads=4,  # attention heads
+        intermediate_size=128,  # feed-forward width
+        max_position_embeddings=128,  # longest input
+        dropout_rate=0.0,  # dropout in training
+    ))
+
+
+def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the locked config for `mode` ('sft', 'lapdog', ...) and `preset` (None = embedded)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if preset not in (None, "", *PRESETS):
+        raise ValueError(f"unknown preset {preset!r}; expected none or one of {PRESETS}")
+    c = ml_collections.ConfigDict()
+    c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo
+    c.preset = preset or ""  # '' = embedded default (synthetic data, tiny models)
+    c.seed = 0  # seeds params, data order, sampling
+    c.total_steps = 300  # optimizer steps
+    c.batch_size = 8  # global number of prompts per step
+    c.accumulation_steps = 1  # micro-batches per optimizer step
+    c.log_freq = 10  # steps between scalar logs
+    c.eval_freq = 100  # steps between evaluations (0 = only at the end)
+    c.save_freq = 100  # steps between checkpoints
+    c.keep = 3  # checkpoints kept
+    c.eval_size = 128  # eval examples per evaluation (0 = all)
+    c.max_bad_steps = 5  # consecutive non-finite steps before aborting
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = ""  # dialogue jsonl; '' = generate the embedded synthetic dataset
+    c.data.eval = ""  # dialogue jsonl for evaluation
+    c.data.passages = ""  # story corpus jsonl
+    c.data.tokenizer = ""  # HF tokenizer folder; '' = init.reader's, else train a SentencePiece
+    c.data.vocab_size = 1000  # SentencePiece vocab when training one from scratch
+    c.data.text_maxlength = 128  # reader source tokens per segment (LAPDOG --text_maxlength)
+    c.data.target_maxlength = 24  # reader target tokens (LAPDOG --target_maxlength)
+    c.data.retriever_maxlength = 64  # retriever tokens for queries and passages
+    c.data.n_context = 1  # passages fed to the reader (LAPDOG --n_context)
+    c.data.retriever_from = "persona"  # retriever query: 'persona' or 'all'
+    c.data.fusion = "fid"  # 'fid' (encode each segment alone) or 'concat' (one long input)
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.seed = 0  # generator seed
+    c.data.synthetic.num_train = 2000  # train dialogues
+    c.data.synthetic.num_valid = 200  # valid dialogues
+    c.data.synthetic.num_stories = 200  # stories in the corpus
+
+    c.init = ml_collections.ConfigDict()
+    c.init.reader = ""  # HF T5 folder (e.g. a stage-1 export); '' = random tiny reader
+    c.init.retriever = ""  # HF BERT/Contriever folder; '' = random tiny retriever
+    c.init.reference = ""  # HF T5 folder for the KL reference; '' = the initial reader
+
+    c.model = ml_collections.ConfigDict()
+    c.model.reader = _tiny_reader()  # used only when init.reader is empty
+    c.model.retriever = _tiny_retriever()  # used only when init.retriever is empty
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.model.shared_retriever = True  # one encoder for queries and passages (LAPDOG)
+    c.model.normalize_embeddings = False  # L2-normalise retriever embeddings
+    c.model.train_passage_encoder = False  # train the passage side too (needs index refresh)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3  # reader learning rate (LAPDOG --lr)
+    c.optim.lr_retriever = 1e-4  # retriever learning rate (LAPDOG --lr_retriever)
+    c.optim.warmup_steps = 20  # linear warmup steps
+    c.optim.schedule = "linear"  # decay after warmup: 'linear' | 'cosine' | 'constant'
+    c.optim.weight_decay = 0.0  # AdamW decoupled weight decay
+    c.optim.clip_norm = 1.0  # global gradient-norm clip (0 = off)
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.999  # Adam beta2
+
+    c.retrieval = ml_collections.ConfigDict()
+    c.retrieval.pool_size = 8  # K passages scored per prompt (faiss top-K)
+    c.retrieval.refresh_index = 0  # steps between index rebuilds (0 = never)
+    c.retrieval.temperature_score = 0.1  # retriever score temperature τ (LAPDOG)
+    c.retrieval.temperature_gold = 0.1  # gold score temperature (LAPDOG stage 2)
+
+    c.grpo = ml_collections.ConfigDict()
+    c.grpo.group_size = 4  # G completions per (prompt, doc)
+    c.grpo.retriever_group_size = 2  # Gr docs sampled per prompt (joint mode)
+    c.grpo.num_iterations = 1  # updates per rollout (ratio vs old log-probs)
+    c.grpo.loss_type = "grpo_clip"  # grpo_clip | reinforce_with_baseline | no_baseline
+    c.grpo.loss_agg = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum_norm
+    c.grpo.scale_rewards = "group"  # std used in advantages: group | batch | none
+    c.grpo.kl_coeff = 0.02  # reader KL weight to the frozen reference (0 = no ref pass)
+    c.grpo.kl_coeff_retriever = 0.0  # retriever KL weight to the reference pool distribution
+    c.grpo.kl_estimator = "k3"  # k3 | k1
+    c.grpo.clip_epsilon = 0.2  # ε_low
+    c.grpo.clip_epsilon_high = 0.2  # ε_high (DAPO clip-higher when > ε_low)
+    c.grpo.mask_truncated = False  # leave completions with no EOS out of the loss
+    c.grpo.temperature = 1.0  # sampling (and loss log-prob) temperature
+    c.grpo.top_k = 0  # 0 = off
+    c.grpo.top_p = 1.0  # 1.0 = off
+    c.grpo.eps = 1e-4  # advantage std epsilon
+
+    c.reward = ml_collections.ConfigDict()
+    c.reward.gold_score_mode = "f1rougebleu"  # reward / gold score (LAPDOG --gold_score_mode)
+    c.reward.weights = (1.0, 1.0, 1.0)  # F1, ROUGE-L, BLEU weights (LAPDOG --metric_scale_factors)
+    c.reward.bleu_norm = "scale"  # 'scale' (BLEU/100) or 'l2' (LAPDOG: BLEU/||BLEU||_2)
+    c.reward.length_penalty = 0.0  # s in exp(-s|1-len ratio|) (LAPDOG --generation_length_penalty)
+    c.reward.backend = "device"  # 'device' (token ids, jitted) or 'host' (decoded text)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # data-parallel axis size (-1 = all remaining devices)
+    c.mesh.fsdp = 1  # parameter-sharding axis size
+    c.mesh.tensor = 1  # tensor-parallel axis size
+
+    if mode in ("sft",):
+        c.data.n_context = 0  # closed-book: no passages
+    if mode == "reinforce":
+        c.grpo.group_size = 1
+        c.grpo.loss_type = "no_baseline"
+        c.grpo.kl_coeff = 0.0
+    if preset:
+        c.optim.lr = _PRESET_SIZES[preset]["lr"]
+        c.batch_size = _PRESET_SIZES[preset]["batch_size"]
+        c.data.text_maxlength = 512
+        c.data.target_maxlength = 64
+        c.data.retriever_maxlength = 256
+        c.data.n_context = 6 if mode != "sft" else 0
+        c.retrieval.pool_size = 20
+        c.total_steps = 10000
+        c.eval_freq = 500
+        c.save_freq = 500
+        c.model.dtype = "bfloat16"
+    c.lock()
+    return c
