@@ -1,0 +1,416 @@
+"""Rewards (DESIGN §5): on device over token ids (jitted), and on host over decoded text.
+
+Device rewards take padded int id arrays `pred [..., T]` and `ref [..., R]` whose leading dims
+broadcast against each other (e.g. pred [B, Gr, G, T] with ref [B, 1, 1, R]); every function is
+jittable and vmappable. A token counts ("valid") unless it is negative, one of `special_ids`
+(pad 0, eos 1, unk, ... - any int array), at least `extra_ids_from` (T5's `<extra_id_*>` are the
+top 100 ids of the sentencepiece vocab: `extra_ids_from = len(tokenizer) - 100`), or at/after the
+first `eos_id` of its row. Valid tokens are compacted (n-grams span removed special tokens, as
+they do in the id string `' '.join(map(str, valid_ids))`), so each device metric equals the
+host reference on those id strings:
+
+- `unigram_f1`: multiset unigram F1 in 0..1 (LAPDOG `src/evaluation.py::f1`, no normalisation).
+- `sentence_bleu`: sacrebleu `BLEU(tokenize='none', effective_order=True).sentence_score`, 0..100
+  ('exp' smoothing, effective order, brevity penalty; 0 when nothing matches or either is empty).
+- `rouge_l`: the `rouge` 1.0.1 package's ROUGE-L f for one sentence, 0..1; see its docstring.
+- `distinct_n`: distinct n-grams / n-grams within each prediction, 0..1.
+- `length_ratio`: valid prediction length / valid reference length.
+- `combined_reward`: LAPDOG's `f1rougebleu` gold score with the GRPO length penalty.
+
+The host backend (`host_combined_reward`) computes the same combination on decoded text with
+LAPDOG's semantics; `host_reference_on_ids` is the id-level reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rouge import Rouge
+from sacrebleu.metrics import BLEU
+
+from lapdog_jax import metrics
+
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+T5_NUM_EXTRA_IDS = 100
+MAX_ORDER = 4
+BLEU_NORMS = ("scale", "l2")
+# The `rouge` package adds this to P + R in its F formula; kept so the numbers match it.
+_ROUGE_EPS = 1e-8
+
+
+def t5_special_ids(tokenizer_size: int = 32100) -> tuple[np.ndarray, int]:
+    """(special_ids, extra_ids_from) for a T5 sentencepiece tokenizer of `len(tokenizer)` ids."""
+    return np.array([PAD_ID, EOS_ID, UNK_ID], np.int32), tokenizer_size - T5_NUM_EXTRA_IDS
+
+
+def valid_mask(ids, special_ids, eos_id: int | None = EOS_ID, extra_ids_from: int | None = None):
+    """[..., L] bool: the token counts (not special, not an extra id, before the first EOS)."""
+    special = jnp.isin(ids, jnp.asarray(special_ids, dtype=ids.dtype)) | (ids < 0)
+    if extra_ids_from is not None:
+        special |= ids >= extra_ids_from
+    if eos_id is not None:
+        special |= jnp.cumsum(ids == eos_id, axis=-1) > 0
+    return ~special
+
+
+def _compact(ids_L, valid_L):
+    """Moves the valid tokens of one row to the front: (ids [L] (tail -1), length [])."""
+    (size,) = ids_L.shape
+    dest = jnp.where(valid_L, jnp.cumsum(valid_L) - 1, size)
+    out = jnp.full((size,), -1, ids_L.dtype).at[dest].set(ids_L, mode="drop")
+    return out, valid_L.sum()
+
+
+def _shift_up_left(eq, k):
+    """eq[i + k, j + k] (False beyond the edge) for a [La, Lb] matrix."""
+    if k == 0:
+        return eq
+    return jnp.zeros_like(eq).at[:-k, :-k].set(eq[k:, k:])
+
+
+def _ngram_eq(a, a_len, b, b_len, max_order):
+    """[max_order, La, Lb] bool: n-gram of a at i == n-gram of b at j (both in range)."""
+    eq1 = a[:, None] == b[None, :]
+    eqs, eq = [], jnp.ones_like(eq1)
+    for n in range(1, max_order + 1):
+        eq = eq & _shift_up_left(eq1, n - 1)
+        in_a = jnp.arange(a.shape[0]) + n <= a_len
+        in_b = jnp.arange(b.shape[0]) + n <= b_len
+        eqs.append(eq & in_a[:, None] & in_b[None, :])
+    return jnp.stack(eqs)
+
+
+def _ngram_counts(h, h_len, r, r_len, max_order):
+    """Clipped n-gram matches, hypothesis n-grams and distinct ones, each [max_order] int32."""
+    hh = _ngram_eq(h, h_len, h, h_len, max_order)  # [N, T, T]
+    hr = _ngram_eq(h, h_len, r, r_len, max_order)  # [N, T, R]
+    (size,) = h.shape
+    earlier = jnp.tril(jnp.ones((size, size), bool), k=-1)
+    # Occurrence rank among equal hypothesis n-grams: the k-th copy matches iff the reference
+    # holds more than k copies, which sums to sacrebleu's min(count_hyp, count_ref) per n-gram.
+    rank = (hh & earlier).sum(-1)  # [N, T]
+    count_ref = hr.sum(-1)  # [N, T]
+    orders = jnp.arange(1, max_order + 1)[:, None]
+    in_hyp = jnp.arange(size)[None, :] + orders <= h_len  # [N, T]
+    correct = (in_hyp & (rank < count_ref)).sum(-1)
+    distinct = (in_hyp & (rank == 0)).sum(-1)
+    total = jnp.maximum(h_len - orders[:, 0] + 1, 0)
+    return correct, total, distinct
+
+
+def _bleu_from_counts(correct, total, h_len, r_len):
+    """sacrebleu `compute_bleu` with smooth 'exp' and effective order, 0..100 (float32)."""
+    correct, total = correct.astype(jnp.float32), total.astype(jnp.float32)
+    h_len, r_len = h_len.astype(jnp.float32), r_len.astype(jnp.float32)
+    bp = jnp.where(h_len < r_len, jnp.exp(1.0 - r_len / jnp.maximum(h_len, 1.0)), 1.0)
+    bp = jnp.where(h_len > 0, bp, 0.0)
+    used = total > 0  # a prefix: sacrebleu stops at the first order with no n-grams
+    zero = used & (correct == 0)
+    # 'exp' smoothing: the k-th order with no match gets precision 100 / (2^k * total).
+    smooth = 2.0 ** jnp.cumsum(zero)
+    safe_total = jnp.where(used, total, 1.0)
+    prec = jnp.where(correct > 0, 100.0 * correct / safe_total, 100.0 / (smooth * safe_total))
+    log_p = jnp.where(used, jnp.log(prec), 0.0)
+    eff_order = jnp.maximum(used.sum(), 1)
+    score = bp * jnp.exp(log_p.sum() / eff_order)
+    return jnp.where(correct.sum() > 0, score, 0.0)
+
+
+def _lcs_table(x, y):
+    """[Lx + 1, Ly + 1] int32 LCS DP table of x (rows) against y (columns)."""
+    def row(prev, x_i):
+        match = (x_i == y).astype(jnp.int32)
+        # table[i, j] = max(up, left, diag + match) = running max over j of max(up, diag + match).
+        cand = jnp.maximum(prev[1:], prev[:-1] + match)
+        new = jnp.concatenate([jnp.zeros((1,), jnp.int32), jax.lax.cummax(cand)])
+        return new, new
+
+    first = jnp.zeros((y.shape[0] + 1,), jnp.int32)
+    _, rows = jax.lax.scan(row, first, x)
+    return jnp.concatenate([first[None], rows])
+
+
+def _lcs_taken(x, x_len, y, y_len, table):
+    """[Lx] bool: positions of x on the LCS that `rouge`'s `_recon_lcs` reconstructs."""
+    def step(_, state):
+        i, j, taken = state
+        live = (i > 0) & (j > 0)
+        same = live & (x[i - 1] == y[j - 1])
+        up = live & ~same & (table[i - 1, j] > table[i, j - 1])
+        left = live & ~same & ~up
+        taken = taken.at[i - 1].set(taken[i - 1] | same)
+        return i - (same | up).astype(i.dtype), j - (same | left).astype(j.dtype), taken
+
+    start = (x_len.astype(jnp.int32), y_len.astype(jnp.int32), jnp.zeros(x.shape, bool))
+    return jax.lax.fori_loop(0, x.shape[0] + y.shape[0], step, start)[2]
+
+
+def _num_distinct(ids, keep):
+    """Number of distinct values among ids[keep] (first occurrences), int32."""
+    (size,) = ids.shape
+    earlier = jnp.tril(jnp.ones((size, size), bool), k=-1)
+    seen = (earlier & (ids[:, None] == ids[None, :]) & keep[None, :]).any(-1)
+    return (keep & ~seen).sum()
+
+
+def _rouge_l_pair(h, h_len, r, r_len, exclusive):
+    """`rouge` 1.0.1 ROUGE-L f of one compacted pair (single sentence), 0..1."""
+    table = _lcs_table(r, h)
+    if exclusive:
+        taken = _lcs_taken(r, r_len, h, h_len, table)
+        llcs = _num_distinct(r, taken)
+        m = _num_distinct(r, jnp.arange(r.shape[0]) < r_len)
+        n = _num_distinct(h, jnp.arange(h.shape[0]) < h_len)
+    else:
+        llcs, m, n = table[r_len, h_len], r_len, h_len
+    p = llcs / jnp.maximum(n, 1)
+    rc = llcs / jnp.maximum(m, 1)
+    f = 2.0 * (p * rc / (p + rc + _ROUGE_EPS))
+    return jnp.where((h_len > 0) & (r_len > 0), f, 0.0).astype(jnp.float32)
+
+
+def _pair_stats(pred_T, ref_R, special_ids, eos_id, extra_ids_from, max_order, exclusive):
+    """All per-pair statistics of one (prediction [T], reference [R]) as float32 scalars."""
+    h, h_len = _compact(pred_T, valid_mask(pred_T, special_ids, eos_id, extra_ids_from))
+    r, r_len = _compact(ref_R, valid_mask(ref_R, special_ids, eos_id, extra_ids_from))
+    r = jnp.where(r < 0, -2, r)  # padding of h (-1) must never equal padding of r
+    order = max(max_order, 2)
+    correct, total, distinct = _ngram_counts(h, h_len, r, r_len, order)
+    hl, rl = h_len.astype(jnp.float32), r_len.astype(jnp.float32)
+    f1 = jnp.where(correct[0] > 0, 2.0 * correct[0] / jnp.maximum(hl + rl, 1.0), 0.0)
+    ratio = jnp.where(rl > 0, hl / jnp.maximum(rl, 1.0), jnp.where(hl > 0, hl, 1.0))
+    return dict(
+        f1=f1,
+        bleu=_bleu_from_counts(correct[:max_order], total[:max_order], h_len, r_len),
+        rouge_l=_rouge_l_pair(h, h_len, r, r_len, exclusive),
+        distinct_1=jnp.where(total[0] > 0, distinct[0] / jnp.maximum(total[0], 1), 0.0),
+        distinct_2=jnp.where(total[1] > 0, distinct[1] / jnp.maximum(total[1], 1), 0.0),
+        length_ratio=ratio,
+        pred_len=hl,
+        ref_len=rl,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("eos_id", "extra_ids_from", "max_order", "exclusive"))
+def reward_stats(pred, ref, special_ids, *, eos_id: int | None = EOS_ID,
+                 extra_ids_from: int | None = None, max_order: int = MAX_ORDER,
+                 exclusive: bool = True) -> dict[str, jax.Array]:
+    """Every device statistic of pred [..., T] vs ref [..., R]: a dict of float32 [...] arrays."""
+    pred, ref = jnp.asarray(pred), jnp.asarray(ref)
+    lead = jnp.broadcast_shapes(pred.shape[:-1], ref.shape[:-1])
+    pred_NxT = jnp.broadcast_to(pred, lead + pred.shape[-1:]).reshape(-1, pred.shape[-1])
+    ref_NxR = jnp.broadcast_to(ref, lead + ref.shape[-1:]).reshape(-1, ref.shape[-1])
+    fn = functools.partial(
+        _pair_stats, special_ids=jnp.asarray(special_ids), eos_id=eos_id,
+        extra_ids_from=extra_ids_from, max_order=max_order, exclusive=exclusive)
+    stats = jax.vmap(fn)(pred_NxT, ref_NxR)
+    return {k: v.reshape(lead) for k, v in stats.items()}
+
+
+def unigram_f1(pred, ref, special_ids, **kw):
+    """Multiset unigram F1 of valid ids, [...] in 0..1 (0 when nothing is shared)."""
+    return reward_stats(pred, ref, special_ids, **kw)["f1"]
+
+
+def sentence_bleu(pred, ref, special_ids, max_order: int = MAX_ORDER, **kw):
+    """sacrebleu sentence BLEU (tokenize='none', effective_order, 'exp' smoothing), [...] 0..100."""
+    return reward_stats(pred, ref, special_ids, max_order=max_order, **kw)["bleu"]
+
+
+def rouge_l(pred, ref, special_ids, exclusive: bool = True, **kw):
+    """`rouge` 1.0.1 ROUGE-L f on one sentence of ids, [...] in 0..1 (0 if either is empty).
+
+    The package computes F = 2PR / (P + R + 1e-8) with P = LCS_u / n, R = LCS_u / m. With its
+    default `exclusive=True`, m and n are the numbers of *distinct* reference / prediction
+    tokens and LCS_u the number of distinct tokens on the one LCS its backtracking picks
+    (prefer the match, then the row above only if strictly longer, else the column to the left);
+    with `exclusive=False` they are plain lengths and the LCS length (classic ROUGE-L F1).
+    """
+    return reward_stats(pred, ref, special_ids, exclusive=exclusive, **kw)["rouge_l"]
+
+
+def distinct_n(pred, special_ids, n: int = 1, **kw):
+    """Distinct n-grams / n-grams within each prediction [..., T] -> [...] (0 when it has none)."""
+    if n not in (1, 2):
+        raise ValueError(f"distinct_n supports n=1 or 2, got {n}")
+    pred = jnp.asarray(pred)
+    ref = jnp.zeros(pred.shape[:-1] + (1,), pred.dtype)
+    return reward_stats(pred, ref, special_ids, **kw)[f"distinct_{n}"]
+
+
+def length_ratio(pred, ref, special_ids, **kw):
+    """ρ = valid prediction / valid reference length, [...] (1 if both empty, len if ref is)."""
+    return reward_stats(pred, ref, special_ids, **kw)["length_ratio"]
+
+
+def normalize_bleu(bleu, bleu_norm: str):
+    """BLEU' = BLEU/100 ('scale') or BLEU/‖BLEU‖₂ over the whole batch ('l2'; 0 if all are 0)."""
+    if bleu_norm == "scale":
+        return bleu / 100.0
+    if bleu_norm == "l2":
+        norm = jnp.sqrt(jnp.sum(jnp.square(bleu)))
+        return jnp.where(norm > 0, bleu / jnp.where(norm > 0, norm, 1.0), 0.0)
+    raise ValueError(f"unknown bleu_norm {bleu_norm!r}; expected one of {BLEU_NORMS}")
+
+
+def length_penalty_factor(ratio, length_penalty: float):
+    """exp(-s'·|1 - ρ|) with s' = 2s when ρ < 1 (too short is penalised twice as hard), else s."""
+    s = jnp.where(ratio < 1.0, 2.0 * length_penalty, length_penalty)
+    return jnp.exp(-s * jnp.abs(1.0 - ratio))
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "bleu_norm", "eos_id", "extra_ids_from", "max_order", "exclusive"))
+def combined_reward(pred, ref, special_ids, weights: Sequence[float] = (1.0, 1.0, 1.0),
+                    bleu_norm: str = "scale", length_penalty: float = 0.0, *,
+                    eos_id: int | None = EOS_ID, extra_ids_from: int | None = None,
+                    max_order: int = MAX_ORDER, exclusive: bool = True):
+    """LAPDOG `f1rougebleu` reward on ids, pred [..., T], ref [..., R] -> [...] (DESIGN §5).
+
+    r = (w_f1·F1 + w_rouge·ROUGE-L + w_bleu·BLEU') · exp(-s'·|1-ρ|), with F1 and ROUGE-L in 0..1,
+    BLEU' from `normalize_bleu` ('l2' normalises over every element of the batch, as LAPDOG does
+    over bsz × n_context), ρ from `length_ratio` and s' from `length_penalty_factor`.
+    """
+    w_f1, w_rouge, w_bleu = weights
+    stats = reward_stats(pred, ref, special_ids, eos_id=eos_id, extra_ids_from=extra_ids_from,
+                         max_order=max_order, exclusive=exclusive)
+    score = (w_f1 * stats["f1"] + w_rouge * stats["rouge_l"]
+             + w_bleu * normalize_bleu(stats["bleu"], bleu_norm))
+    return score * length_penalty_factor(stats["length_ratio"], length_penalty)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: decoded text (LAPDOG semantics) and the id-level reference used by the tests.
+
+_ROUGE = Rouge()
+
+
+def host_text_scores(predictions: Sequence[str], references: Sequence[str],
+                     squad_normalize: bool = False) -> dict[str, np.ndarray]:
+    """Per-pair F1 (0..1), ROUGE-L f (0..1), BLEU (0..100) and word-length ratio on text.
+
+    As LAPDOG's `Lapdog.f1rougebleu_score`: F1 on whitespace words (its `f1_score` is called
+    without a normaliser; `squad_normalize=True` applies SQuAD's), ROUGE-L from the `rouge`
+    package (0 for an empty side or text it rejects), sacrebleu `BLEU(effective_order=True)`
+    sentence score with the default 13a tokenizer.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions vs {len(references)} references")
+    bleu = BLEU(effective_order=True)
+    pairs = list(zip(predictions, references, strict=True))
+    f1 = [metrics.token_f1(p, r, squad_normalize) for p, r in pairs]
+    rl = [metrics.rouge_scores(p, r)[2] for p, r in pairs]
+    bl = [bleu.sentence_score(p, [r]).score for p, r in pairs]
+    ratio = [_ratio(len(p.split()), len(r.split())) for p, r in pairs]
+    return dict(f1=np.array(f1, np.float64), rouge_l=np.array(rl, np.float64),
+                bleu=np.array(bl, np.float64), length_ratio=np.array(ratio, np.float64))
+
+
+def _ratio(pred_len: int, ref_len: int) -> float:
+    """ρ with the device conventions: 1 when both are empty, pred_len when only ref is."""
+    if ref_len == 0:
+        return float(pred_len) if pred_len else 1.0
+    return pred_len / ref_len
+
+
+def _host_combine(scores: dict[str, np.ndarray], weights, bleu_norm: str,
+                  length_penalty: float) -> np.ndarray:
+    """The DESIGN §5 combination in float64 numpy (see `combined_reward`)."""
+    bleu = scores["bleu"]
+    if bleu_norm == "scale":
+        bleu_n = bleu / 100.0
+    elif bleu_norm == "l2":
+        norm = math.sqrt(float(np.sum(bleu * bleu)))
+        bleu_n = bleu / norm if norm > 0 else np.zeros_like(bleu)
+    else:
+        raise ValueError(f"unknown bleu_norm {bleu_norm!r}; expected one of {BLEU_NORMS}")
+    w_f1, w_rouge, w_bleu = weights
+    score = w_f1 * scores["f1"] + w_rouge * scores["rouge_l"] + w_bleu * bleu_n
+    ratio = scores["length_ratio"]
+    s = np.where(ratio < 1.0, 2.0 * length_penalty, length_penalty)
+    return score * np.exp(-s * np.abs(1.0 - ratio))
+
+
+def host_combined_reward(predictions: Sequence[str], references: Sequence[str],
+                         weights: Sequence[float] = (1.0, 1.0, 1.0), bleu_norm: str = "scale",
+                         length_penalty: float = 0.0, squad_normalize: bool = False) -> np.ndarray:
+    """`combined_reward` on decoded text with LAPDOG's metric semantics -> [N] float64."""
+    scores = host_text_scores(predictions, references, squad_normalize)
+    return _host_combine(scores, weights, bleu_norm, length_penalty)
+
+
+def _valid_ids(row: Sequence[int], special: set[int], eos_id, extra_ids_from) -> list[int]:
+    """The ids of one row that count, in order (Python reference of `valid_mask`)."""
+    out = []
+    for t in (int(x) for x in row):
+        if eos_id is not None and t == eos_id:
+            break
+        if t < 0 or t in special or (extra_ids_from is not None and t >= extra_ids_from):
+            continue
+        out.append(t)
+    return out
+
+
+def host_reference_on_ids(pred_ids, ref_ids, special_ids, *, eos_id: int | None = EOS_ID,
+                          extra_ids_from: int | None = None, max_order: int = MAX_ORDER,
+                          exclusive: bool = True) -> dict[str, np.ndarray]:
+    """Python reference of `reward_stats` on [N, T] / [N, R] ids, via sacrebleu and `rouge`."""
+    special = {int(s) for s in np.asarray(special_ids).ravel()}
+    bleu = BLEU(tokenize="none", effective_order=True, max_ngram_order=max_order)
+    rouge = Rouge(metrics=["rouge-l"], exclusive=exclusive)
+    out = collections.defaultdict(list)
+    for p_row, r_row in zip(np.asarray(pred_ids), np.asarray(ref_ids), strict=True):
+        p = _valid_ids(p_row, special, eos_id, extra_ids_from)
+        r = _valid_ids(r_row, special, eos_id, extra_ids_from)
+        p_str, r_str = " ".join(map(str, p)), " ".join(map(str, r))
+        out["f1"].append(metrics.token_f1(p_str, r_str, squad_normalize=False))
+        out["bleu"].append(bleu.sentence_score(p_str, [r_str]).score)
+        rl = rouge.get_scores(p_str, r_str)[0]["rouge-l"]["f"] if p and r else 0.0
+        out["rouge_l"].append(rl)
+        for n in (1, 2):
+            grams = [tuple(p[i:i + n]) for i in range(len(p) - n + 1)]
+            out[f"distinct_{n}"].append(len(set(grams)) / len(grams) if grams else 0.0)
+        out["length_ratio"].append(_ratio(len(p), len(r)))
+        out["pred_len"].append(float(len(p)))
+        out["ref_len"].append(float(len(r)))
+    return {k: np.array(v, np.float64) for k, v in out.items()}
+
+
+def host_reference_reward_on_ids(pred_ids, ref_ids, special_ids,
+                                 weights: Sequence[float] = (1.0, 1.0, 1.0),
+                                 bleu_norm: str = "scale", length_penalty: float = 0.0,
+                                 **kw) -> np.ndarray:
+    """Python reference of `combined_reward` on [N, T] / [N, R] ids -> [N] float64."""
+    scores = host_reference_on_ids(pred_ids, ref_ids, special_ids, **kw)
+    return _host_combine(scores, weights, bleu_norm, length_penalty)
+
+
+# 'device' takes padded ids (jit it inside the step); 'host' takes decoded strings.
+REWARD_BACKENDS: dict[str, Callable[..., object]] = {
+    "device": combined_reward,
+    "host": host_combined_reward,
+}
+
+
+def make_reward_fn(reward_config, special_ids=None, **kw) -> Callable[..., object]:
+    """The `config.reward` combination bound to its backend: f(pred, ref) -> rewards."""
+    if reward_config.gold_score_mode != "f1rougebleu":
+        raise ValueError(f"unknown gold_score_mode {reward_config.gold_score_mode!r}")
+    if reward_config.backend not in REWARD_BACKENDS:
+        raise ValueError(f"unknown reward backend {reward_config.backend!r}; "
+                         f"expected one of {tuple(REWARD_BACKENDS)}")
+    common = dict(weights=tuple(reward_config.weights), bleu_norm=reward_config.bleu_norm,
+                  length_penalty=reward_config.length_penalty)
+    if reward_config.backend == "host":
+        return functools.partial(host_combined_reward, **common)
+    if special_ids is None:
+        raise ValueError("the device reward backend needs special_ids")
+    return functools.partial(combined_reward, special_ids=jnp.asarray(special_ids), **common, **kw)
