@@ -1,0 +1,195 @@
+"""Multi-process (multi-host) setup and the per-process slice of every global batch.
+
+`initialize()` runs before anything touches devices. It joins a JAX cluster when one is asked
+for or detected, and is a no-op in a plain single-process run:
+
+- explicit: arguments, else the environment variables
+    LAPDOG_COORDINATOR    host:port of process 0's coordinator, e.g. 127.0.0.1:12345
+    LAPDOG_NUM_PROCESSES  number of processes N (1 = single process, skips auto-detection)
+    LAPDOG_PROCESS_ID     this process's index in [0, N)
+  (arguments win over the environment; see launch/local_multiprocess.sh);
+- SLURM (`srun` with more than one task) and Cloud TPU VMs: `jax.distributed.initialize()`
+  auto-detects coordinator, count and index (launch/slurm_gpu.sh, launch/tpu_pod.sh).
+
+Each process then feeds its own rows of a global batch (`host_local_batch_slice`) and
+`global_array_from_host` assembles them into one jax.Array sharded over the mesh.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+ENV_COORDINATOR = "LAPDOG_COORDINATOR"
+ENV_NUM_PROCESSES = "LAPDOG_NUM_PROCESSES"
+ENV_PROCESS_ID = "LAPDOG_PROCESS_ID"
+
+# The variables jax's own SLURM detection needs (they are set inside an `srun` step).
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID")
+
+
+def _env_int(name: str) -> int | None:
+    """Reads an integer environment variable; None when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _slurm_processes() -> int:
+    """Number of tasks of the enclosing `srun` step (0 outside SLURM)."""
+    if not all(os.environ.get(v) for v in _SLURM_VARS):
+        return 0
+    return int(os.environ["SLURM_NTASKS"])
+
+
+def _on_cloud_tpu() -> bool:
+    """True on a Cloud TPU VM (libtpu installed and TPU chips on the PCI bus)."""
+    if importlib.util.find_spec("libtpu") is None:
+        return False
+    try:  # jax's own check (PCI ids), as used by its TPU cluster detection
+        from jax._src import hardware_utils
+
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except (ImportError, AttributeError, OSError):
+        return False
+
+
+def _slurm_local_device_ids() -> list[int] | None:
+    """All GPUs of the node when SLURM runs one task per node, else None (jax's default).
+
+    jax's SLURM detection pins each process to GPU `SLURM_LOCALID`, which is right for one task
+    per GPU but would leave all GPUs but one idle with one task per node.
+    """
+    if os.environ.get("JAX_LOCAL_DEVICE_IDS"):
+        return None
+    tasks = os.environ.get("SLURM_STEP_TASKS_PER_NODE", os.environ.get("SLURM_TASKS_PER_NODE"))
+    if tasks is None or tasks.split("(")[0] != "1":
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    n = len(visible.split(",")) if visible else int(os.environ.get("SLURM_GPUS_ON_NODE", 0))
+    return list(range(n)) if n else None
+
+
+def resolve(coordinator_address: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None) -> tuple[str | None, int | None, int | None, str]:
+    """Returns (coordinator, N, index, how) from arguments, LAPDOG_* variables and the cluster.
+
+    `how` is 'single' (do nothing), 'explicit' (arguments/variables) or 'slurm' / 'tpu'
+    (leave the missing values to jax's auto-detection).
+    """
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"num_processes ({ENV_NUM_PROCESSES}) must be >= 1, got {num_processes}")
+    if num_processes == 1:
+        return None, 1, 0, "single"
+    if num_processes is not None:
+        if coordinator_address is None or process_id is None:
+            raise ValueError(f"{num_processes} processes need a coordinator address "
+                             f"({ENV_COORDINATOR}) and a process id ({ENV_PROCESS_ID})")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process id ({ENV_PROCESS_ID}) {process_id} is not in "
+                             f"[0, {num_processes})")
+        return coordinator_address, num_processes, process_id, "explicit"
+    if _slurm_processes() > 1:
+        return coordinator_address, None, process_id, "slurm"
+    if _on_cloud_tpu():
+        return coordinator_address, None, process_id, "tpu"
+    if coordinator_address is not None or process_id is not None:
+        raise ValueError(f"a coordinator or process id is set but not the number of processes "
+                         f"({ENV_NUM_PROCESSES})")
+    return None, 1, 0, "single"
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None,
+               local_device_ids: Sequence[int] | None = None) -> bool:
+    """Joins the JAX cluster if one is configured or detected; returns True if it did."""
+    if jax.distributed.is_initialized():
+        logging.info("jax.distributed already initialized")
+        return True
+    coordinator_address, num_processes, process_id, how = resolve(
+        coordinator_address, num_processes, process_id)
+    if how != "single":
+        if how == "slurm" and local_device_ids is None:
+            local_device_ids = _slurm_local_device_ids()
+        # CPU processes need a cross-process collectives backend; it must be chosen before the
+        # CPU client exists and only affects CPU devices, so it is safe on GPU/TPU runs too.
+        if not jax.config.jax_cpu_collectives_implementation:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        logging.info("joining a JAX cluster (%s): coordinator=%s num_processes=%s process_id=%s",
+                     how, coordinator_address, num_processes, process_id)
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id,
+                                   local_device_ids=local_device_ids)
+    logging.info("process %d of %d; %d local devices, %d global devices (%s)",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count(), jax.default_backend())
+    return how != "single"
+
+
+def is_main_process() -> bool:
+    """True on process 0, the one that writes logs, configs and eval files."""
+    return jax.process_index() == 0
+
+
+def host_local_batch_slice(global_batch_size: int, sharding: jax.sharding.Sharding | None = None,
+                           *, process_index: int | None = None,
+                           process_count: int | None = None) -> slice:
+    """Rows of a global batch this process feeds.
+
+    Without `sharding`: the contiguous block `process_index * per_host ... + per_host`, which is
+    what `global_array_from_host` expects for a mesh built from `jax.devices()` (devices grouped
+    by process). With `sharding`: the rows its addressable devices hold, which also covers
+    meshes whose replicated axes span processes (those processes then feed the same rows).
+    """
+    if sharding is not None:
+        return _rows_of(sharding, global_batch_size)
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % count:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by "
+                         f"{count} processes")
+    per_host = global_batch_size // count
+    return slice(index * per_host, (index + 1) * per_host)
+
+
+def _rows_of(sharding: jax.sharding.Sharding, global_batch_size: int) -> slice:
+    """The contiguous range of leading-axis rows held by this process's devices."""
+    indices = sharding.addressable_devices_indices_map((global_batch_size,)).values()
+    ranges = sorted({idx[0].indices(global_batch_size)[:2] for idx in indices})
+    rows = np.unique(np.concatenate([np.arange(a, b) for a, b in ranges]))
+    if rows[-1] - rows[0] + 1 != len(rows):
+        raise ValueError(f"this process's rows of a batch of {global_batch_size} are not "
+                         f"contiguous under {sharding}; use a mesh built from jax.devices()")
+    return slice(int(rows[0]), int(rows[-1]) + 1)
+
+
+def global_array_from_host(host_batch: Any, sharding: jax.sharding.Sharding,
+                           global_batch_size: int | None = None) -> Any:
+    """Assembles each process's rows (a pytree of [B_local, ...] arrays) into global jax.Arrays.
+
+    The leading axis is split over `sharding` (e.g. the mesh's data axis); by default jax infers
+    the global batch size from the sharding (B_local times the processes feeding distinct rows).
+    """
+    def one(x):
+        x = np.asarray(x)
+        shape = None if global_batch_size is None else (global_batch_size, *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+    return jax.tree.map(one, host_batch)
+
+
+# The trainer and evaluator's name for `global_array_from_host`.
+global_batch = global_array_from_host
