@@ -1,0 +1,273 @@
+"""Host input pipeline: dialogues -> fixed-shape numpy batches, in a resumable order.
+
+Batch contract (what the step functions rely on). B prompts (rows of this process), K pool
+passages, S reader source length, T target length, Lq / Lp retriever query / passage length.
+Device dict (numpy arrays, leading batch dimension B, so it can be sharded on 'data'):
+  reader_ids   int32 [B, K, S]  reader segment "{query} story title: {title} story: {text}"
+                                 per pool passage (K=1 and the query alone when closed-book)
+  reader_mask  int32 [B, K, S]  1 on tokens, 0 on padding
+  target_ids   int32 [B, T]     "<extra_id_0> {answer}" + EOS, right-padded with pad id
+  target_mask  int32 [B, T]
+  query_ids    int32 [B, Lq]    retriever query tokens (retriever tokenizer)
+  query_mask   int32 [B, Lq]
+  passage_ids  int32 [B, K, Lp] retriever tokens of "{title} {text}" per pool passage
+  passage_mask int32 [B, K, Lp]  (both absent when closed-book)
+  pool_gold    bool  [B, K]     pool passage is a gold passage (all False when unknown)
+Host dict (never sent to devices): questions, answers (all references per row), targets (the
+answer trained on), pool_passage_ids [B][K], gold_passage_ids, num_valid (real rows; eval
+batches are padded by repeating the last dialogue).
+
+Sequences longer than their length are truncated on the right (LAPDOG's `truncation=True`);
+every truncation is counted per field in `TruncationStats` and logged, never silent.
+The order of an epoch is a permutation drawn from (seed, epoch); the iterator position
+(epoch, index) can be saved and restored, so a resumed run sees the same next batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from absl import logging
+
+from lapdog_jax.data import (
+    Dialogue,
+    Passage,
+    reader_query,
+    reader_segment,
+    retriever_passage,
+    retriever_query,
+    target_text,
+)
+
+# (query_ids [B, Lq], query_mask [B, Lq]) -> K passage ids per row.
+PoolFn = Callable[[np.ndarray, np.ndarray], Sequence[Sequence[str]]]
+
+
+class Tokenizers(NamedTuple):
+    """The reader's (T5) and the retriever's (BERT) tokenizers."""
+
+    reader: Any
+    retriever: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+    """Fixed token lengths: reader source S, target T, retriever query/passage L."""
+
+    source: int = 128
+    target: int = 24
+    retriever: int = 64
+
+    @classmethod
+    def from_config(cls, data_config) -> Lengths:
+        """Reads text_maxlength, target_maxlength and retriever_maxlength of `config.data`."""
+        return cls(source=data_config.text_maxlength, target=data_config.target_maxlength,
+                   retriever=data_config.retriever_maxlength)
+
+
+class TruncationStats:
+    """Counts sequences seen and truncated per field, and logs truncations."""
+
+    def __init__(self):
+        """Starts all counts at zero."""
+        self.seen = collections.Counter()
+        self.truncated = collections.Counter()
+
+    def update(self, field: str, lengths: np.ndarray, max_length: int) -> None:
+        """Records one batch of untruncated `lengths` for `field` and logs any truncation."""
+        n_trunc = int((lengths > max_length).sum())
+        self.seen[field] += len(lengths)
+        self.truncated[field] += n_trunc
+        if n_trunc:
+            args = ("truncated %d/%d %s sequences so far to %d tokens (longest in this "
+                    "batch: %d)", self.truncated[field], self.seen[field], field, max_length,
+                    int(lengths.max()))
+            if self.truncated[field] == n_trunc:  # the first time: always say so
+                logging.warning(*args)
+            else:
+                logging.log_every_n_seconds(logging.WARNING, args[0], 60, *args[1:])
+
+    def as_dict(self) -> dict[str, float]:
+        """Truncated fraction per field (for logging as scalars)."""
+        return {f"data/truncated_{k}": self.truncated[k] / max(self.seen[k], 1)
+                for k in self.seen}
+
+
+def encode(tok, texts: Sequence[str], max_length: int, stats: TruncationStats | None = None,
+           field: str = "text") -> tuple[np.ndarray, np.ndarray]:
+    """Tokenizes (with the tokenizer's special tokens) to ids, mask int32 [N, max_length]."""
+    full = tok(list(texts), truncation=False)["input_ids"]
+    lengths = np.array([len(x) for x in full])
+    if stats is not None:
+        stats.update(field, lengths, max_length)
+    ids = np.full((len(texts), max_length), tok.pad_token_id, np.int32)
+    mask = np.zeros((len(texts), max_length), np.int32)
+    long_rows = np.flatnonzero(lengths > max_length)
+    if len(long_rows):
+        # Re-encode with the tokenizer's own truncation so trailing specials (EOS/SEP) stay.
+        cut = tok([texts[i] for i in long_rows], truncation=True, max_length=max_length)
+        for r, seq in zip(long_rows, cut["input_ids"], strict=True):
+            full[r] = seq
+    for r, seq in enumerate(full):
+        ids[r, :len(seq)] = seq
+        mask[r, :len(seq)] = 1
+    return ids, mask
+
+
+def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] | None,
+               passages: Mapping[str, Passage], tokenizers: Tokenizers, lengths: Lengths,
+               answer_index: Sequence[int] | None = None, retriever_from: str = "persona",
+               stats: TruncationStats | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Builds (device batch, host info) for dialogues and their pools (None = closed-book)."""
+    b = len(dialogues)
+    answer_index = answer_index if answer_index is not None else [0] * b
+    targets = [d.answers[i] for d, i in zip(dialogues, answer_index, strict=True)]
+    queries = [reader_query(d.question) for d in dialogues]
+    closed_book = pool_ids is None
+    if closed_book:
+        pool_ids = [[] for _ in dialogues]
+        segments = [reader_segment(q) for q in queries]
+        k = 1
+    else:
+        pool_ids = [list(p) for p in pool_ids]
+        k = _check_pool(pool_ids, passages, b)
+        segments = [reader_segment(q, passages[pid])
+                    for q, pool in zip(queries, pool_ids, strict=True) for pid in pool]
+    r_ids, r_mask = encode(tokenizers.reader, segments, lengths.source, stats, "reader")
+    t_ids, t_mask = encode(tokenizers.reader, [target_text(t) for t in targets],
+                           lengths.target, stats, "target")
+    q_ids, q_mask = encode(tokenizers.retriever,
+                           [retriever_query(d.question, retriever_from) for d in dialogues],
+                           lengths.retriever, stats, "query")
+    gold = np.array([[pid in d.gold_passage_ids for pid in pool] or [False]
+                     for d, pool in zip(dialogues, pool_ids, strict=True)], dtype=bool)
+    batch = {"reader_ids": r_ids.reshape(b, k, -1), "reader_mask": r_mask.reshape(b, k, -1),
+             "target_ids": t_ids, "target_mask": t_mask, "query_ids": q_ids,
+             "query_mask": q_mask, "pool_gold": gold.reshape(b, k)}
+    if not closed_book:
+        p_ids, p_mask = encode(tokenizers.retriever,
+                               [retriever_passage(passages[pid]) for pool in pool_ids
+                                for pid in pool], lengths.retriever, stats, "passage")
+        batch["passage_ids"] = p_ids.reshape(b, k, -1)
+        batch["passage_mask"] = p_mask.reshape(b, k, -1)
+    host = {"questions": [d.question for d in dialogues],
+            "answers": [list(d.answers) for d in dialogues], "targets": targets,
+            "pool_passage_ids": pool_ids,
+            "gold_passage_ids": [list(d.gold_passage_ids) for d in dialogues],
+            "num_valid": b}
+    return batch, host
+
+
+def _check_pool(pool_ids: list[list[str]], passages: Mapping[str, Passage], b: int) -> int:
+    """Returns K after checking every row has K known passage ids."""
+    if len(pool_ids) != b:
+        raise ValueError(f"pool has {len(pool_ids)} rows for {b} dialogues")
+    k = len(pool_ids[0]) if pool_ids else 0
+    if k == 0 or any(len(p) != k for p in pool_ids):
+        raise ValueError(f"pool rows must all hold the same K >= 1 ids; got "
+                         f"{sorted({len(p) for p in pool_ids})}")
+    for pool in pool_ids:
+        for pid in pool:
+            if pid not in passages:
+                raise ValueError(f"pool passage id {pid!r} is not in the passage corpus")
+    return k
+
+
+class Pipeline:
+    """Endless training batches in a (seed, epoch) order with a saveable (epoch, index).
+
+    `batch_size` is global; with `process_count > 1` each process gets its own contiguous
+    slice of every global batch. `pool_fn(query_ids, query_mask)` gives the K passage ids per
+    row (e.g. faiss search with the live retriever); None means closed-book batches. It may be
+    replaced between batches (e.g. after an index refresh).
+    """
+
+    def __init__(self, dialogues: Sequence[Dialogue],
+                 passages: Mapping[str, Passage] | Sequence[Passage] | None,
+                 tokenizers: Tokenizers, lengths: Lengths, batch_size: int, seed: int = 0,
+                 pool_fn: PoolFn | None = None, retriever_from: str = "persona",
+                 shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+        """Sets up the order; the position starts at (epoch 0, index 0)."""
+        if batch_size % process_count:
+            raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
+        if len(dialogues) < batch_size:
+            raise ValueError(f"{len(dialogues)} dialogues < batch_size {batch_size}")
+        if passages is not None and not isinstance(passages, Mapping):
+            passages = {p.id: p for p in passages}
+        self.dialogues, self.passages = list(dialogues), passages or {}
+        self.tokenizers, self.lengths = tokenizers, lengths
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.pool_fn, self.retriever_from = pool_fn, retriever_from
+        self.local = slice(process_index * batch_size // process_count,
+                           (process_index + 1) * batch_size // process_count)
+        self.stats = TruncationStats()
+        self.epoch, self.index = 0, 0
+        self._order_epoch, self._order = -1, np.arange(0)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Full global batches per epoch (the remainder is dropped, reshuffled next epoch)."""
+        return len(self.dialogues) // self.batch_size
+
+    def get_state(self) -> dict[str, int]:
+        """The position to checkpoint: the next batch is (epoch, index)."""
+        return {"epoch": self.epoch, "index": self.index}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores a position saved by `get_state`."""
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if epoch < 0 or not 0 <= index < self.batches_per_epoch:
+            raise ValueError(f"bad pipeline state {dict(state)}")
+        self.epoch, self.index = epoch, index
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Dialogue indices of `epoch` (a permutation drawn from (seed, epoch))."""
+        if epoch != self._order_epoch:
+            n = len(self.dialogues)
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = rng.permutation(n) if self.shuffle else np.arange(n)
+            self._order_epoch = epoch
+        return self._order
+
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
+        """The pipeline is its own iterator."""
+        return self
+
+    def __next__(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Returns the batch at the current position and advances it."""
+        rows = self.order(self.epoch)[self.index * self.batch_size:
+                                      (self.index + 1) * self.batch_size]
+        # The answer picked for multi-answer rows is part of the order, so resuming repeats it.
+        rng = np.random.default_rng([self.seed, self.epoch, self.index, 1])
+        picks = [int(rng.integers(len(self.dialogues[i].answers))) for i in rows]
+        rows, picks = rows[self.local], picks[self.local]
+        self.index += 1
+        if self.index == self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        return self._build([self.dialogues[i] for i in rows], picks)
+
+    def _build(self, dialogues: list[Dialogue], picks: Sequence[int] | None):
+        """Tokenizes `dialogues` with the current pool function."""
+        pool = None
+        if self.pool_fn is not None:
+            q = [retriever_query(d.question, self.retriever_from) for d in dialogues]
+            q_ids, q_mask = encode(self.tokenizers.retriever, q, self.lengths.retriever)
+            pool = self.pool_fn(q_ids, q_mask)
+        return make_batch(dialogues, pool, self.passages, self.tokenizers, self.lengths,
+                          picks, self.retriever_from, self.stats)
+
+    def eval_batches(self, dialogues: Sequence[Dialogue] | None = None
+                     ) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
+        """One ordered pass over `dialogues` (default: all); the last batch is padded."""
+        dialogues = list(self.dialogues if dialogues is None else dialogues)
+        for start in range(0, len(dialogues), self.batch_size):
+            chunk = dialogues[start:start + self.batch_size]
+            n = len(chunk)
+            chunk += [chunk[-1]] * (self.batch_size - n)
+            batch, host = self._build(chunk[self.local], None)
+            host["num_valid"] = max(0, min(n - self.local.start, len(chunk[self.local])))
+            yield batch, host

@@ -1,0 +1,351 @@
+"""The embedded dataset: persona dialogues whose answers need a fact from one story.
+
+Each story belongs to a character (job, home city, hobby, and a topic such as a pet or a trip)
+and holds one fact about the topic (the pet's name, the city visited, ...) that no other story
+of that topic holds. A dialogue gives the character's persona (paraphrased, shuffled, with
+filler sentences) and a partner question about the topic; the answer is a short formula with
+the fact, e.g. "my dog is called biscuit .". Stories mention the character's job and hobby
+mostly through associated words (a nurse's story speaks of the hospital), and distractor stories
+share topic words and attributes, so bag-of-words retrieval is only partly right while a trained
+retriever can learn the associations.
+
+    python -m lapdog_jax.data.synthetic --out=DIR [--seed=0 --num_train=2000 ...]
+
+writes train.jsonl, valid.jsonl and stories.jsonl (LAPDOG formats, with `gold_passage_ids`)
+and prints the recall@1/@5 on valid of a TF-IDF baseline and of an untrained tiny Contriever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+
+import numpy as np
+from absl import app, flags
+
+from lapdog_jax.data import (
+    Dialogue,
+    Passage,
+    dialogue_record,
+    passage_record,
+    retriever_passage,
+    retriever_query,
+    write_jsonl,
+)
+
+TRAIN_FILE, VALID_FILE, STORIES_FILE = "train.jsonl", "valid.jsonl", "stories.jsonl"
+
+# job -> words of its workplace that stories use instead of (or beside) the job itself.
+JOBS = {
+    "nurse": ["hospital", "patients", "ward"], "teacher": ["school", "students", "classroom"],
+    "chef": ["restaurant", "kitchen", "menu"], "pilot": ["airport", "plane", "cockpit"],
+    "farmer": ["farm", "barn", "tractor"], "mechanic": ["garage", "engines", "wrench"],
+    "lawyer": ["court", "judge", "case"], "baker": ["bakery", "oven", "bread"],
+    "firefighter": ["station", "truck", "hose"], "librarian": ["library", "shelves", "books"],
+    "dentist": ["clinic", "teeth", "drill"], "fisherman": ["harbor", "boat", "nets"],
+    "plumber": ["pipes", "sink", "leak"], "cashier": ["store", "register", "customers"],
+}
+# hobby (as in "i love {hobby}") -> words a story about doing it would use.
+HOBBIES = {
+    "painting": ["canvas", "brushes", "colors"], "hiking": ["trail", "mountain", "boots"],
+    "gardening": ["garden", "tomatoes", "soil"], "knitting": ["yarn", "needles", "scarf"],
+    "surfing": ["waves", "board", "beach"], "chess": ["board", "pieces", "tournament"],
+    "fishing": ["lake", "rod", "bait"], "running": ["race", "miles", "shoes"],
+    "singing": ["choir", "songs", "stage"], "baking": ["cake", "flour", "oven"],
+    "camping": ["tent", "fire", "woods"], "dancing": ["music", "steps", "partner"],
+}
+CITIES = ["boston", "denver", "seattle", "austin", "chicago", "miami", "phoenix", "portland",
+          "detroit", "atlanta", "dallas", "memphis"]
+NAMES = ["biscuit", "pepper", "luna", "ziggy", "coco", "rocky", "daisy", "milo", "bella",
+         "oscar", "ruby", "toby", "nala", "shadow", "pickles", "waffles", "peanut", "ginger",
+         "bruno", "maple", "olive", "rusty", "sunny", "pumpkin", "noodle", "buster", "clover",
+         "hazel", "jasper", "willow", "mocha", "ollie", "pixie", "domino", "sprout", "tango",
+         "marble", "cricket", "bandit", "juniper"]
+PLACES = ["lisbon", "kyoto", "cairo", "oslo", "lima", "dublin", "vienna", "prague", "havana",
+          "nairobi", "sydney", "athens", "bangkok", "quebec", "seoul", "zurich", "istanbul",
+          "marrakesh", "reykjavik", "budapest", "santiago", "helsinki", "naples", "bali",
+          "madrid", "berlin", "tokyo", "rome", "paris", "london", "mumbai", "toronto",
+          "warsaw", "geneva", "venice", "amsterdam", "brussels", "krakow", "porto", "hanoi"]
+INSTRUMENTS = ["violin", "cello", "banjo", "flute", "trumpet", "drums", "harp", "ukulele",
+               "saxophone", "piano", "guitar", "clarinet", "accordion", "harmonica", "oboe",
+               "trombone", "mandolin", "tuba", "bagpipes", "xylophone"]
+COLORS = ["red", "blue", "green", "black", "white", "silver", "yellow", "orange"]
+CARS = ["truck", "van", "jeep", "sedan", "wagon"]
+DISHES = ["lasagna", "curry", "gumbo", "paella", "ramen", "chili", "risotto", "tacos",
+          "dumplings", "meatloaf", "goulash", "pho", "burritos", "stew", "pancakes", "sushi",
+          "falafel", "kebabs", "pierogi", "moussaka", "enchiladas", "jambalaya", "casserole",
+          "omelets", "brisket", "ravioli", "gnocchi", "noodles", "cornbread", "quiche"]
+FILLERS = ["i like the color {c} .", "i have two brothers .", "i drink coffee every morning .",
+           "i am afraid of the dark .", "i wear glasses .", "my favorite season is fall .",
+           "i do not like sports .", "i listen to jazz .", "i am an only child .",
+           "i go to bed early .", "i love old movies .", "i am allergic to peanuts .",
+           "my mom is a teacher .", "i hate mondays .", "i like to sleep in ."]
+OPENERS = [("hi , how are you today ?", "good , thanks ."),
+           ("hello ! what are you up to ?", "just relaxing ."),
+           ("hey there , nice to meet you .", "nice to meet you too !"),
+           ("how was your weekend ?", "great , very relaxing ."),
+           ("good evening ! busy day ?", "yes , very busy .")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Topic:
+    """A kind of fact: persona hint, partner questions, answers, and story sentences."""
+
+    name: str
+    hints: tuple[str, ...]  # persona sentences announcing the topic ({k} = kind)
+    questions: tuple[str, ...]  # the partner's last turn ({k} = kind)
+    answers: tuple[str, ...]  # the reply holding the fact ({k} kind, {f} fact)
+    story: tuple[str, ...]  # story sentences stating the fact
+    titles: tuple[str, ...]
+    kinds: tuple[str, ...]  # sub-kinds shared across stories (topic words for distractors)
+    facts: tuple[str, ...]  # fact vocabulary (unique per story within the topic)
+
+
+TOPICS = (
+    Topic("pet", ("i have a {k} .", "i own a {k} .", "my best friend is my {k} ."),
+          ("what is your {k} called ?", "what is the name of your {k} ?"),
+          ("my {k} is called {f} .", "my {k} is named {f} ."),
+          ("my {k} {f} was waiting for me at the door .", "i named my {k} {f} ."),
+          ("My {K}", "A Good {K}", "The New {K}"),
+          ("dog", "cat", "parrot", "rabbit", "horse", "hamster", "turtle"), tuple(NAMES)),
+    Topic("trip", ("i love to travel .", "i like visiting new countries ."),
+          ("where did you go on your last trip ?", "where was your last vacation ?"),
+          ("i went to {f} last summer .", "my last trip was to {f} ."),
+          ("last summer i flew to {f} for a week .", "i finally took a trip to {f} ."),
+          ("The Trip", "Vacation", "Far Away"), ("trip",), tuple(PLACES)),
+    Topic("music", ("i play an instrument .", "i love making music ."),
+          ("what instrument do you play ?", "what do you play ?"),
+          ("i play the {f} .", "i play the {f} every day ."),
+          ("i took out my {f} and practiced for hours .", "my old {f} was a gift ."),
+          ("Practice", "The Concert", "Music Lessons"), ("music",), tuple(INSTRUMENTS)),
+    Topic("car", ("i drive to work every day .", "i love my car ."),
+          ("what do you drive ?", "what kind of car do you have ?"),
+          ("i drive a {f} .", "i have an old {f} ."),
+          ("i drove my {f} across town .", "my {f} broke down on the highway ."),
+          ("The Drive", "Car Trouble", "On The Road"), ("car",),
+          tuple(f"{c} {v}" for c, v in itertools.product(COLORS, CARS))),
+    Topic("food", ("i love to cook .", "i enjoy trying new recipes ."),
+          ("what is your favorite dish ?", "what do you like to cook ?"),
+          ("my favorite dish is {f} .", "i love to cook {f} ."),
+          ("i cooked a big pot of {f} for my family .", "i made {f} for dinner ."),
+          ("Dinner", "The Recipe", "Cooking Night"), ("food",), tuple(DISHES)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Character:
+    """The person behind one story and the dialogues whose gold story it is."""
+
+    job: str
+    city: str
+    hobby: str
+    topic: Topic
+    kind: str
+    fact: str
+
+
+def _pick(rng: np.random.Generator, seq):
+    """One uniformly chosen element of `seq`."""
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _characters(rng: np.random.Generator, num: int) -> list[Character]:
+    """`num` characters with distinct (job, city, hobby, kind) and facts unique per topic."""
+    facts = {t.name: list(rng.permutation(len(t.facts))) for t in TOPICS}
+    seen, out = set(), []
+    while len(out) < num:
+        topic = TOPICS[len(out) % len(TOPICS)]
+        key = (_pick(rng, list(JOBS)), _pick(rng, CITIES), _pick(rng, list(HOBBIES)),
+               _pick(rng, topic.kinds))
+        if key in seen:
+            continue
+        seen.add(key)
+        n_used = sum(1 for c in out if c.topic.name == topic.name)
+        fact = topic.facts[facts[topic.name][n_used % len(topic.facts)]]
+        if n_used >= len(topic.facts):  # more stories than facts: make the fact unique
+            fact = f"{fact} {n_used // len(topic.facts) + 1}"
+        out.append(Character(*key[:3], topic=topic, kind=key[3], fact=fact))
+    return out
+
+
+def _story(rng: np.random.Generator, c: Character, index: int) -> Passage:
+    """A four-sentence first-person story about `c` holding `c.fact`."""
+    work = list(rng.permutation(JOBS[c.job]))
+    hobby = list(rng.permutation(HOBBIES[c.hobby]))
+    job_line = _pick(rng, [f"at work the {work[0]} and the {work[1]} kept me busy all day .",
+                           f"i came home tired from the {work[0]} .",
+                           f"being a {c.job} , i spent the day with the {work[0]} ."])
+    city_line = _pick(rng, [f"it was a cold evening in {c.city} .",
+                            f"the weather in {c.city} was lovely .",
+                            f"back home in {c.city} it was raining ."])
+    hobby_line = _pick(rng, [f"later i got the {hobby[0]} ready for the weekend .",
+                             f"i spent the morning with the {hobby[0]} and the {hobby[1]} .",
+                             f"i thought about {c.hobby} and the {hobby[0]} ."])
+    fact_line = _pick(rng, c.topic.story).format(k=c.kind, f=c.fact)
+    lines = [job_line, city_line, hobby_line]
+    lines.insert(int(rng.integers(4)), fact_line)
+    title = _pick(rng, c.topic.titles).format(K=c.kind.capitalize())
+    return Passage(id=f"story-{index:05d}", title=title, text=" ".join(lines))
+
+
+def _persona(rng: np.random.Generator, c: Character) -> str:
+    """Shuffled, paraphrased persona sentences of `c` with at most one filler."""
+    lines = [_pick(rng, [f"i work as a {c.job} .", f"i am a {c.job} .",
+                         f"my job is being a {c.job} ."]),
+             _pick(rng, [f"i live in {c.city} .", f"i grew up in {c.city} .",
+                         f"my home is {c.city} ."]),
+             _pick(rng, [f"i love {c.hobby} .", f"in my free time i enjoy {c.hobby} .",
+                         f"{c.hobby} is my hobby ."]),
+             _pick(rng, c.topic.hints).format(k=c.kind)]
+    for i in rng.choice(len(FILLERS), size=int(rng.integers(0, 2)), replace=False):
+        lines.append(FILLERS[i].format(c=_pick(rng, COLORS)))
+    return " ".join(lines[i] for i in rng.permutation(len(lines)))
+
+
+def _dialogue(rng: np.random.Generator, c: Character, story_id: str) -> Dialogue:
+    """One dialogue: persona, 1-3 turns of context ending in the partner's question."""
+    opener, reply = _pick(rng, OPENERS)
+    question = _pick(rng, c.topic.questions).format(k=c.kind)
+    turns = [opener, reply, question][-int(rng.integers(1, 4)):]
+    # LAPDOG labels turns counting back from the end: the last one is always the partner (Q).
+    labels = ["Q" if (len(turns) - 1 - i) % 2 == 0 else "R" for i in range(len(turns))]
+    context = " ".join(f"{lab}: {t}" for lab, t in zip(labels, turns, strict=True))
+    answer = _pick(rng, c.topic.answers).format(k=c.kind, f=c.fact)
+    return Dialogue(question=f"persona: {_persona(rng, c)} context:  {context}",
+                    answers=(answer,), gold_passage_ids=(story_id,))
+
+
+def make_dataset(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
+                 num_stories: int = 200) -> tuple[list[Dialogue], list[Dialogue], list[Passage]]:
+    """Returns (train, valid, stories), deterministic in all arguments."""
+    if min(num_train, num_valid, num_stories) < 1:
+        raise ValueError("num_train, num_valid and num_stories must be positive")
+    rng = np.random.default_rng(seed)
+    chars = _characters(rng, num_stories)
+    stories = [_story(rng, c, i) for i, c in enumerate(chars)]
+    gold = rng.integers(num_stories, size=num_train + num_valid)
+    dialogues = [_dialogue(rng, chars[g], stories[g].id) for g in gold]
+    return dialogues[:num_train], dialogues[num_train:], stories
+
+
+def generate(out_dir: str, seed: int = 0, num_train: int = 2000, num_valid: int = 200,
+             num_stories: int = 200) -> dict[str, str]:
+    """Writes train/valid/stories jsonl to `out_dir`; returns {'train','valid','passages'}."""
+    train, valid, stories = make_dataset(seed, num_train, num_valid, num_stories)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"train": os.path.join(out_dir, TRAIN_FILE),
+             "valid": os.path.join(out_dir, VALID_FILE),
+             "passages": os.path.join(out_dir, STORIES_FILE)}
+    write_jsonl(paths["train"], [dialogue_record(d) for d in train])
+    write_jsonl(paths["valid"], [dialogue_record(d) for d in valid])
+    write_jsonl(paths["passages"], [passage_record(p) for p in stories])
+    return paths
+
+
+# ------------------------------------------------------------------------------------------
+# Baselines: what retrieval gets before any training.
+# ------------------------------------------------------------------------------------------
+
+
+def recall_at_k(ranked_ids, gold_ids, ks=(1, 5)) -> dict[str, float]:
+    """Fraction of queries with a gold id among the top k ranked ids, for each k."""
+    out = {}
+    for k in ks:
+        hits = [bool(set(r[:k]) & set(g)) for r, g in zip(ranked_ids, gold_ids, strict=True)]
+        out[f"recall@{k}"] = float(np.mean(hits))
+    return out
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased alphanumeric words."""
+    return "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+
+
+def tfidf_scores(queries: list[str], docs: list[str]) -> np.ndarray:
+    """Cosine similarity of TF-IDF vectors (smoothed idf over docs): [Q, N]."""
+    vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in _words(d)}))}
+
+    def counts(texts):
+        m = np.zeros((len(texts), len(vocab)))
+        for r, t in enumerate(texts):
+            for w in _words(t):
+                if w in vocab:
+                    m[r, vocab[w]] += 1
+        return m
+
+    d = counts(docs)
+    idf = np.log((1 + len(docs)) / (1 + (d > 0).sum(0))) + 1
+    unit = lambda m: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    return unit(counts(queries) * idf) @ unit(d * idf).T
+
+
+def _ranked(scores: np.ndarray, ids: list[str], k: int) -> list[list[str]]:
+    """Top-k ids per row of scores [Q, N] (ties broken by corpus order)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[ids[j] for j in row] for row in top]
+
+
+def baseline_recalls(valid: list[Dialogue], stories: list[Passage], tokenizer_dir: str,
+                     seed: int = 0, retriever_from: str = "persona") -> dict[str, dict]:
+    """Recall@1/@5 on `valid` of TF-IDF and of an untrained tiny Contriever (dot, cosine)."""
+    import jax
+
+    from lapdog_jax.config_lib import base_config
+    from lapdog_jax.data.tokenizer import load_tokenizer
+    from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_params
+
+    queries = [retriever_query(d.question, retriever_from) for d in valid]
+    docs = [retriever_passage(p) for p in stories]
+    ids, gold = [p.id for p in stories], [d.gold_passage_ids for d in valid]
+    out = {"tfidf": recall_at_k(_ranked(tfidf_scores(queries, docs), ids, 5), gold)}
+
+    tok = load_tokenizer(tokenizer_dir)
+    tiny = base_config("joint_grpo").model.retriever
+    cfg = ContrieverConfig(vocab_size=len(tok), hidden_size=tiny.hidden_size,
+                           num_hidden_layers=tiny.num_hidden_layers,
+                           num_attention_heads=tiny.num_attention_heads,
+                           intermediate_size=tiny.intermediate_size,
+                           max_position_embeddings=tiny.max_position_embeddings,
+                           pad_token_id=tok.pad_token_id)
+    params = init_params(cfg, jax.random.key(seed))
+    apply = jax.jit(lambda p, i, m: Contriever(cfg).apply({"params": p}, i, m))
+
+    def embed(texts):
+        enc = tok(texts, max_length=cfg.max_position_embeddings, truncation=True,
+                  padding="max_length", return_tensors="np")
+        return np.asarray(apply(params, enc["input_ids"], enc["attention_mask"]))
+
+    q, p = embed(queries), embed(docs)
+    out["contriever_untrained"] = recall_at_k(_ranked(q @ p.T, ids, 5), gold)
+    unit = lambda m: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    out["contriever_untrained_cos"] = recall_at_k(_ranked(unit(q) @ unit(p).T, ids, 5), gold)
+    return out
+
+
+def main(argv) -> None:
+    """CLI: writes the dataset and prints the baseline recalls."""
+    del argv
+    from lapdog_jax.data.tokenizer import corpus_texts, train_sentencepiece
+
+    f = flags.FLAGS
+    generate(f.out, f.seed, f.num_train, f.num_valid, f.num_stories)
+    train, valid, stories = make_dataset(f.seed, f.num_train, f.num_valid, f.num_stories)
+    print(f"wrote {len(train)} train, {len(valid)} valid dialogues and {len(stories)} stories "
+          f"to {f.out}")
+    tok_dir = os.path.join(f.out, "tokenizer")
+    train_sentencepiece(corpus_texts(train, stories), tok_dir, f.vocab_size, f.seed)
+    results = baseline_recalls(valid, stories, tok_dir, seed=f.seed)
+    print(f"retrieval on valid (query = persona, {len(stories)} stories):")
+    for name, r in results.items():
+        print(f"  {name:26s} " + "  ".join(f"{k}={v:.3f}" for k, v in r.items()))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("out", None, "output folder", required=True)
+    flags.DEFINE_integer("seed", 0, "generator seed")
+    flags.DEFINE_integer("num_train", 2000, "train dialogues")
+    flags.DEFINE_integer("num_valid", 200, "valid dialogues")
+    flags.DEFINE_integer("num_stories", 200, "stories in the corpus")
+    flags.DEFINE_integer("vocab_size", 1000, "SentencePiece vocab of the baseline tokenizer")
+    app.run(main)

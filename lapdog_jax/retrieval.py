@@ -1,0 +1,141 @@
+"""Dense retrieval over the story corpus: Contriever embeddings in a faiss inner-product index.
+
+Shapes: N passages, B queries, L tokens, D embedding width, K results per query.
+Embedding runs the jitted Contriever on fixed [batch_size, L] blocks (the last one padded), so
+a whole corpus compiles once. The index is an exact `IndexFlatIP`, moved to all GPUs when faiss
+sees any. `Retriever.rebuild(params)` re-embeds the corpus after the passage encoder changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Sequence
+
+import faiss
+import jax
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from lapdog_jax.data import Passage, retriever_passage
+from lapdog_jax.data.pipeline import TruncationStats, encode
+
+INDEX_FILE, IDS_FILE = "index.faiss", "passage_ids.json"
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model, params, input_ids, attention_mask):
+    """Jitted Contriever forward: ids, mask [B, L] -> embeddings [B, D]."""
+    return model.apply({"params": params}, input_ids, attention_mask)
+
+
+def embed_passages(model, params, input_ids: np.ndarray, attention_mask: np.ndarray,
+                   batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """Embeds token rows ids, mask [N, L] -> float32 [N, D] in fixed-shape batches."""
+    n = len(input_ids)
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc="embed", unit="batch", disable=not progress,
+                      leave=False):
+        ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
+        pad = batch_size - len(ids)
+        if pad:  # all-pad rows keep one shape for every batch (Contriever pools them to 0)
+            ids = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
+            mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), mask.dtype)])
+        emb = _apply(model, params, ids, mask)
+        out.append(np.asarray(emb, np.float32)[:batch_size - pad])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+class PassageIndex:
+    """Exact inner-product search over passage embeddings, returning passage ids."""
+
+    def __init__(self, ids: Sequence[str], embeddings: np.ndarray, use_gpu: bool | None = None):
+        """Builds the index; `use_gpu=None` uses GPUs when faiss has any."""
+        self.ids = np.asarray(list(ids), dtype=object)
+        self.use_gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
+        self.reset(embeddings)
+
+    def reset(self, embeddings: np.ndarray) -> None:
+        """Replaces all embeddings [N, D] (same ids, same order)."""
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(self.ids):
+            raise ValueError(f"embeddings {emb.shape} do not match {len(self.ids)} passage ids")
+        self.cpu_index = faiss.IndexFlatIP(emb.shape[1])
+        self.cpu_index.add(emb)
+        self.index = faiss.index_cpu_to_all_gpus(self.cpu_index) if self.use_gpu \
+            else self.cpu_index
+
+    @property
+    def dim(self) -> int:
+        """Embedding width D."""
+        return self.cpu_index.d
+
+    def __len__(self) -> int:
+        """Number of passages N."""
+        return self.cpu_index.ntotal
+
+    def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: queries [B, D] -> (ids str [B, k], scores float32 [B, k])."""
+        if not 1 <= k <= len(self):
+            raise ValueError(f"k={k} must be in [1, {len(self)}]")
+        scores, rows = self.index.search(np.ascontiguousarray(query_emb, np.float32), k)
+        return self.ids[rows], scores
+
+    def save(self, path: str) -> None:
+        """Writes the (CPU) faiss index and the id map to the folder `path`."""
+        os.makedirs(path, exist_ok=True)
+        faiss.write_index(self.cpu_index, os.path.join(path, INDEX_FILE))
+        with open(os.path.join(path, IDS_FILE), "w") as f:
+            json.dump(list(self.ids), f)
+
+    @classmethod
+    def load(cls, path: str, use_gpu: bool | None = None) -> PassageIndex:
+        """Reads an index saved by `save`."""
+        cpu = faiss.read_index(os.path.join(path, INDEX_FILE))
+        with open(os.path.join(path, IDS_FILE)) as f:
+            ids = json.load(f)
+        return cls(ids, cpu.reconstruct_n(0, cpu.ntotal), use_gpu)
+
+
+class Retriever:
+    """A passage corpus with its retriever tokens and a faiss index built from given params."""
+
+    def __init__(self, model, passages: Sequence[Passage], tokenizer, max_length: int,
+                 batch_size: int = 256, progress: bool = True):
+        """Tokenizes "{title} {text}" of every passage once; call `rebuild` to index."""
+        self.model, self.passages = model, list(passages)
+        self.by_id = {p.id: p for p in self.passages}
+        self.batch_size, self.progress = batch_size, progress
+        self.stats = TruncationStats()
+        self.input_ids, self.attention_mask = encode(
+            tokenizer, [retriever_passage(p) for p in self.passages], max_length, self.stats,
+            "passage")
+        self.index: PassageIndex | None = None
+
+    def embed(self, params, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Embeds queries ids, mask [B, L] -> [B, D] (one compile per B)."""
+        return embed_passages(self.model, params, input_ids, attention_mask,
+                              batch_size=len(input_ids), progress=False)
+
+    def rebuild(self, params) -> PassageIndex:
+        """(Re-)embeds every passage with `params` and refreshes the index."""
+        emb = embed_passages(self.model, params, self.input_ids, self.attention_mask,
+                             self.batch_size, self.progress)
+        if self.index is None:
+            self.index = PassageIndex([p.id for p in self.passages], emb)
+        else:
+            self.index.reset(emb)
+        logging.info("indexed %d passages (D=%d)", len(self.index), self.index.dim)
+        return self.index
+
+    def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k passage ids and scores for query embeddings [B, D]."""
+        if self.index is None:
+            raise RuntimeError("Retriever.search before rebuild(params)")
+        return self.index.search(query_emb, k)
+
+    def pool_fn(self, params, k: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """A pipeline pool function: query tokens [B, L] -> top-k ids [B, k] under `params`."""
+        return lambda ids, mask: self.search(self.embed(params, ids, mask), k)[0]

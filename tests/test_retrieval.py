@@ -1,0 +1,91 @@
+"""faiss retrieval: exact top-K, fixed-shape embedding, save/load, index refresh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lapdog_jax import data, retrieval
+from lapdog_jax.data import synthetic, tokenizer
+from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_params
+
+CFG = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+           max_position_embeddings=32)
+
+
+def test_faiss_top_k_equals_brute_force():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 24)).astype(np.float32)
+    queries = rng.normal(size=(17, 24)).astype(np.float32)
+    ids = [f"p{i}" for i in range(300)]
+    index = retrieval.PassageIndex(ids, emb, use_gpu=False)
+    got_ids, got_scores = index.search(queries, 10)
+    ref_scores, ref_rows = jax.lax.top_k(jnp.asarray(queries) @ jnp.asarray(emb).T, 10)
+    np.testing.assert_array_equal(got_ids, np.asarray(ids)[np.asarray(ref_rows)])
+    np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert got_ids.shape == (17, 10) and got_scores.dtype == np.float32
+    with pytest.raises(ValueError, match="k=301"):
+        index.search(queries, 301)
+
+
+def test_save_load_keeps_the_id_map(tmp_path):
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    ids = [f"story-{i}" for i in rng.permutation(50)]
+    index = retrieval.PassageIndex(ids, emb, use_gpu=False)
+    index.save(str(tmp_path))
+    loaded = retrieval.PassageIndex.load(str(tmp_path), use_gpu=False)
+    q = rng.normal(size=(5, 8)).astype(np.float32)
+    for a, b in zip(index.search(q, 7), loaded.search(q, 7), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(loaded.ids) == ids and len(loaded) == 50 and loaded.dim == 8
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    """A tiny Contriever and its random params."""
+    cfg = ContrieverConfig(vocab_size=400, **CFG)
+    return Contriever(cfg), init_params(cfg, jax.random.key(0))
+
+
+def test_alone_or_in_a_batch_gives_the_same_vector(model_and_params):
+    model, params = model_and_params
+    compiled = retrieval._apply._cache_size()
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(3, 20, size=7)
+    ids = np.zeros((7, 20), np.int32)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(3, 400, size=n)
+    mask = (ids != 0).astype(np.int32)
+    batched = retrieval.embed_passages(model, params, ids, mask, batch_size=4, progress=False)
+    direct = np.asarray(model.apply({"params": params}, ids, mask))
+    np.testing.assert_allclose(batched, direct, atol=1e-5)
+    for i in range(7):
+        alone = retrieval.embed_passages(model, params, ids[i:i + 1], mask[i:i + 1],
+                                         batch_size=4, progress=False)
+        np.testing.assert_allclose(alone[0], batched[i], atol=1e-5)
+    # One compiled shape for every batch, including the padded last one.
+    assert retrieval._apply._cache_size() - compiled <= 1
+
+
+def test_retriever_pool_and_refresh(tmp_path):
+    _, _, stories = synthetic.make_dataset(seed=0, num_train=5, num_valid=1, num_stories=12)
+    tok = tokenizer.train_sentencepiece([data.retriever_passage(p) for p in stories],
+                                        str(tmp_path), vocab_size=200)
+    cfg = ContrieverConfig(vocab_size=len(tok), normalize=True, **CFG)
+    model = Contriever(cfg)
+    params = init_params(cfg, jax.random.key(0))
+    r = retrieval.Retriever(model, stories, tok, max_length=32, batch_size=5, progress=False)
+    index = r.rebuild(params)
+    # With unit-norm embeddings a passage's own text is its best match (cosine 1).
+    ids, mask = r.input_ids[[3, 7, 0]], r.attention_mask[[3, 7, 0]]
+    pool = r.pool_fn(params, k=4)(ids, mask)
+    assert [row[0] for row in pool] == [stories[i].id for i in (3, 7, 0)]
+    _, scores = r.search(r.embed(params, ids, mask), 1)
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    # Refresh: the index now holds the embeddings under the new params.
+    params2 = init_params(cfg, jax.random.key(1))
+    r.rebuild(params2)
+    assert r.index is index
+    want = np.asarray(model.apply({"params": params2}, r.input_ids, r.attention_mask))
+    np.testing.assert_allclose(index.cpu_index.reconstruct_n(0, 12), want, atol=1e-5)
