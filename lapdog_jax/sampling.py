@@ -1,0 +1,161 @@
+"""Autoregressive sampling with a KV cache inside `lax.while_loop` (flax lm1b/wmt style).
+
+The model is a pure `tokens_to_logits(token_ids [N], cache, step) -> (logits [N, V], cache)`
+(e.g. the T5 `decode_step`). Rows are independent; to draw G samples per input, repeat the inputs
+with `jnp.repeat(x, G, axis=0)` so that the samples of one input are adjacent.
+
+Usage (inside a jitted function; all keyword options are static Python values):
+
+    samples = sample(decode_step, cache, rng, batch_size=N, max_length=T,
+                     start_id=0, eos_id=1, pad_id=0, temperature=0.7, top_p=0.9)
+    # teacher-forced decoder inputs that reproduce exactly what the sampler fed:
+    dec_in = teacher_forcing_inputs(samples.tokens, start_id=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax import lax
+
+TokensToLogits = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+
+
+@struct.dataclass
+class Samples:
+    """Sampled completions; row n is one completion, position t one decoding step."""
+
+    tokens: jax.Array  # int32 [N, T]; EOS included, pad_id after it
+    logprobs: jax.Array  # float32 [N, T]; log p of each token under the sampling dist., 0 on pad
+    mask: jax.Array  # bool [N, T]; valid positions (tokens up to and including EOS)
+    lengths: jax.Array  # int32 [N]; number of valid positions (= mask.sum(1))
+    truncated: jax.Array  # bool [N]; no EOS within max_length
+    num_steps: jax.Array  # int32 []; decoder calls made (< T when every row ended early)
+
+
+@struct.dataclass
+class _LoopState:
+    """The while-loop carry."""
+
+    step: jax.Array  # int32 []
+    cur_token: jax.Array  # int32 [N]; the token fed at this step
+    cache: Any  # the model's pytree
+    tokens: jax.Array  # int32 [N, T]
+    logprobs: jax.Array  # float32 [N, T]
+    ended: jax.Array  # bool [N]; EOS already emitted
+    lengths: jax.Array  # int32 [N]
+
+
+def filter_logits(logits_NxV: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+    """Returns float32 logits / temperature with tokens outside top-k, then top-p, set to -inf.
+
+    Top-k keeps the k largest logits (ties with the k-th are kept). Top-p (nucleus) keeps the
+    smallest set of most likely tokens whose cumulative probability is >= top_p, computed on the
+    top-k-filtered renormalised distribution (the HF order: temperature, top-k, top-p); the most
+    likely token is always kept. `top_k` and `top_p` are static; 0 and 1.0 switch them off.
+    """
+    logits = logits_NxV.astype(jnp.float32) / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_desc = -jnp.sort(-logits, axis=-1)
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Token j is needed while the mass of the tokens before it is still < top_p.
+        keep = (mass_before < top_p).at[..., 0].set(True)
+        num_kept = jnp.sum(keep, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_desc, num_kept - 1, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def teacher_forcing_inputs(tokens_NxT: jax.Array, start_id: int) -> jax.Array:
+    """Returns the decoder inputs [N, T] the sampler fed: start_id, then tokens shifted right."""
+    start = jnp.full_like(tokens_NxT[:, :1], start_id)
+    return jnp.concatenate([start, tokens_NxT[:, :-1]], axis=1)
+
+
+def _choose(rng, logits_NxV, step, *, temperature, top_k, top_p, greedy):
+    """Picks the next token [N] and its log-prob [N] under the filtered distribution."""
+    use_argmax = greedy or temperature <= 0.0
+    # At temperature 0 the log-probs are reported at temperature 1 (the model's own).
+    filtered = filter_logits(logits_NxV, temperature if temperature > 0.0 else 1.0, top_k, top_p)
+    if use_argmax:
+        token = jnp.argmax(filtered, axis=-1)
+    else:
+        token = jax.random.categorical(jax.random.fold_in(rng, step), filtered, axis=-1)
+    token = token.astype(jnp.int32)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(filtered, axis=-1), token[:, None], axis=-1)
+    return token, logp[:, 0]
+
+
+def sample_loop(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
+                batch_size: int, max_length: int, start_id: int, eos_id: int, pad_id: int,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                greedy: bool = False) -> tuple[Samples, Any]:
+    """Like `sample`, but also returns the final cache (for tests and callers that need it)."""
+    n, t = batch_size, max_length
+    init = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        cur_token=jnp.full((n,), start_id, jnp.int32),
+        cache=cache,
+        tokens=jnp.full((n, t), pad_id, jnp.int32),
+        logprobs=jnp.zeros((n, t), jnp.float32),
+        ended=jnp.zeros((n,), bool),
+        lengths=jnp.zeros((n,), jnp.int32),
+    )
+
+    def cond_fn(s: _LoopState):
+        return (s.step < t) & ~jnp.all(s.ended)
+
+    def body_fn(s: _LoopState):
+        logits, new_cache = tokens_to_logits(s.cur_token, s.cache, s.step)
+        token, logp = _choose(rng, logits, s.step, temperature=temperature, top_k=top_k,
+                              top_p=top_p, greedy=greedy)
+        token = jnp.where(s.ended, pad_id, token)
+        logp = jnp.where(s.ended, 0.0, logp)
+        return _LoopState(
+            step=s.step + 1,
+            cur_token=token,
+            cache=new_cache,
+            tokens=lax.dynamic_update_slice(s.tokens, token[:, None], (0, s.step)),
+            logprobs=lax.dynamic_update_slice(s.logprobs, logp[:, None], (0, s.step)),
+            ended=s.ended | (token == eos_id),
+            lengths=s.lengths + (~s.ended).astype(jnp.int32),
+        )
+
+    final = lax.while_loop(cond_fn, body_fn, init)
+    samples = Samples(
+        tokens=final.tokens,
+        logprobs=final.logprobs,
+        mask=jnp.arange(t)[None, :] < final.lengths[:, None],
+        lengths=final.lengths,
+        truncated=~final.ended,
+        num_steps=final.step,
+    )
+    return samples, final.cache
+
+
+def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *, batch_size: int,
+           max_length: int, start_id: int, eos_id: int, pad_id: int, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, greedy: bool = False) -> Samples:
+    """Samples N = batch_size completions of up to max_length tokens; stops when all rows end.
+
+    Step t feeds the previous token (start_id at t = 0, pad_id after a row's EOS) and draws from
+    `filter_logits(logits, temperature, top_k, top_p)`; `greedy=True` or `temperature=0` takes
+    the argmax instead. `Samples.logprobs` are log-probs under that filtered, renormalised
+    distribution (at temperature 1 when temperature is 0), so with greedy decoding, temperature 1
+    and no filtering they equal the model's log-softmax at the chosen tokens. Step t uses the key
+    `fold_in(rng, t)`. All keyword options are static.
+    """
+    samples, _ = sample_loop(
+        tokens_to_logits, cache, rng, batch_size=batch_size, max_length=max_length,
+        start_id=start_id, eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
+        top_p=top_p, greedy=greedy)
+    return samples
