@@ -24,7 +24,7 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, host: dict) -> None:
-    """Saves `state` (a pytree of arrays) and `host` (JSON) at `step`, replacing a same-step save."""
+    """Saves `state` (pytree of arrays) and `host` (JSON) at `step`; a saved step is kept."""
     if step in manager.all_steps():
         return
     manager.save(step, args=ocp.args.Composite(

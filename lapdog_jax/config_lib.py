@@ -50,7 +50,7 @@ def _tiny_retriever() -> ml_collections.ConfigDict:
 
 
 def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the locked config for `mode` ('sft', 'lapdog', ...) and `preset` (None = embedded)."""
+    """Returns the locked config for `mode` and `preset` (None = the embedded default)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if preset not in (None, "", *PRESETS):
@@ -68,6 +68,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.keep = 3  # checkpoints kept
     c.eval_size = 128  # eval examples per evaluation (0 = all)
     c.max_bad_steps = 5  # consecutive non-finite steps before aborting
+    # RL/lapdog modes: supervised reader steps on the gold story before RL (stage 1 inside the
+    # run); the reader after them is the KL reference. 0 = start RL at once (init.reader given).
+    c.sft_warmup_steps = 0
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # dialogue jsonl; '' = generate the embedded synthetic dataset
@@ -75,8 +78,8 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.passages = ""  # story corpus jsonl
     c.data.tokenizer = ""  # HF tokenizer folder; '' = init.reader's, else train a SentencePiece
     c.data.vocab_size = 1000  # SentencePiece vocab when training one from scratch
-    c.data.text_maxlength = 128  # reader source tokens per segment (LAPDOG --text_maxlength)
-    c.data.target_maxlength = 24  # reader target tokens (LAPDOG --target_maxlength)
+    c.data.text_maxlength = 160  # reader source tokens per segment (LAPDOG --text_maxlength)
+    c.data.target_maxlength = 16  # reader target tokens (LAPDOG --target_maxlength)
     c.data.retriever_maxlength = 64  # retriever tokens for queries and passages
     c.data.n_context = 1  # passages fed to the reader (LAPDOG --n_context)
     c.data.retriever_from = "persona"  # retriever query: 'persona' or 'all'
@@ -152,6 +155,8 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
         c.grpo.group_size = 1
         c.grpo.loss_type = "no_baseline"
         c.grpo.kl_coeff = 0.0
+    if not preset and mode != "sft":
+        c.sft_warmup_steps = 150
     if preset:
         c.optim.lr = _PRESET_SIZES[preset]["lr"]
         c.batch_size = _PRESET_SIZES[preset]["batch_size"]

@@ -12,11 +12,21 @@ _WORKDIR = flags.DEFINE_string(
     "(default: runs/<mode>).")
 
 
+class _QuietLibraries:
+    """Keeps INFO chatter of checkpointing internals out of the run's log."""
+
+    def filter(self, record) -> bool:
+        """Passes warnings and anything not from orbax."""
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
     """Runs training (and periodic evaluation) for the given config."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from lapdog_jax import train  # after flag parsing: keeps `--help` fast
+
+    logging.get_absl_handler().addFilter(_QuietLibraries())
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.mode}"

@@ -38,7 +38,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"config.mesh {sizes}: {len(devices)} devices not divisible by {known}")
+            raise ValueError(
+                f"config.mesh {sizes}: {len(devices)} devices not divisible by {known}")
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(f"config.mesh {sizes} needs {int(np.prod(sizes))} devices, "

@@ -205,6 +205,7 @@ class Pipeline:
         self.local = slice(process_index * batch_size // process_count,
                            (process_index + 1) * batch_size // process_count)
         self.stats = TruncationStats()
+        self.gold_pool = False  # True: pool = each row's first gold passage (K=1)
         self.epoch, self.index = 0, 0
         self._order_epoch, self._order = -1, np.arange(0)
 
@@ -257,6 +258,9 @@ class Pipeline:
             q = [retriever_query(d.question, self.retriever_from) for d in dialogues]
             q_ids, q_mask = encode(self.tokenizers.retriever, q, self.lengths.retriever)
             pool = self.pool_fn(q_ids, q_mask)
+            if self.gold_pool:  # supervised warm-up: the gold story alone where it is known
+                pool = [list(d.gold_passage_ids[:1]) or [p[0]]
+                        for d, p in zip(dialogues, pool, strict=True)]
         return make_batch(dialogues, pool, self.passages, self.tokenizers, self.lengths,
                           picks, self.retriever_from, self.stats)
 

@@ -1,0 +1,135 @@
+"""Evaluation: greedy answers on the eval dialogues, LAPDOG's metrics, retrieval recall.
+
+Writes `workdir/eval/valid-step-N.jsonl` (query, answers, generation, passages) and
+`workdir/eval/metrics-step-N.json`. Standalone:
+  python -m lapdog_jax.evaluate --workdir=runs/demo
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+from absl import app, flags, logging
+from tqdm.auto import tqdm
+
+from lapdog_jax import distributed, experiment, metrics, sharding, steps
+from lapdog_jax.data import pipeline as pipe_lib
+
+RECALL_KS = (1, 5)
+_GENERATE = {}
+
+
+def _generate_fn(models, config, mesh):
+    """The jitted greedy generator, compiled once per (models, mesh)."""
+    key = (id(models), id(config), id(mesh))
+    if key not in _GENERATE:
+        data = sharding.batch_sharding(mesh)
+        _GENERATE[key] = jax.jit(functools.partial(steps.generate, models=models, config=config),
+                                 out_shardings=data)
+    return _GENERATE[key]
+
+
+def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mesh, step: int,
+        workdir: str, writer=None) -> dict[str, float]:
+    """Evaluates `params` on exp.valid[:eval_size]; returns {'eval/...': value}."""
+    config = exp.config
+    dialogues = exp.valid[:config.eval_size] if config.eval_size else exp.valid
+    if not dialogues:
+        logging.warning("no eval dialogues: skipping evaluation")
+        return {}
+    n = max(config.data.n_context, 1)
+    k = max(n, max(RECALL_KS)) if retriever is not None else 0
+    if retriever is not None:
+        k = min(k, len(retriever.passages))
+    pool_fn = (lambda ids, mask: retriever.search(
+        retriever.embed(params["retriever"], ids, mask), k)[0]) if k else None
+    tokenizers = pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer)
+    pipeline = pipe_lib.Pipeline(
+        dialogues, retriever.by_id if retriever else None, tokenizers,
+        pipe_lib.Lengths.from_config(config.data), min(config.batch_size, len(dialogues)),
+        seed=config.seed, pool_fn=pool_fn, retriever_from=config.data.retriever_from,
+        shuffle=False, process_index=jax.process_index(), process_count=jax.process_count())
+    gen = _generate_fn(models, config, mesh)
+    rows = []
+    for batch, host in tqdm(pipeline.eval_batches(), desc="eval", unit="batch", leave=False,
+                            disable=not distributed.is_main_process()):
+        batch = distributed.global_batch(batch, sharding.batch_sharding(mesh))
+        tokens = jax.device_get(gen(params, batch, jax.random.PRNGKey(0)))
+        texts = exp.reader_tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        for i in range(host["num_valid"]):
+            rows.append({"query": host["questions"][i], "answers": host["answers"][i],
+                         "generation": texts[i].strip(),
+                         "passages": [_passage(retriever, pid)
+                                      for pid in host["pool_passage_ids"][i][:n]],
+                         "retrieved_ids": list(host["pool_passage_ids"][i]),
+                         "gold_passage_ids": host["gold_passage_ids"][i]})
+    return _finish(rows, step, workdir, writer, retriever is not None)
+
+
+def _passage(retriever, pid: str) -> dict:
+    """The eval-file form of one retrieved passage."""
+    p = retriever.by_id[pid]
+    return {"id": p.id, "title": p.title, "text": p.text}
+
+
+def _finish(rows, step: int, workdir: str, writer, with_recall: bool) -> dict[str, float]:
+    """Scores the rows, writes the jsonl and metrics files, logs scalars and samples."""
+    gold = [r["gold_passage_ids"] for r in rows]
+    known = with_recall and all(gold)
+    m = metrics.compute_metrics([r["generation"] for r in rows], [r["answers"] for r in rows],
+                                gold_ids=gold if known else None,
+                                retrieved_ids=[r["retrieved_ids"] for r in rows] if known
+                                else None, ks=RECALL_KS)
+    out_dir = os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"valid-step-{step}.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(os.path.join(out_dir, f"metrics-step-{step}.json"), "w") as f:
+        json.dump(m, f, indent=2, sort_keys=True)
+    scalars = {f"eval/{k}": v for k, v in m.items()}
+    if writer is not None:
+        writer.scalars(step, scalars)
+        writer.text(step, "eval/samples", "\n\n".join(
+            f"**Q:** {r['query'][-200:]}  \n**gold:** {r['answers'][0]}  \n"
+            f"**ours:** {r['generation']}" for r in rows[:4]))
+    logging.info("eval at step %d: %s", step, json.dumps(m, sort_keys=True))
+    return scalars
+
+
+def main(argv):
+    """Restores the latest checkpoint of --workdir and evaluates it."""
+    del argv
+    from lapdog_jax import checkpoint
+    from lapdog_jax.data import tokenizer as tok_lib
+    from lapdog_jax.retrieval import Retriever
+    from lapdog_jax.train import pool_size
+
+    workdir = flags.FLAGS.workdir
+    config = experiment.load_config(workdir)
+    exp = experiment.build(config, workdir)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    models = steps.Models(exp.reader, exp.retriever,
+                          tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer)))
+    state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
+    restored = checkpoint.restore_latest(checkpoint.make_manager(workdir, config.keep), state)
+    if restored is None:
+        raise FileNotFoundError(f"--workdir={workdir}: no checkpoint to evaluate")
+    state = restored[0]
+    retriever = None
+    if pool_size(config):
+        retriever = Retriever(exp.retriever, exp.passages, exp.retriever_tokenizer,
+                              config.data.retriever_maxlength)
+        retriever.rebuild(state.params["retriever"])
+    m = run(exp, models, state.params, retriever, mesh, int(state.step), workdir)
+    for key, v in m.items():
+        print(f"{key:20s} {v:10.4f}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A training workdir (has config.json).")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

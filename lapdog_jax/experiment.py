@@ -1,0 +1,178 @@
+"""Builds what a run needs from its config: data, tokenizers, models, initial params.
+
+Shared by training (`lapdog_jax.train`), evaluation and export, so that a workdir can be
+rebuilt from its `config.json` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from lapdog_jax import data as data_lib
+from lapdog_jax.data import synthetic
+from lapdog_jax.data import tokenizer as tok_lib
+from lapdog_jax.models import hf
+from lapdog_jax.models.contriever import Contriever, ContrieverConfig
+from lapdog_jax.models.contriever import init_params as init_contriever
+from lapdog_jax.models.t5 import T5, T5Config
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Data, tokenizers, modules and initial params of one run."""
+
+    config: ml_collections.ConfigDict
+    train: list[data_lib.Dialogue]
+    valid: list[data_lib.Dialogue]
+    passages: list[data_lib.Passage]
+    reader_tokenizer: Any
+    retriever_tokenizer: Any
+    reader: T5
+    retriever: Contriever
+    params: dict[str, Any]  # {'reader', 'retriever'} initial params
+    ref_params: dict[str, Any]  # {'reader', 'retriever'} frozen reference (before any warmup)
+
+
+def _path_flag(config, name: str) -> str:
+    """Returns config `name`'s path, or raises an error naming the flag when it is missing."""
+    section, key = name.split(".")
+    path = config[section][key]
+    if path and not os.path.exists(path):
+        raise FileNotFoundError(f"--config.{name}={path}: no such file or directory")
+    return path
+
+
+def load_data(config, workdir: str):
+    """Returns (train, valid, passages); generates the synthetic dataset when data.train is ''."""
+    train_path = _path_flag(config, "data.train")
+    if not train_path:
+        if config.preset:
+            raise ValueError(f"preset {config.preset!r} needs real data: set --config.data.train, "
+                             "--config.data.eval and --config.data.passages")
+        s = config.data.synthetic
+        paths = synthetic.generate(os.path.join(workdir, "data"), seed=s.seed,
+                                   num_train=s.num_train, num_valid=s.num_valid,
+                                   num_stories=s.num_stories)
+        logging.info("generated the synthetic dataset under %s", os.path.dirname(paths["train"]))
+        eval_path, passages_path = paths["valid"], paths["passages"]
+        train_path = paths["train"]
+    else:
+        eval_path = _path_flag(config, "data.eval")
+        passages_path = _path_flag(config, "data.passages")
+        for flag, value in (("data.eval", eval_path), ("data.passages", passages_path)):
+            if not value and (flag == "data.eval" or config.mode != "sft"):
+                raise ValueError(f"--config.{flag} is required when --config.data.train is set")
+    passages = data_lib.read_passages(passages_path) if passages_path else []
+    ids = {p.id for p in passages} if passages else None
+    train = data_lib.read_dialogues(train_path, ids)
+    valid = data_lib.read_dialogues(eval_path, ids) if eval_path else []
+    return train, valid, passages
+
+
+def load_tokenizers(config, workdir: str, train, passages):
+    """Returns (reader tokenizer, retriever tokenizer).
+
+    Reader: data.tokenizer, else init.reader's folder, else a SentencePiece trained on the
+    training text (saved under workdir/tokenizer, reused on resume). Retriever: init.retriever's
+    folder, else the reader's.
+    """
+    path = _path_flag(config, "data.tokenizer") or _path_flag(config, "init.reader")
+    if path:
+        reader_tok = tok_lib.load_tokenizer(path)
+    else:
+        out = os.path.join(workdir, "tokenizer")
+        if os.path.exists(os.path.join(out, "tokenizer_config.json")):
+            reader_tok = tok_lib.load_tokenizer(out)
+        else:
+            reader_tok = tok_lib.train_sentencepiece(tok_lib.corpus_texts(train, passages), out,
+                                                     config.data.vocab_size,
+                                                     seed=config.seed)
+    retriever_path = _path_flag(config, "init.retriever")
+    retriever_tok = tok_lib.load_tokenizer(retriever_path) if retriever_path else reader_tok
+    return reader_tok, retriever_tok
+
+
+def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
+    """The reader module and params: init.reader's HF checkpoint, else a random tiny T5."""
+    dtype = config.model.dtype
+    if config.init.reader:
+        cfg, params = hf.load_t5(_path_flag(config, "init.reader"), dtype=dtype)
+    else:
+        m = config.model.reader
+        cfg = T5Config(vocab_size=len(tokenizer), d_model=m.d_model, d_kv=m.d_kv, d_ff=m.d_ff,
+                       num_layers=m.num_layers, num_decoder_layers=m.num_decoder_layers,
+                       num_heads=m.num_heads,
+                       relative_attention_num_buckets=m.relative_attention_num_buckets,
+                       relative_attention_max_distance=m.relative_attention_max_distance,
+                       feed_forward_proj=m.feed_forward_proj,
+                       tie_word_embeddings=m.tie_word_embeddings, dropout_rate=m.dropout_rate,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                       decoder_start_token_id=tokenizer.pad_token_id, dtype=dtype)
+        model = T5(cfg)
+        ids = jax.numpy.zeros((1, 2), jax.numpy.int32)
+        params = model.init(rng, ids, ids, ids)["params"]
+    return T5(cfg), params
+
+
+def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
+    """The retriever module and params: init.retriever's HF checkpoint, else a random tiny BERT."""
+    if config.init.retriever:
+        cfg, params = hf.load_contriever(_path_flag(config, "init.retriever"))
+        cfg = dataclasses.replace(cfg, normalize=config.model.normalize_embeddings,
+                                  dtype=config.model.dtype)
+    else:
+        m = config.model.retriever
+        cfg = ContrieverConfig(vocab_size=len(tokenizer), hidden_size=m.hidden_size,
+                               num_hidden_layers=m.num_hidden_layers,
+                               num_attention_heads=m.num_attention_heads,
+                               intermediate_size=m.intermediate_size,
+                               max_position_embeddings=m.max_position_embeddings,
+                               dropout_rate=m.dropout_rate, pad_token_id=tokenizer.pad_token_id,
+                               normalize=config.model.normalize_embeddings,
+                               dtype=config.model.dtype)
+        params = init_contriever(cfg, rng)
+    return Contriever(cfg), params
+
+
+def build(config, workdir: str) -> Experiment:
+    """Builds the whole experiment for `config` under `workdir`."""
+    os.makedirs(workdir, exist_ok=True)
+    train, valid, passages = load_data(config, workdir)
+    reader_tok, retriever_tok = load_tokenizers(config, workdir, train, passages)
+    rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(config.seed))
+    reader, reader_params = build_reader(config, reader_tok, rng_reader)
+    retriever, retriever_params = build_retriever(config, retriever_tok, rng_retriever)
+    params = {"reader": reader_params, "retriever": retriever_params}
+    ref = dict(params)
+    if config.init.reference:
+        _, ref["reader"] = hf.load_t5(_path_flag(config, "init.reference"),
+                                      dtype=config.model.dtype)
+    return Experiment(config, train, valid, passages, reader_tok, retriever_tok, reader,
+                      retriever, params, ref)
+
+
+def save_config(config, workdir: str) -> None:
+    """Writes workdir/config.json."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """Reads workdir/config.json back into a locked ConfigDict."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--workdir={workdir}: no config.json (not a training workdir?)")
+    with open(path) as f:
+        raw = json.load(f)
+    raw["reward"]["weights"] = tuple(raw["reward"]["weights"])
+    config = ml_collections.ConfigDict(raw)
+    config.lock()
+    return config

@@ -1,0 +1,48 @@
+"""Exports a workdir's latest checkpoint as Hugging Face folders `OUT/reader`, `OUT/retriever`.
+
+  python -m lapdog_jax.export --workdir=runs/demo --out=runs/hf
+
+`T5ForConditionalGeneration.from_pretrained(OUT/reader)` and
+`BertModel.from_pretrained(OUT/retriever)` load them (tokenizers included); the reader export
+is what `--config.init.reader` (e.g. a stage-1 model for RL) expects.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from lapdog_jax import checkpoint, experiment, steps
+from lapdog_jax.models import hf
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (has config.json).")
+_OUT = flags.DEFINE_string("out", None, "Output folder; reader/ and retriever/ go inside.")
+
+
+def export(workdir: str, out: str) -> dict[str, str]:
+    """Writes the latest checkpoint's reader and retriever as HF dirs; returns their paths."""
+    config = experiment.load_config(workdir)
+    exp = experiment.build(config, workdir)
+    state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
+    restored = checkpoint.restore_latest(checkpoint.make_manager(workdir, config.keep), state)
+    if restored is None:
+        raise FileNotFoundError(f"--workdir={workdir}: no checkpoint to export")
+    params = restored[0].params
+    paths = {"reader": os.path.join(out, "reader"), "retriever": os.path.join(out, "retriever")}
+    hf.save_t5(paths["reader"], exp.reader.config, params["reader"], exp.reader_tokenizer)
+    hf.save_contriever(paths["retriever"], exp.retriever.config, params["retriever"],
+                       exp.retriever_tokenizer)
+    return paths
+
+
+def main(argv):
+    """CLI: export and print where the folders went."""
+    del argv
+    for name, path in export(_WORKDIR.value, _OUT.value).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "out"])
+    app.run(main)

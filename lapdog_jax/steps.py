@@ -1,0 +1,395 @@
+"""The jitted step functions: rollout, reward, grpo_update, sft_step, lapdog_step, generate.
+
+Shapes (legend): B prompts, K pool passages, Gr docs sampled per prompt, G completions per
+(prompt, doc), n passages fused into one reader input, S segment length, T target length,
+N = B*Gr*G completions. Samples of one group are adjacent: `x.reshape(B, Gr, G, ...)`.
+
+Batch contract (host numpy dict, leading dim B; see lapdog_jax.data.pipeline):
+  reader_ids/reader_mask [B,K,S]   reader segment for each pool passage (closed-book: K=1)
+  target_ids/target_mask [B,T]     "<extra_id_0> {answer}" + EOS
+  query_ids/query_mask [B,Lq]      retriever query tokens
+  passage_ids/passage_mask [B,K,Lp] retriever tokens of the pool passages
+  pool_gold [B,K]                  whether each pool passage is gold (False when unknown)
+
+Each (prompt, doc) source is encoded once and its encoder output is repeated for its G
+samples, in the rollout and in the update (the gradient flows back through the shared
+encoding), so the encoder runs B*Gr times, not N times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from lapdog_jax import losses, rewards, sampling
+from lapdog_jax.models.contriever import Contriever
+from lapdog_jax.models.t5 import T5, encode_passages, shift_right
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a resumed run needs on device."""
+
+    step: jax.Array  # [] int32 optimizer steps taken
+    params: Any  # {'reader': T5 params, 'retriever': Contriever params}
+    opt_state: Any  # optax state over `params`
+    ref_params: Any  # frozen reference {'reader', 'retriever'}: never updated or donated away
+    rng: jax.Array  # [2] uint32 PRNG key
+
+
+def freeze_copy(tree):
+    """A copy of `tree` with buffers of its own (for the frozen reference)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+def initial_state(exp, optimizer, seed: int) -> TrainState:
+    """The step-0 state of an experiment (params and reference from `experiment.build`)."""
+    # The reference gets buffers of its own: the state is donated, and a buffer shared with
+    # the live params would be donated twice.
+    return TrainState(step=jnp.zeros((), jnp.int32), params=exp.params,
+                      opt_state=optimizer.init(exp.params), ref_params=freeze_copy(exp.ref_params),
+                      rng=jax.random.PRNGKey(seed + 1))
+
+
+@struct.dataclass
+class Rollout:
+    """One rollout: sampled docs and completions plus the log-probs the update needs."""
+
+    doc_idx: jax.Array  # [B,Gr] int32 pool index of each sampled doc (joint) or 0..n-1
+    pool_logp: jax.Array  # [B,K] retriever log-probs over the pool at rollout time
+    ref_pool_logp: jax.Array  # [B,K] reference retriever log-probs over the pool
+    src_ids: jax.Array  # [B*Gr,n,S] reader input segments of each (prompt, doc)
+    src_mask: jax.Array  # [B*Gr,n,S]
+    tokens: jax.Array  # [N,T] sampled completions (pad after EOS)
+    mask: jax.Array  # [N,T] valid positions (EOS included)
+    logp_old: jax.Array  # [N,T] policy log-probs at rollout time (temperature-scaled)
+    logp_ref: jax.Array  # [N,T] reference log-probs (zeros when kl_coeff == 0)
+    truncated: jax.Array  # [N] bool: no EOS within T
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The two modules and the static facts the steps need."""
+
+    reader: T5
+    retriever: Contriever
+    special_ids: tuple[int, ...]  # token ids rewards ignore (pad, eos, <extra_id_*>)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer
+# --------------------------------------------------------------------------------------------
+
+
+def _schedule(lr: float, warmup: int, total: int, kind: str) -> optax.Schedule:
+    """Linear warmup from 0 to `lr`, then 'linear' to 0, 'cosine' to 0, or 'constant'."""
+    decay_steps = max(total - warmup, 1)
+    decay = {"linear": optax.linear_schedule(lr, 0.0, decay_steps),
+             "cosine": optax.cosine_decay_schedule(lr, decay_steps),
+             "constant": optax.constant_schedule(lr)}[kind]
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)), decay],
+                                [max(warmup, 1)])
+
+
+def trains_retriever(config) -> bool:
+    """Whether this mode updates the retriever (LAPDOG stage 2 and joint GRPO)."""
+    return config.mode in ("lapdog", "joint_grpo")
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """AdamW per part with its own learning rate, global-norm clipping, skip of non-finite
+    updates, and gradient accumulation over `accumulation_steps` calls."""
+    o = config.optim
+
+    def adamw(lr):
+        sched = _schedule(lr, o.warmup_steps, config.total_steps, o.schedule)
+        return optax.adamw(sched, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+
+    parts = {"reader": adamw(o.lr),
+             "retriever": adamw(o.lr_retriever) if trains_retriever(config)
+             else optax.set_to_zero()}
+    tx = optax.multi_transform(parts, {"reader": "reader", "retriever": "retriever"})
+    if o.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_bad_steps)
+    return optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps)
+
+
+def learning_rates(config, step) -> dict[str, jax.Array]:
+    """The scheduled learning rates at `step` (for logging)."""
+    o = config.optim
+    out = {"opt/lr": _schedule(o.lr, o.warmup_steps, config.total_steps, o.schedule)(step)}
+    if trains_retriever(config):
+        out["opt/lr_retriever"] = _schedule(o.lr_retriever, o.warmup_steps, config.total_steps,
+                                            o.schedule)(step)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def retriever_scores(models: Models, params, batch, config) -> jax.Array:
+    """Pool scores s = q·p / τ [B,K] with the live encoder; the passage side is frozen unless
+    `model.train_passage_encoder` (the index would otherwise go stale)."""
+    B, K, Lp = batch["passage_ids"].shape
+    q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"])
+    p = models.retriever.apply({"params": params}, batch["passage_ids"].reshape(B * K, Lp),
+                               batch["passage_mask"].reshape(B * K, Lp))
+    p_BxKxD = p.reshape(B, K, -1)
+    if not config.model.train_passage_encoder:
+        p_BxKxD = jax.lax.stop_gradient(p_BxKxD)
+    return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD) / config.retrieval.temperature_score
+
+
+def _encode(models: Models, params, src_ids, src_mask, config):
+    """Encoder output [M,n*S,D] and mask [M,n*S] of M reader inputs of n segments each."""
+    return encode_passages(models.reader, params, src_ids, src_mask, config.data.fusion)
+
+
+def _decode_logits(models: Models, params, enc, enc_mask, tokens, mask):
+    """Teacher-forced decoder logits [N,T,V] for `tokens` given the encoder output."""
+    dec_in = shift_right(tokens, models.reader.config.decoder_start_token_id,
+                         models.reader.config.pad_token_id)
+    return models.reader.apply({"params": params}, dec_in, enc, enc_mask, mask,
+                               method=T5.decode)
+
+
+def _sample(models: Models, params, enc, enc_mask, rng, config, *, greedy: bool):
+    """Samples one completion per encoder row with the KV-cached while-loop sampler."""
+    T = config.data.target_maxlength
+    cache = models.reader.apply({"params": params}, enc, enc_mask, T, method=T5.init_cache)
+
+    def tokens_to_logits(ids, cache, step):
+        return models.reader.apply({"params": params}, ids, cache, step, method=T5.decode_step)
+
+    g = config.grpo
+    rc = models.reader.config
+    return sampling.sample(tokens_to_logits, cache, rng, batch_size=enc.shape[0], max_length=T,
+                           start_id=rc.decoder_start_token_id, eos_id=rc.eos_token_id,
+                           pad_id=rc.pad_token_id, temperature=g.temperature, top_k=g.top_k,
+                           top_p=g.top_p, greedy=greedy)
+
+
+def _select_sources(batch, doc_idx_BxGr, n: int):
+    """Reader inputs per (prompt, doc): [B*Gr,n,S]; with n>1 the n docs fuse into one input."""
+    ids, mask = batch["reader_ids"], batch["reader_mask"]
+    B, _, S = ids.shape
+    take = lambda x: jnp.take_along_axis(x, doc_idx_BxGr[:, :, None], axis=1)
+    if n > 1:  # fixed retrieval: one input of the top-n passages
+        return ids[:, :n], mask[:, :n]
+    return take(ids).reshape(-1, 1, S), take(mask).reshape(-1, 1, S)
+
+
+# --------------------------------------------------------------------------------------------
+# GRPO: rollout, reward, update
+# --------------------------------------------------------------------------------------------
+
+
+def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollout:
+    """Samples Gr docs per prompt (joint mode: Gumbel-top-k on the live pool scores; else the
+    fixed top-n) and G completions per (prompt, doc), with old and reference log-probs."""
+    g = config.grpo
+    B, K, _ = batch["reader_ids"].shape
+    rng_doc, rng_tok = jax.random.split(rng)
+    if config.mode == "joint_grpo":
+        scores = retriever_scores(models, params["retriever"], batch, config)
+        ref_scores = retriever_scores(models, ref_params["retriever"], batch, config)
+        pool_logp = jax.nn.log_softmax(scores, axis=-1)
+        ref_pool_logp = jax.nn.log_softmax(ref_scores, axis=-1)
+        doc_idx = losses.gumbel_top_k(rng_doc, scores, g.retriever_group_size)
+        n = 1
+    else:
+        pool_logp = ref_pool_logp = jnp.zeros((B, K), jnp.float32)
+        doc_idx = jnp.zeros((B, 1), jnp.int32)
+        n = max(config.data.n_context, 1)
+    src_ids, src_mask = _select_sources(batch, doc_idx, n)
+    G = g.group_size
+    enc, enc_mask = _encode(models, params["reader"], src_ids, src_mask, config)
+    enc_rep, mask_rep = jnp.repeat(enc, G, axis=0), jnp.repeat(enc_mask, G, axis=0)
+    s = _sample(models, params["reader"], enc_rep, mask_rep, rng_tok, config, greedy=False)
+    logp_old = s.logprobs
+    if g.num_iterations > 1 or g.top_k or g.top_p < 1.0:
+        # The loss uses the full (unfiltered) temperature softmax, so the stored old log-probs
+        # must too: otherwise the ratio would not be 1 at the first iteration.
+        logits = _decode_logits(models, params["reader"], enc_rep, mask_rep, s.tokens, s.mask)
+        logp_old = losses.token_logprobs(logits, s.tokens, g.temperature) * s.mask
+    logp_ref = jnp.zeros_like(logp_old)
+    if g.kl_coeff:
+        ref_enc, ref_mask = _encode(models, ref_params["reader"], src_ids, src_mask, config)
+        ref_logits = _decode_logits(models, ref_params["reader"], jnp.repeat(ref_enc, G, 0),
+                                    jnp.repeat(ref_mask, G, 0), s.tokens, s.mask)
+        logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
+    return Rollout(doc_idx=doc_idx, pool_logp=pool_logp, ref_pool_logp=ref_pool_logp,
+                   src_ids=src_ids, src_mask=src_mask, tokens=s.tokens, mask=s.mask,
+                   logp_old=jax.lax.stop_gradient(logp_old),
+                   logp_ref=jax.lax.stop_gradient(logp_ref), truncated=s.truncated)
+
+
+def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
+    """Rewards [B,Gr,G] of every completion against its prompt's gold answer (DESIGN §5)."""
+    B = batch["target_ids"].shape[0]
+    N = ro.tokens.shape[0]
+    ref = jnp.repeat(batch["target_ids"], N // B, axis=0)
+    r = config.reward
+    out = rewards.combined_reward(ro.tokens, ref, jnp.asarray(models.special_ids),
+                                  weights=tuple(r.weights), bleu_norm=r.bleu_norm,
+                                  length_penalty=r.length_penalty)
+    return out.reshape(B, -1, config.grpo.group_size)
+
+
+def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config):
+    """GRPO reader loss over all N completions (encoder shared by each group of G)."""
+    g = config.grpo
+    enc, enc_mask = _encode(models, reader_params, ro.src_ids, ro.src_mask, config)
+    G = g.group_size
+    logits = _decode_logits(models, reader_params, jnp.repeat(enc, G, 0),
+                            jnp.repeat(enc_mask, G, 0), ro.tokens, ro.mask)
+    logp = losses.token_logprobs(logits, ro.tokens, g.temperature)
+    mask = ro.mask.astype(jnp.float32)
+    if g.mask_truncated:
+        mask = losses.mask_truncated(mask, ro.truncated)
+    loss, m = losses.grpo_reader_loss(
+        logp, ro.logp_old, adv_N, mask, ref_logp_NxT=ro.logp_ref if g.kl_coeff else None,
+        loss_type=g.loss_type, loss_agg=g.loss_agg, clip_eps_low=g.clip_epsilon,
+        clip_eps_high=g.clip_epsilon_high, kl_coeff=g.kl_coeff, kl_estimator=g.kl_estimator,
+        max_length=ro.tokens.shape[1], logits_NxTxV=logits, temperature=g.temperature)
+    return loss, {f"grpo/{k}": v for k, v in m.items()}
+
+
+def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, models, config):
+    """Retriever policy-gradient loss over the Gr sampled docs of each prompt (DESIGN §5)."""
+    g = config.grpo
+    scores = retriever_scores(models, retriever_params, batch, config)
+    logp_pool = jax.nn.log_softmax(scores, axis=-1)
+    loss, m = losses.retriever_loss(
+        logp_pool, ro.pool_logp if g.num_iterations > 1 else None, ro.doc_idx,
+        rewards_BxGrxG.mean(-1), clip_eps_low=g.clip_epsilon, clip_eps_high=g.clip_epsilon_high,
+        kl_coeff_retriever=g.kl_coeff_retriever, ref_logp_pool_BxK=ro.ref_pool_logp, eps=g.eps)
+    m = {f"retriever/{k}": v for k, v in m.items()}
+    top1 = jnp.argmax(scores, axis=-1)
+    m["retriever/recall@1"] = jnp.take_along_axis(batch["pool_gold"], top1[:, None], 1).mean()
+    return loss, m
+
+
+def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models: Models,
+                config, optimizer) -> tuple[TrainState, dict]:
+    """One optimizer step on the reader (and, in joint mode, the retriever) from a rollout."""
+    g = config.grpo
+    B, Gr, G = rewards_BxGrxG.shape
+    adv = losses.reader_advantages(rewards_BxGrxG, g.loss_type, g.scale_rewards, g.eps)
+
+    def loss_fn(params):
+        loss, m = _reader_loss(params["reader"], ro, adv, models=models, config=config)
+        if config.mode == "joint_grpo":
+            r_loss, rm = _retriever_loss(params["retriever"], ro, batch, rewards_BxGrxG,
+                                         models=models, config=config)
+            loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
+        return loss, m
+
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state, om = _apply(state, grads, optimizer, config)
+    m.update(om)
+    m.update({"train/loss": loss, "grpo/reward_mean": rewards_BxGrxG.mean(),
+              "grpo/reward_std": rewards_BxGrxG.std(),
+              "grpo/zero_std_frac": losses.zero_std_fraction(rewards_BxGrxG.reshape(B * Gr, G)),
+              "grpo/len_mean": ro.mask.sum(-1).mean(),
+              "grpo/truncated_frac": ro.truncated.mean()})
+    return state, m
+
+
+def _apply(state: TrainState, grads, optimizer, config) -> tuple[TrainState, dict]:
+    """Applies `grads`; a non-finite gradient leaves the params unchanged (optax counts it)."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    m = {"opt/grad_norm": optax.global_norm(grads["reader"])}
+    if trains_retriever(config):
+        m["opt/grad_norm_retriever"] = optax.global_norm(grads["retriever"])
+    m["opt/nonfinite"] = jnp.logical_not(
+        jnp.isfinite(optax.global_norm(grads))).astype(jnp.float32)
+    m.update(learning_rates(config, state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), m
+
+
+# --------------------------------------------------------------------------------------------
+# Supervised steps: stage 1 (closed-book or with passages) and original LAPDOG stage 2
+# --------------------------------------------------------------------------------------------
+
+
+def _reader_ce(reader_params, src_ids, src_mask, batch, models, config, rng=None):
+    """Token-mean cross-entropy of the gold target given the reader inputs."""
+    enc, enc_mask = _encode(models, reader_params, src_ids, src_mask, config)
+    logits = _decode_logits(models, reader_params, enc, enc_mask, batch["target_ids"],
+                            batch["target_mask"])
+    return losses.sft_loss(logits, batch["target_ids"], batch["target_mask"])
+
+
+def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
+             ) -> tuple[TrainState, dict]:
+    """Supervised reader step on the top-n segments (closed-book when n_context == 0)."""
+    n = max(config.data.n_context, 1)
+
+    def loss_fn(params):
+        return _reader_ce(params["reader"], batch["reader_ids"][:, :n],
+                          batch["reader_mask"][:, :n], batch, models, config)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    state, m = _apply(state, grads, optimizer, config)
+    return state, {**m, "train/loss": loss}
+
+
+def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
+    """LAPDOG gold score g [B,K]: the reward of the greedy answer produced with each pool
+    passage alone (`gold_score_mode='f1rougebleu'`)."""
+    B, K, S = batch["reader_ids"].shape
+    src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
+    enc, enc_mask = _encode(models, params["reader"], *src, config)
+    s = _sample(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
+    r = config.reward
+    g = rewards.combined_reward(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0),
+                                jnp.asarray(models.special_ids), weights=tuple(r.weights),
+                                bleu_norm=r.bleu_norm, length_penalty=r.length_penalty)
+    return jax.lax.stop_gradient(g.reshape(B, K))
+
+
+def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
+                ) -> tuple[TrainState, dict]:
+    """Original LAPDOG stage 2: reader cross-entropy with the top-n passages plus the
+    retriever's KL distillation towards the gold scores of the pool passages."""
+    n = max(config.data.n_context, 1)
+    gold = gold_scores(state.params, batch, rng, models=models, config=config)
+    rc = config.retrieval
+
+    def loss_fn(params):
+        ce = _reader_ce(params["reader"], batch["reader_ids"][:, :n],
+                        batch["reader_mask"][:, :n], batch, models, config)
+        scores = retriever_scores(models, params["retriever"], batch, config)
+        kl = losses.lapdog_retriever_kl(scores * rc.temperature_score, gold,
+                                        rc.temperature_score, rc.temperature_gold)
+        return ce + kl, {"reader/loss": ce, "retriever/loss": kl,
+                         "retriever/recall@1": jnp.take_along_axis(
+                             batch["pool_gold"], jnp.argmax(scores, -1)[:, None], 1).mean()}
+
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state, om = _apply(state, grads, optimizer, config)
+    return state, {**m, **om, "train/loss": loss, "lapdog/gold_mean": gold.mean()}
+
+
+def generate(params, batch, rng, *, models: Models, config) -> jax.Array:
+    """Greedy answers [B,T] from the top-n pool passages (evaluation)."""
+    n = max(config.data.n_context, 1)
+    enc, enc_mask = _encode(models, params["reader"], batch["reader_ids"][:, :n],
+                            batch["reader_mask"][:, :n], config)
+    return _sample(models, params["reader"], enc, enc_mask, rng, config, greedy=True).tokens
+
+
+def bind(fn, **kwargs):
+    """Binds the static arguments of a step function (models, config, optimizer)."""
+    return functools.partial(fn, **kwargs)
