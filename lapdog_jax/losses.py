@@ -183,7 +183,7 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3",
     """
     if estimator == "k3":
         delta = jnp.clip(ref_logp - logp, -clamp, clamp)
-        return jnp.exp(delta) - delta - 1.0
+        return jnp.expm1(delta) - delta  # = exp(δ)-δ-1 without fp32 cancellation near 0
     if estimator == "k1":
         return logp - ref_logp
     raise ValueError(f"unknown kl estimator {estimator!r}; expected 'k3' or 'k1'")

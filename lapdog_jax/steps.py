@@ -36,7 +36,7 @@ from lapdog_jax.models.t5 import T5, encode_passages, shift_right
 class TrainState:
     """Everything a resumed run needs on device."""
 
-    step: jax.Array  # [] int32 optimizer steps taken
+    step: jax.Array  # [] int32 step-function calls (grpo_update: num_iterations per batch)
     params: Any  # {'reader': T5 params, 'retriever': Contriever params}
     opt_state: Any  # optax state over `params`
     ref_params: Any  # frozen reference {'reader', 'retriever'}: never updated or donated away
@@ -63,7 +63,7 @@ class Rollout:
 
     doc_idx: jax.Array  # [B,Gr] int32 pool index of each sampled doc (joint) or 0..n-1
     pool_logp: jax.Array  # [B,K] retriever log-probs over the pool at rollout time
-    ref_pool_logp: jax.Array  # [B,K] reference retriever log-probs over the pool
+    ref_pool_logp: jax.Array  # [B,K] reference retriever log-probs (zeros if kl_coeff_retriever 0)
     src_ids: jax.Array  # [B*Gr,n,S] reader input segments of each (prompt, doc)
     src_mask: jax.Array  # [B*Gr,n,S]
     tokens: jax.Array  # [N,T] sampled completions (pad after EOS)
@@ -93,8 +93,20 @@ def _schedule(lr: float, warmup: int, total: int, kind: str) -> optax.Schedule:
     decay = {"linear": optax.linear_schedule(lr, 0.0, decay_steps),
              "cosine": optax.cosine_decay_schedule(lr, decay_steps),
              "constant": optax.constant_schedule(lr)}[kind]
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)), decay],
-                                [max(warmup, 1)])
+    if warmup <= 0:  # a one-step warmup would make the first step a no-op (lr 0)
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def optimizer_updates(config) -> int:
+    """Optimizer updates in a whole run (the schedules' horizon): the trainer takes one batch
+    per step, an RL step calls `grpo_update` `num_iterations` times (SFT warm-up steps once),
+    and `accumulation_steps` calls make one update."""
+    calls = config.total_steps
+    if config.mode in ("reinforce", "grpo", "joint_grpo"):
+        warm = min(config.sft_warmup_steps, config.total_steps)
+        calls = warm + (config.total_steps - warm) * config.grpo.num_iterations
+    return max(calls // config.accumulation_steps, 1)
 
 
 def trains_retriever(config) -> bool:
@@ -103,12 +115,13 @@ def trains_retriever(config) -> bool:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """AdamW per part with its own learning rate, global-norm clipping, skip of non-finite
-    updates, and gradient accumulation over `accumulation_steps` calls."""
+    """AdamW per part with its own learning rate, global-norm clipping, gradient accumulation
+    over `accumulation_steps` calls, and non-finite gradients skipped (params and state kept;
+    the trainer counts them and aborts after `max_bad_steps`)."""
     o = config.optim
 
     def adamw(lr):
-        sched = _schedule(lr, o.warmup_steps, config.total_steps, o.schedule)
+        sched = _schedule(lr, o.warmup_steps, optimizer_updates(config), o.schedule)
         return optax.adamw(sched, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
 
     parts = {"reader": adamw(o.lr),
@@ -117,17 +130,20 @@ def make_optimizer(config) -> optax.GradientTransformation:
     tx = optax.multi_transform(parts, {"reader": "reader", "retriever": "retriever"})
     if o.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_bad_steps)
-    return optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps)
+    # The skip sits in MultiSteps, before accumulation: a NaN gradient added to the
+    # accumulator would stay there (0 * NaN = NaN on reset) and poison every later step.
+    return optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps,
+                            should_skip_update_fn=optax.skip_not_finite)
 
 
-def learning_rates(config, step) -> dict[str, jax.Array]:
-    """The scheduled learning rates at `step` (for logging)."""
+def learning_rates(config, update) -> dict[str, jax.Array]:
+    """The scheduled learning rates of optimizer update number `update` (for logging)."""
     o = config.optim
-    out = {"opt/lr": _schedule(o.lr, o.warmup_steps, config.total_steps, o.schedule)(step)}
+    total = optimizer_updates(config)
+    out = {"opt/lr": _schedule(o.lr, o.warmup_steps, total, o.schedule)(update)}
     if trains_retriever(config):
-        out["opt/lr_retriever"] = _schedule(o.lr_retriever, o.warmup_steps, config.total_steps,
-                                            o.schedule)(step)
+        out["opt/lr_retriever"] = _schedule(o.lr_retriever, o.warmup_steps, total,
+                                            o.schedule)(update)
     return out
 
 
@@ -201,9 +217,11 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     rng_doc, rng_tok = jax.random.split(rng)
     if config.mode == "joint_grpo":
         scores = retriever_scores(models, params["retriever"], batch, config)
-        ref_scores = retriever_scores(models, ref_params["retriever"], batch, config)
         pool_logp = jax.nn.log_softmax(scores, axis=-1)
-        ref_pool_logp = jax.nn.log_softmax(ref_scores, axis=-1)
+        ref_pool_logp = jnp.zeros_like(pool_logp)
+        if g.kl_coeff_retriever:  # the reference pass costs B*K passage encodings
+            ref_pool_logp = jax.nn.log_softmax(
+                retriever_scores(models, ref_params["retriever"], batch, config), axis=-1)
         doc_idx = losses.gumbel_top_k(rng_doc, scores, g.retriever_group_size)
         n = 1
     else:
@@ -314,7 +332,8 @@ def _apply(state: TrainState, grads, optimizer, config) -> tuple[TrainState, dic
         m["opt/grad_norm_retriever"] = optax.global_norm(grads["retriever"])
     m["opt/nonfinite"] = jnp.logical_not(
         jnp.isfinite(optax.global_norm(grads))).astype(jnp.float32)
-    m.update(learning_rates(config, state.step))
+    # MultiSteps' own count: optimizer updates made (not calls, not skipped non-finite steps).
+    m.update(learning_rates(config, state.opt_state.gradient_step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), m
 
 

@@ -1,0 +1,123 @@
+r"""Compile and steady-state times of the trainer's jitted `rollout`, `reward`, `grpo_update`.
+
+    PYTHONPATH=. python benchmarks/bench_steps.py --mode=joint_grpo --repeats=10 \
+        [--set retrieval.pool_size=8 --set grpo.retriever_group_size=2]
+
+Uses the embedded default config of the mode (tiny T5 and BERT from `config.model`, vocab
+`data.vocab_size`; `--set key=value` overrides a field) on random ids, a 1-device mesh
+and the trainer's own jitted functions (`train._jit_steps`, state donated). Sampling runs all T
+steps (a random reader rarely emits EOS), so this is the worst case for `rollout`.
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from lapdog_jax import config_lib, experiment, sharding, steps, train
+
+
+class _Vocab:
+    """The three facts `experiment.build_reader/_retriever` read from a tokenizer."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_batch(config, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random full-length inputs with the batch contract of lapdog_jax.steps."""
+    rng = np.random.default_rng(seed)
+    b, k, d = config.batch_size, config.retrieval.pool_size, config.data
+    s, t, lr = d.text_maxlength, d.target_maxlength, d.retriever_maxlength
+    ids = lambda *shape: rng.integers(3, vocab, size=shape).astype(np.int32)
+    ones = lambda *shape: np.ones(shape, np.int32)
+    target = ids(b, t)
+    target[:, t // 2:] = 0
+    target[:, t // 2 - 1] = 1  # EOS
+    return {"reader_ids": ids(b, k, s), "reader_mask": ones(b, k, s), "target_ids": target,
+            "target_mask": (target > 0).astype(np.int32), "query_ids": ids(b, lr),
+            "query_mask": ones(b, lr), "passage_ids": ids(b, k, lr),
+            "passage_mask": ones(b, k, lr), "pool_gold": np.eye(b, k, dtype=bool)}
+
+
+def timed(fn, *args):
+    """(result, seconds) of fn(*args) with the result ready."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def main():
+    """Builds the default config's models and prints compile and step times."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="joint_grpo", choices=("reinforce", "grpo", "joint_grpo"))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. retrieval.pool_size=8 (repeatable)")
+    args = parser.parse_args()
+    config = config_lib.base_config(args.mode)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        *path, leaf = key.split(".")
+        node = functools.reduce(getattr, path, config)
+        setattr(node, leaf, type(getattr(node, leaf))(value))
+    vocab = _Vocab(config.data.vocab_size)
+    rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(0))
+    reader, reader_params = experiment.build_reader(config, vocab, rng_reader)
+    retriever, retriever_params = experiment.build_retriever(config, vocab, rng_retriever)
+    models = steps.Models(reader, retriever, (0, 1, 2))
+    params = {"reader": reader_params, "retriever": retriever_params}
+    optimizer = steps.make_optimizer(config)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    state = steps.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                             opt_state=optimizer.init(params),
+                             ref_params=steps.freeze_copy(params), rng=jax.random.PRNGKey(1))
+    state_sh = sharding.param_shardings(state, mesh)
+    state = jax.device_put(state, state_sh)
+    fns = train._jit_steps(config, models, optimizer, mesh, state_sh)
+    batch = jax.device_put(make_batch(config, len(vocab)), sharding.batch_sharding(mesh))
+    rng = jax.random.PRNGKey(2)
+
+    start = time.perf_counter()
+    rollout = fns["rollout"].lower(state.params, batch, rng, state.ref_params).compile()
+    t_rollout = time.perf_counter() - start
+    ro = rollout(state.params, batch, rng, state.ref_params)
+    start = time.perf_counter()
+    reward = fns["reward"].lower(ro, batch).compile()
+    t_reward = time.perf_counter() - start
+    rewards = reward(ro, batch)
+    start = time.perf_counter()
+    update = fns["grpo_update"].lower(state, ro, rewards, batch).compile()
+    t_update = time.perf_counter() - start
+
+    times = {"rollout": [], "reward": [], "grpo_update": []}
+    for i in range(args.repeats + 1):
+        ro, t1 = timed(rollout, state.params, batch, jax.random.fold_in(rng, i), state.ref_params)
+        rewards, t2 = timed(reward, ro, batch)
+        (state, _), t3 = timed(update, state, ro, rewards, batch)
+        if i:  # the first call after compiling can still pay one-off costs
+            for key, t in zip(times, (t1, t2, t3), strict=True):
+                times[key].append(t)
+    g = config.grpo
+    print(f"mode={args.mode} B={config.batch_size} K={config.retrieval.pool_size} "
+          f"Gr={g.retriever_group_size} G={g.group_size} S={config.data.text_maxlength} "
+          f"T={config.data.target_maxlength} V={len(vocab)} d_model={config.model.reader.d_model}"
+          f" | {jax.devices()[0].platform} x{os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.1f}, jax {jax.__version__}")
+    print(f"{'step':12s} {'compile s':>10s} {'median ms':>10s} {'min ms':>8s}")
+    for key, compile_s in zip(times, (t_rollout, t_reward, t_update), strict=True):
+        print(f"{key:12s} {compile_s:10.2f} {1e3 * statistics.median(times[key]):10.1f} "
+              f"{1e3 * min(times[key]):8.1f}")
+
+
+if __name__ == "__main__":
+    main()

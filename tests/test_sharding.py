@@ -1,0 +1,94 @@
+"""One rollout + reward + grpo_update on 8 simulated CPU devices (data=8 and data=2, fsdp=2,
+tensor=2) with the trainer's jitted, sharded step functions equals the 1-device run."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from lapdog_jax import sharding, steps, train
+from tests.test_steps import init_params, make_batch, make_config, make_models, make_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESHES = {"data8": (8, 1, 1), "d2f2t2": (2, 2, 2)}
+# LLVM's optimisation passes are most of the compile time of these tiny programs.
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+# Runs in a fresh interpreter: the device count is fixed when jax starts.
+SCRIPT = """
+import sys
+
+import jax
+import numpy as np
+
+from tests.test_sharding import MESHES, run
+
+assert jax.device_count() == 8, jax.devices()
+out = {}
+for name, shape in MESHES.items():
+    out.update({name + "/" + k: v for k, v in run(shape).items()})
+np.savez(sys.argv[1], **out)
+"""
+
+
+def call(jitted, *args):
+    """jitted(*args), compiled with FAST options."""
+    return jitted.lower(*args).compile(compiler_options=FAST)(*args)
+
+
+def run(mesh_shape) -> dict[str, np.ndarray]:
+    """Rollout, reward and one grpo_update (joint mode, B=8) on a mesh of this shape."""
+    config = make_config("joint_grpo", batch_size=8,
+                         **{"grpo.kl_coeff": 0.05, "grpo.kl_coeff_retriever": 0.05})
+    models = make_models()
+    params, ref = init_params(models, 1), init_params(models, 2)
+    mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    optimizer = steps.make_optimizer(config)
+    state = make_state(params, ref, optimizer)
+    state_sh = sharding.param_shardings(state, mesh)
+    state = jax.device_put(state, state_sh)
+    fns = train._jit_steps(config, models, optimizer, mesh, state_sh)
+    batch = jax.device_put(make_batch(8), sharding.batch_sharding(mesh))
+    ro = call(fns["rollout"], state.params, batch, jax.random.PRNGKey(42), state.ref_params)
+    rewards = call(fns["reward"], ro, batch)
+    state, m = call(fns["grpo_update"], state, ro, rewards, batch)
+    out = {}
+    for key, x in (("tokens", ro.tokens), ("lm_head", state.params["reader"]["lm_head"]["kernel"])):
+        out[key + "_shards"] = np.asarray(x.size // np.prod(x.sharding.shard_shape(x.shape)))
+    for key in ("tokens", "doc_idx", "logp_old", "logp_ref", "pool_logp"):
+        out["ro/" + key] = np.asarray(getattr(ro, key))
+    out["rewards"] = np.asarray(rewards)
+    out.update({"m/" + k: np.asarray(v) for k, v in m.items()})
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+        out["p/" + jax.tree_util.keystr(path)] = np.asarray(leaf)
+    return out
+
+
+def test_sharded_steps_match_single_device(tmp_path):
+    path = str(tmp_path / "out.npz")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    # The 8-device runs go in a subprocess while this process computes the 1-device one.
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, path], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        single = run((1, 1, 1))
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-4000:]
+    out = dict(np.load(path))
+    # The meshes really split the work: rows over 8 (or 2*2) devices, lm_head over tensor.
+    assert out["data8/tokens_shards"] == 8 and out["d2f2t2/tokens_shards"] == 4
+    assert single["lm_head_shards"] == 1 and out["d2f2t2/lm_head_shards"] > 1
+    assert single["m/opt/grad_norm_retriever"] > 0 and single["rewards"].std() > 0
+    for name in MESHES:
+        # The same rng gives the same docs and completions.
+        np.testing.assert_array_equal(out[name + "/ro/tokens"], single["ro/tokens"])
+        np.testing.assert_array_equal(out[name + "/ro/doc_idx"], single["ro/doc_idx"])
+        for key, want in single.items():
+            if not key.endswith("_shards"):
+                np.testing.assert_allclose(out[f"{name}/{key}"], want, atol=1e-4, rtol=1e-4,
+                                           err_msg=f"{name}: {key}")
