@@ -59,7 +59,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo
     c.preset = preset or ""  # '' = embedded default (synthetic data, tiny models)
     c.seed = 0  # seeds params, data order, sampling
-    c.total_steps = 300  # optimizer steps
+    c.total_steps = 500  # training steps (one batch each)
     c.batch_size = 8  # global number of prompts per step
     c.accumulation_steps = 1  # micro-batches per optimizer step
     c.log_freq = 10  # steps between scalar logs
@@ -88,7 +88,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.synthetic.seed = 0  # generator seed
     c.data.synthetic.num_train = 2000  # train dialogues
     c.data.synthetic.num_valid = 200  # valid dialogues
-    c.data.synthetic.num_stories = 200  # stories in the corpus
+    c.data.synthetic.num_stories = 48  # stories in the corpus
 
     c.init = ml_collections.ConfigDict()
     c.init.reader = ""  # HF T5 folder (e.g. a stage-1 export); '' = random tiny reader
@@ -100,11 +100,11 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.model.retriever = _tiny_retriever()  # used only when init.retriever is empty
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.shared_retriever = True  # one encoder for queries and passages (LAPDOG)
-    c.model.normalize_embeddings = False  # L2-normalise retriever embeddings
+    c.model.normalize_embeddings = True  # L2-normalise retriever embeddings (cosine scores)
     c.model.train_passage_encoder = False  # train the passage side too (needs index refresh)
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-3  # reader learning rate (LAPDOG --lr)
+    c.optim.lr = 2e-3  # reader learning rate (LAPDOG --lr)
     c.optim.lr_retriever = 1e-4  # retriever learning rate (LAPDOG --lr_retriever)
     c.optim.warmup_steps = 20  # linear warmup steps
     c.optim.schedule = "linear"  # decay after warmup: 'linear' | 'cosine' | 'constant'
@@ -114,14 +114,14 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.optim.b2 = 0.999  # Adam beta2
 
     c.retrieval = ml_collections.ConfigDict()
-    c.retrieval.pool_size = 8  # K passages scored per prompt (faiss top-K)
-    c.retrieval.refresh_index = 0  # steps between index rebuilds (0 = never)
-    c.retrieval.temperature_score = 0.1  # retriever score temperature τ (LAPDOG)
+    c.retrieval.pool_size = 16  # K passages scored per prompt (faiss top-K)
+    c.retrieval.refresh_index = 20  # steps between index rebuilds (0 = never)
+    c.retrieval.temperature_score = 0.05  # retriever score temperature τ (LAPDOG)
     c.retrieval.temperature_gold = 0.1  # gold score temperature (LAPDOG stage 2)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.group_size = 4  # G completions per (prompt, doc)
-    c.grpo.retriever_group_size = 2  # Gr docs sampled per prompt (joint mode)
+    c.grpo.retriever_group_size = 4  # Gr docs sampled per prompt (joint mode)
     c.grpo.num_iterations = 1  # updates per rollout (ratio vs old log-probs)
     c.grpo.loss_type = "grpo_clip"  # grpo_clip | reinforce_with_baseline | no_baseline
     c.grpo.loss_agg = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum_norm
@@ -156,7 +156,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
         c.grpo.loss_type = "no_baseline"
         c.grpo.kl_coeff = 0.0
     if not preset and mode != "sft":
-        c.sft_warmup_steps = 150
+        # Embedded demo: learn to copy the fact from the gold story, then RL (minutes on a CPU).
+        c.sft_warmup_steps = 500
+        c.total_steps = 800
     if preset:
         c.optim.lr = _PRESET_SIZES[preset]["lr"]
         c.batch_size = _PRESET_SIZES[preset]["batch_size"]
@@ -165,6 +167,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
         c.data.retriever_maxlength = 256
         c.data.n_context = 6 if mode != "sft" else 0
         c.retrieval.pool_size = 20
+        c.retrieval.temperature_score = 0.1
+        c.retrieval.refresh_index = 1000
+        c.model.normalize_embeddings = False  # Contriever scores are raw dot products
+        c.optim.lr_retriever = 1e-5
         c.total_steps = 10000
         c.eval_freq = 500
         c.save_freq = 500

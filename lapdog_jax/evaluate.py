@@ -10,21 +10,31 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lapdog_jax import distributed, experiment, metrics, sharding, steps
+from lapdog_jax.data import DataError
 from lapdog_jax.data import pipeline as pipe_lib
 
 RECALL_KS = (1, 5)
 _GENERATE = {}
 
 
+def jit_key(config, models: steps.Models, mesh) -> tuple:
+    """All that a jitted step closes over (config, model shapes, special ids, mesh): functions
+    with equal keys are interchangeable, so runs in one process can share them."""
+    return (config.to_json(sort_keys=True), models.reader.config, models.retriever.config,
+            models.special_ids, mesh)
+
+
 def _generate_fn(models, config, mesh):
-    """The jitted greedy generator, compiled once per (models, mesh)."""
-    key = (id(models), id(config), id(mesh))
+    """The jitted greedy generator, compiled once per `jit_key`."""
+    key = jit_key(config, models, mesh)
     if key not in _GENERATE:
         data = sharding.batch_sharding(mesh)
         _GENERATE[key] = jax.jit(functools.partial(steps.generate, models=models, config=config),
@@ -34,7 +44,11 @@ def _generate_fn(models, config, mesh):
 
 def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mesh, step: int,
         workdir: str, writer=None) -> dict[str, float]:
-    """Evaluates `params` on exp.valid[:eval_size]; returns {'eval/...': value}."""
+    """Evaluates `params` on exp.valid[:eval_size]; returns {'eval/...': value}.
+
+    Every process builds the whole (small) eval batch on host and feeds its own rows; the
+    answers are gathered, so all processes return the same metrics and process 0 writes them.
+    """
     config = exp.config
     dialogues = exp.valid[:config.eval_size] if config.eval_size else exp.valid
     if not dialogues:
@@ -47,17 +61,20 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
     pool_fn = (lambda ids, mask: retriever.search(
         retriever.embed(params["retriever"], ids, mask), k)[0]) if k else None
     tokenizers = pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer)
+    batch_size = min(config.batch_size, len(dialogues))
     pipeline = pipe_lib.Pipeline(
         dialogues, retriever.by_id if retriever else None, tokenizers,
-        pipe_lib.Lengths.from_config(config.data), min(config.batch_size, len(dialogues)),
-        seed=config.seed, pool_fn=pool_fn, retriever_from=config.data.retriever_from,
-        shuffle=False, process_index=jax.process_index(), process_count=jax.process_count())
+        pipe_lib.Lengths.from_config(config.data), batch_size, seed=config.seed,
+        pool_fn=pool_fn, retriever_from=config.data.retriever_from, shuffle=False)
+    data = sharding.batch_sharding(mesh)
+    local = distributed.host_local_batch_slice(batch_size, data)
     gen = _generate_fn(models, config, mesh)
     rows = []
     for batch, host in tqdm(pipeline.eval_batches(), desc="eval", unit="batch", leave=False,
                             disable=not distributed.is_main_process()):
-        batch = distributed.global_batch(batch, sharding.batch_sharding(mesh))
-        tokens = jax.device_get(gen(params, batch, jax.random.PRNGKey(0)))
+        batch = distributed.global_batch({key: v[local] for key, v in batch.items()}, data)
+        tokens = multihost_utils.process_allgather(gen(params, batch, jax.random.PRNGKey(0)),
+                                                   tiled=True)
         texts = exp.reader_tokenizer.batch_decode(tokens, skip_special_tokens=True)
         for i in range(host["num_valid"]):
             rows.append({"query": host["questions"][i], "answers": host["answers"][i],
@@ -83,13 +100,14 @@ def _finish(rows, step: int, workdir: str, writer, with_recall: bool) -> dict[st
                                 gold_ids=gold if known else None,
                                 retrieved_ids=[r["retrieved_ids"] for r in rows] if known
                                 else None, ks=RECALL_KS)
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"valid-step-{step}.jsonl"), "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    with open(os.path.join(out_dir, f"metrics-step-{step}.json"), "w") as f:
-        json.dump(m, f, indent=2, sort_keys=True)
+    if distributed.is_main_process():
+        out_dir = os.path.join(workdir, "eval")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"valid-step-{step}.jsonl"), "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        with open(os.path.join(out_dir, f"metrics-step-{step}.json"), "w") as f:
+            json.dump(m, f, indent=2, sort_keys=True)
     scalars = {f"eval/{k}": v for k, v in m.items()}
     if writer is not None:
         writer.scalars(step, scalars)
@@ -100,31 +118,48 @@ def _finish(rows, step: int, workdir: str, writer, with_recall: bool) -> dict[st
     return scalars
 
 
-def main(argv):
-    """Restores the latest checkpoint of --workdir and evaluates it."""
-    del argv
+def evaluate_workdir(workdir: str) -> dict[str, float]:
+    """Restores the latest checkpoint of `workdir` and evaluates it as training did (same
+    passage index); writes eval/valid-step-N.jsonl and eval/metrics-step-N.json."""
     from lapdog_jax import checkpoint
     from lapdog_jax.data import tokenizer as tok_lib
     from lapdog_jax.retrieval import Retriever
-    from lapdog_jax.train import pool_size
+    from lapdog_jax.train import index_params, pool_size, resumed_step
 
-    workdir = flags.FLAGS.workdir
+    distributed.initialize()
     config = experiment.load_config(workdir)
-    exp = experiment.build(config, workdir)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    models = steps.Models(exp.reader, exp.retriever,
-                          tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer)))
-    state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
-    restored = checkpoint.restore_latest(checkpoint.make_manager(workdir, config.keep), state)
-    if restored is None:
-        raise FileNotFoundError(f"--workdir={workdir}: no checkpoint to evaluate")
-    state = restored[0]
+    manager = checkpoint.make_manager(workdir, config.keep, create=False)
+    try:
+        if manager.latest_step() is None:
+            raise experiment.ConfigError(f"--workdir={workdir}: no checkpoint to evaluate")
+        exp = experiment.build(config, workdir)
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        models = steps.Models(exp.reader, exp.retriever,
+                              tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer)))
+        state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
+        state = jax.device_put(state, sharding.param_shardings(state, mesh))
+        restored = checkpoint.restore_latest(manager, state, state.params["retriever"])
+    finally:
+        manager.close()
+    state, host, saved_index = restored
+    step = resumed_step(state, host)
     retriever = None
     if pool_size(config):
         retriever = Retriever(exp.retriever, exp.passages, exp.retriever_tokenizer,
                               config.data.retriever_maxlength)
-        retriever.rebuild(state.params["retriever"])
-    m = run(exp, models, state.params, retriever, mesh, int(state.step), workdir)
+        retriever.rebuild(index_params(exp, state, step, host.get("index_step", 0),
+                                       saved_index))
+    return run(exp, models, state.params, retriever, mesh, step, workdir)
+
+
+def main(argv):
+    """CLI: evaluates --workdir's latest checkpoint and prints the metrics."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        m = evaluate_workdir(flags.FLAGS.workdir)
+    except (experiment.ConfigError, DataError) as e:
+        sys.exit(f"error: {e}")
     for key, v in m.items():
         print(f"{key:20s} {v:10.4f}")
 

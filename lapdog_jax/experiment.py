@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+from jax.experimental import multihost_utils
 
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
@@ -40,13 +41,31 @@ class Experiment:
     ref_params: dict[str, Any]  # {'reader', 'retriever'} frozen reference (before any warmup)
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work (missing path, preset without data); names the flag."""
+
+
 def _path_flag(config, name: str) -> str:
     """Returns config `name`'s path, or raises an error naming the flag when it is missing."""
     section, key = name.split(".")
     path = config[section][key]
     if path and not os.path.exists(path):
-        raise FileNotFoundError(f"--config.{name}={path}: no such file or directory")
+        raise ConfigError(f"--config.{name}={path}: no such file or directory")
     return path
+
+
+def _main_process_first(fn):
+    """Runs `fn` on process 0, then (after a barrier) on the others, and returns its result.
+
+    Files that a run creates in its workdir (synthetic data, tokenizer) are written once by
+    process 0; the others then read them (shared filesystem) or, finding none, build their own
+    identical copy (the generators are deterministic).
+    """
+    if jax.process_count() == 1:
+        return fn()
+    out = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("lapdog_jax.experiment: workdir files ready")
+    return out if jax.process_index() == 0 else fn()
 
 
 def load_data(config, workdir: str):
@@ -54,26 +73,37 @@ def load_data(config, workdir: str):
     train_path = _path_flag(config, "data.train")
     if not train_path:
         if config.preset:
-            raise ValueError(f"preset {config.preset!r} needs real data: set --config.data.train, "
-                             "--config.data.eval and --config.data.passages")
-        s = config.data.synthetic
-        paths = synthetic.generate(os.path.join(workdir, "data"), seed=s.seed,
-                                   num_train=s.num_train, num_valid=s.num_valid,
-                                   num_stories=s.num_stories)
-        logging.info("generated the synthetic dataset under %s", os.path.dirname(paths["train"]))
-        eval_path, passages_path = paths["valid"], paths["passages"]
-        train_path = paths["train"]
+            raise ConfigError(f"preset {config.preset!r} needs real data: set "
+                              "--config.data.train, --config.data.eval and "
+                              "--config.data.passages")
+        paths = _synthetic(config, workdir)
+        train_path, eval_path, passages_path = paths["train"], paths["valid"], paths["passages"]
     else:
         eval_path = _path_flag(config, "data.eval")
         passages_path = _path_flag(config, "data.passages")
         for flag, value in (("data.eval", eval_path), ("data.passages", passages_path)):
             if not value and (flag == "data.eval" or config.mode != "sft"):
-                raise ValueError(f"--config.{flag} is required when --config.data.train is set")
+                raise ConfigError(f"--config.{flag} is required when --config.data.train is set")
     passages = data_lib.read_passages(passages_path) if passages_path else []
     ids = {p.id for p in passages} if passages else None
     train = data_lib.read_dialogues(train_path, ids)
     valid = data_lib.read_dialogues(eval_path, ids) if eval_path else []
     return train, valid, passages
+
+
+def _synthetic(config, workdir: str) -> dict[str, str]:
+    """Writes the embedded synthetic dataset under workdir/data (process 0 always rewrites it,
+    so a changed `data.synthetic` takes effect on resume); returns its paths."""
+    s = config.data.synthetic
+    out = os.path.join(workdir, "data")
+    paths = {"train": os.path.join(out, synthetic.TRAIN_FILE),
+             "valid": os.path.join(out, synthetic.VALID_FILE),
+             "passages": os.path.join(out, synthetic.STORIES_FILE)}
+    if jax.process_index() == 0 or not all(map(os.path.exists, paths.values())):
+        paths = synthetic.generate(out, seed=s.seed, num_train=s.num_train,
+                                   num_valid=s.num_valid, num_stories=s.num_stories)
+        logging.info("generated the synthetic dataset under %s", out)
+    return paths
 
 
 def load_tokenizers(config, workdir: str, train, passages):
@@ -115,9 +145,9 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
                        tie_word_embeddings=m.tie_word_embeddings, dropout_rate=m.dropout_rate,
                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                        decoder_start_token_id=tokenizer.pad_token_id, dtype=dtype)
-        model = T5(cfg)
         ids = jax.numpy.zeros((1, 2), jax.numpy.int32)
-        params = model.init(rng, ids, ids, ids)["params"]
+        # One compiled init instead of hundreds of op-by-op dispatches (seconds on CPU).
+        params = jax.jit(T5(cfg).init)(rng, ids, ids, ids)["params"]
     return T5(cfg), params
 
 
@@ -137,15 +167,21 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
                                dropout_rate=m.dropout_rate, pad_token_id=tokenizer.pad_token_id,
                                normalize=config.model.normalize_embeddings,
                                dtype=config.model.dtype)
-        params = init_contriever(cfg, rng)
+        params = jax.jit(init_contriever, static_argnums=0)(cfg, rng)
     return Contriever(cfg), params
 
 
 def build(config, workdir: str) -> Experiment:
     """Builds the whole experiment for `config` under `workdir`."""
     os.makedirs(workdir, exist_ok=True)
-    train, valid, passages = load_data(config, workdir)
-    reader_tok, retriever_tok = load_tokenizers(config, workdir, train, passages)
+
+    def data_and_tokenizers():
+        """Reads (or generates) the data, then loads (or trains) the tokenizers."""
+        train, valid, passages = load_data(config, workdir)
+        return train, valid, passages, load_tokenizers(config, workdir, train, passages)
+
+    train, valid, passages, (reader_tok, retriever_tok) = _main_process_first(
+        data_and_tokenizers)
     rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(config.seed))
     reader, reader_params = build_reader(config, reader_tok, rng_reader)
     retriever, retriever_params = build_retriever(config, retriever_tok, rng_retriever)
@@ -169,7 +205,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     """Reads workdir/config.json back into a locked ConfigDict."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--workdir={workdir}: no config.json (not a training workdir?)")
+        raise ConfigError(f"--workdir={workdir}: no config.json (not a training workdir?)")
     with open(path) as f:
         raw = json.load(f)
     raw["reward"]["weights"] = tuple(raw["reward"]["weights"])

@@ -10,10 +10,12 @@ is what `--config.init.reader` (e.g. a stage-1 model for RL) expects.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 
 from lapdog_jax import checkpoint, experiment, steps
+from lapdog_jax.data import DataError
 from lapdog_jax.models import hf
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (has config.json).")
@@ -23,11 +25,15 @@ _OUT = flags.DEFINE_string("out", None, "Output folder; reader/ and retriever/ g
 def export(workdir: str, out: str) -> dict[str, str]:
     """Writes the latest checkpoint's reader and retriever as HF dirs; returns their paths."""
     config = experiment.load_config(workdir)
-    exp = experiment.build(config, workdir)
-    state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
-    restored = checkpoint.restore_latest(checkpoint.make_manager(workdir, config.keep), state)
-    if restored is None:
-        raise FileNotFoundError(f"--workdir={workdir}: no checkpoint to export")
+    manager = checkpoint.make_manager(workdir, config.keep, create=False)
+    try:
+        if manager.latest_step() is None:
+            raise experiment.ConfigError(f"--workdir={workdir}: no checkpoint to export")
+        exp = experiment.build(config, workdir)
+        state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
+        restored = checkpoint.restore_latest(manager, state)
+    finally:
+        manager.close()
     params = restored[0].params
     paths = {"reader": os.path.join(out, "reader"), "retriever": os.path.join(out, "retriever")}
     hf.save_t5(paths["reader"], exp.reader.config, params["reader"], exp.reader_tokenizer)
@@ -38,8 +44,13 @@ def export(workdir: str, out: str) -> dict[str, str]:
 
 def main(argv):
     """CLI: export and print where the folders went."""
-    del argv
-    for name, path in export(_WORKDIR.value, _OUT.value).items():
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        paths = export(_WORKDIR.value, _OUT.value)
+    except (experiment.ConfigError, DataError) as e:
+        sys.exit(f"error: {e}")
+    for name, path in paths.items():
         print(f"{name}: {path}")
 
 

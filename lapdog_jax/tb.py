@@ -8,6 +8,11 @@ from collections.abc import Mapping
 from absl import logging
 
 
+def tag_of(name: str) -> str:
+    """The TensorBoard tag of a metric name (tags cannot hold '@': recall@1 -> recall_at_1)."""
+    return name.replace("@", "_at_")
+
+
 class MetricWriter:
     """Writes scalars/text to `logdir`; a no-op on non-main processes."""
 
@@ -27,8 +32,8 @@ class MetricWriter:
         line = []
         for k, v in sorted(metrics.items()):
             v = float(v)
-            if math.isfinite(v):  # TensorBoard tags cannot hold '@'
-                self._w.add_scalar(k.replace("@", "_at_"), v, step)
+            if math.isfinite(v):
+                self._w.add_scalar(tag_of(k), v, step)
             line.append(f"{k}={v:.4g}")
         logging.info("step %d: %s", step, ", ".join(line))
         self._w.flush()
@@ -39,11 +44,18 @@ class MetricWriter:
             self._w.add_text(tag, text, step)
 
     def hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float]) -> None:
-        """Writes the run's hyper-parameters with its final metrics."""
-        if self.enabled:
-            flat = {k: v if isinstance(v, int | float | str | bool) else str(v)
-                    for k, v in hparams.items()}
-            self._w.add_hparams(flat, {f"hparam/{k}": float(v) for k, v in metrics.items()})
+        """Writes the run's hyper-parameters, naming `metrics` (already written as scalars) as
+        its results; into this run's own event file, not a sub-run, so TensorBoard's HParams
+        tab lines them up with the run's curves."""
+        if not self.enabled:
+            return
+        from tensorboardX.summary import hparams as hparams_summary
+
+        flat = {k: v if isinstance(v, int | float | str | bool) else str(v)
+                for k, v in hparams.items()}
+        for summary in hparams_summary(flat, {tag_of(k): float(v) for k, v in metrics.items()}):
+            self._w.file_writer.add_summary(summary)
+        self._w.flush()
 
     def close(self) -> None:
         """Flushes and closes the event file."""
