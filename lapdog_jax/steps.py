@@ -19,7 +19,6 @@ encoding), so the encoder runs B*Gr times, not N times.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -153,7 +152,12 @@ def learning_rates(config, update) -> dict[str, jax.Array]:
 
 
 def retriever_scores(models: Models, params, batch, config) -> jax.Array:
-    """Pool scores s = q·p / τ [B,K] with the live encoder; the passage side is frozen unless
+    """Pool scores s = q·p / τ [B,K] with the live encoder (the policy's logits)."""
+    return pool_similarity(models, params, batch, config) / config.retrieval.temperature_score
+
+
+def pool_similarity(models: Models, params, batch, config) -> jax.Array:
+    """Inner products q·p [B,K] with the live encoder; the passage side is frozen unless
     `model.train_passage_encoder` (the index would otherwise go stale)."""
     B, K, Lp = batch["passage_ids"].shape
     q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"])
@@ -162,7 +166,7 @@ def retriever_scores(models: Models, params, batch, config) -> jax.Array:
     p_BxKxD = p.reshape(B, K, -1)
     if not config.model.train_passage_encoder:
         p_BxKxD = jax.lax.stop_gradient(p_BxKxD)
-    return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD) / config.retrieval.temperature_score
+    return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD)
 
 
 def _encode(models: Models, params, src_ids, src_mask, config):
@@ -389,9 +393,8 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
     def loss_fn(params):
         ce = _reader_ce(params["reader"], batch["reader_ids"][:, :n],
                         batch["reader_mask"][:, :n], batch, models, config)
-        scores = retriever_scores(models, params["retriever"], batch, config)
-        kl = losses.lapdog_retriever_kl(scores * rc.temperature_score, gold,
-                                        rc.temperature_score, rc.temperature_gold)
+        scores = pool_similarity(models, params["retriever"], batch, config)
+        kl = losses.lapdog_retriever_kl(scores, gold, rc.temperature_score, rc.temperature_gold)
         return ce + kl, {"reader/loss": ce, "retriever/loss": kl,
                          "retriever/recall@1": jnp.take_along_axis(
                              batch["pool_gold"], jnp.argmax(scores, -1)[:, None], 1).mean()}
@@ -407,8 +410,3 @@ def generate(params, batch, rng, *, models: Models, config) -> jax.Array:
     enc, enc_mask = _encode(models, params["reader"], batch["reader_ids"][:, :n],
                             batch["reader_mask"][:, :n], config)
     return _sample(models, params["reader"], enc, enc_mask, rng, config, greedy=True).tokens
-
-
-def bind(fn, **kwargs):
-    """Binds the static arguments of a step function (models, config, optimizer)."""
-    return functools.partial(fn, **kwargs)
