@@ -121,35 +121,17 @@ def _finish(rows, step: int, workdir: str, writer, with_recall: bool) -> dict[st
 def evaluate_workdir(workdir: str) -> dict[str, float]:
     """Restores the latest checkpoint of `workdir` and evaluates it as training did (same
     passage index); writes eval/valid-step-N.jsonl and eval/metrics-step-N.json."""
-    from lapdog_jax import checkpoint
-    from lapdog_jax.data import tokenizer as tok_lib
-    from lapdog_jax.retrieval import Retriever
     from lapdog_jax.train import index_params, pool_size, resumed_step
 
     distributed.initialize()
-    config = experiment.load_config(workdir)
-    manager = checkpoint.make_manager(workdir, config.keep, create=False)
-    try:
-        if manager.latest_step() is None:
-            raise experiment.ConfigError(f"--workdir={workdir}: no checkpoint to evaluate")
-        exp = experiment.build(config, workdir)
-        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-        models = steps.Models(exp.reader, exp.retriever,
-                              tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer)))
-        state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
-        state = jax.device_put(state, sharding.param_shardings(state, mesh))
-        restored = checkpoint.restore_latest(manager, state, state.params["retriever"])
-    finally:
-        manager.close()
-    state, host, saved_index = restored
+    exp, mesh, state, host, saved_index = experiment.restore_workdir(workdir, "evaluate")
     step = resumed_step(state, host)
     retriever = None
-    if pool_size(config):
-        retriever = Retriever(exp.retriever, exp.passages, exp.retriever_tokenizer,
-                              config.data.retriever_maxlength)
+    if pool_size(exp.config):
+        retriever = experiment.passage_retriever(exp)
         retriever.rebuild(index_params(exp, state, step, host.get("index_step", 0),
                                        saved_index))
-    return run(exp, models, state.params, retriever, mesh, step, workdir)
+    return run(exp, experiment.step_models(exp), state.params, retriever, mesh, step, workdir)
 
 
 def main(argv):

@@ -16,6 +16,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
+from lapdog_jax import checkpoint, sharding, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
 from lapdog_jax.data import tokenizer as tok_lib
@@ -23,6 +24,7 @@ from lapdog_jax.models import hf
 from lapdog_jax.models.contriever import Contriever, ContrieverConfig
 from lapdog_jax.models.contriever import init_params as init_contriever
 from lapdog_jax.models.t5 import T5, T5Config
+from lapdog_jax.retrieval import Retriever
 
 
 @dataclasses.dataclass
@@ -212,3 +214,34 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(raw)
     config.lock()
     return config
+
+
+def step_models(exp: Experiment) -> steps.Models:
+    """The modules and the reward's special token ids that the step functions take."""
+    special = tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer))
+    return steps.Models(exp.reader, exp.retriever, special)
+
+
+def passage_retriever(exp: Experiment) -> Retriever:
+    """The story corpus tokenized for the retriever (call `rebuild(params)` to index it)."""
+    return Retriever(exp.retriever, exp.passages, exp.retriever_tokenizer,
+                     exp.config.data.retriever_maxlength)
+
+
+def restore_workdir(workdir: str, purpose: str):
+    """Rebuilds a training workdir and restores its latest checkpoint for `purpose`
+    ('evaluate', 'export'); returns (exp, mesh, state, host, saved_index params or None)."""
+    config = load_config(workdir)
+    manager = checkpoint.make_manager(workdir, config.keep, create=False)
+    try:
+        if manager.latest_step() is None:
+            raise ConfigError(f"--workdir={workdir}: no checkpoint to {purpose}")
+        exp = build(config, workdir)
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
+        state = jax.device_put(state, sharding.param_shardings(state, mesh))
+        state, host, saved_index = checkpoint.restore_latest(manager, state,
+                                                             state.params["retriever"])
+    finally:
+        manager.close()
+    return exp, mesh, state, host, saved_index

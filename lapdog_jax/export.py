@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from lapdog_jax import checkpoint, experiment, steps
+from lapdog_jax import experiment
 from lapdog_jax.data import DataError
 from lapdog_jax.models import hf
 
@@ -24,17 +24,8 @@ _OUT = flags.DEFINE_string("out", None, "Output folder; reader/ and retriever/ g
 
 def export(workdir: str, out: str) -> dict[str, str]:
     """Writes the latest checkpoint's reader and retriever as HF dirs; returns their paths."""
-    config = experiment.load_config(workdir)
-    manager = checkpoint.make_manager(workdir, config.keep, create=False)
-    try:
-        if manager.latest_step() is None:
-            raise experiment.ConfigError(f"--workdir={workdir}: no checkpoint to export")
-        exp = experiment.build(config, workdir)
-        state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
-        restored = checkpoint.restore_latest(manager, state)
-    finally:
-        manager.close()
-    params = restored[0].params
+    exp, _, state, _, _ = experiment.restore_workdir(workdir, "export")
+    params = state.params
     paths = {"reader": os.path.join(out, "reader"), "retriever": os.path.join(out, "retriever")}
     hf.save_t5(paths["reader"], exp.reader.config, params["reader"], exp.reader_tokenizer)
     hf.save_contriever(paths["retriever"], exp.retriever.config, params["retriever"],

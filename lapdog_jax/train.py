@@ -21,8 +21,6 @@ from tqdm.auto import tqdm
 
 from lapdog_jax import checkpoint, distributed, evaluate, experiment, sharding, steps
 from lapdog_jax.data import pipeline as pipe_lib
-from lapdog_jax.data import tokenizer as tok_lib
-from lapdog_jax.retrieval import Retriever
 from lapdog_jax.rewards import host_combined_reward
 from lapdog_jax.tb import MetricWriter
 
@@ -165,8 +163,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         experiment.save_config(config, workdir)
     exp = experiment.build(config, workdir)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    special = tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer))
-    models = steps.Models(exp.reader, exp.retriever, special)
+    models = experiment.step_models(exp)
     optimizer = steps.make_optimizer(config)
     writer = MetricWriter(workdir, enabled=distributed.is_main_process())
 
@@ -190,8 +187,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     index_step = host_state.get("index_step", 0)
     refresh = (config.retrieval.refresh_index if k and steps.trains_retriever(config) else 0)
     if k:
-        retriever = Retriever(exp.retriever, exp.passages, exp.retriever_tokenizer,
-                              config.data.retriever_maxlength)
+        retriever = experiment.passage_retriever(exp)
         built_from = index_params(exp, state, step, index_step, saved_index)
         retriever.rebuild(built_from)
         # Kept (own buffers: the state's are donated) to be saved while the index is stale.
