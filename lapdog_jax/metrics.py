@@ -5,6 +5,8 @@ Matches LAPDOG's `compute_metrics.py` and `src/evaluation.py` (github.com/hqsisw
   'R:' go, not only a leading one); `answers[0]` is the one reference for every metric;
 - F1: SQuAD `normalize_answer` (lower case, drop punctuation, drop a/an/the, collapse spaces),
   multiset word F1, 0 when nothing is shared; mean over examples ×100;
+- EM: SQuAD exact match (`normalize_answer(generation) == normalize_answer(answer)`, LAPDOG's
+  `exact_match_score`), 1 or 0 per example; mean over examples ×100;
 - BLEU: `sacrebleu.metrics.BLEU().corpus_score(generations, [references]).score` (13a, 0..100);
 - ROUGE-1/2/L: `rouge.Rouge().get_scores(generation, reference)` f-scores (rouge 1.0.1), each 0
   when the generation or the reference is empty or when the package rejects the text (e.g. a
@@ -55,6 +57,11 @@ def token_f1(prediction: str, reference: str, squad_normalize: bool = True) -> f
     return 2 * precision * recall / (precision + recall)
 
 
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the two texts are equal after SQuAD normalisation, else 0.0 (LAPDOG `em`)."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
 def rouge_scores(prediction: str, reference: str) -> tuple[float, float, float]:
     """(ROUGE-1, ROUGE-2, ROUGE-L) f in 0..1 from `rouge`; 0s for empty or rejected text."""
     if not prediction or not reference:
@@ -100,8 +107,8 @@ def compute_metrics(generations: Sequence[str], answers: Sequence[Sequence[str] 
                     ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """LAPDOG's evaluation of generations against answers[0]; see the module docstring for keys.
 
-    Returns f1, bleu, rouge1, rouge2, rougeL (0..100), dist1, dist2 (0..1), len_ratio, n, and
-    recall@k (0..100) for each k when both gold_ids and retrieved_ids are given.
+    Returns f1, em, bleu, rouge1, rouge2, rougeL (0..100), dist1, dist2 (0..1), len_ratio, n,
+    and recall@k (0..100) for each k when both gold_ids and retrieved_ids are given.
     """
     if len(generations) != len(answers):
         raise ValueError(f"{len(generations)} generations vs {len(answers)} answers")
@@ -112,10 +119,12 @@ def compute_metrics(generations: Sequence[str], answers: Sequence[Sequence[str] 
     pairs = list(zip(preds, refs, strict=True))
     # Same array operations as LAPDOG (mean then ×100 for F1, ×100 then mean for ROUGE).
     f1 = np.asarray([token_f1(p, r) for p, r in pairs]).mean() * 100
+    em = np.asarray([exact_match(p, r) for p, r in pairs]).mean() * 100
     rouge = (np.asarray([rouge_scores(p, r) for p, r in pairs]) * 100).mean(0)
     ref_words = sum(len(r.split()) for r in refs)
     out = {
         "f1": float(f1),
+        "em": float(em),
         "bleu": float(BLEU().corpus_score(preds, [refs]).score),
         "rouge1": float(rouge[0]),
         "rouge2": float(rouge[1]),

@@ -134,10 +134,12 @@ def test_compute_metrics_cli_on_the_eval_file(commands):
     assert done["compute_metrics"].returncode == 0, done["compute_metrics"].stderr[-4000:]
     got = json.loads((out / "metrics.json").read_text())
     want = json.loads(next(t for name, t in before.items() if name.startswith("metrics")))
-    assert METRIC_KEYS <= set(got)
+    assert METRIC_KEYS <= set(got) and "em" in got
     for key in METRIC_KEYS:
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
     assert "rougeL" in done["compute_metrics"].stdout
+    table = dict(line.split() for line in done["compute_metrics"].stdout.splitlines()[2:])
+    assert float(table["em"]) == pytest.approx(got["em"], abs=1e-4)
 
 
 def test_export_cli_loads_in_transformers(trained, commands):

@@ -71,10 +71,33 @@ def test_f1_squad_normalised_hand_computed():
     assert metrics.normalize_answer("An apple, THE pie.") == "apple pie"
 
 
+def test_exact_match_squad_normalised_hand_computed():
+    """Case, punctuation and articles are ignored; any other word difference gives 0."""
+    assert metrics.exact_match("The cat.", "cat") == 1.0
+    assert metrics.exact_match("An apple, THE pie.", "apple pie") == 1.0
+    assert metrics.exact_match("a dog", "cat") == 0.0
+    assert metrics.exact_match("the cat sat", "cat") == 0.0
+    assert metrics.compute_metrics(["The cat."], [["cat"]])["em"] == 100.0
+    assert metrics.compute_metrics(["a dog"], [["cat"]])["em"] == 0.0
+
+
+def test_exact_match_strips_r_and_averages_over_examples():
+    """'R:' goes before normalising (else 'r' stays a word); EM is the mean of 1/0 ×100:
+    matches in examples 1 and 3 of 4 -> 50; only answers[0] counts (example 4)."""
+    assert metrics.exact_match("R: Hello, World!", "hello world") == 0.0  # without strip_r
+    gens = ["The cat.", "a dog", "R: Hello, World!", "good morning"]
+    answers = [["cat"], ["cat"], ["R: hello world"], ["hello there", "good morning"]]
+    got = metrics.compute_metrics(gens, answers)
+    assert got["em"] == pytest.approx(100 * 2 / 4)
+    assert got["em"] == pytest.approx(100 * np.mean(
+        [metrics.exact_match(metrics.strip_r(g), metrics.strip_r(a[0]))
+         for g, a in zip(gens, answers, strict=True)]))
+
+
 def test_only_the_first_answer_is_the_reference():
     """LAPDOG scores against answers[0] even when a later answer matches better."""
     got = metrics.compute_metrics(["good morning"], [["hello there", "good morning"]])
-    assert got["f1"] == 0.0 and got["bleu"] == 0.0
+    assert got["f1"] == 0.0 and got["bleu"] == 0.0 and got["em"] == 0.0
 
 
 def test_r_is_stripped_everywhere():
@@ -87,6 +110,7 @@ def test_identical_texts_score_full(scores):
     """Answers as generations: F1 = BLEU = 100, ROUGE within the package's 1e-8 of 100."""
     got = metrics.compute_metrics(REFS, ANSWERS)
     assert got["f1"] == pytest.approx(100.0) and got["bleu"] == pytest.approx(100.0)
+    assert got["em"] == 100.0 and scores["em"] == 0.0  # no EXAMPLES generation is exact
     assert got["rougeL"] == pytest.approx(100.0, abs=1e-5) and got["len_ratio"] == 1.0
     assert got["n"] == len(EXAMPLES) and scores["n"] == len(EXAMPLES)
 
@@ -129,6 +153,8 @@ def test_cli_end_to_end_on_lapdog_and_our_files(tmp_path, scores):
     for k in scores:
         assert written[k] == pytest.approx(scores[k], abs=1e-9)
     assert "rougeL" in run.stdout and f"{scores['bleu']:.4f}" in run.stdout
+    table = dict(line.split() for line in run.stdout.splitlines()[2:])
+    assert float(table["em"]) == pytest.approx(scores["em"], abs=1e-4)
 
     ours = tmp_path / "ours.jsonl"
     _write(ours, [{"query": "q", "answers": ["a b"], "generation": "a b",
