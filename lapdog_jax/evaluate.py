@@ -58,8 +58,7 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
     k = max(n, max(RECALL_KS)) if retriever is not None else 0
     if retriever is not None:
         k = min(k, len(retriever.passages))
-    pool_fn = (lambda ids, mask: retriever.search(
-        retriever.embed(params["retriever"], ids, mask), k)[0]) if k else None
+    pool_fn = retriever.pool_fn(params["retriever"], k) if k else None
     tokenizers = pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer)
     batch_size = min(config.batch_size, len(dialogues))
     pipeline = pipe_lib.Pipeline(

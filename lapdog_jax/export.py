@@ -1,4 +1,5 @@
-"""Exports a workdir's latest checkpoint as Hugging Face folders `OUT/reader`, `OUT/retriever`.
+"""Exports a workdir's latest checkpoint as Hugging Face folders `OUT/reader`, `OUT/retriever`
+(and `OUT/passage_encoder` after query-side retriever training).
 
   python -m lapdog_jax.export --workdir=runs/demo --out=runs/hf
 
@@ -30,6 +31,12 @@ def export(workdir: str, out: str) -> dict[str, str]:
     hf.save_t5(paths["reader"], exp.reader.config, params["reader"], exp.reader_tokenizer)
     hf.save_contriever(paths["retriever"], exp.retriever.config, params["retriever"],
                        exp.retriever_tokenizer)
+    if not exp.config.model.shared_retriever:
+        # Query-side training: retriever/ is the trained query encoder; the index's passages
+        # are embedded by the frozen initial encoder, kept as the reference retriever.
+        paths["passage_encoder"] = os.path.join(out, "passage_encoder")
+        hf.save_contriever(paths["passage_encoder"], exp.retriever.config,
+                           state.ref_params["retriever"], exp.retriever_tokenizer)
     return paths
 
 

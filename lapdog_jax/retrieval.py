@@ -107,12 +107,14 @@ class Retriever:
         """Tokenizes "{title} {text}" of every passage once; call `rebuild` to index."""
         self.model, self.passages = model, list(passages)
         self.by_id = {p.id: p for p in self.passages}
+        self.row = {p.id: i for i, p in enumerate(self.passages)}
         self.batch_size, self.progress = batch_size, progress
         self.stats = TruncationStats()
         self.input_ids, self.attention_mask = encode(
             tokenizer, [retriever_passage(p) for p in self.passages], max_length, self.stats,
             "passage")
         self.index: PassageIndex | None = None
+        self.embeddings: np.ndarray | None = None  # [N, D] float32 of the last rebuild
 
     def embed(self, params, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Embeds queries ids, mask [B, L] -> [B, D] (one compile per B)."""
@@ -127,6 +129,7 @@ class Retriever:
             self.index = PassageIndex([p.id for p in self.passages], emb)
         else:
             self.index.reset(emb)
+        self.embeddings = emb
         logging.info("indexed %d passages (D=%d)", len(self.index), self.index.dim)
         return self.index
 
@@ -137,5 +140,14 @@ class Retriever:
         return self.index.search(query_emb, k)
 
     def pool_fn(self, params, k: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """A pipeline pool function: query tokens [B, L] -> top-k ids [B, k] under `params`."""
-        return lambda ids, mask: self.search(self.embed(params, ids, mask), k)[0]
+        """A pipeline pool function: query tokens [B, L] -> top-k ids [B, k] under `params`
+        (read when called, so a callable `params` follows a live state)."""
+        return lambda ids, mask: self.search(
+            self.embed(params() if callable(params) else params, ids, mask), k)[0]
+
+    def pool_embeddings(self, pool_ids: Sequence[Sequence[str]]) -> np.ndarray:
+        """The indexed embeddings of pool passages: ids [B][K] -> float32 [B, K, D]."""
+        if self.embeddings is None:
+            raise RuntimeError("Retriever.pool_embeddings before rebuild(params)")
+        rows = np.array([[self.row[pid] for pid in pool] for pool in pool_ids], np.int64)
+        return self.embeddings[rows]

@@ -8,7 +8,8 @@ Batch contract (host numpy dict, leading dim B; see lapdog_jax.data.pipeline):
   reader_ids/reader_mask [B,K,S]   reader segment for each pool passage (closed-book: K=1)
   target_ids/target_mask [B,T]     "<extra_id_0> {answer}" + EOS
   query_ids/query_mask [B,Lq]      retriever query tokens
-  passage_ids/passage_mask [B,K,Lp] retriever tokens of the pool passages
+  passage_ids/passage_mask [B,K,Lp] retriever tokens of the pool passages (shared retriever)
+  passage_emb [B,K,D]              indexed pool passage embeddings (query-side retriever)
   pool_gold [B,K]                  whether each pool passage is gold (False when unknown)
 
 Each (prompt, doc) source is encoded once and its encoder output is repeated for its G
@@ -157,10 +158,18 @@ def retriever_scores(models: Models, params, batch, config) -> jax.Array:
 
 
 def pool_similarity(models: Models, params, batch, config) -> jax.Array:
-    """Inner products q·p [B,K] with the live encoder; the passage side is frozen unless
-    `model.train_passage_encoder` (the index would otherwise go stale)."""
-    B, K, Lp = batch["passage_ids"].shape
+    """Inner products q·p [B,K] of the live query encoder's embeddings with the pool's.
+
+    Query-side mode (`model.shared_retriever=False`): p = the passage embeddings stored in the
+    index (`batch['passage_emb']`, from the frozen passage encoder), so no passage is encoded.
+    Shared mode: p = the live encoder on the pool's passage tokens, frozen unless
+    `model.train_passage_encoder` (the index would otherwise go stale).
+    """
     q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"])
+    if not config.model.shared_retriever:
+        p_BxKxD = jax.lax.stop_gradient(batch["passage_emb"])
+        return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD.astype(q_BxD.dtype))
+    B, K, Lp = batch["passage_ids"].shape
     p = models.retriever.apply({"params": params}, batch["passage_ids"].reshape(B * K, Lp),
                                batch["passage_mask"].reshape(B * K, Lp))
     p_BxKxD = p.reshape(B, K, -1)
@@ -223,7 +232,7 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
         scores = retriever_scores(models, params["retriever"], batch, config)
         pool_logp = jax.nn.log_softmax(scores, axis=-1)
         ref_pool_logp = jnp.zeros_like(pool_logp)
-        if g.kl_coeff_retriever:  # the reference pass costs B*K passage encodings
+        if g.kl_coeff_retriever:  # shared mode: the reference pass re-encodes B*K passages
             ref_pool_logp = jax.nn.log_softmax(
                 retriever_scores(models, ref_params["retriever"], batch, config), axis=-1)
         doc_idx = losses.gumbel_top_k(rng_doc, scores, g.retriever_group_size)
@@ -249,7 +258,8 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
         ref_logits = _decode_logits(models, ref_params["reader"], jnp.repeat(ref_enc, G, 0),
                                     jnp.repeat(ref_mask, G, 0), s.tokens, s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
-    return Rollout(doc_idx=doc_idx, pool_logp=pool_logp, ref_pool_logp=ref_pool_logp,
+    return Rollout(doc_idx=doc_idx, pool_logp=jax.lax.stop_gradient(pool_logp),
+                   ref_pool_logp=jax.lax.stop_gradient(ref_pool_logp),
                    src_ids=src_ids, src_mask=src_mask, tokens=s.tokens, mask=s.mask,
                    logp_old=jax.lax.stop_gradient(logp_old),
                    logp_ref=jax.lax.stop_gradient(logp_ref), truncated=s.truncated)

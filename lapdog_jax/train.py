@@ -185,7 +185,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     k = pool_size(config)
     retriever = None
     index_step = host_state.get("index_step", 0)
-    refresh = (config.retrieval.refresh_index if k and steps.trains_retriever(config) else 0)
+    trains_retriever = k > 0 and steps.trains_retriever(config)
+    # Query-side training never changes the passage encoder, so its index never goes stale.
+    refresh = (config.retrieval.refresh_index
+               if trains_retriever and config.model.shared_retriever else 0)
     if k:
         retriever = experiment.passage_retriever(exp)
         built_from = index_params(exp, state, step, index_step, saved_index)
@@ -195,22 +198,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tokenizers = pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer)
     lengths = pipe_lib.Lengths.from_config(config.data)
 
-    def live_pool():
-        """Top-K search with the current retriever params (read when each batch is built)."""
-        if not k:
-            return None
-        return lambda ids, mask: retriever.search(
-            retriever.embed(state.params["retriever"], ids, mask), k)[0]
-
+    # Top-K search with the current retriever params (read when each batch is built).
+    pool_fn = retriever.pool_fn(lambda: state.params["retriever"], k) if k else None
+    query_side = k > 0 and not config.model.shared_retriever
     pipeline = pipe_lib.Pipeline(exp.train, retriever.by_id if retriever else None, tokenizers,
                                  lengths, config.batch_size, seed=config.seed,
-                                 pool_fn=live_pool(), retriever_from=config.data.retriever_from,
+                                 pool_fn=pool_fn, retriever_from=config.data.retriever_from,
                                  process_index=jax.process_index(),
-                                 process_count=jax.process_count())
+                                 process_count=jax.process_count(),
+                                 pool_embeddings=retriever.pool_embeddings if query_side
+                                 else None)
     pipeline.set_state(host_state["pipeline"])
     fns = _jit_steps(config, models, optimizer, mesh, state_sh)
     warmup = config.sft_warmup_steps if config.mode in RL_MODES + ("lapdog",) else 0
     pipeline.gold_pool = bool(warmup) and step < warmup and k > 0
+    if k and (not trains_retriever or step < warmup):
+        # A retriever that is not training gives every dialogue the same pool each epoch:
+        # search them all once instead of embedding each batch's queries.
+        pipeline.freeze_pools()
 
     # ---- loop ------------------------------------------------------------------------------
     stop = {"now": False}
@@ -263,6 +268,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                   "reader": steps.freeze_copy(
                                                       state.params["reader"])})
                 pipeline.gold_pool = False
+                if trains_retriever:
+                    pipeline.unfreeze_pools()
                 logging.info("warm-up done at step %d: reference = current reader", step)
             if refresh and step % refresh == 0:
                 retriever.rebuild(state.params["retriever"])

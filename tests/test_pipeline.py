@@ -162,3 +162,50 @@ def test_lengths_from_config():
     c = base_config("joint_grpo").data
     assert pipeline.Lengths.from_config(c) == pipeline.Lengths(
         c.text_maxlength, c.target_maxlength, c.retriever_maxlength)
+
+
+def _pool_by_query(query_ids, query_mask):
+    """A deterministic pool per query: K=3 story ids picked from the query's token sum."""
+    sums = (query_ids * query_mask).sum(-1)
+    return [[f"story-{(s + j) % 10:05d}" for j in range(3)] for s in sums]
+
+
+def test_frozen_pools_search_once_and_equal_live_pools(setup):
+    """freeze_pools searches every dialogue once (in large batches) and then gives the same
+    batches as searching each batch live; unfreeze_pools goes back to live search."""
+    train, _, passages, toks = setup
+    calls = []
+
+    def counted(query_ids, query_mask):
+        calls.append(len(query_ids))
+        return _pool_by_query(query_ids, query_mask)
+
+    live = pipeline.Pipeline(train, passages, toks, LEN, batch_size=4, seed=3,
+                             pool_fn=_pool_by_query)
+    frozen = pipeline.Pipeline(train, passages, toks, LEN, batch_size=4, seed=3, pool_fn=counted)
+    frozen.freeze_pools(batch_size=16)
+    assert calls == [16, 6]  # 22 dialogues in two searches
+    for _ in range(7):  # crosses an epoch boundary (5 batches per epoch)
+        (want, want_host), (got, got_host) = next(live), next(frozen)
+        assert got_host["pool_passage_ids"] == want_host["pool_passage_ids"]
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert calls == [16, 6]
+    frozen.unfreeze_pools()
+    next(frozen)
+    assert calls == [16, 6, 4]
+
+
+def test_pool_embeddings_replace_passage_tokens(setup):
+    """Query-side batches carry the pool's indexed embeddings [B, K, D], not passage tokens."""
+    train, _, passages, toks = setup
+    emb = {pid: np.full(5, i, np.float32) for i, pid in enumerate(passages)}
+    pipe = pipeline.Pipeline(train, passages, toks, LEN, batch_size=4, seed=1,
+                             pool_fn=_pool_by_query,
+                             pool_embeddings=lambda ids: np.array([[emb[p] for p in row]
+                                                                   for row in ids]))
+    batch, host = next(pipe)
+    assert "passage_ids" not in batch and "passage_mask" not in batch
+    assert batch["passage_emb"].shape == (4, 3, 5) and batch["passage_emb"].dtype == np.float32
+    for b, row in enumerate(host["pool_passage_ids"]):
+        np.testing.assert_array_equal(batch["passage_emb"][b], [emb[p] for p in row])

@@ -89,3 +89,14 @@ def test_retriever_pool_and_refresh(tmp_path):
     assert r.index is index
     want = np.asarray(model.apply({"params": params2}, r.input_ids, r.attention_mask))
     np.testing.assert_allclose(index.cpu_index.reconstruct_n(0, 12), want, atol=1e-5)
+    # Query-side training reads the pool's passage embeddings back from the last rebuild,
+    # and a callable params argument is read at each search (a live training state).
+    pool_ids = [[stories[2].id, stories[5].id], [stories[11].id, stories[0].id]]
+    np.testing.assert_allclose(r.pool_embeddings(pool_ids),
+                               want[[[2, 5], [11, 0]]], atol=1e-5)
+    live = {"params": params}
+    search = r.pool_fn(lambda: live["params"], k=1)
+    first = search(ids, mask)
+    live["params"] = params2
+    assert [row[0] for row in search(ids, mask)] == [stories[i].id for i in (3, 7, 0)]
+    np.testing.assert_array_equal(first, r.search(r.embed(params, ids, mask), 1)[0])

@@ -38,7 +38,7 @@ def make_config(mode: str, batch_size: int = B, **overrides):
               "grpo.retriever_group_size": Gr, "retrieval.temperature_score": TAU,
               "retrieval.refresh_index": 0, "optim.warmup_steps": 0,
               "optim.schedule": "constant", "optim.lr": 1e-2, "optim.lr_retriever": 1e-3,
-              "optim.weight_decay": 0.0}
+              "optim.weight_decay": 0.0, "model.shared_retriever": True}
     if mode != "reinforce":
         values["grpo.group_size"] = G
     values.update(overrides)
@@ -142,6 +142,10 @@ class Setup:
         "reinforce": ("reinforce", {}),
         "sft": ("sft", {}),
         "lapdog": ("lapdog", {"optim.lr_retriever": 1e-2}),
+        # Query-side retriever training (pool scores from the indexed passage embeddings).
+        "joint_query_side": ("joint_grpo", {"grpo.kl_coeff": 0.05,
+                                            "grpo.kl_coeff_retriever": 0.05,
+                                            "model.shared_retriever": False}),
     }
 
     def __init__(self):
@@ -556,3 +560,80 @@ def test_nonfinite_gradient_leaves_params_unchanged(setup):
     assert float(m["opt/nonfinite"]) == 0.0
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.params))
     assert tree_max_diff(state.params, setup.params) > 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Query-side retriever training
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jit, static_argnums=0)
+def _embed_passages(models, retriever_params, batch):
+    """The index's view of the pool: passage embeddings [B,K,D] under `retriever_params`."""
+    p = models.retriever.apply({"params": retriever_params},
+                               batch["passage_ids"].reshape(-1, L),
+                               batch["passage_mask"].reshape(-1, L))
+    return p.reshape(batch["passage_ids"].shape[0], K, -1)
+
+
+def query_side_batch(setup, index_params):
+    """setup.batch with the pool passages as indexed embeddings instead of tokens."""
+    batch = {k: v for k, v in setup.batch.items() if not k.startswith("passage_")}
+    batch["passage_emb"] = _embed_passages(setup.models, index_params, setup.batch)
+    return batch
+
+
+def test_query_side_equals_shared_mode_before_training(setup):
+    """With the index built by the same weights, query-side scores, samples and the first
+    update equal the shared-encoder mode's (the passage side is frozen in both)."""
+    shared, query_side = setup.fns("joint"), setup.fns("joint_query_side")
+    batch = query_side_batch(setup, setup.params["retriever"])
+    rng = jax.random.PRNGKey(31)
+    ro_s = shared.rollout(setup.params, setup.batch, rng, setup.params)
+    ro_q = query_side.rollout(setup.params, batch, rng, setup.params)
+    np.testing.assert_allclose(ro_q.pool_logp, ro_s.pool_logp, atol=1e-5)
+    np.testing.assert_allclose(ro_q.ref_pool_logp, ro_s.ref_pool_logp, atol=1e-5)
+    np.testing.assert_array_equal(ro_q.doc_idx, ro_s.doc_idx)
+    np.testing.assert_array_equal(ro_q.tokens, ro_s.tokens)
+    rewards = random_rewards(7)
+    state_s, m_s = shared.update(setup.state("joint"), ro_s, rewards, setup.batch)
+    state_q, m_q = query_side.update(setup.state("joint_query_side"), ro_q, rewards, batch)
+    assert tree_max_diff(state_s.params["retriever"], setup.params["retriever"]) > 1e-4
+    assert tree_max_diff(state_q.params, state_s.params) < 1e-5
+    for key in ("retriever/loss", "retriever/kl", "train/loss", "opt/grad_norm_retriever"):
+        assert float(m_q[key]) == pytest.approx(float(m_s[key]), rel=1e-4, abs=1e-6)
+
+
+TRACED_ROWS = []  # rows of each CountingContriever call, in trace order
+
+
+class CountingContriever(contriever.Contriever):
+    """A Contriever that records the number of rows of every input it is traced with."""
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
+        TRACED_ROWS.append(int(input_ids.shape[0]))
+        return super().__call__(input_ids, attention_mask, token_type_ids, deterministic)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_query_side_step_encodes_no_passage(setup, shared):
+    """Tracing rollout and grpo_update: query-side encodes only the B queries (live and
+    reference); the shared mode also encodes the B*K pool passages each time."""
+    name = "joint" if shared else "joint_query_side"
+    rows = TRACED_ROWS
+    rows.clear()
+    counting = CountingContriever(setup.models.retriever.config)
+    models = steps.Models(setup.models.reader, counting, SPECIAL)
+    config = setup.fns(name).config
+    batch = setup.batch if shared else query_side_batch(setup, setup.params["retriever"])
+    ro = jax.eval_shape(functools.partial(steps.rollout, models=models, config=config),
+                        setup.params, batch, jax.random.PRNGKey(0), setup.params)
+    rollout_rows, rows[:] = list(rows), []
+    opt = steps.make_optimizer(config)
+    jax.eval_shape(functools.partial(steps.grpo_update, models=models, config=config,
+                                     optimizer=opt),
+                   make_state(setup.params, setup.params, opt), ro, random_rewards(8),
+                   batch)
+    per_pass = [B, B * K] if shared else [B]
+    assert rollout_rows == per_pass * 2  # the live and the reference pool distribution
+    assert rows == per_pass

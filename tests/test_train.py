@@ -22,7 +22,8 @@ from lapdog_jax import checkpoint, config_lib, experiment, metrics, steps, train
 from lapdog_jax.data import DataError
 from lapdog_jax.data import tokenizer as tok_lib
 
-# Overrides that make any mode tiny: 48 train / 8 valid dialogues, 16 stories, 1-layer models.
+# Overrides that make any mode tiny: 48 train / 8 valid dialogues, 16 stories, 1-layer models
+# (a random tiny retriever instead of the packaged MiniLM).
 TINY = {
     "total_steps": 4, "batch_size": 4, "eval_size": 8, "log_freq": 1, "eval_freq": 0,
     "save_freq": 2, "max_bad_steps": 2, "sft_warmup_steps": 0,
@@ -31,7 +32,7 @@ TINY = {
     "model.reader.num_layers": 1, "model.reader.num_decoder_layers": 1,
     "model.retriever.num_hidden_layers": 1, "retrieval.pool_size": 4,
     "retrieval.refresh_index": 0, "optim.warmup_steps": 0, "optim.lr": 1e-2,
-    "optim.lr_retriever": 1e-2,
+    "optim.lr_retriever": 1e-2, "init.retriever": "",
 }
 # Joint GRPO: three supervised warm-up steps (then the reference switches), enough for rewards
 # that differ within groups, so that steps 4-6 move the reader and the retriever.
@@ -39,7 +40,8 @@ JOINT = {**TINY, "total_steps": 6, "sft_warmup_steps": 3, "grpo.group_size": 2,
          "grpo.retriever_group_size": 2}
 MODE_OVERRIDES = {"sft": TINY, "lapdog": TINY, "reinforce": TINY,
                   "grpo": {**TINY, "grpo.group_size": 2}, "joint_grpo": JOINT}
-METRIC_KEYS = {"f1", "bleu", "rouge1", "rouge2", "rougeL", "dist1", "dist2", "len_ratio", "n"}
+METRIC_KEYS = {"f1", "em", "bleu", "rouge1", "rouge2", "rougeL", "dist1", "dist2", "len_ratio",
+               "n"}
 COMMON_TAGS = {"train/loss", "opt/lr", "opt/grad_norm", "perf/steps_per_sec", "eval/f1",
                "eval/bleu", "eval/rougeL"}
 RL_TAGS = {"grpo/reward_mean", "grpo/reward_std", "grpo/kl", "grpo/clip_frac",
@@ -215,17 +217,18 @@ def sft_run(shared_data, tmp_path_factory):
     return workdir, config, train.train_and_evaluate(config, str(workdir))
 
 
-@pytest.mark.parametrize("mode", ["sft", "lapdog", "reinforce", "grpo"])
+@pytest.mark.parametrize("mode", ["sft", "lapdog", "reinforce", "grpo", "joint_grpo"])
 def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_path):
     """A few real steps of each mode leave config.json, checkpoints, TensorBoard scalars, text
-    and hparams, and eval files; joint_grpo is covered by the resume test and the CLI test."""
+    and hparams, and eval files (joint_grpo in its default query-side retriever mode; the
+    resume test runs it with the shared encoder)."""
     if mode == "sft":
         workdir, config, last = sft_run
     else:
         workdir, config = tmp_path / mode, tiny_config(mode, shared_data)
         last = train.train_and_evaluate(config, str(workdir))
     m = check_run(workdir, mode, config)
-    assert saved_steps(workdir) == [2, 4]  # save_freq 2
+    assert saved_steps(workdir) == list(range(2, config.total_steps + 1, 2))  # save_freq 2
     assert last["eval/f1"] == pytest.approx(m["f1"])
     assert np.isfinite(last["train/loss"]) and last["opt/nonfinite"] == 0
     if mode == "reinforce":  # G = 1: a group of one has no spread
@@ -266,7 +269,7 @@ def test_sigterm_saves_and_resume_is_exact(shared_data, tmp_path, monkeypatch):
     for bit: data position, rng, the warm-up reference (steps 1-3), and the passage index,
     last rebuilt at step 4 from the retriever of then (refresh_index 2)."""
     config = tiny_config("joint_grpo", shared_data, save_freq=100,
-                         **{"retrieval.refresh_index": 2})
+                         **{"retrieval.refresh_index": 2, "model.shared_retriever": True})
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = train.train_and_evaluate(config, str(full_dir))
     check_run(full_dir, "joint_grpo", config)
@@ -353,3 +356,24 @@ def test_bad_input_is_a_clear_error(shared_data, tmp_path):
     with pytest.raises(DataError, match=rf"{bad}:3: "):
         train.train_and_evaluate(tiny_config("grpo", {**shared_data, "data.train": str(bad)}),
                                  str(tmp_path / "d"))
+
+
+def test_embedded_default_starts_from_the_packaged_minilm():
+    """The demo's retriever is the installed all-MiniLM-L6-v2 (found through the package's
+    files), with its own WordPiece tokenizer; an unknown packaged name names the flag."""
+    config = config_lib.base_config("joint_grpo")
+    assert config.init.retriever == config_lib.PACKAGED_RETRIEVER
+    assert not config.model.shared_retriever  # query-side: the cheaper correct default
+    path = experiment.packaged_path(config.init.retriever)
+    assert os.path.isfile(os.path.join(path, "model.safetensors"))
+    tok = tok_lib.load_tokenizer(path)
+    model, params = experiment.build_retriever(config, tok, jax.random.PRNGKey(0))
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (384, 6)
+    assert model.config.vocab_size == len(tok) == 30522 and model.config.normalize
+    config.unlock()
+    config.init.retriever = "packaged:nope"
+    with pytest.raises(experiment.ConfigError, match="--config.init.retriever=packaged:nope"):
+        experiment.build_retriever(config, tok, jax.random.PRNGKey(0))
+    config.init.retriever, config.model.train_passage_encoder = "", True
+    with pytest.raises(experiment.ConfigError, match="model.shared_retriever"):
+        config_lib.validate(config)

@@ -11,7 +11,9 @@ Device dict (numpy arrays, leading batch dimension B, so it can be sharded on 'd
   query_ids    int32 [B, Lq]    retriever query tokens (retriever tokenizer)
   query_mask   int32 [B, Lq]
   passage_ids  int32 [B, K, Lp] retriever tokens of "{title} {text}" per pool passage
-  passage_mask int32 [B, K, Lp]  (both absent when closed-book)
+  passage_mask int32 [B, K, Lp]  (both absent when closed-book or with `passage_emb`)
+  passage_emb  float32 [B, K, D] indexed embeddings of the pool passages (query-side
+                                 retriever training: instead of passage tokens)
   pool_gold    bool  [B, K]     pool passage is a gold passage (all False when unknown)
 Host dict (never sent to devices): questions, answers (all references per row), targets (the
 answer trained on), pool_passage_ids [B][K], gold_passage_ids, num_valid (real rows; eval
@@ -45,6 +47,8 @@ from lapdog_jax.data import (
 
 # (query_ids [B, Lq], query_mask [B, Lq]) -> K passage ids per row.
 PoolFn = Callable[[np.ndarray, np.ndarray], Sequence[Sequence[str]]]
+# K passage ids per row -> their indexed embeddings float32 [B, K, D].
+PoolEmbeddingsFn = Callable[[Sequence[Sequence[str]]], np.ndarray]
 
 
 class Tokenizers(NamedTuple):
@@ -118,11 +122,27 @@ def encode(tok, texts: Sequence[str], max_length: int, stats: TruncationStats | 
     return ids, mask
 
 
+def encode_queries(dialogues: Sequence[Dialogue], tok, max_length: int,
+                   retriever_from: str = "persona", stats: TruncationStats | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Retriever query ids, mask int32 [B, max_length] of `dialogues`."""
+    return encode(tok, [retriever_query(d.question, retriever_from) for d in dialogues],
+                  max_length, stats, "query")
+
+
 def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] | None,
                passages: Mapping[str, Passage], tokenizers: Tokenizers, lengths: Lengths,
                answer_index: Sequence[int] | None = None, retriever_from: str = "persona",
-               stats: TruncationStats | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Builds (device batch, host info) for dialogues and their pools (None = closed-book)."""
+               stats: TruncationStats | None = None,
+               query_tokens: tuple[np.ndarray, np.ndarray] | None = None,
+               pool_embeddings: PoolEmbeddingsFn | None = None
+               ) -> tuple[dict[str, np.ndarray], dict]:
+    """Builds (device batch, host info) for dialogues and their pools (None = closed-book).
+
+    `query_tokens` are the retriever query ids, mask [B, Lq] when already tokenized;
+    `pool_embeddings` (query-side retriever training) gives the pool's indexed passage
+    embeddings `passage_emb` [B, K, D] instead of passage tokens.
+    """
     b = len(dialogues)
     answer_index = answer_index if answer_index is not None else [0] * b
     targets = [d.answers[i] for d, i in zip(dialogues, answer_index, strict=True)]
@@ -140,15 +160,18 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
     r_ids, r_mask = encode(tokenizers.reader, segments, lengths.source, stats, "reader")
     t_ids, t_mask = encode(tokenizers.reader, [target_text(t) for t in targets],
                            lengths.target, stats, "target")
-    q_ids, q_mask = encode(tokenizers.retriever,
-                           [retriever_query(d.question, retriever_from) for d in dialogues],
-                           lengths.retriever, stats, "query")
+    if query_tokens is None:
+        query_tokens = encode_queries(dialogues, tokenizers.retriever, lengths.retriever,
+                                      retriever_from)
+    q_ids, q_mask = query_tokens
     gold = np.array([[pid in d.gold_passage_ids for pid in pool] or [False]
                      for d, pool in zip(dialogues, pool_ids, strict=True)], dtype=bool)
     batch = {"reader_ids": r_ids.reshape(b, k, -1), "reader_mask": r_mask.reshape(b, k, -1),
              "target_ids": t_ids, "target_mask": t_mask, "query_ids": q_ids,
              "query_mask": q_mask, "pool_gold": gold.reshape(b, k)}
-    if not closed_book:
+    if not closed_book and pool_embeddings is not None:
+        batch["passage_emb"] = np.asarray(pool_embeddings(pool_ids), np.float32)
+    elif not closed_book:
         p_ids, p_mask = encode(tokenizers.retriever,
                                [retriever_passage(passages[pid]) for pool in pool_ids
                                 for pid in pool], lengths.retriever, stats, "passage")
@@ -183,14 +206,18 @@ class Pipeline:
     `batch_size` is global; with `process_count > 1` each process gets its own contiguous
     slice of every global batch. `pool_fn(query_ids, query_mask)` gives the K passage ids per
     row (e.g. faiss search with the live retriever); None means closed-book batches. It may be
-    replaced between batches (e.g. after an index refresh).
+    replaced between batches (e.g. after an index refresh). While the retriever is frozen,
+    `freeze_pools()` searches every dialogue's pool once and reuses it.
+    `pool_embeddings` (query-side retriever training) puts the pool's indexed passage
+    embeddings in the batch instead of passage tokens.
     """
 
     def __init__(self, dialogues: Sequence[Dialogue],
                  passages: Mapping[str, Passage] | Sequence[Passage] | None,
                  tokenizers: Tokenizers, lengths: Lengths, batch_size: int, seed: int = 0,
                  pool_fn: PoolFn | None = None, retriever_from: str = "persona",
-                 shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+                 shuffle: bool = True, process_index: int = 0, process_count: int = 1,
+                 pool_embeddings: PoolEmbeddingsFn | None = None):
         """Sets up the order; the position starts at (epoch 0, index 0)."""
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
@@ -202,6 +229,8 @@ class Pipeline:
         self.tokenizers, self.lengths = tokenizers, lengths
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.pool_fn, self.retriever_from = pool_fn, retriever_from
+        self.pool_embeddings = pool_embeddings
+        self.frozen_pools: list[list[str]] | None = None  # per dialogue, from freeze_pools
         self.local = slice(process_index * batch_size // process_count,
                            (process_index + 1) * batch_size // process_count)
         self.stats = TruncationStats()
@@ -249,20 +278,42 @@ class Pipeline:
         self.index += 1
         if self.index == self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
-        return self._build([self.dialogues[i] for i in rows], picks)
+        return self._build([self.dialogues[i] for i in rows], picks, rows)
 
-    def _build(self, dialogues: list[Dialogue], picks: Sequence[int] | None):
-        """Tokenizes `dialogues` with the current pool function."""
+    def freeze_pools(self, batch_size: int = 256) -> None:
+        """Searches every dialogue's pool once with the current `pool_fn` and reuses it for
+        training batches until `unfreeze_pools` (for a retriever that is not training)."""
+        pools = []
+        for start in range(0, len(self.dialogues), batch_size):
+            chunk = self.dialogues[start:start + batch_size]
+            pools += [list(p) for p in self.pool_fn(*self._query_tokens(chunk))]
+        self.frozen_pools = pools
+
+    def unfreeze_pools(self) -> None:
+        """Back to searching each batch's pools with the live `pool_fn`."""
+        self.frozen_pools = None
+
+    def _query_tokens(self, dialogues: Sequence[Dialogue], stats=None):
+        """Retriever query ids, mask [B, Lq] of `dialogues`."""
+        return encode_queries(dialogues, self.tokenizers.retriever, self.lengths.retriever,
+                              self.retriever_from, stats)
+
+    def _build(self, dialogues: list[Dialogue], picks: Sequence[int] | None,
+               rows: Sequence[int] | None = None):
+        """Tokenizes `dialogues` (at `rows` of self.dialogues, when known) with their pools."""
         pool = None
+        query_tokens = self._query_tokens(dialogues, self.stats)
         if self.pool_fn is not None:
-            q = [retriever_query(d.question, self.retriever_from) for d in dialogues]
-            q_ids, q_mask = encode(self.tokenizers.retriever, q, self.lengths.retriever)
-            pool = self.pool_fn(q_ids, q_mask)
+            if self.frozen_pools is not None and rows is not None:
+                pool = [self.frozen_pools[i] for i in rows]
+            else:
+                pool = self.pool_fn(*query_tokens)
             if self.gold_pool:  # supervised warm-up: the gold story alone where it is known
                 pool = [list(d.gold_passage_ids[:1]) or [p[0]]
                         for d, p in zip(dialogues, pool, strict=True)]
         return make_batch(dialogues, pool, self.passages, self.tokenizers, self.lengths,
-                          picks, self.retriever_from, self.stats)
+                          picks, self.retriever_from, self.stats, query_tokens,
+                          self.pool_embeddings)
 
     def eval_batches(self, dialogues: Sequence[Dialogue] | None = None
                      ) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
