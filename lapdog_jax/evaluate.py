@@ -7,7 +7,6 @@ Writes `workdir/eval/valid-step-N.jsonl` (query, answers, generation, passages) 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -22,24 +21,6 @@ from lapdog_jax.data import DataError
 from lapdog_jax.data import pipeline as pipe_lib
 
 RECALL_KS = (1, 5)
-_GENERATE = {}
-
-
-def jit_key(config, models: steps.Models, mesh) -> tuple:
-    """All that a jitted step closes over (config, model shapes, special ids, mesh): functions
-    with equal keys are interchangeable, so runs in one process can share them."""
-    return (config.to_json(sort_keys=True), models.reader.config, models.retriever.config,
-            models.special_ids, mesh)
-
-
-def _generate_fn(models, config, mesh):
-    """The jitted greedy generator, compiled once per `jit_key`."""
-    key = jit_key(config, models, mesh)
-    if key not in _GENERATE:
-        data = sharding.batch_sharding(mesh)
-        _GENERATE[key] = jax.jit(functools.partial(steps.generate, models=models, config=config),
-                                 out_shardings=data)
-    return _GENERATE[key]
 
 
 def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mesh, step: int,
@@ -67,7 +48,7 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
         pool_fn=pool_fn, retriever_from=config.data.retriever_from, shuffle=False)
     data = sharding.batch_sharding(mesh)
     local = distributed.host_local_batch_slice(batch_size, data)
-    gen = _generate_fn(models, config, mesh)
+    gen = steps.jit_generate(config, models, mesh)
     rows = []
     for batch, host in tqdm(pipeline.eval_batches(), desc="eval", unit="batch", leave=False,
                             disable=not distributed.is_main_process()):
@@ -120,17 +101,11 @@ def _finish(rows, step: int, workdir: str, writer, with_recall: bool) -> dict[st
 def evaluate_workdir(workdir: str) -> dict[str, float]:
     """Restores the latest checkpoint of `workdir` and evaluates it as training did (same
     passage index); writes eval/valid-step-N.jsonl and eval/metrics-step-N.json."""
-    from lapdog_jax.train import index_params, pool_size, resumed_step
-
     distributed.initialize()
     exp, mesh, state, host, saved_index = experiment.restore_workdir(workdir, "evaluate")
-    step = resumed_step(state, host)
-    retriever = None
-    if pool_size(exp.config):
-        retriever = experiment.passage_retriever(exp)
-        retriever.rebuild(index_params(exp, state, step, host.get("index_step", 0),
-                                       saved_index))
-    return run(exp, experiment.step_models(exp), state.params, retriever, mesh, step, workdir)
+    retriever = experiment.indexed_retriever(exp, state, host, saved_index)
+    return run(exp, experiment.step_models(exp), state.params, retriever, mesh,
+               experiment.resumed_step(state, host), workdir)
 
 
 def main(argv):

@@ -17,7 +17,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lapdog_jax import checkpoint, config_lib, sharding, steps
+from lapdog_jax import checkpoint, config_lib, optim, rewards, sharding, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
 from lapdog_jax.data import tokenizer as tok_lib
@@ -245,8 +245,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def step_models(exp: Experiment) -> steps.Models:
-    """The modules and the reward's special token ids that the step functions take."""
+    """The modules and the reward's special token ids that the step functions take; checks
+    that `config.reward` binds (gold_score_mode, backend)."""
     special = tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer))
+    try:
+        rewards.make_reward_fn(exp.config.reward, special)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return steps.Models(exp.reader, exp.retriever, special)
 
 
@@ -254,6 +259,61 @@ def passage_retriever(exp: Experiment) -> Retriever:
     """The story corpus tokenized for the retriever (call `rebuild(params)` to index it)."""
     return Retriever(exp.retriever, exp.passages, exp.retriever_tokenizer,
                      exp.config.data.retriever_maxlength)
+
+
+def resumed_step(state, host: dict) -> int:
+    """Training steps (batches) a checkpoint has taken; `state.step` counts step-function calls,
+    which differ when `grpo.num_iterations > 1`."""
+    return int(host.get("step", state.step))
+
+
+def index_params(exp: Experiment, state, step: int, index_step: int, saved_index=None):
+    """The retriever params the passage index was built from at `index_step` when the run is
+    at `step`: the initial ones (step 0), the current ones (a refresh at this very step) or
+    those saved in the checkpoint.
+
+    A resumed run must search the index the uninterrupted run was searching, not one rebuilt
+    from the retriever it has trained since.
+    """
+    if index_step == step:
+        return state.params["retriever"]
+    if index_step == 0:
+        return exp.params["retriever"]
+    if saved_index is None:
+        raise ConfigError(f"the checkpoint at step {step} lacks the retriever params of the "
+                          f"index built at step {index_step}")
+    return saved_index
+
+
+def indexed_retriever(exp: Experiment, state, host: dict, saved_index=None
+                      ) -> Retriever | None:
+    """The passage retriever with the index the run at `host['step']` was searching (None for
+    closed-book runs)."""
+    if not config_lib.pool_size(exp.config):
+        return None
+    retriever = passage_retriever(exp)
+    retriever.rebuild(index_params(exp, state, resumed_step(state, host),
+                                   host.get("index_step", 0), saved_index))
+    return retriever
+
+
+def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):
+    """(state, state shardings): the step-0 train state placed on `mesh`."""
+    optimizer = optimizer or optim.make_optimizer(exp.config)
+    state = steps.initial_state(exp, optimizer, exp.config.seed)
+    state_sh = sharding.param_shardings(state, mesh)
+    return jax.device_put(state, state_sh), state_sh
+
+
+def restore(manager, exp: Experiment, state, state_sh):
+    """(state, host, saved index params or None) of the latest checkpoint, or the step-0 ones
+    when there is none yet."""
+    restored = checkpoint.restore_latest(manager, state, state.params["retriever"])
+    if restored is None:
+        return state, {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
+                       "index_step": 0}, None
+    state, host, saved_index = restored
+    return jax.device_put(state, state_sh), host, saved_index
 
 
 def restore_workdir(workdir: str, purpose: str):
@@ -265,11 +325,13 @@ def restore_workdir(workdir: str, purpose: str):
         if manager.latest_step() is None:
             raise ConfigError(f"--workdir={workdir}: no checkpoint to {purpose}")
         exp = build(config, workdir)
-        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-        state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
-        state = jax.device_put(state, sharding.param_shardings(state, mesh))
-        state, host, saved_index = checkpoint.restore_latest(manager, state,
-                                                             state.params["retriever"])
+        mesh = make_mesh(config)
+        state, host, saved_index = restore(manager, exp, *initial_state(exp, mesh))
     finally:
         manager.close()
     return exp, mesh, state, host, saved_index
+
+
+def make_mesh(config):
+    """The run's device mesh from `config.mesh`."""
+    return sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)

@@ -400,16 +400,21 @@ REWARD_BACKENDS: dict[str, Callable[..., object]] = {
 }
 
 
-def make_reward_fn(reward_config, special_ids=None, **kw) -> Callable[..., object]:
-    """The `config.reward` combination bound to its backend: f(pred, ref) -> rewards."""
+def make_reward_fn(reward_config, special_ids=None, backend: str | None = None, **kw
+                   ) -> Callable[..., object]:
+    """The one binding of `config.reward` to a reward function f(pred, ref) -> rewards:
+    on token ids (device backend, jittable) or on decoded text (host backend); `backend`
+    overrides the config's (LAPDOG's gold scores are always computed on device). Raises a
+    ValueError naming the flag for an unknown gold_score_mode or backend."""
     if reward_config.gold_score_mode != "f1rougebleu":
-        raise ValueError(f"unknown gold_score_mode {reward_config.gold_score_mode!r}")
+        raise ValueError(f"--config.reward.gold_score_mode={reward_config.gold_score_mode}: "
+                         "unknown; expected 'f1rougebleu'")
     if reward_config.backend not in REWARD_BACKENDS:
-        raise ValueError(f"unknown reward backend {reward_config.backend!r}; "
+        raise ValueError(f"--config.reward.backend={reward_config.backend}: unknown; "
                          f"expected one of {tuple(REWARD_BACKENDS)}")
     common = dict(weights=tuple(reward_config.weights), bleu_norm=reward_config.bleu_norm,
                   length_penalty=reward_config.length_penalty)
-    if reward_config.backend == "host":
+    if (backend or reward_config.backend) == "host":
         return functools.partial(host_combined_reward, **common)
     if special_ids is None:
         raise ValueError("the device reward backend needs special_ids")

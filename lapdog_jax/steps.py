@@ -1,4 +1,5 @@
-"""The jitted step functions: rollout, reward, grpo_update, sft_step, lapdog_step, generate.
+"""The step functions: rollout, reward, grpo_update, sft_step, lapdog_step, generate, and
+their one jitting home (`jit_steps`, `jit_generate`).
 
 Shapes (legend): B prompts, K pool passages, Gr docs sampled per prompt, G completions per
 (prompt, doc), n passages fused into one reader input, S segment length, T target length,
@@ -20,14 +21,14 @@ encoding), so the encoder runs B*Gr times, not N times.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
-from lapdog_jax import losses, rewards, sampling
+from lapdog_jax import config_lib, losses, optim, rewards, sampling, sharding
 from lapdog_jax.models.contriever import Contriever
 from lapdog_jax.models.t5 import T5, encode_passages, shift_right
 
@@ -38,7 +39,7 @@ class TrainState:
 
     step: jax.Array  # [] int32 step-function calls (grpo_update: num_iterations per batch)
     params: Any  # {'reader': T5 params, 'retriever': Contriever params}
-    opt_state: Any  # optax state over `params`
+    opt_state: Any  # {part: optax state} of the trained parts (optim.Optimizer)
     ref_params: Any  # frozen reference {'reader', 'retriever'}: never updated or donated away
     rng: jax.Array  # [2] uint32 PRNG key
 
@@ -80,71 +81,6 @@ class Models:
     reader: T5
     retriever: Contriever
     special_ids: tuple[int, ...]  # token ids rewards ignore (pad, eos, <extra_id_*>)
-
-
-# --------------------------------------------------------------------------------------------
-# Optimizer
-# --------------------------------------------------------------------------------------------
-
-
-def _schedule(lr: float, warmup: int, total: int, kind: str) -> optax.Schedule:
-    """Linear warmup from 0 to `lr`, then 'linear' to 0, 'cosine' to 0, or 'constant'."""
-    decay_steps = max(total - warmup, 1)
-    decay = {"linear": optax.linear_schedule(lr, 0.0, decay_steps),
-             "cosine": optax.cosine_decay_schedule(lr, decay_steps),
-             "constant": optax.constant_schedule(lr)}[kind]
-    if warmup <= 0:  # a one-step warmup would make the first step a no-op (lr 0)
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
-
-
-def optimizer_updates(config) -> int:
-    """Optimizer updates in a whole run (the schedules' horizon): the trainer takes one batch
-    per step, an RL step calls `grpo_update` `num_iterations` times (SFT warm-up steps once),
-    and `accumulation_steps` calls make one update."""
-    calls = config.total_steps
-    if config.mode in ("reinforce", "grpo", "joint_grpo"):
-        warm = min(config.sft_warmup_steps, config.total_steps)
-        calls = warm + (config.total_steps - warm) * config.grpo.num_iterations
-    return max(calls // config.accumulation_steps, 1)
-
-
-def trains_retriever(config) -> bool:
-    """Whether this mode updates the retriever (LAPDOG stage 2 and joint GRPO)."""
-    return config.mode in ("lapdog", "joint_grpo")
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-    """AdamW per part with its own learning rate, global-norm clipping, gradient accumulation
-    over `accumulation_steps` calls, and non-finite gradients skipped (params and state kept;
-    the trainer counts them and aborts after `max_bad_steps`)."""
-    o = config.optim
-
-    def adamw(lr):
-        sched = _schedule(lr, o.warmup_steps, optimizer_updates(config), o.schedule)
-        return optax.adamw(sched, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
-
-    parts = {"reader": adamw(o.lr),
-             "retriever": adamw(o.lr_retriever) if trains_retriever(config)
-             else optax.set_to_zero()}
-    tx = optax.multi_transform(parts, {"reader": "reader", "retriever": "retriever"})
-    if o.clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
-    # The skip sits in MultiSteps, before accumulation: a NaN gradient added to the
-    # accumulator would stay there (0 * NaN = NaN on reset) and poison every later step.
-    return optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps,
-                            should_skip_update_fn=optax.skip_not_finite)
-
-
-def learning_rates(config, update) -> dict[str, jax.Array]:
-    """The scheduled learning rates of optimizer update number `update` (for logging)."""
-    o = config.optim
-    total = optimizer_updates(config)
-    out = {"opt/lr": _schedule(o.lr, o.warmup_steps, total, o.schedule)(update)}
-    if trains_retriever(config):
-        out["opt/lr_retriever"] = _schedule(o.lr_retriever, o.warmup_steps, total,
-                                            o.schedule)(update)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +164,7 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     g = config.grpo
     B, K, _ = batch["reader_ids"].shape
     rng_doc, rng_tok = jax.random.split(rng)
-    if config.mode == "joint_grpo":
+    if config_lib.mode_info(config).samples_pool:
         scores = retriever_scores(models, params["retriever"], batch, config)
         pool_logp = jax.nn.log_softmax(scores, axis=-1)
         ref_pool_logp = jnp.zeros_like(pool_logp)
@@ -270,10 +206,7 @@ def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
     B = batch["target_ids"].shape[0]
     N = ro.tokens.shape[0]
     ref = jnp.repeat(batch["target_ids"], N // B, axis=0)
-    r = config.reward
-    out = rewards.combined_reward(ro.tokens, ref, jnp.asarray(models.special_ids),
-                                  weights=tuple(r.weights), bleu_norm=r.bleu_norm,
-                                  length_penalty=r.length_penalty)
+    out = rewards.make_reward_fn(config.reward, models.special_ids, "device")(ro.tokens, ref)
     return out.reshape(B, -1, config.grpo.group_size)
 
 
@@ -312,22 +245,22 @@ def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, mod
 
 
 def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models: Models,
-                config, optimizer) -> tuple[TrainState, dict]:
+                config, optimizer: optim.Optimizer) -> tuple[TrainState, dict]:
     """One optimizer step on the reader (and, in joint mode, the retriever) from a rollout."""
     g = config.grpo
     B, Gr, G = rewards_BxGrxG.shape
     adv = losses.reader_advantages(rewards_BxGrxG, g.loss_type, g.scale_rewards, g.eps)
 
-    def loss_fn(params):
-        loss, m = _reader_loss(params["reader"], ro, adv, models=models, config=config)
-        if config.mode == "joint_grpo":
-            r_loss, rm = _retriever_loss(params["retriever"], ro, batch, rewards_BxGrxG,
+    def loss_fn(trained):
+        loss, m = _reader_loss(trained["reader"], ro, adv, models=models, config=config)
+        if "retriever" in trained:
+            r_loss, rm = _retriever_loss(trained["retriever"], ro, batch, rewards_BxGrxG,
                                          models=models, config=config)
             loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
         return loss, m
 
-    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state, om = _apply(state, grads, optimizer, config)
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(_trained(state, config))
+    state, om = _apply(state, grads, optimizer)
     m.update(om)
     m.update({"train/loss": loss, "grpo/reward_mean": rewards_BxGrxG.mean(),
               "grpo/reward_std": rewards_BxGrxG.std(),
@@ -337,17 +270,15 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
     return state, m
 
 
-def _apply(state: TrainState, grads, optimizer, config) -> tuple[TrainState, dict]:
-    """Applies `grads`; a non-finite gradient leaves the params unchanged (optax counts it)."""
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    m = {"opt/grad_norm": optax.global_norm(grads["reader"])}
-    if trains_retriever(config):
-        m["opt/grad_norm_retriever"] = optax.global_norm(grads["retriever"])
-    m["opt/nonfinite"] = jnp.logical_not(
-        jnp.isfinite(optax.global_norm(grads))).astype(jnp.float32)
-    # MultiSteps' own count: optimizer updates made (not calls, not skipped non-finite steps).
-    m.update(learning_rates(config, state.opt_state.gradient_step))
+def _trained(state: TrainState, config, parts=None) -> dict:
+    """The params to differentiate: {part: params} of `parts` (default: all this mode trains)."""
+    return {part: state.params[part] for part in parts or optim.trained_parts(config)}
+
+
+def _apply(state: TrainState, grads: dict, optimizer: optim.Optimizer
+           ) -> tuple[TrainState, dict]:
+    """Applies `grads` {part: grads}; a non-finite gradient leaves everything unchanged."""
+    params, opt_state, m = optimizer.apply(state.params, state.opt_state, grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), m
 
 
@@ -369,12 +300,13 @@ def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
     """Supervised reader step on the top-n segments (closed-book when n_context == 0)."""
     n = max(config.data.n_context, 1)
 
-    def loss_fn(params):
-        return _reader_ce(params["reader"], batch["reader_ids"][:, :n],
+    def loss_fn(trained):
+        return _reader_ce(trained["reader"], batch["reader_ids"][:, :n],
                           batch["reader_mask"][:, :n], batch, models, config)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    state, m = _apply(state, grads, optimizer, config)
+    # Only the reader: a warm-up step leaves the retriever and its optimizer state alone.
+    loss, grads = jax.value_and_grad(loss_fn)(_trained(state, config, ("reader",)))
+    state, m = _apply(state, grads, optimizer)
     return state, {**m, "train/loss": loss}
 
 
@@ -385,10 +317,8 @@ def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
     src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
     enc, enc_mask = _encode(models, params["reader"], *src, config)
     s = _sample(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
-    r = config.reward
-    g = rewards.combined_reward(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0),
-                                jnp.asarray(models.special_ids), weights=tuple(r.weights),
-                                bleu_norm=r.bleu_norm, length_penalty=r.length_penalty)
+    score = rewards.make_reward_fn(config.reward, models.special_ids, "device")
+    g = score(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0))
     return jax.lax.stop_gradient(g.reshape(B, K))
 
 
@@ -400,17 +330,17 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
     gold = gold_scores(state.params, batch, rng, models=models, config=config)
     rc = config.retrieval
 
-    def loss_fn(params):
-        ce = _reader_ce(params["reader"], batch["reader_ids"][:, :n],
+    def loss_fn(trained):
+        ce = _reader_ce(trained["reader"], batch["reader_ids"][:, :n],
                         batch["reader_mask"][:, :n], batch, models, config)
-        scores = pool_similarity(models, params["retriever"], batch, config)
+        scores = pool_similarity(models, trained["retriever"], batch, config)
         kl = losses.lapdog_retriever_kl(scores, gold, rc.temperature_score, rc.temperature_gold)
         return ce + kl, {"reader/loss": ce, "retriever/loss": kl,
                          "retriever/recall@1": jnp.take_along_axis(
                              batch["pool_gold"], jnp.argmax(scores, -1)[:, None], 1).mean()}
 
-    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state, om = _apply(state, grads, optimizer, config)
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(_trained(state, config))
+    state, om = _apply(state, grads, optimizer)
     return state, {**m, **om, "train/loss": loss, "lapdog/gold_mean": gold.mean()}
 
 
@@ -420,3 +350,55 @@ def generate(params, batch, rng, *, models: Models, config) -> jax.Array:
     enc, enc_mask = _encode(models, params["reader"], batch["reader_ids"][:, :n],
                             batch["reader_mask"][:, :n], config)
     return _sample(models, params["reader"], enc, enc_mask, rng, config, greedy=True).tokens
+
+
+# --------------------------------------------------------------------------------------------
+# Jitting: the one place step functions are bound to a config and compiled
+# --------------------------------------------------------------------------------------------
+
+# jit_key -> jitted functions: a process that runs the same config again (a sweep, tests,
+# evaluation after training) reuses them instead of tracing and compiling them anew.
+_JITTED = {}
+
+
+def jit_key(config, models: Models, mesh) -> tuple:
+    """All that a jitted step closes over (config, model shapes, special ids, mesh): functions
+    with equal keys are interchangeable."""
+    return (config.to_json(sort_keys=True), models.reader.config, models.retriever.config,
+            models.special_ids, mesh)
+
+
+def jit_steps(config, models: Models, optimizer: optim.Optimizer, mesh, state_shardings
+              ) -> dict[str, Any]:
+    """The jitted rollout, reward, grpo_update, sft and lapdog steps of `config` with explicit
+    shardings (the state is donated); compiled lazily, once per `jit_key`."""
+    key = ("steps", *jit_key(config, models, mesh))
+    if key not in _JITTED:
+        data, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+        kw = dict(models=models, config=config)
+        opt_kw = dict(kw, optimizer=optimizer)
+        jit = functools.partial(jax.jit, donate_argnums=0)
+        sh = state_shardings
+        _JITTED[key] = dict(
+            rollout=jax.jit(functools.partial(rollout, **kw),
+                            in_shardings=(sh.params, data, rep, sh.ref_params),
+                            out_shardings=data),
+            reward=jax.jit(functools.partial(reward, **kw), in_shardings=(data, data),
+                           out_shardings=data),
+            grpo_update=jit(functools.partial(grpo_update, **opt_kw),
+                            in_shardings=(sh, data, data, data), out_shardings=(sh, rep)),
+            sft=jit(functools.partial(sft_step, **opt_kw), in_shardings=(sh, data, rep),
+                    out_shardings=(sh, rep)),
+            lapdog=jit(functools.partial(lapdog_step, **opt_kw), in_shardings=(sh, data, rep),
+                       out_shardings=(sh, rep)),
+        )
+    return _JITTED[key]
+
+
+def jit_generate(config, models: Models, mesh):
+    """The jitted greedy generator of evaluation, compiled once per `jit_key`."""
+    key = ("generate", *jit_key(config, models, mesh))
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(functools.partial(generate, models=models, config=config),
+                               out_shardings=sharding.batch_sharding(mesh))
+    return _JITTED[key]

@@ -1,17 +1,23 @@
-"""The trainer: reads straight down (setup, mesh, steps, state, checkpoint, loop).
+"""The trainer: reads straight down (setup, retrieval and data, loop), with each section in a
+named helper.
 
-Modes: 'sft' (stage 1), 'lapdog' (original stage 2), 'reinforce', 'grpo' (reader only),
-'joint_grpo' (reader + retriever). With `sft_warmup_steps > 0` an RL run first trains the
-reader with cross-entropy on the gold story (stage 1 inside the run), then takes that reader
-as the frozen KL reference: the reference is the policy at the start of RL, never a raw init.
+Modes (`config_lib.MODE_TABLE`): 'sft' (stage 1), 'lapdog' (original stage 2), 'reinforce',
+'grpo' (reader only), 'joint_grpo' (reader + retriever). With `sft_warmup_steps > 0` a run first
+trains the reader with cross-entropy on the gold story (stage 1 inside the run), then takes
+that reader as the frozen KL reference: the reference is the policy at the start of RL, never a
+raw init.
+
+The host never waits on a step it has just dispatched: step N-1's metrics are fetched after
+step N is dispatched (nanodo), except on log, eval and save steps, where the numbers are needed.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import signal
 import threading
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -19,60 +25,116 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from lapdog_jax import checkpoint, distributed, evaluate, experiment, sharding, steps
+from lapdog_jax import (
+    checkpoint,
+    config_lib,
+    distributed,
+    evaluate,
+    experiment,
+    optim,
+    sharding,
+    steps,
+)
+from lapdog_jax import rewards as rewards_lib
 from lapdog_jax.data import pipeline as pipe_lib
-from lapdog_jax.rewards import host_combined_reward
 from lapdog_jax.tb import MetricWriter
 
-RL_MODES = ("reinforce", "grpo", "joint_grpo")
+# Metrics shown on the progress bar.
+_BAR_KEYS = ("train/loss", "grpo/reward_mean", "retriever/recall@1")
 
 
 class NonFiniteError(RuntimeError):
     """Raised after `max_bad_steps` consecutive steps with a non-finite loss or gradient."""
 
 
-def pool_size(config) -> int:
-    """K passages per prompt: the sampling pool (joint, lapdog) or the fixed top-n."""
-    if config.data.n_context == 0 and config.mode == "sft":
-        return 0
-    if config.mode in ("joint_grpo", "lapdog"):
-        return max(config.retrieval.pool_size, config.data.n_context)
-    return max(config.data.n_context, 1)
+@dataclasses.dataclass
+class Run:
+    """What the loop works with: built once by `_setup`, then mutated step by step."""
+
+    config: Any
+    workdir: str
+    exp: experiment.Experiment
+    mesh: Any
+    models: steps.Models
+    fns: dict  # the jitted step functions (steps.jit_steps)
+    writer: MetricWriter
+    manager: Any  # orbax CheckpointManager
+    state: steps.TrainState
+    step: int  # training steps (batches) taken
+    bad: int  # consecutive non-finite steps
+    warmup: int  # supervised warm-up steps
+    retriever: Any = None  # retrieval.Retriever, None when closed-book
+    pipeline: Any = None  # data.pipeline.Pipeline
+    refresh: int = 0  # steps between index rebuilds (0 = never)
+    index_step: int = 0  # step whose retriever params the index holds
+    saved_index: Any = None  # own copy of those params while the index is stale
 
 
-# evaluate.jit_key -> the jitted step functions: a process that trains the same config again
-# (a sweep, tests) reuses them instead of tracing and compiling them anew.
-_STEP_FNS = {}
+@dataclasses.dataclass
+class StepOut:
+    """One dispatched training step, its metrics (device arrays) not yet fetched."""
+
+    step: int
+    metrics: dict
+    rollout: steps.Rollout | None = None
+    rewards: Any = None
+    host: dict | None = None
 
 
-def _jit_steps(config, models, optimizer, mesh, state_sh):
-    """The jitted step functions with explicit shardings; the state is donated."""
-    key = evaluate.jit_key(config, models, mesh)
-    if key not in _STEP_FNS:
-        _STEP_FNS[key] = _make_steps(config, models, optimizer, mesh, state_sh)
-    return _STEP_FNS[key]
+def _setup(config, workdir: str) -> Run:
+    """Mesh, experiment, models, optimizer, state (restored from the latest checkpoint), steps."""
+    distributed.initialize()
+    config_lib.validate(config)
+    if distributed.is_main_process():
+        experiment.save_config(config, workdir)
+    exp = experiment.build(config, workdir)
+    mesh = experiment.make_mesh(config)
+    models = experiment.step_models(exp)
+    optimizer = optim.make_optimizer(config)
+    state, state_sh = experiment.initial_state(exp, mesh, optimizer)
+    manager = checkpoint.make_manager(workdir, config.keep)
+    state, host, saved_index = experiment.restore(manager, exp, state, state_sh)
+    run = Run(config=config, workdir=workdir, exp=exp, mesh=mesh, models=models,
+              fns=steps.jit_steps(config, models, optimizer, mesh, state_sh),
+              writer=MetricWriter(workdir, enabled=distributed.is_main_process()),
+              manager=manager, state=state, step=experiment.resumed_step(state, host),
+              bad=host["bad_steps"], warmup=config_lib.warmup_steps(config),
+              index_step=host.get("index_step", 0))
+    _setup_retrieval(run, host, saved_index)
+    return run
 
 
-def _make_steps(config, models, optimizer, mesh, state_sh):
-    """Jits every step function of `config` (compiled lazily, on first call)."""
-    data = sharding.batch_sharding(mesh)
-    rep = sharding.replicated(mesh)
-    kw = dict(models=models, config=config)
-    opt_kw = dict(kw, optimizer=optimizer)
-    jit = functools.partial(jax.jit, donate_argnums=0)
-    return dict(
-        rollout=jax.jit(functools.partial(steps.rollout, **kw),
-                        in_shardings=(state_sh.params, data, rep, state_sh.ref_params),
-                        out_shardings=data),
-        reward=jax.jit(functools.partial(steps.reward, **kw), in_shardings=(data, data),
-                       out_shardings=data),
-        grpo_update=jit(functools.partial(steps.grpo_update, **opt_kw),
-                        in_shardings=(state_sh, data, data, data), out_shardings=(state_sh, rep)),
-        sft=jit(functools.partial(steps.sft_step, **opt_kw), in_shardings=(state_sh, data, rep),
-                out_shardings=(state_sh, rep)),
-        lapdog=jit(functools.partial(steps.lapdog_step, **opt_kw),
-                   in_shardings=(state_sh, data, rep), out_shardings=(state_sh, rep)),
-    )
+def _setup_retrieval(run: Run, host: dict, saved_index) -> None:
+    """The passage index (as the run at this step was searching it) and the input pipeline."""
+    config, exp = run.config, run.exp
+    k = config_lib.pool_size(config)
+    trains_retriever = k > 0 and config_lib.mode_info(config).trains_retriever
+    # Query-side training never changes the passage encoder, so its index never goes stale.
+    run.refresh = (config.retrieval.refresh_index
+                   if trains_retriever and config.model.shared_retriever else 0)
+    pool_fn = pool_embeddings = None
+    if k:
+        run.retriever = experiment.indexed_retriever(exp, run.state, host, saved_index)
+        if run.refresh:  # kept (own buffers: the state's are donated) to save while stale
+            run.saved_index = steps.freeze_copy(experiment.index_params(
+                exp, run.state, run.step, run.index_step, saved_index))
+        # Top-K search with the current retriever params (read when each batch is built).
+        pool_fn = run.retriever.pool_fn(lambda: run.state.params["retriever"], k)
+        if not config.model.shared_retriever:
+            pool_embeddings = run.retriever.pool_embeddings
+    run.pipeline = pipe_lib.Pipeline(
+        exp.train, run.retriever.by_id if k else None,
+        pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer),
+        pipe_lib.Lengths.from_config(config.data), config.batch_size, seed=config.seed,
+        pool_fn=pool_fn, retriever_from=config.data.retriever_from,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        pool_embeddings=pool_embeddings)
+    run.pipeline.set_state(host["pipeline"])
+    run.pipeline.gold_pool = bool(run.warmup) and run.step < run.warmup and k > 0
+    if k and (not trains_retriever or run.step < run.warmup):
+        # A retriever that is not training gives every dialogue the same pool each epoch:
+        # search them all once instead of embedding each batch's queries.
+        run.pipeline.freeze_pools()
 
 
 def _local_rows(x: jax.Array, mesh) -> np.ndarray:
@@ -83,16 +145,37 @@ def _local_rows(x: jax.Array, mesh) -> np.ndarray:
         x, mesh, sharding.batch_sharding(mesh).spec))
 
 
-def _host_rewards(tokens_local, batch_host, tokenizer, config) -> np.ndarray:
+def _host_rewards(run: Run, tokens_local, batch_host) -> np.ndarray:
     """Rewards [B,Gr,G] of this process's rows on decoded text (config.reward.backend='host',
     LAPDOG semantics)."""
-    preds = tokenizer.batch_decode(tokens_local, skip_special_tokens=True)
+    preds = run.exp.reader_tokenizer.batch_decode(tokens_local, skip_special_tokens=True)
     per_prompt = len(tokens_local) // len(batch_host["targets"])
     refs = [t for t in batch_host["targets"] for _ in range(per_prompt)]
-    r = config.reward
-    out = host_combined_reward(preds, refs, tuple(r.weights), r.bleu_norm, r.length_penalty)
+    out = rewards_lib.make_reward_fn(run.config.reward)(preds, refs)
     return np.asarray(out, np.float32).reshape(len(batch_host["targets"]), -1,
-                                               config.grpo.group_size)
+                                               run.config.grpo.group_size)
+
+
+def _train_step(run: Run) -> StepOut:
+    """Dispatches one training step on the next batch: supervised warm-up, the mode's own
+    supervised step, or rollout + reward + `num_iterations` GRPO updates."""
+    batch, host = next(run.pipeline)
+    batch = distributed.global_batch(batch, sharding.batch_sharding(run.mesh))
+    rng = jax.random.fold_in(run.state.rng, run.step)
+    mode = config_lib.mode_info(run.config)
+    if run.step < run.warmup or not mode.is_rl:
+        name = "sft" if run.step < run.warmup else mode.step
+        run.state, m = run.fns[name](run.state, batch, rng)
+        return StepOut(run.step + 1, m, host=host)
+    ro = run.fns["rollout"](run.state.params, batch, rng, run.state.ref_params)
+    if run.config.reward.backend == "host":
+        local = _host_rewards(run, _local_rows(ro.tokens, run.mesh), host)
+        rewards = distributed.global_batch(local, sharding.batch_sharding(run.mesh))
+    else:
+        rewards = run.fns["reward"](ro, batch)
+    for _ in range(run.config.grpo.num_iterations):
+        run.state, m = run.fns["grpo_update"](run.state, ro, rewards, batch)
+    return StepOut(run.step + 1, m, ro, rewards, host)
 
 
 def _samples_text(tokens_local, rewards_local, host, tokenizer) -> str:
@@ -105,28 +188,70 @@ def _samples_text(tokens_local, rewards_local, host, tokenizer) -> str:
     return "\n".join(lines)
 
 
-def resumed_step(state, host: dict) -> int:
-    """Training steps (batches) a checkpoint has taken; `state.step` counts step-function calls,
-    which differ when `grpo.num_iterations > 1`."""
-    return int(host.get("step", state.step))
+def _finish_step(run: Run, out: StepOut, timer: dict, bar) -> dict:
+    """Fetches a dispatched step's metrics, counts non-finite steps (raising after
+    `max_bad_steps`) and logs them on log steps; returns them."""
+    config = run.config
+    m = jax.device_get(out.metrics)
+    nonfinite = m.get("opt/nonfinite", 0.0) > 0 or not np.isfinite(m["train/loss"])
+    run.bad = run.bad + 1 if nonfinite else 0
+    if run.bad >= config.max_bad_steps:
+        run.writer.scalars(out.step, m)
+        saved = run.manager.latest_step()
+        kept = (f"nothing was saved after step {saved}, so the checkpoints in "
+                f"{run.workdir}/checkpoints are intact" if saved is not None
+                else "no checkpoint was written")
+        raise NonFiniteError(
+            f"step {out.step}: {run.bad} consecutive steps with a non-finite loss or gradient "
+            f"(last loss {m.get('train/loss')}); their updates were skipped and {kept}. "
+            "Lower --config.optim.lr or check the data.")
+    if out.step % config.log_freq == 0 or out.step == config.total_steps:
+        now = time.time()
+        m["perf/steps_per_sec"] = timer["steps"] / max(now - timer["t0"], 1e-9)
+        timer.update(t0=now, steps=0)
+        if "grpo/clip_frac_low" in m:  # DESIGN §6 tag: both sides of the clip
+            m.setdefault("grpo/clip_frac", m["grpo/clip_frac_low"] + m["grpo/clip_frac_high"])
+        m.update(run.pipeline.stats.as_dict())
+        run.writer.scalars(out.step, m)
+        if out.rollout is not None and distributed.is_main_process():
+            run.writer.text(out.step, "grpo/samples", _samples_text(
+                _local_rows(out.rollout.tokens, run.mesh), _local_rows(out.rewards, run.mesh),
+                out.host, run.exp.reader_tokenizer))
+        bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in m.items()
+                         if k in _BAR_KEYS})
+    return m
 
 
-def index_params(exp, state, step: int, index_step: int, saved_index=None):
-    """The retriever params the passage index was built from at `index_step` when the run is
-    at `step`: the initial ones (step 0), the current ones (a refresh at this very step) or
-    those saved in the checkpoint.
+def _after_step(run: Run) -> None:
+    """Host work at a step boundary: the end of the warm-up (the reference becomes this
+    reader) and index refreshes."""
+    if run.warmup and run.step == run.warmup:
+        run.state = run.state.replace(ref_params={
+            **run.state.ref_params, "reader": steps.freeze_copy(run.state.params["reader"])})
+        run.pipeline.gold_pool = False
+        if config_lib.mode_info(run.config).trains_retriever:
+            run.pipeline.unfreeze_pools()
+        logging.info("warm-up done at step %d: reference = current reader", run.step)
+    if run.refresh and run.step % run.refresh == 0:
+        run.retriever.rebuild(run.state.params["retriever"])
+        # Own buffers: the state's are donated to the next step.
+        run.index_step = run.step
+        run.saved_index = steps.freeze_copy(run.state.params["retriever"])
 
-    A resumed run must search the index the uninterrupted run was searching, not one rebuilt
-    from the retriever it has trained since.
-    """
-    if index_step == step:
-        return state.params["retriever"]
-    if index_step == 0:
-        return exp.params["retriever"]
-    if saved_index is None:
-        raise ValueError(f"the checkpoint at step {step} lacks the retriever params of the "
-                         f"index built at step {index_step}")
-    return saved_index
+
+def _evaluate(run: Run) -> dict:
+    """Evaluates the current params (eval files, scalars); returns {'eval/...': value}."""
+    return evaluate.run(run.exp, run.models, run.state.params, run.retriever, run.mesh, run.step,
+                        run.workdir, run.writer)
+
+
+def _save(run: Run) -> None:
+    """Checkpoints the state with the host state (data position, counters, index step)."""
+    host = {"step": run.step, "pipeline": run.pipeline.get_state(), "bad_steps": run.bad,
+            "index_step": run.index_step}
+    stale = run.index_step not in (0, run.step)
+    checkpoint.save(run.manager, run.step, run.state, host,
+                    index=run.saved_index if stale else None)
 
 
 def _any_process(flag: bool) -> bool:
@@ -158,161 +283,50 @@ def _on_sigterm(stop: dict):
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics."""
-    distributed.initialize()
-    if distributed.is_main_process():
-        experiment.save_config(config, workdir)
-    exp = experiment.build(config, workdir)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    models = experiment.step_models(exp)
-    optimizer = steps.make_optimizer(config)
-    writer = MetricWriter(workdir, enabled=distributed.is_main_process())
-
-    # ---- state, shardings, checkpoint ------------------------------------------------------
-    state = steps.initial_state(exp, optimizer, config.seed)
-    state_sh = sharding.param_shardings(state, mesh)
-    state = jax.device_put(state, state_sh)
-    manager = checkpoint.make_manager(workdir, config.keep)
-    host_state = {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
-                  "index_step": 0}
-    restored = checkpoint.restore_latest(manager, state, state.params["retriever"])
-    saved_index = None
-    if restored is not None:
-        state, host_state, saved_index = restored
-        state = jax.device_put(state, state_sh)
-    step = resumed_step(state, host_state)
-
-    # ---- retrieval and input pipeline ------------------------------------------------------
-    k = pool_size(config)
-    retriever = None
-    index_step = host_state.get("index_step", 0)
-    trains_retriever = k > 0 and steps.trains_retriever(config)
-    # Query-side training never changes the passage encoder, so its index never goes stale.
-    refresh = (config.retrieval.refresh_index
-               if trains_retriever and config.model.shared_retriever else 0)
-    if k:
-        retriever = experiment.passage_retriever(exp)
-        built_from = index_params(exp, state, step, index_step, saved_index)
-        retriever.rebuild(built_from)
-        # Kept (own buffers: the state's are donated) to be saved while the index is stale.
-        saved_index = steps.freeze_copy(built_from) if refresh else None
-    tokenizers = pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer)
-    lengths = pipe_lib.Lengths.from_config(config.data)
-
-    # Top-K search with the current retriever params (read when each batch is built).
-    pool_fn = retriever.pool_fn(lambda: state.params["retriever"], k) if k else None
-    query_side = k > 0 and not config.model.shared_retriever
-    pipeline = pipe_lib.Pipeline(exp.train, retriever.by_id if retriever else None, tokenizers,
-                                 lengths, config.batch_size, seed=config.seed,
-                                 pool_fn=pool_fn, retriever_from=config.data.retriever_from,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count(),
-                                 pool_embeddings=retriever.pool_embeddings if query_side
-                                 else None)
-    pipeline.set_state(host_state["pipeline"])
-    fns = _jit_steps(config, models, optimizer, mesh, state_sh)
-    warmup = config.sft_warmup_steps if config.mode in RL_MODES + ("lapdog",) else 0
-    pipeline.gold_pool = bool(warmup) and step < warmup and k > 0
-    if k and (not trains_retriever or step < warmup):
-        # A retriever that is not training gives every dialogue the same pool each epoch:
-        # search them all once instead of embedding each batch's queries.
-        pipeline.freeze_pools()
-
-    # ---- loop ------------------------------------------------------------------------------
+    run = _setup(config, workdir)
     stop = {"now": False}
     previous_handler = _on_sigterm(stop)
-    bad = host_state["bad_steps"]
-    last = {}
-    t0, t_steps = time.time(), 0
-    bar = tqdm(total=config.total_steps, initial=step, desc=config.mode, unit="step",
+    last, pending = {}, None
+    timer = {"t0": time.time(), "steps": 0}
+    bar = tqdm(total=config.total_steps, initial=run.step, desc=config.mode, unit="step",
                disable=not distributed.is_main_process())
     try:
         stopping = False
-        while step < config.total_steps and not stopping:
-            batch, host = next(pipeline)
-            batch = distributed.global_batch(batch, sharding.batch_sharding(mesh))
-            rng = jax.random.fold_in(state.rng, step)
-            ro = None
-            if step < warmup or config.mode == "sft":
-                state, m = fns["sft"](state, batch, rng)
-            elif config.mode == "lapdog":
-                state, m = fns["lapdog"](state, batch, rng)
-            else:
-                ro = fns["rollout"](state.params, batch, rng, state.ref_params)
-                if config.reward.backend == "host":
-                    local = _host_rewards(_local_rows(ro.tokens, mesh), host,
-                                          exp.reader_tokenizer, config)
-                    rewards = distributed.global_batch(local, sharding.batch_sharding(mesh))
-                else:
-                    rewards = fns["reward"](ro, batch)
-                for _ in range(config.grpo.num_iterations):
-                    state, m = fns["grpo_update"](state, ro, rewards, batch)
-            m = jax.device_get(m)
-            step += 1
-            t_steps += 1
-            nonfinite = m.get("opt/nonfinite", 0.0) > 0 or not np.isfinite(m["train/loss"])
-            bad = bad + 1 if nonfinite else 0
-            if bad >= config.max_bad_steps:
-                writer.scalars(step, m)
-                saved = manager.latest_step()
-                kept = (f"nothing was saved after step {saved}, so the checkpoints in "
-                        f"{workdir}/checkpoints are intact" if saved is not None
-                        else "no checkpoint was written")
-                raise NonFiniteError(
-                    f"step {step}: {bad} consecutive steps with a non-finite loss or gradient "
-                    f"(last loss {m.get('train/loss')}); their updates were skipped and "
-                    f"{kept}. Lower --config.optim.lr or check the data.")
-            if step == warmup and warmup:
-                # The end of the warm-up: this reader is the RL policy's start and its
-                # reference.
-                state = state.replace(ref_params={**state.ref_params,
-                                                  "reader": steps.freeze_copy(
-                                                      state.params["reader"])})
-                pipeline.gold_pool = False
-                if trains_retriever:
-                    pipeline.unfreeze_pools()
-                logging.info("warm-up done at step %d: reference = current reader", step)
-            if refresh and step % refresh == 0:
-                retriever.rebuild(state.params["retriever"])
-                # Own buffers: the state's are donated to the next step.
-                index_step, saved_index = step, steps.freeze_copy(state.params["retriever"])
+        while run.step < config.total_steps and not stopping:
+            out = _train_step(run)
+            if pending is not None:  # the previous step's numbers, fetched once this one runs
+                last = _finish_step(run, pending, timer, bar)
+            run.step, pending = out.step, out
+            timer["steps"] += 1
             bar.update(1)
-            if step % config.log_freq == 0 or step == config.total_steps:
-                m["perf/steps_per_sec"] = t_steps / max(time.time() - t0, 1e-9)
-                if "grpo/clip_frac_low" in m:  # DESIGN §6 tag: both sides of the clip
-                    m.setdefault("grpo/clip_frac",
-                                 m["grpo/clip_frac_low"] + m["grpo/clip_frac_high"])
-                m.update(pipeline.stats.as_dict())
-                writer.scalars(step, m)
-                if ro is not None and distributed.is_main_process():
-                    writer.text(step, "grpo/samples", _samples_text(
-                        _local_rows(ro.tokens, mesh), _local_rows(rewards, mesh), host,
-                        exp.reader_tokenizer))
-                bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in m.items()
-                                 if k in ("train/loss", "grpo/reward_mean",
-                                          "retriever/recall@1")})
-                t0, t_steps = time.time(), 0
-            last = m
-            if config.eval_freq and step % config.eval_freq == 0 and step < config.total_steps:
-                evaluate.run(exp, models, state.params, retriever, mesh, step, workdir, writer)
+            _after_step(run)
+            step = run.step
+            evals = config.eval_freq and step % config.eval_freq == 0 and step < config.total_steps
+            saves = (config.save_freq and step % config.save_freq == 0) \
+                or step == config.total_steps
+            if evals or saves or step % config.log_freq == 0:
+                last, pending = _finish_step(run, pending, timer, bar), None
+            if evals:
+                _evaluate(run)
             # One agreed decision per step: a process that got SIGTERM must not save or leave
             # the loop alone (the others would wait for it in their next collective).
             stopping = _any_process(stop["now"])
-            if step % config.save_freq == 0 or step == config.total_steps or stopping:
-                host_state = {"step": step, "pipeline": pipeline.get_state(),
-                              "bad_steps": bad, "index_step": index_step}
-                checkpoint.save(manager, step, state, host_state,
-                                index=saved_index if index_step not in (0, step) else None)
-        if step >= config.total_steps:
-            final = evaluate.run(exp, models, state.params, retriever, mesh, step, workdir,
-                                 writer)
+            if stopping and pending is not None:
+                last, pending = _finish_step(run, pending, timer, bar), None
+            if saves or stopping:
+                _save(run)
+        if pending is not None:
+            last = _finish_step(run, pending, timer, bar)
+        if run.step >= config.total_steps:
+            final = _evaluate(run)
             last.update(final)
-            writer.hparams(_flat(config), final)
+            run.writer.hparams(_flat(config), final)
         else:
-            logging.info("stopped at step %d (SIGTERM) after saving a checkpoint", step)
+            logging.info("stopped at step %d (SIGTERM) after saving a checkpoint", run.step)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
-        writer.close()
-        manager.close()
+        run.writer.close()
+        run.manager.close()
     return {k: float(v) for k, v in last.items()}

@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from lapdog_jax import sharding, steps, train
+from lapdog_jax import optim, sharding, steps
 from tests.test_steps import init_params, make_batch, make_config, make_models, make_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +45,11 @@ def run(mesh_shape) -> dict[str, np.ndarray]:
     models = make_models()
     params, ref = init_params(models, 1), init_params(models, 2)
     mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
-    optimizer = steps.make_optimizer(config)
+    optimizer = optim.make_optimizer(config)
     state = make_state(params, ref, optimizer)
     state_sh = sharding.param_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
-    fns = train._jit_steps(config, models, optimizer, mesh, state_sh)
+    fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(8), sharding.batch_sharding(mesh))
     ro = call(fns["rollout"], state.params, batch, jax.random.PRNGKey(42), state.ref_params)
     rewards = call(fns["reward"], ro, batch)

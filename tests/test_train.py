@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from lapdog_jax import checkpoint, config_lib, experiment, metrics, steps, train
+from lapdog_jax import checkpoint, config_lib, experiment, metrics, optim, steps, train
 from lapdog_jax.data import DataError
 from lapdog_jax.data import tokenizer as tok_lib
 
@@ -143,7 +143,7 @@ def restore(workdir, config, step=None, exp=None):
     """(state, host) of `workdir`'s checkpoint at `step` (default latest), on one device;
     `exp` (the run's experiment.build) saves rebuilding it."""
     exp = exp or experiment.build(config, str(workdir))
-    state = steps.initial_state(exp, steps.make_optimizer(config), config.seed)
+    state = steps.initial_state(exp, optim.make_optimizer(config), config.seed)
     manager = checkpoint.make_manager(str(workdir), 10, create=False)
     state, host, _ = checkpoint.restore_latest(manager, state, step=step)
     manager.close()
@@ -163,7 +163,7 @@ def check_run(workdir, mode: str, config) -> dict:
     assert sorted(scalars["train/loss"]) == list(range(1, n + 1))  # log_freq = 1
     assert all(np.isfinite(list(scalars["train/loss"].values())))
     assert others.get("eval/samples/text_summary") == "text"
-    if mode in train.RL_MODES:
+    if config_lib.MODE_TABLE[mode].is_rl:
         assert others.get("grpo/samples/text_summary") == "text"
     assert others.get("_hparams_/session_start_info") == "hparams"
     hp = hparams_of(str(workdir))

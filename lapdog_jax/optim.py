@@ -1,0 +1,104 @@
+"""Optimizers and learning-rate schedules: one AdamW per trained part, as LAPDOG/Atlas have.
+
+The reader always trains; the retriever has an optimizer only in the modes that train it
+(`config_lib.MODE_TABLE`). Each part clips its own gradient norm, keeps its own schedule and
+counts its own updates (Atlas clips and steps `reader` and `retriever` separately), so a step
+that trains only the reader (the supervised warm-up) never touches the retriever's optimizer
+state, and the retriever's schedule spans the steps that train it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lapdog_jax import config_lib
+
+
+def schedule(lr: float, warmup: int, total: int, kind: str) -> optax.Schedule:
+    """Linear warmup from 0 to `lr`, then 'linear' to 0, 'cosine' to 0, or 'constant'."""
+    decay_steps = max(total - warmup, 1)
+    decay = {"linear": optax.linear_schedule(lr, 0.0, decay_steps),
+             "cosine": optax.cosine_decay_schedule(lr, decay_steps),
+             "constant": optax.constant_schedule(lr)}[kind]
+    if warmup <= 0:  # a one-step warmup would make the first step a no-op (lr 0)
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def optimizer_updates(config, part: str = "reader") -> int:
+    """Optimizer updates of `part` in a whole run (its schedule's horizon): the trainer takes
+    one batch per step; a warm-up step trains the reader once; an RL step calls `grpo_update`
+    `num_iterations` times (a LAPDOG step once); `accumulation_steps` calls make one update."""
+    mode = config_lib.mode_info(config)
+    warm = min(config.sft_warmup_steps, config.total_steps) if mode.has_warmup else 0
+    per_step = config.grpo.num_iterations if mode.is_rl else 1
+    calls = (config.total_steps - warm) * per_step
+    if part == "reader":
+        calls += warm
+    return max(calls // config.accumulation_steps, 1)
+
+
+def trained_parts(config) -> tuple[str, ...]:
+    """The parts this mode trains: ('reader',) or ('reader', 'retriever')."""
+    return ("reader", "retriever") if config_lib.mode_info(config).trains_retriever \
+        else ("reader",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """One optax transformation per trained part; `apply` updates the parts given grads for."""
+
+    parts: dict[str, optax.GradientTransformation]
+    schedules: dict[str, optax.Schedule]
+
+    def init(self, params) -> dict:
+        """Optimizer state {part: state} of the trained parts of `params`."""
+        return {part: tx.init(params[part]) for part, tx in self.parts.items()}
+
+    def apply(self, params, opt_state, grads: dict) -> tuple[dict, dict, dict]:
+        """(params, opt_state, metrics) after one call with `grads` {part: grads}.
+
+        A non-finite gradient in any part makes every part skip the call (params and state
+        kept; MultiSteps counts it), so a step is applied whole or not at all.
+        """
+        finite = jnp.isfinite(optax.global_norm(grads))
+        grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads)
+        params, opt_state = dict(params), dict(opt_state)
+        metrics = {"opt/nonfinite": 1.0 - finite.astype(jnp.float32)}
+        for part, g in grads.items():
+            suffix = "" if part == "reader" else f"_{part}"
+            metrics[f"opt/grad_norm{suffix}"] = optax.global_norm(g)
+            updates, opt_state[part] = self.parts[part].update(g, opt_state[part], params[part])
+            params[part] = optax.apply_updates(params[part], updates)
+        metrics.update(self.learning_rates(opt_state))
+        return params, opt_state, metrics
+
+    def learning_rates(self, opt_state) -> dict[str, jax.Array]:
+        """The scheduled learning rate of each part's next update (for logging)."""
+        # MultiSteps' own count: updates made (not calls, not skipped non-finite calls).
+        return {"opt/lr" + ("" if part == "reader" else f"_{part}"):
+                self.schedules[part](opt_state[part].gradient_step) for part in self.parts}
+
+
+def make_optimizer(config) -> Optimizer:
+    """AdamW per trained part with its own learning rate and schedule, its own global-norm
+    clipping, gradient accumulation over `accumulation_steps` calls, and non-finite
+    gradients skipped (the trainer counts them and aborts after `max_bad_steps`)."""
+    o = config.optim
+    lrs = {"reader": o.lr, "retriever": o.lr_retriever}
+    parts, schedules = {}, {}
+    for part in trained_parts(config):
+        schedules[part] = schedule(lrs[part], o.warmup_steps, optimizer_updates(config, part),
+                                   o.schedule)
+        tx = optax.adamw(schedules[part], b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+        if o.clip_norm:
+            tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
+        # The skip sits in MultiSteps, before accumulation: a NaN gradient added to the
+        # accumulator would stay there (0 * NaN = NaN on reset) and poison every later step.
+        parts[part] = optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps,
+                                       should_skip_update_fn=optax.skip_not_finite)
+    return Optimizer(parts, schedules)
