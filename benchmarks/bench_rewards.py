@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from lapdog_jax import rewards
+from tests import reference_rewards
 
 
 def make_batch(num: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +61,7 @@ def main() -> None:
     compile_s = time.perf_counter() - start
     device_s = time_it(device, args.repeats)
 
-    host = lambda: rewards.host_reference_reward_on_ids(
+    host = lambda: reference_rewards.host_reference_reward_on_ids(
         pred, ref, special, extra_ids_from=extra_from, **kw)
     want = host()
     host_s = time_it(host, max(1, args.repeats // 10))

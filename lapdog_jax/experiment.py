@@ -22,8 +22,7 @@ from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
 from lapdog_jax.data import tokenizer as tok_lib
 from lapdog_jax.models import hf
-from lapdog_jax.models.contriever import Contriever, ContrieverConfig
-from lapdog_jax.models.contriever import init_params as init_contriever
+from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_retriever_params
 from lapdog_jax.models.t5 import T5, T5Config
 from lapdog_jax.retrieval import Retriever
 
@@ -196,7 +195,7 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
                                dropout_rate=m.dropout_rate, pad_token_id=tokenizer.pad_token_id,
                                normalize=config.model.normalize_embeddings,
                                dtype=config.model.dtype)
-        params = jax.jit(init_contriever, static_argnums=0)(cfg, rng)
+        params = jax.jit(init_retriever_params, static_argnums=0)(cfg, rng)
     return Contriever(cfg), params
 
 

@@ -269,17 +269,12 @@ def grpo_reader_loss(
 # ----------------------------------------------------------------------------- retriever policy
 
 
-def retriever_log_probs(scores_BxK: jax.Array, tau: float) -> jax.Array:
-    """Pool log-probs log softmax(s / τ) [B, K] of the retriever's scores s = q·p."""
-    return jax.nn.log_softmax(scores_BxK.astype(jnp.float32) / tau, axis=-1)
-
-
 def gumbel_top_k(rng: jax.Array, scores_BxK: jax.Array, k: int) -> jax.Array:
     """Samples k of K pool indices [B, k] without replacement from softmax(scores) (Gumbel-top-k).
 
     argtop-k(s + Gumbel noise) draws the ordered tuple with Plackett–Luce probability
     Π_j p_{i_j} / (1 - Σ_{l<j} p_{i_l}) (Kool et al. 2019). Pass logits or log-probs (e.g.
-    `retriever_log_probs`); -inf entries are never drawn while k <= the number of finite ones.
+    log softmax(s/τ)); -inf entries are never drawn while k <= the number of finite ones.
     """
     gumbel = jax.random.gumbel(rng, scores_BxK.shape, jnp.float32)
     return jax.lax.top_k(scores_BxK.astype(jnp.float32) + gumbel, k)[1]

@@ -20,7 +20,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from lapdog_jax.data import Passage, retriever_passage
-from lapdog_jax.data.pipeline import TruncationStats, encode
+from lapdog_jax.data.tokenizer import TruncationStats, encode
 
 INDEX_FILE, IDS_FILE = "index.faiss", "passage_ids.json"
 
@@ -123,8 +123,9 @@ class Retriever:
 
     def rebuild(self, params) -> PassageIndex:
         """(Re-)embeds every passage with `params` and refreshes the index."""
+        # A corpus smaller than one batch is embedded in one batch of its own size.
         emb = embed_passages(self.model, params, self.input_ids, self.attention_mask,
-                             self.batch_size, self.progress)
+                             min(self.batch_size, len(self.passages)), self.progress)
         if self.index is None:
             self.index = PassageIndex([p.id for p in self.passages], emb)
         else:

@@ -18,12 +18,12 @@ host reference on those id strings:
 - `combined_reward`: LAPDOG's `f1rougebleu` gold score with the GRPO length penalty.
 
 The host backend (`host_combined_reward`) computes the same combination on decoded text with
-LAPDOG's semantics; `host_reference_on_ids` is the id-level reference the tests compare against.
+LAPDOG's semantics; the id-level Python reference the tests compare against lives in
+tests/reference_rewards.py.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -288,7 +288,7 @@ def combined_reward(pred, ref, special_ids, weights: Sequence[float] = (1.0, 1.0
 
 
 # ----------------------------------------------------------------------------------------------
-# Host side: decoded text (LAPDOG semantics) and the id-level reference used by the tests.
+# Host side: decoded text (LAPDOG semantics).
 
 _ROUGE = Rouge()
 
@@ -309,19 +309,19 @@ def host_text_scores(predictions: Sequence[str], references: Sequence[str],
     f1 = [metrics.token_f1(p, r, squad_normalize) for p, r in pairs]
     rl = [metrics.rouge_scores(p, r)[2] for p, r in pairs]
     bl = [bleu.sentence_score(p, [r]).score for p, r in pairs]
-    ratio = [_ratio(len(p.split()), len(r.split())) for p, r in pairs]
+    ratio_ = [count_ratio(len(p.split()), len(r.split())) for p, r in pairs]
     return dict(f1=np.array(f1, np.float64), rouge_l=np.array(rl, np.float64),
-                bleu=np.array(bl, np.float64), length_ratio=np.array(ratio, np.float64))
+                bleu=np.array(bl, np.float64), length_ratio=np.array(ratio_, np.float64))
 
 
-def _ratio(pred_len: int, ref_len: int) -> float:
+def count_ratio(pred_len: int, ref_len: int) -> float:
     """ρ with the device conventions: 1 when both are empty, pred_len when only ref is."""
     if ref_len == 0:
         return float(pred_len) if pred_len else 1.0
     return pred_len / ref_len
 
 
-def _host_combine(scores: dict[str, np.ndarray], weights, bleu_norm: str,
+def host_combine(scores: dict[str, np.ndarray], weights, bleu_norm: str,
                   length_penalty: float) -> np.ndarray:
     """The DESIGN §5 combination in float64 numpy (see `combined_reward`)."""
     bleu = scores["bleu"]
@@ -344,53 +344,7 @@ def host_combined_reward(predictions: Sequence[str], references: Sequence[str],
                          length_penalty: float = 0.0, squad_normalize: bool = False) -> np.ndarray:
     """`combined_reward` on decoded text with LAPDOG's metric semantics -> [N] float64."""
     scores = host_text_scores(predictions, references, squad_normalize)
-    return _host_combine(scores, weights, bleu_norm, length_penalty)
-
-
-def _valid_ids(row: Sequence[int], special: set[int], eos_id, extra_ids_from) -> list[int]:
-    """The ids of one row that count, in order (Python reference of `valid_mask`)."""
-    out = []
-    for t in (int(x) for x in row):
-        if eos_id is not None and t == eos_id:
-            break
-        if t < 0 or t in special or (extra_ids_from is not None and t >= extra_ids_from):
-            continue
-        out.append(t)
-    return out
-
-
-def host_reference_on_ids(pred_ids, ref_ids, special_ids, *, eos_id: int | None = EOS_ID,
-                          extra_ids_from: int | None = None, max_order: int = MAX_ORDER,
-                          exclusive: bool = True) -> dict[str, np.ndarray]:
-    """Python reference of `reward_stats` on [N, T] / [N, R] ids, via sacrebleu and `rouge`."""
-    special = {int(s) for s in np.asarray(special_ids).ravel()}
-    bleu = BLEU(tokenize="none", effective_order=True, max_ngram_order=max_order)
-    rouge = Rouge(metrics=["rouge-l"], exclusive=exclusive)
-    out = collections.defaultdict(list)
-    for p_row, r_row in zip(np.asarray(pred_ids), np.asarray(ref_ids), strict=True):
-        p = _valid_ids(p_row, special, eos_id, extra_ids_from)
-        r = _valid_ids(r_row, special, eos_id, extra_ids_from)
-        p_str, r_str = " ".join(map(str, p)), " ".join(map(str, r))
-        out["f1"].append(metrics.token_f1(p_str, r_str, squad_normalize=False))
-        out["bleu"].append(bleu.sentence_score(p_str, [r_str]).score)
-        rl = rouge.get_scores(p_str, r_str)[0]["rouge-l"]["f"] if p and r else 0.0
-        out["rouge_l"].append(rl)
-        for n in (1, 2):
-            grams = [tuple(p[i:i + n]) for i in range(len(p) - n + 1)]
-            out[f"distinct_{n}"].append(len(set(grams)) / len(grams) if grams else 0.0)
-        out["length_ratio"].append(_ratio(len(p), len(r)))
-        out["pred_len"].append(float(len(p)))
-        out["ref_len"].append(float(len(r)))
-    return {k: np.array(v, np.float64) for k, v in out.items()}
-
-
-def host_reference_reward_on_ids(pred_ids, ref_ids, special_ids,
-                                 weights: Sequence[float] = (1.0, 1.0, 1.0),
-                                 bleu_norm: str = "scale", length_penalty: float = 0.0,
-                                 **kw) -> np.ndarray:
-    """Python reference of `combined_reward` on [N, T] / [N, R] ids -> [N] float64."""
-    scores = host_reference_on_ids(pred_ids, ref_ids, special_ids, **kw)
-    return _host_combine(scores, weights, bleu_norm, length_penalty)
+    return host_combine(scores, weights, bleu_norm, length_penalty)
 
 
 # 'device' takes padded ids (jit it inside the step); 'host' takes decoded strings.

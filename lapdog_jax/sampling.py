@@ -9,7 +9,7 @@ Usage (inside a jitted function; all keyword options are static Python values):
     samples = sample(decode_step, cache, rng, batch_size=N, max_length=T,
                      start_id=0, eos_id=1, pad_id=0, temperature=0.7, top_p=0.9)
     # teacher-forced decoder inputs that reproduce exactly what the sampler fed:
-    dec_in = teacher_forcing_inputs(samples.tokens, start_id=0)
+    dec_in = shift_right(samples.tokens, start_id, pad_id)  # lapdog_jax.models.t5
 """
 
 from __future__ import annotations
@@ -73,12 +73,6 @@ def filter_logits(logits_NxV: jax.Array, temperature: float = 1.0, top_k: int = 
         cutoff = jnp.take_along_axis(sorted_desc, num_kept - 1, axis=-1)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
     return logits
-
-
-def teacher_forcing_inputs(tokens_NxT: jax.Array, start_id: int) -> jax.Array:
-    """Returns the decoder inputs [N, T] the sampler fed: start_id, then tokens shifted right."""
-    start = jnp.full_like(tokens_NxT[:, :1], start_id)
-    return jnp.concatenate([start, tokens_NxT[:, :-1]], axis=1)
 
 
 def _choose(rng, logits_NxV, step, *, temperature, top_k, top_p, greedy):

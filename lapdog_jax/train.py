@@ -232,7 +232,8 @@ def _after_step(run: Run) -> None:
         if config_lib.mode_info(run.config).trains_retriever:
             run.pipeline.unfreeze_pools()
         logging.info("warm-up done at step %d: reference = current reader", run.step)
-    if run.refresh and run.step % run.refresh == 0:
+    if run.refresh and run.step % run.refresh == 0 and run.step > run.warmup:
+        # (The warm-up does not train the retriever: its index stays as it was built.)
         run.retriever.rebuild(run.state.params["retriever"])
         # Own buffers: the state's are donated to the next step.
         run.index_step = run.step

@@ -73,7 +73,7 @@ def test_closed_book(setup):
 
 def test_truncation_is_counted_logged_and_keeps_eos(setup, caplog):
     train, _, passages, toks = setup
-    stats = pipeline.TruncationStats()
+    stats = tokenizer.TruncationStats()
     short = pipeline.Lengths(source=8, target=16, retriever=64)
     pool = [[d.gold_passage_ids[0]] for d in train[:4]]
     batch, _ = pipeline.make_batch(train[:4], pool, passages, toks, short, stats=stats)

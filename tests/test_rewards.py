@@ -12,6 +12,7 @@ from rouge import Rouge
 from sacrebleu.metrics import BLEU
 
 from lapdog_jax import config_lib, rewards
+from tests import reference_rewards
 
 T, R, N = 10, 8, 6  # padded prediction / reference widths and pairs per example: one compile
 SPECIAL = np.array([0, 1, 2], np.int32)  # pad, eos, unk
@@ -82,14 +83,15 @@ def test_device_equals_host_reference_on_ids(pairs):
     """Each device metric and both combined rewards equal sacrebleu / rouge on the id strings."""
     pred, ref = _pad([p for p, _ in pairs], T), _pad([r for _, r in pairs], R)
     got = jax.tree.map(np.asarray, _device_all(pred, ref))
-    want = rewards.host_reference_on_ids(pred, ref, SPECIAL, **KW)
+    want = reference_rewards.host_reference_on_ids(pred, ref, SPECIAL, **KW)
     for key in ("f1", "rouge_l", "distinct_1", "distinct_2", "length_ratio", "pred_len"):
         np.testing.assert_allclose(got[key], want[key], atol=2e-6, err_msg=key)
     np.testing.assert_allclose(got["bleu"], want["bleu"], rtol=1e-5, atol=1e-4)
-    plain = rewards.host_reference_on_ids(pred, ref, SPECIAL, exclusive=False, **KW)["rouge_l"]
+    plain = reference_rewards.host_reference_on_ids(pred, ref, SPECIAL, exclusive=False,
+                                                    **KW)["rouge_l"]
     np.testing.assert_allclose(got["rouge_l_plain"], plain, atol=2e-6)
     for norm in rewards.BLEU_NORMS:
-        ref_reward = rewards.host_reference_reward_on_ids(
+        ref_reward = reference_rewards.host_reference_reward_on_ids(
             pred, ref, SPECIAL, WEIGHTS, norm, PENALTY, **KW)
         np.testing.assert_allclose(got[norm], ref_reward, rtol=1e-5, atol=1e-5, err_msg=norm)
 
@@ -98,7 +100,7 @@ def test_host_reference_is_sacrebleu_and_rouge_on_id_strings():
     """The reference really is sacrebleu(tokenize='none') / rouge on ' '.join of the valid ids."""
     pred = np.array([[31, 5, 6, 2, 7, 1, 8, 8]])  # valid: 5 6 7 (extra id, unk, after-EOS out)
     ref = np.array([[5, 7, 6, 7, 0, 0, 0, 0]])
-    got = rewards.host_reference_on_ids(pred, ref, SPECIAL, **KW)
+    got = reference_rewards.host_reference_on_ids(pred, ref, SPECIAL, **KW)
     bleu = BLEU(tokenize="none", effective_order=True).sentence_score("5 6 7", ["5 7 6 7"]).score
     assert got["bleu"][0] == pytest.approx(bleu)
     rouge_f = Rouge().get_scores("5 6 7", "5 7 6 7")[0]["rouge-l"]["f"]
@@ -181,7 +183,7 @@ def test_grouped_shapes_broadcast_and_vmap():
     got = rewards.combined_reward(pred, ref, SPECIAL, bleu_norm="l2")
     assert got.shape == (2, 2, 3)
     flat_ref = np.broadcast_to(ref, (2, 2, 3, R)).reshape(-1, R)
-    want = rewards.host_reference_reward_on_ids(pred.reshape(-1, T), flat_ref, SPECIAL,
+    want = reference_rewards.host_reference_reward_on_ids(pred.reshape(-1, T), flat_ref, SPECIAL,
                                                 bleu_norm="l2")
     np.testing.assert_allclose(np.asarray(got).ravel(), want, rtol=1e-5, atol=1e-6)
     f1 = jax.vmap(rewards.unigram_f1, in_axes=(0, 0, None))(pred, jnp.asarray(ref), SPECIAL)

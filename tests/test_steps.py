@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from lapdog_jax import config_lib, optim, sampling, steps
+from lapdog_jax import config_lib, optim, steps
 from lapdog_jax import rewards as rewards_lib
 from lapdog_jax.models import contriever
-from lapdog_jax.models.t5 import T5, T5Config
+from lapdog_jax.models.t5 import T5, T5Config, shift_right
 
 B, K, Gr, G, S, T, L = 2, 4, 2, 4, 16, 6, 12  # L: retriever tokens (queries and passages)
 V = 64
@@ -184,7 +184,7 @@ def _encode(models, reader_params, ids, mask):
 def _decode_logp(models, reader_params, enc, enc_mask, tokens):
     """Teacher-forced log-softmax [N,T,V] of tokens [N,T], each encoder row repeated N/M times."""
     reps = tokens.shape[0] // enc.shape[0]
-    dec_in = sampling.teacher_forcing_inputs(tokens, PAD)
+    dec_in = shift_right(tokens, PAD, PAD)
     logits = models.reader.apply({"params": reader_params}, dec_in, jnp.repeat(enc, reps, 0),
                                  jnp.repeat(enc_mask, reps, 0), method=T5.decode)
     return jax.nn.log_softmax(logits, -1)

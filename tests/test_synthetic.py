@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lapdog_jax import data
+from lapdog_jax import baselines, data
 from lapdog_jax.data import synthetic, tokenizer
 
 SIZES = dict(num_train=300, num_valid=60, num_stories=40)
@@ -17,7 +17,7 @@ def dataset():
 
 def _ngrams(text, n):
     """Set of word n-grams of a text."""
-    w = synthetic._words(text)
+    w = baselines._words(text)
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
 
@@ -60,20 +60,16 @@ def test_distractors_share_topic_words(dataset):
     _, _, stories = dataset
     titles = [p.title for p in stories]
     assert len(set(titles)) < len(titles) / 2  # titles repeat across stories of a topic
-    words = [set(synthetic._words(p.text)) for p in stories]
+    words = [set(baselines._words(p.text)) for p in stories]
     # Every story shares at least 3 non-trivial words with some other story.
     common = {"i", "the", "a", "and", "my", "it", "was", "in", "to", "of", "for", "me", "with"}
     for i, w in enumerate(words):
         assert max(len((w & v) - common) for j, v in enumerate(words) if j != i) >= 3
 
 
-def test_recall_and_tfidf_by_hand():
-    ranked = [["a", "b", "c"], ["c", "a", "b"], ["b", "c", "a"]]
-    gold = [("a",), ("a",), ("z",)]
-    assert synthetic.recall_at_k(ranked, gold, ks=(1, 2)) == {"recall@1": 1 / 3,
-                                                              "recall@2": 2 / 3}
+def test_tfidf_by_hand():
     # docs: "x y", "y z"; idf(x)=idf(z)=ln(3/2)+1, idf(y)=1. Query "x" hits doc 0 only.
-    s = synthetic.tfidf_scores(["x", "y"], ["x y", "y z"])
+    s = baselines.tfidf_scores(["x", "y"], ["x y", "y z"])
     ix = np.log(1.5) + 1
     np.testing.assert_allclose(s[0], [ix / np.hypot(ix, 1), 0.0], rtol=1e-12)
     np.testing.assert_allclose(s[1], [1 / np.hypot(ix, 1)] * 2, rtol=1e-12)
@@ -82,9 +78,12 @@ def test_recall_and_tfidf_by_hand():
 def test_retrieval_is_learnable_but_not_solved(dataset, tmp_path):
     train, valid, stories = dataset
     tokenizer.train_sentencepiece(tokenizer.corpus_texts(train, stories), str(tmp_path), 300)
-    r = synthetic.baseline_recalls(valid, stories, str(tmp_path))
+    r = baselines.baseline_recalls(valid, stories, str(tmp_path))
     tfidf = r["tfidf"]
     # Persona words point at the gold story often (well above chance 1/40) but not always.
-    assert 0.2 < tfidf["recall@1"] < 0.9 and tfidf["recall@1"] <= tfidf["recall@5"] < 1.0
+    assert 20 < tfidf["recall@1"] < 90 and tfidf["recall@1"] <= tfidf["recall@5"] < 100
     for name in ("contriever_untrained", "contriever_untrained_cos"):
-        assert 0.0 <= r[name]["recall@1"] <= r[name]["recall@5"] < tfidf["recall@5"]
+        assert 0.0 <= r[name]["recall@1"] <= r[name]["recall@5"] <= 100
+    # The packaged pretrained retriever starts well above chance, below the ceiling.
+    minilm = r["minilm_pretrained_cos"]
+    assert 100 / len(stories) * 5 < minilm["recall@1"] < 100

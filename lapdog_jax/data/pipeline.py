@@ -27,13 +27,11 @@ The order of an epoch is a permutation drawn from (seed, epoch); the iterator po
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from absl import logging
 
 from lapdog_jax.data import (
     Dialogue,
@@ -44,6 +42,7 @@ from lapdog_jax.data import (
     retriever_query,
     target_text,
 )
+from lapdog_jax.data.tokenizer import TruncationStats, encode
 
 # (query_ids [B, Lq], query_mask [B, Lq]) -> K passage ids per row.
 PoolFn = Callable[[np.ndarray, np.ndarray], Sequence[Sequence[str]]]
@@ -71,55 +70,6 @@ class Lengths:
         """Reads text_maxlength, target_maxlength and retriever_maxlength of `config.data`."""
         return cls(source=data_config.text_maxlength, target=data_config.target_maxlength,
                    retriever=data_config.retriever_maxlength)
-
-
-class TruncationStats:
-    """Counts sequences seen and truncated per field, and logs truncations."""
-
-    def __init__(self):
-        """Starts all counts at zero."""
-        self.seen = collections.Counter()
-        self.truncated = collections.Counter()
-
-    def update(self, field: str, lengths: np.ndarray, max_length: int) -> None:
-        """Records one batch of untruncated `lengths` for `field` and logs any truncation."""
-        n_trunc = int((lengths > max_length).sum())
-        self.seen[field] += len(lengths)
-        self.truncated[field] += n_trunc
-        if n_trunc:
-            args = ("truncated %d/%d %s sequences so far to %d tokens (longest in this "
-                    "batch: %d)", self.truncated[field], self.seen[field], field, max_length,
-                    int(lengths.max()))
-            if self.truncated[field] == n_trunc:  # the first time: always say so
-                logging.warning(*args)
-            else:
-                logging.log_every_n_seconds(logging.WARNING, args[0], 60, *args[1:])
-
-    def as_dict(self) -> dict[str, float]:
-        """Truncated fraction per field (for logging as scalars)."""
-        return {f"data/truncated_{k}": self.truncated[k] / max(self.seen[k], 1)
-                for k in self.seen}
-
-
-def encode(tok, texts: Sequence[str], max_length: int, stats: TruncationStats | None = None,
-           field: str = "text") -> tuple[np.ndarray, np.ndarray]:
-    """Tokenizes (with the tokenizer's special tokens) to ids, mask int32 [N, max_length]."""
-    full = tok(list(texts), truncation=False)["input_ids"]
-    lengths = np.array([len(x) for x in full])
-    if stats is not None:
-        stats.update(field, lengths, max_length)
-    ids = np.full((len(texts), max_length), tok.pad_token_id, np.int32)
-    mask = np.zeros((len(texts), max_length), np.int32)
-    long_rows = np.flatnonzero(lengths > max_length)
-    if len(long_rows):
-        # Re-encode with the tokenizer's own truncation so trailing specials (EOS/SEP) stay.
-        cut = tok([texts[i] for i in long_rows], truncation=True, max_length=max_length)
-        for r, seq in zip(long_rows, cut["input_ids"], strict=True):
-            full[r] = seq
-    for r, seq in enumerate(full):
-        ids[r, :len(seq)] = seq
-        mask[r, :len(seq)] = 1
-    return ids, mask
 
 
 def encode_queries(dialogues: Sequence[Dialogue], tok, max_length: int,

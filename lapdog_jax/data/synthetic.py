@@ -11,8 +11,8 @@ retriever can learn the associations.
 
     python -m lapdog_jax.data.synthetic --out=DIR [--seed=0 --num_train=2000 ...]
 
-writes train.jsonl, valid.jsonl and stories.jsonl (LAPDOG formats, with `gold_passage_ids`)
-and prints the recall@1/@5 on valid of a TF-IDF baseline and of an untrained tiny Contriever.
+writes train.jsonl, valid.jsonl and stories.jsonl (LAPDOG formats, with `gold_passage_ids`);
+`python -m lapdog_jax.baselines --data=DIR` prints what retrieval gets on it before training.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from lapdog_jax.data import (
     Passage,
     dialogue_record,
     passage_record,
-    retriever_passage,
-    retriever_query,
     write_jsonl,
 )
 
@@ -243,102 +241,14 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 2000, num_valid: int 
     return paths
 
 
-# ------------------------------------------------------------------------------------------
-# Baselines: what retrieval gets before any training.
-# ------------------------------------------------------------------------------------------
-
-
-def recall_at_k(ranked_ids, gold_ids, ks=(1, 5)) -> dict[str, float]:
-    """Fraction of queries with a gold id among the top k ranked ids, for each k."""
-    out = {}
-    for k in ks:
-        hits = [bool(set(r[:k]) & set(g)) for r, g in zip(ranked_ids, gold_ids, strict=True)]
-        out[f"recall@{k}"] = float(np.mean(hits))
-    return out
-
-
-def _words(text: str) -> list[str]:
-    """Lower-cased alphanumeric words."""
-    return "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
-
-
-def tfidf_scores(queries: list[str], docs: list[str]) -> np.ndarray:
-    """Cosine similarity of TF-IDF vectors (smoothed idf over docs): [Q, N]."""
-    vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in _words(d)}))}
-
-    def counts(texts):
-        m = np.zeros((len(texts), len(vocab)))
-        for r, t in enumerate(texts):
-            for w in _words(t):
-                if w in vocab:
-                    m[r, vocab[w]] += 1
-        return m
-
-    d = counts(docs)
-    idf = np.log((1 + len(docs)) / (1 + (d > 0).sum(0))) + 1
-    unit = lambda m: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-    return unit(counts(queries) * idf) @ unit(d * idf).T
-
-
-def _ranked(scores: np.ndarray, ids: list[str], k: int) -> list[list[str]]:
-    """Top-k ids per row of scores [Q, N] (ties broken by corpus order)."""
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [[ids[j] for j in row] for row in top]
-
-
-def baseline_recalls(valid: list[Dialogue], stories: list[Passage], tokenizer_dir: str,
-                     seed: int = 0, retriever_from: str = "persona") -> dict[str, dict]:
-    """Recall@1/@5 on `valid` of TF-IDF and of an untrained tiny Contriever (dot, cosine)."""
-    import jax
-
-    from lapdog_jax.config_lib import base_config
-    from lapdog_jax.data.tokenizer import load_tokenizer
-    from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_params
-
-    queries = [retriever_query(d.question, retriever_from) for d in valid]
-    docs = [retriever_passage(p) for p in stories]
-    ids, gold = [p.id for p in stories], [d.gold_passage_ids for d in valid]
-    out = {"tfidf": recall_at_k(_ranked(tfidf_scores(queries, docs), ids, 5), gold)}
-
-    tok = load_tokenizer(tokenizer_dir)
-    tiny = base_config("joint_grpo").model.retriever
-    cfg = ContrieverConfig(vocab_size=len(tok), hidden_size=tiny.hidden_size,
-                           num_hidden_layers=tiny.num_hidden_layers,
-                           num_attention_heads=tiny.num_attention_heads,
-                           intermediate_size=tiny.intermediate_size,
-                           max_position_embeddings=tiny.max_position_embeddings,
-                           pad_token_id=tok.pad_token_id)
-    params = init_params(cfg, jax.random.key(seed))
-    apply = jax.jit(lambda p, i, m: Contriever(cfg).apply({"params": p}, i, m))
-
-    def embed(texts):
-        enc = tok(texts, max_length=cfg.max_position_embeddings, truncation=True,
-                  padding="max_length", return_tensors="np")
-        return np.asarray(apply(params, enc["input_ids"], enc["attention_mask"]))
-
-    q, p = embed(queries), embed(docs)
-    out["contriever_untrained"] = recall_at_k(_ranked(q @ p.T, ids, 5), gold)
-    unit = lambda m: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-    out["contriever_untrained_cos"] = recall_at_k(_ranked(unit(q) @ unit(p).T, ids, 5), gold)
-    return out
-
-
 def main(argv) -> None:
-    """CLI: writes the dataset and prints the baseline recalls."""
+    """CLI: writes the dataset."""
     del argv
-    from lapdog_jax.data.tokenizer import corpus_texts, train_sentencepiece
-
     f = flags.FLAGS
-    generate(f.out, f.seed, f.num_train, f.num_valid, f.num_stories)
-    train, valid, stories = make_dataset(f.seed, f.num_train, f.num_valid, f.num_stories)
-    print(f"wrote {len(train)} train, {len(valid)} valid dialogues and {len(stories)} stories "
-          f"to {f.out}")
-    tok_dir = os.path.join(f.out, "tokenizer")
-    train_sentencepiece(corpus_texts(train, stories), tok_dir, f.vocab_size, f.seed)
-    results = baseline_recalls(valid, stories, tok_dir, seed=f.seed)
-    print(f"retrieval on valid (query = persona, {len(stories)} stories):")
-    for name, r in results.items():
-        print(f"  {name:26s} " + "  ".join(f"{k}={v:.3f}" for k, v in r.items()))
+    paths = generate(f.out, f.seed, f.num_train, f.num_valid, f.num_stories)
+    print(f"wrote {f.num_train} train, {f.num_valid} valid dialogues and {f.num_stories} "
+          f"stories to {f.out}: " + ", ".join(paths.values()))
+    print(f"retrieval baselines on it: python -m lapdog_jax.baselines --data={f.out}")
 
 
 if __name__ == "__main__":
@@ -347,5 +257,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_train", 2000, "train dialogues")
     flags.DEFINE_integer("num_valid", 200, "valid dialogues")
     flags.DEFINE_integer("num_stories", 200, "stories in the corpus")
-    flags.DEFINE_integer("vocab_size", 1000, "SentencePiece vocab of the baseline tokenizer")
     app.run(main)

@@ -258,3 +258,18 @@ def init_params(config: ContrieverConfig, rng) -> dict[str, Any]:
     """Returns freshly initialised params (a plain pytree) for `config`."""
     ids = jnp.zeros((1, 2), jnp.int32)
     return Contriever(config).init(rng, ids, jnp.ones_like(ids))["params"]
+
+
+def init_retriever_params(config: ContrieverConfig, rng) -> dict[str, Any]:
+    """Params for a retriever trained from scratch: `init_params` with the token-type and
+    position embeddings zeroed (both still train).
+
+    At BERT's N(0, 0.02) init the one token-type vector on every token is as large as a word
+    vector and every sentence shares the same positions; mean pooling keeps those shared parts
+    while the words average out, so all pooled embeddings point the same way (cosines ≈ 0.98
+    among the demo's stories) and softmax(cos/τ) over a pool is uniform: the policy gradient
+    has nothing to work with. Without them, story cosines start at ≈ 0.73 and retrieval learns.
+    """
+    params = init_params(config, rng)
+    zero = ("token_type_embeddings", "position_embeddings")
+    return {k: jax.tree.map(jnp.zeros_like, v) if k in zero else v for k, v in params.items()}

@@ -1,0 +1,128 @@
+"""What retrieval gets before any training: TF-IDF, an untrained tiny Contriever, and (when
+installed) the packaged pretrained all-MiniLM-L6-v2, as recall@1/@5 (×100) on a dataset's
+eval dialogues.
+
+    python -m lapdog_jax.baselines --data=DIR      # a folder written by lapdog_jax.data.synthetic
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from lapdog_jax import config_lib, experiment, metrics
+from lapdog_jax.data import (
+    Dialogue,
+    Passage,
+    read_dialogues,
+    read_passages,
+    retriever_passage,
+    retriever_query,
+    synthetic,
+)
+from lapdog_jax.data import tokenizer as tok_lib
+from lapdog_jax.models import hf
+from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_retriever_params
+
+KS = (1, 5)
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased alphanumeric words."""
+    return "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+
+
+def tfidf_scores(queries: list[str], docs: list[str]) -> np.ndarray:
+    """Cosine similarity of TF-IDF vectors (smoothed idf over docs): [Q, N]."""
+    vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in _words(d)}))}
+
+    def counts(texts):
+        m = np.zeros((len(texts), len(vocab)))
+        for r, t in enumerate(texts):
+            for w in _words(t):
+                if w in vocab:
+                    m[r, vocab[w]] += 1
+        return m
+
+    d = counts(docs)
+    idf = np.log((1 + len(docs)) / (1 + (d > 0).sum(0))) + 1
+    return _unit(counts(queries) * idf) @ _unit(d * idf).T
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
+def _recalls(scores: np.ndarray, ids: list[str], gold: list) -> dict[str, float]:
+    """recall@k (×100) of the ranking by scores [Q, N] (ties broken by corpus order)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :max(KS)]
+    ranked = [[ids[j] for j in row] for row in top]
+    return {f"recall@{k}": metrics.recall_at_k(gold, ranked, k) for k in KS}
+
+
+def _embed(model: Contriever, params, tok, texts: list[str]) -> np.ndarray:
+    """Embeddings [N, D] of texts (padded to the model's max positions, at most 128)."""
+    length = min(model.config.max_position_embeddings, 128)
+    enc = tok(texts, max_length=length, truncation=True, padding="max_length",
+              return_tensors="np")
+    apply = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m))
+    return np.asarray(apply(params, enc["input_ids"], enc["attention_mask"]))
+
+
+def baseline_recalls(valid: list[Dialogue], stories: list[Passage], tokenizer_dir: str,
+                     seed: int = 0, retriever_from: str = "persona",
+                     pretrained: bool = True) -> dict[str, dict]:
+    """Recall@1/@5 (×100) on `valid` of TF-IDF, of an untrained tiny Contriever (as the trainer
+    initialises it; dot and cosine), and of the packaged MiniLM when installed."""
+    queries = [retriever_query(d.question, retriever_from) for d in valid]
+    docs = [retriever_passage(p) for p in stories]
+    ids, gold = [p.id for p in stories], [d.gold_passage_ids for d in valid]
+    out = {"tfidf": _recalls(tfidf_scores(queries, docs), ids, gold)}
+
+    tok = tok_lib.load_tokenizer(tokenizer_dir)
+    tiny = config_lib.base_config("joint_grpo").model.retriever
+    cfg = ContrieverConfig(vocab_size=len(tok), hidden_size=tiny.hidden_size,
+                           num_hidden_layers=tiny.num_hidden_layers,
+                           num_attention_heads=tiny.num_attention_heads,
+                           intermediate_size=tiny.intermediate_size,
+                           max_position_embeddings=tiny.max_position_embeddings,
+                           pad_token_id=tok.pad_token_id)
+    model, params = Contriever(cfg), init_retriever_params(cfg, jax.random.key(seed))
+    q, p = _embed(model, params, tok, queries), _embed(model, params, tok, docs)
+    out["contriever_untrained"] = _recalls(q @ p.T, ids, gold)
+    out["contriever_untrained_cos"] = _recalls(_unit(q) @ _unit(p).T, ids, gold)
+    if pretrained:
+        try:
+            path = experiment.packaged_path(config_lib.PACKAGED_RETRIEVER)
+        except experiment.ConfigError:
+            return out
+        cfg, params = hf.load_contriever(path)
+        model, tok = Contriever(cfg), tok_lib.load_tokenizer(path)
+        q, p = _embed(model, params, tok, queries), _embed(model, params, tok, docs)
+        out["minilm_pretrained_cos"] = _recalls(_unit(q) @ _unit(p).T, ids, gold)
+    return out
+
+
+def main(argv) -> None:
+    """CLI: prints the baseline recalls on --data's eval dialogues."""
+    del argv
+    data = flags.FLAGS.data
+    stories = read_passages(os.path.join(data, synthetic.STORIES_FILE))
+    train = read_dialogues(os.path.join(data, synthetic.TRAIN_FILE))
+    valid = read_dialogues(os.path.join(data, synthetic.VALID_FILE))
+    tok_dir = os.path.join(data, "tokenizer")
+    if not os.path.isdir(tok_dir):
+        tok_lib.train_sentencepiece(tok_lib.corpus_texts(train, stories), tok_dir, 1000)
+    print(f"retrieval on {len(valid)} valid dialogues (query = persona, "
+          f"{len(stories)} stories):")
+    for name, r in baseline_recalls(valid, stories, tok_dir).items():
+        print(f"  {name:26s} " + "  ".join(f"{k}={v:.1f}" for k, v in r.items()))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("data", None, "folder with train/valid/stories jsonl", required=True)
+    app.run(main)
