@@ -39,14 +39,15 @@ def make_batch(config, vocab: int, width: int, seed: int = 0) -> dict[str, np.nd
     rng = np.random.default_rng(seed)
     b, k, d = config.batch_size, config.retrieval.pool_size, config.data
     s, t, lr = d.text_maxlength, d.target_maxlength, d.retriever_maxlength
+    lq = d.query_maxlength or lr
     ids = lambda *shape: rng.integers(3, vocab, size=shape).astype(np.int32)
     ones = lambda *shape: np.ones(shape, np.int32)
     target = ids(b, t)
     target[:, t // 2:] = 0
     target[:, t // 2 - 1] = 1  # EOS
     return {"reader_ids": ids(b, k, s), "reader_mask": ones(b, k, s), "target_ids": target,
-            "target_mask": (target > 0).astype(np.int32), "query_ids": ids(b, lr),
-            "query_mask": ones(b, lr), "passage_ids": ids(b, k, lr),
+            "target_mask": (target > 0).astype(np.int32), "query_ids": ids(b, lq),
+            "query_mask": ones(b, lq), "passage_ids": ids(b, k, lr),
             "passage_mask": ones(b, k, lr), "pool_gold": np.eye(b, k, dtype=bool),
             "passage_emb": rng.normal(size=(b, k, width)).astype(np.float32)}
 
@@ -66,7 +67,7 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. retrieval.pool_size=8 (repeatable)")
     args = parser.parse_args()
-    config = config_lib.base_config(args.mode)
+    config = config_lib.mode_config(args.mode)
     for item in args.set:
         key, value = item.split("=", 1)
         *path, leaf = key.split(".")

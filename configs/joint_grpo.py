@@ -1,6 +1,13 @@
-"""GRPO for the reader and the retriever jointly (Gumbel-top-k over the pool).
+"""GRPO for the reader and the retriever jointly: Gr stories per dialogue drawn by
+Gumbel-top-k from the retriever's pool of K, G completions per (dialogue, story); a story's
+reward is the mean of its completions', its advantage normalised across the Gr stories.
 
-Embedded default (synthetic data, tiny models, minutes on a laptop CPU):
+What differs: the retriever trains, query-side (a trainable query encoder scored against the
+passage embeddings stored in the index: no passage encoded per step, no re-indexing; set
+model.shared_retriever=True for LAPDOG's shared encoder); the embedded default warms the
+reader up on the gold story first (500 of 800 steps), then 300 joint steps.
+
+Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/joint_grpo.py --workdir=runs/joint_grpo
 Paper sizes (small | base | large | xl) need real data and HF checkpoints:
   python -m lapdog_jax.main --config=configs/joint_grpo.py:base --workdir=runs/joint_grpo_base \
@@ -9,9 +16,11 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax.config_lib import base_config
+from lapdog_jax.config_lib import base_config, demo_warmup
 
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
-    return base_config("joint_grpo", arg)
+    config = base_config("joint_grpo", arg)
+    demo_warmup(config)
+    return config

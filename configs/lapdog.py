@@ -1,6 +1,11 @@
-"""Original LAPDOG stage 2: reader cross-entropy with retrieved stories + retriever KL distillation.
+"""Original LAPDOG stage 2: reader cross-entropy with the top-n retrieved stories, plus the
+retriever distilled towards each pool story's gold score (KL, LAPDOG's `--gold_score_mode`).
 
-Embedded default (synthetic data, tiny models, minutes on a laptop CPU):
+What differs: the retriever trains by distillation, with LAPDOG's one shared query/passage
+encoder and the index rebuilt every `retrieval.refresh_index` steps; the embedded default
+warms the reader up on the gold story first (500 of 800 steps).
+
+Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/lapdog.py --workdir=runs/lapdog
 Paper sizes (small | base | large | xl) need real data and HF checkpoints:
   python -m lapdog_jax.main --config=configs/lapdog.py:base --workdir=runs/lapdog_base \
@@ -9,9 +14,12 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax.config_lib import base_config
+from lapdog_jax.config_lib import base_config, demo_warmup
 
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
-    return base_config("lapdog", arg)
+    config = base_config("lapdog", arg)
+    config.model.shared_retriever = True  # LAPDOG's shared encoder, re-indexed as it trains
+    demo_warmup(config)
+    return config

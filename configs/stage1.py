@@ -1,12 +1,14 @@
-"""Stage 1: closed-book supervised reader (no passages).
+"""Stage 1: the reader trained closed-book (no passages) with cross-entropy on the answers.
 
-Embedded default (synthetic data, tiny models, minutes on a laptop CPU):
+What differs: n_context 0 (the reader sees the dialogue alone), no retriever, no warm-up.
+
+Embedded default (synthetic data, tiny reader, minutes on a laptop CPU):
   python -m lapdog_jax.main --config=configs/stage1.py --workdir=runs/stage1
-Paper sizes (small | base | large | xl) need real data and HF checkpoints:
+Paper sizes (small | base | large | xl) need real data (and optionally an HF reader):
   python -m lapdog_jax.main --config=configs/stage1.py:base --workdir=runs/stage1_base \
-    --config.data.train=data/convai2/train.jsonl --config.data.eval=data/convai2/valid.jsonl \
-    --config.data.passages=data/corpora/story/story.jsonl \
-    --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
+    --config.data.train=data/convai2/train.jsonl --config.data.eval=data/convai2/valid.jsonl
+The export of this run (`python -m lapdog_jax.export`) is what the other stages' init.reader
+and the KL reference start from.
 """
 
 from lapdog_jax.config_lib import base_config
@@ -14,4 +16,6 @@ from lapdog_jax.config_lib import base_config
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
-    return base_config("sft", arg)
+    config = base_config("sft", arg)
+    config.data.n_context = 0  # closed-book
+    return config

@@ -7,6 +7,8 @@ locked (`lock_config`), so a typo in a `--config.x=y` override is an error, not 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
@@ -117,8 +119,37 @@ def _tiny_retriever() -> ml_collections.ConfigDict:
     ))
 
 
+# The config file of each mode, under the repository's configs/.
+CONFIG_FILES = {"sft": "stage1.py", "lapdog": "lapdog.py", "reinforce": "reinforce.py",
+                "grpo": "grpo.py", "joint_grpo": "joint_grpo.py"}
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+
+
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file at `path` (what `--config=path:arg` loads)."""
+    spec = importlib.util.spec_from_file_location("lapdog_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def mode_config(mode: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config of `mode` from its file in configs/ (as the main command loads it)."""
+    return from_file(os.path.join(CONFIGS_DIR, CONFIG_FILES[mode]), arg)
+
+
+def demo_warmup(c: ml_collections.ConfigDict) -> None:
+    """The embedded demo of a mode that reads stories: learn to copy the fact from the gold
+    story for 500 steps (stage 1 inside the run), then 300 steps of the mode's own training."""
+    if not c.preset:
+        c.sft_warmup_steps = 500
+        c.total_steps = 800
+
+
 def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the locked config for `mode` and `preset` (None = the embedded default)."""
+    """Returns the locked schema with its common defaults for `mode` and `preset` (None = the
+    embedded default); configs/*.py set what differs about their mode."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if preset not in (None, "", *PRESETS):
@@ -148,7 +179,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.vocab_size = 1000  # SentencePiece vocab when training one from scratch
     c.data.text_maxlength = 160  # reader source tokens per segment (LAPDOG --text_maxlength)
     c.data.target_maxlength = 16  # reader target tokens (LAPDOG --target_maxlength)
-    c.data.retriever_maxlength = 64  # retriever tokens for queries and passages
+    c.data.retriever_maxlength = 64  # retriever tokens per passage (and per query by default)
+    # Retriever tokens per query; 0 = retriever_maxlength. The demo's persona queries are at
+    # most 36 MiniLM tokens: 40 spares the trained query encoder a third of its work.
+    c.data.query_maxlength = 0 if preset else 40
     c.data.n_context = 1  # passages fed to the reader (LAPDOG --n_context)
     c.data.retriever_from = "persona"  # retriever query: 'persona' or 'all'
     c.data.fusion = "fid"  # 'fid' (encode each segment alone) or 'concat' (one long input)
@@ -177,8 +211,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # passage embeddings stored in the index), so a step encodes B queries and no passage and
     # the index never goes stale. With the passage side frozen (train_passage_encoder False)
     # both give the same gradients at the start, so query-side is the default wherever it is
-    # the cheaper correct choice: every mode but LAPDOG stage 2 (kept shared for fidelity).
-    c.model.shared_retriever = mode == "lapdog"
+    # the cheaper correct choice: every mode but LAPDOG stage 2 (configs/lapdog.py keeps the
+    # shared encoder, for fidelity).
+    c.model.shared_retriever = False
     c.model.normalize_embeddings = True  # L2-normalise retriever embeddings (cosine scores)
     # Shared mode only: the passage side gets gradients too (the index goes stale between
     # refreshes); False puts it under stop-gradient as LAPDOG does.
@@ -230,23 +265,13 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.mesh.fsdp = 1  # parameter-sharding axis size
     c.mesh.tensor = 1  # tensor-parallel axis size
 
-    if mode in ("sft",):
-        c.data.n_context = 0  # closed-book: no passages
-    if mode == "reinforce":
-        c.grpo.group_size = 1
-        c.grpo.loss_type = "no_baseline"
-        c.grpo.kl_coeff = 0.0
-    if not preset and mode != "sft":
-        # Embedded demo: learn to copy the fact from the gold story, then RL (minutes on a CPU).
-        c.sft_warmup_steps = 500
-        c.total_steps = 800
     if preset:
         c.optim.lr = _PRESET_SIZES[preset]["lr"]
         c.batch_size = _PRESET_SIZES[preset]["batch_size"]
         c.data.text_maxlength = 512
         c.data.target_maxlength = 64
         c.data.retriever_maxlength = 256
-        c.data.n_context = 6 if mode != "sft" else 0
+        c.data.n_context = 6
         c.retrieval.pool_size = 20
         c.retrieval.temperature_score = 0.1
         c.retrieval.refresh_index = 1000

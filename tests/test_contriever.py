@@ -260,3 +260,28 @@ def test_real_minilm_matches_transformers():
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[1, 5] + 0.3
     assert sim[3, 4] > max(sim[3, 0], sim[3, 2], sim[3, 5]) + 0.3
+
+
+def test_from_scratch_init_spreads_pooled_embeddings():
+    """A retriever trained from scratch starts without the token-type and position vectors
+    that every sentence shares, so mean-pooled embeddings of different texts differ."""
+    cfg = contriever.ContrieverConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=128,
+                                      max_position_embeddings=32, dropout_rate=0.0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 200, size=(16, 24)).astype(np.int32)
+    mask = np.ones_like(ids)
+
+    def mean_cosine(params):
+        emb = np.array(contriever.Contriever(cfg).apply({"params": params}, ids, mask))
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        cos = emb @ emb.T
+        return cos[~np.eye(len(cos), dtype=bool)].mean()
+
+    bert = contriever.init_params(cfg, jax.random.key(0))
+    ours = contriever.init_retriever_params(cfg, jax.random.key(0))
+    for name in ("token_type_embeddings", "position_embeddings"):
+        assert not np.asarray(ours[name]["embedding"]).any()
+    np.testing.assert_array_equal(ours["word_embeddings"]["embedding"],
+                                  bert["word_embeddings"]["embedding"])
+    assert mean_cosine(bert) > 0.9 > 0.8 > mean_cosine(ours)

@@ -160,8 +160,11 @@ def test_eval_batches_cover_everything_in_order(setup):
 
 def test_lengths_from_config():
     c = base_config("joint_grpo").data
-    assert pipeline.Lengths.from_config(c) == pipeline.Lengths(
-        c.text_maxlength, c.target_maxlength, c.retriever_maxlength)
+    got = pipeline.Lengths.from_config(c)
+    assert got == pipeline.Lengths(c.text_maxlength, c.target_maxlength, c.retriever_maxlength,
+                                   c.query_maxlength)
+    assert got.query_length == c.query_maxlength == 40  # the demo's short persona queries
+    assert pipeline.Lengths(1, 2, 64).query_length == 64  # 0: as long as passages
 
 
 def _pool_by_query(query_ids, query_mask):
@@ -207,5 +210,8 @@ def test_pool_embeddings_replace_passage_tokens(setup):
     batch, host = next(pipe)
     assert "passage_ids" not in batch and "passage_mask" not in batch
     assert batch["passage_emb"].shape == (4, 3, 5) and batch["passage_emb"].dtype == np.float32
+    short = pipeline.Pipeline(train, passages, toks, pipeline.Lengths(160, 16, 64, query=48),
+                              batch_size=4, seed=1, pool_fn=_pool_by_query)
+    assert next(short)[0]["query_ids"].shape == (4, 48)
     for b, row in enumerate(host["pool_passage_ids"]):
         np.testing.assert_array_equal(batch["passage_emb"][b], [emb[p] for p in row])

@@ -30,8 +30,8 @@ jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_lev
 
 
 def make_config(mode: str, batch_size: int = B, **overrides):
-    """base_config(mode) shrunk to the tiny shapes, plus dotted-key `overrides`."""
-    c = config_lib.base_config(mode)
+    """The mode's config (configs/*.py) shrunk to the tiny shapes, plus dotted-key `overrides`."""
+    c = config_lib.mode_config(mode)
     values = {"batch_size": batch_size, "total_steps": 1000, "sft_warmup_steps": 0,
               "data.text_maxlength": S, "data.target_maxlength": T,
               "data.retriever_maxlength": L, "retrieval.pool_size": K,

@@ -80,7 +80,7 @@ def compile_cache_dir(tmp_path_factory) -> str:
 
 def tiny_config(mode: str, data: dict | None = None, **overrides):
     """The tiny locked config of `mode`; `data` points it at prepared files."""
-    config = config_lib.base_config(mode)
+    config = config_lib.mode_config(mode)
     flat = {**MODE_OVERRIDES[mode], **(data or {}), **overrides}
     for key, value in flat.items():
         *path, leaf = key.split(".")
@@ -349,7 +349,7 @@ def test_bad_input_is_a_clear_error(shared_data, tmp_path):
                                  str(tmp_path / "b"))
     with pytest.raises(experiment.ConfigError, match=r"preset 'base' needs real data: set "
                                                      r"--config\.data\.train"):
-        train.train_and_evaluate(config_lib.base_config("grpo", "base"), str(tmp_path / "c"))
+        train.train_and_evaluate(config_lib.mode_config("grpo", "base"), str(tmp_path / "c"))
     bad = tmp_path / "train.jsonl"
     good = open(shared_data["data.train"]).read().splitlines()
     bad.write_text("\n".join(good[:2] + ['{"question": "persona: x", "answers": ['] + good[3:]))
@@ -361,7 +361,7 @@ def test_bad_input_is_a_clear_error(shared_data, tmp_path):
 def test_embedded_default_starts_from_the_packaged_minilm():
     """The demo's retriever is the installed all-MiniLM-L6-v2 (found through the package's
     files), with its own WordPiece tokenizer; an unknown packaged name names the flag."""
-    config = config_lib.base_config("joint_grpo")
+    config = config_lib.mode_config("joint_grpo")
     assert config.init.retriever == config_lib.PACKAGED_RETRIEVER
     assert not config.model.shared_retriever  # query-side: the cheaper correct default
     path = experiment.packaged_path(config.init.retriever)

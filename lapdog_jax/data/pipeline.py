@@ -59,17 +59,24 @@ class Tokenizers(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Lengths:
-    """Fixed token lengths: reader source S, target T, retriever query/passage L."""
+    """Fixed token lengths: reader source S, target T, retriever passage Lp and query Lq."""
 
     source: int = 128
     target: int = 24
     retriever: int = 64
+    query: int = 0  # 0 = `retriever`
+
+    @property
+    def query_length(self) -> int:
+        """Lq: retriever query tokens."""
+        return self.query or self.retriever
 
     @classmethod
     def from_config(cls, data_config) -> Lengths:
-        """Reads text_maxlength, target_maxlength and retriever_maxlength of `config.data`."""
+        """Reads text_maxlength, target_maxlength, retriever_maxlength and query_maxlength of
+        `config.data`."""
         return cls(source=data_config.text_maxlength, target=data_config.target_maxlength,
-                   retriever=data_config.retriever_maxlength)
+                   retriever=data_config.retriever_maxlength, query=data_config.query_maxlength)
 
 
 def encode_queries(dialogues: Sequence[Dialogue], tok, max_length: int,
@@ -111,7 +118,7 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
     t_ids, t_mask = encode(tokenizers.reader, [target_text(t) for t in targets],
                            lengths.target, stats, "target")
     if query_tokens is None:
-        query_tokens = encode_queries(dialogues, tokenizers.retriever, lengths.retriever,
+        query_tokens = encode_queries(dialogues, tokenizers.retriever, lengths.query_length,
                                       retriever_from)
     q_ids, q_mask = query_tokens
     gold = np.array([[pid in d.gold_passage_ids for pid in pool] or [False]
@@ -245,7 +252,7 @@ class Pipeline:
 
     def _query_tokens(self, dialogues: Sequence[Dialogue], stats=None):
         """Retriever query ids, mask [B, Lq] of `dialogues`."""
-        return encode_queries(dialogues, self.tokenizers.retriever, self.lengths.retriever,
+        return encode_queries(dialogues, self.tokenizers.retriever, self.lengths.query_length,
                               self.retriever_from, stats)
 
     def _build(self, dialogues: list[Dialogue], picks: Sequence[int] | None,
