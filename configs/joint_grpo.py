@@ -2,10 +2,11 @@
 Gumbel-top-k from the retriever's pool of K, G completions per (dialogue, story); a story's
 reward is the mean of its completions', its advantage normalised across the Gr stories.
 
-What differs: the retriever trains, query-side (a trainable query encoder scored against the
-passage embeddings stored in the index: no passage encoded per step, no re-indexing; set
-model.shared_retriever=True for LAPDOG's shared encoder); the embedded default warms the
-reader up on the gold story first (500 of 800 steps), then 300 joint steps.
+What differs: the retriever trains: the shared query/passage encoder scored against the
+passage embeddings stored in the index (model.passage_scores='index': no passage encoded per
+step; the index is re-embedded every retrieval.refresh_index steps); model.shared_retriever=
+False trains query-side against a frozen passage encoder instead. The embedded default warms
+the reader up on the gold story first (500 of 800 steps), then 300 joint steps.
 
 Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/joint_grpo.py --workdir=runs/joint_grpo

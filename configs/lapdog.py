@@ -21,5 +21,6 @@ def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
     config = base_config("lapdog", arg)
     config.model.shared_retriever = True  # LAPDOG's shared encoder, re-indexed as it trains
+    config.model.passage_scores = "live"  # pool passages re-encoded every step, as LAPDOG does
     demo_warmup(config)
     return config

@@ -30,19 +30,19 @@ from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_retr
 KS = (1, 5)
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
     """Lower-cased alphanumeric words."""
     return "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
 
 
 def tfidf_scores(queries: list[str], docs: list[str]) -> np.ndarray:
     """Cosine similarity of TF-IDF vectors (smoothed idf over docs): [Q, N]."""
-    vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in _words(d)}))}
+    vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in words(d)}))}
 
     def counts(texts):
         m = np.zeros((len(texts), len(vocab)))
         for r, t in enumerate(texts):
-            for w in _words(t):
+            for w in words(t):
                 if w in vocab:
                     m[r, vocab[w]] += 1
         return m

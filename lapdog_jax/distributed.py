@@ -65,7 +65,7 @@ def _on_cloud_tpu() -> bool:
         return False
 
 
-def _slurm_local_device_ids() -> list[int] | None:
+def slurm_local_device_ids() -> list[int] | None:
     """All GPUs of the node when SLURM runs one task per node, else None (jax's default).
 
     jax's SLURM detection pins each process to GPU `SLURM_LOCALID`, which is right for one task
@@ -124,7 +124,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         coordinator_address, num_processes, process_id)
     if how != "single":
         if how == "slurm" and local_device_ids is None:
-            local_device_ids = _slurm_local_device_ids()
+            local_device_ids = slurm_local_device_ids()
         # CPU processes need a cross-process collectives backend; it must be chosen before the
         # CPU client exists and only affects CPU devices, so it is safe on GPU/TPU runs too.
         if not jax.config.jax_cpu_collectives_implementation:

@@ -26,7 +26,7 @@ INDEX_FILE, IDS_FILE = "index.faiss", "passage_ids.json"
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _apply(model, params, input_ids, attention_mask):
+def apply_contriever(model, params, input_ids, attention_mask):
     """Jitted Contriever forward: ids, mask [B, L] -> embeddings [B, D]."""
     return model.apply({"params": params}, input_ids, attention_mask)
 
@@ -43,7 +43,7 @@ def embed_passages(model, params, input_ids: np.ndarray, attention_mask: np.ndar
         if pad:  # all-pad rows keep one shape for every batch (Contriever pools them to 0)
             ids = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
             mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), mask.dtype)])
-        emb = _apply(model, params, ids, mask)
+        emb = apply_contriever(model, params, ids, mask)
         out.append(np.asarray(emb, np.float32)[:batch_size - pad])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

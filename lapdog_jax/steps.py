@@ -96,13 +96,13 @@ def retriever_scores(models: Models, params, batch, config) -> jax.Array:
 def pool_similarity(models: Models, params, batch, config) -> jax.Array:
     """Inner products q·p [B,K] of the live query encoder's embeddings with the pool's.
 
-    Query-side mode (`model.shared_retriever=False`): p = the passage embeddings stored in the
-    index (`batch['passage_emb']`, from the frozen passage encoder), so no passage is encoded.
-    Shared mode: p = the live encoder on the pool's passage tokens, frozen unless
-    `model.train_passage_encoder` (the index would otherwise go stale).
+    `model.passage_scores='index'`: p = the passage embeddings stored in the index
+    (`batch['passage_emb']`: the frozen passage encoder's in query-side training, the shared
+    encoder's as of the last refresh otherwise), so no passage is encoded. 'live': p = the live
+    encoder on the pool's passage tokens, frozen unless `model.train_passage_encoder`.
     """
     q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"])
-    if not config.model.shared_retriever:
+    if config.model.passage_scores == "index":
         p_BxKxD = jax.lax.stop_gradient(batch["passage_emb"])
         return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD.astype(q_BxD.dtype))
     B, K, Lp = batch["passage_ids"].shape
@@ -114,7 +114,7 @@ def pool_similarity(models: Models, params, batch, config) -> jax.Array:
     return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD)
 
 
-def _encode(models: Models, params, src_ids, src_mask, config):
+def encode_sources(models: Models, params, src_ids, src_mask, config):
     """Encoder output [M,n*S,D] and mask [M,n*S] of M reader inputs of n segments each."""
     return encode_passages(models.reader, params, src_ids, src_mask, config.data.fusion)
 
@@ -127,7 +127,7 @@ def _decode_logits(models: Models, params, enc, enc_mask, tokens, mask):
                                method=T5.decode)
 
 
-def _sample(models: Models, params, enc, enc_mask, rng, config, *, greedy: bool):
+def sample_completions(models: Models, params, enc, enc_mask, rng, config, *, greedy: bool):
     """Samples one completion per encoder row with the KV-cached while-loop sampler."""
     T = config.data.target_maxlength
     cache = models.reader.apply({"params": params}, enc, enc_mask, T, method=T5.init_cache)
@@ -168,7 +168,7 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
         scores = retriever_scores(models, params["retriever"], batch, config)
         pool_logp = jax.nn.log_softmax(scores, axis=-1)
         ref_pool_logp = jnp.zeros_like(pool_logp)
-        if g.kl_coeff_retriever:  # shared mode: the reference pass re-encodes B*K passages
+        if g.kl_coeff_retriever:  # 'live' scores: the reference re-encodes B*K passages
             ref_pool_logp = jax.nn.log_softmax(
                 retriever_scores(models, ref_params["retriever"], batch, config), axis=-1)
         doc_idx = losses.gumbel_top_k(rng_doc, scores, g.retriever_group_size)
@@ -179,9 +179,10 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
         n = max(config.data.n_context, 1)
     src_ids, src_mask = _select_sources(batch, doc_idx, n)
     G = g.group_size
-    enc, enc_mask = _encode(models, params["reader"], src_ids, src_mask, config)
+    enc, enc_mask = encode_sources(models, params["reader"], src_ids, src_mask, config)
     enc_rep, mask_rep = jnp.repeat(enc, G, axis=0), jnp.repeat(enc_mask, G, axis=0)
-    s = _sample(models, params["reader"], enc_rep, mask_rep, rng_tok, config, greedy=False)
+    s = sample_completions(models, params["reader"], enc_rep, mask_rep, rng_tok, config,
+                           greedy=False)
     logp_old = s.logprobs
     if g.num_iterations > 1 or g.top_k or g.top_p < 1.0:
         # The loss uses the full (unfiltered) temperature softmax, so the stored old log-probs
@@ -190,7 +191,7 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
         logp_old = losses.token_logprobs(logits, s.tokens, g.temperature) * s.mask
     logp_ref = jnp.zeros_like(logp_old)
     if g.kl_coeff:
-        ref_enc, ref_mask = _encode(models, ref_params["reader"], src_ids, src_mask, config)
+        ref_enc, ref_mask = encode_sources(models, ref_params["reader"], src_ids, src_mask, config)
         ref_logits = _decode_logits(models, ref_params["reader"], jnp.repeat(ref_enc, G, 0),
                                     jnp.repeat(ref_mask, G, 0), s.tokens, s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
@@ -213,7 +214,7 @@ def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
 def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config):
     """GRPO reader loss over all N completions (encoder shared by each group of G)."""
     g = config.grpo
-    enc, enc_mask = _encode(models, reader_params, ro.src_ids, ro.src_mask, config)
+    enc, enc_mask = encode_sources(models, reader_params, ro.src_ids, ro.src_mask, config)
     G = g.group_size
     logits = _decode_logits(models, reader_params, jnp.repeat(enc, G, 0),
                             jnp.repeat(enc_mask, G, 0), ro.tokens, ro.mask)
@@ -289,7 +290,7 @@ def _apply(state: TrainState, grads: dict, optimizer: optim.Optimizer
 
 def _reader_ce(reader_params, src_ids, src_mask, batch, models, config, rng=None):
     """Token-mean cross-entropy of the gold target given the reader inputs."""
-    enc, enc_mask = _encode(models, reader_params, src_ids, src_mask, config)
+    enc, enc_mask = encode_sources(models, reader_params, src_ids, src_mask, config)
     logits = _decode_logits(models, reader_params, enc, enc_mask, batch["target_ids"],
                             batch["target_mask"])
     return losses.sft_loss(logits, batch["target_ids"], batch["target_mask"])
@@ -315,8 +316,8 @@ def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
     passage alone (`gold_score_mode='f1rougebleu'`)."""
     B, K, S = batch["reader_ids"].shape
     src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
-    enc, enc_mask = _encode(models, params["reader"], *src, config)
-    s = _sample(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
+    enc, enc_mask = encode_sources(models, params["reader"], *src, config)
+    s = sample_completions(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
     score = rewards.make_reward_fn(config.reward, models.special_ids, "device")
     g = score(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0))
     return jax.lax.stop_gradient(g.reshape(B, K))
@@ -347,9 +348,10 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
 def generate(params, batch, rng, *, models: Models, config) -> jax.Array:
     """Greedy answers [B,T] from the top-n pool passages (evaluation)."""
     n = max(config.data.n_context, 1)
-    enc, enc_mask = _encode(models, params["reader"], batch["reader_ids"][:, :n],
+    enc, enc_mask = encode_sources(models, params["reader"], batch["reader_ids"][:, :n],
                             batch["reader_mask"][:, :n], config)
-    return _sample(models, params["reader"], enc, enc_mask, rng, config, greedy=True).tokens
+    s = sample_completions(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
+    return s.tokens
 
 
 # --------------------------------------------------------------------------------------------

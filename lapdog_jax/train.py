@@ -120,7 +120,7 @@ def _setup_retrieval(run: Run, host: dict, saved_index) -> None:
                 exp, run.state, run.step, run.index_step, saved_index))
         # Top-K search with the current retriever params (read when each batch is built).
         pool_fn = run.retriever.pool_fn(lambda: run.state.params["retriever"], k)
-        if not config.model.shared_retriever:
+        if config.model.passage_scores == "index":
             pool_embeddings = run.retriever.pool_embeddings
     run.pipeline = pipe_lib.Pipeline(
         exp.train, run.retriever.by_id if k else None,

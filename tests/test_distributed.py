@@ -217,9 +217,9 @@ def test_slurm_one_task_per_node_uses_every_gpu(no_cluster):
     """One task per node sees all its GPUs; one task per GPU keeps jax's per-task pinning."""
     _fake_slurm(no_cluster, ntasks=2, tasks_per_node="1(x2)")
     no_cluster.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert distributed._slurm_local_device_ids() == [0, 1, 2, 3]
+    assert distributed.slurm_local_device_ids() == [0, 1, 2, 3]
     no_cluster.delenv("CUDA_VISIBLE_DEVICES")
     no_cluster.setenv("SLURM_GPUS_ON_NODE", "8")
-    assert distributed._slurm_local_device_ids() == list(range(8))
+    assert distributed.slurm_local_device_ids() == list(range(8))
     no_cluster.setenv("SLURM_STEP_TASKS_PER_NODE", "4(x2)")
-    assert distributed._slurm_local_device_ids() is None
+    assert distributed.slurm_local_device_ids() is None

@@ -50,7 +50,7 @@ def model_and_params():
 
 def test_alone_or_in_a_batch_gives_the_same_vector(model_and_params):
     model, params = model_and_params
-    compiled = retrieval._apply._cache_size()
+    compiled = retrieval.apply_contriever._cache_size()
     rng = np.random.default_rng(2)
     lengths = rng.integers(3, 20, size=7)
     ids = np.zeros((7, 20), np.int32)
@@ -65,7 +65,7 @@ def test_alone_or_in_a_batch_gives_the_same_vector(model_and_params):
                                          batch_size=4, progress=False)
         np.testing.assert_allclose(alone[0], batched[i], atol=1e-5)
     # One compiled shape for every batch, including the padded last one.
-    assert retrieval._apply._cache_size() - compiled <= 1
+    assert retrieval.apply_contriever._cache_size() - compiled <= 1
 
 
 def test_retriever_pool_and_refresh(tmp_path):

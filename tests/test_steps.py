@@ -38,7 +38,8 @@ def make_config(mode: str, batch_size: int = B, **overrides):
               "grpo.retriever_group_size": Gr, "retrieval.temperature_score": TAU,
               "retrieval.refresh_index": 0, "optim.warmup_steps": 0,
               "optim.schedule": "constant", "optim.lr": 1e-2, "optim.lr_retriever": 1e-3,
-              "optim.weight_decay": 0.0, "model.shared_retriever": True}
+              "optim.weight_decay": 0.0, "model.shared_retriever": True,
+              "model.passage_scores": "live"}
     if mode != "reinforce":
         values["grpo.group_size"] = G
     values.update(overrides)
@@ -145,7 +146,8 @@ class Setup:
         # Query-side retriever training (pool scores from the indexed passage embeddings).
         "joint_query_side": ("joint_grpo", {"grpo.kl_coeff": 0.05,
                                             "grpo.kl_coeff_retriever": 0.05,
-                                            "model.shared_retriever": False}),
+                                            "model.shared_retriever": False,
+                                            "model.passage_scores": "index"}),
     }
 
     def __init__(self):
@@ -175,7 +177,7 @@ def setup():
 
 
 @functools.partial(jit, static_argnums=0)
-def _encode(models, reader_params, ids, mask):
+def _t5_encode(models, reader_params, ids, mask):
     """T5 encoder output [M,L,D] of ids [M,L]."""
     return models.reader.apply({"params": reader_params}, ids, mask, method=T5.encode)
 
@@ -196,13 +198,13 @@ def encode_reference(models, reader_params, src_ids, src_mask, fusion):
     src_ids, src_mask = np.asarray(src_ids), np.asarray(src_mask)
     M, n, _ = src_ids.shape
     if fusion == "fid":
-        enc = [_encode(models, reader_params, src_ids[:, i], src_mask[:, i]) for i in range(n)]
+        enc = [_t5_encode(models, reader_params, src_ids[:, i], src_mask[:, i]) for i in range(n)]
         return np.concatenate(enc, 1), src_mask.reshape(M, -1)
     ids, mask = np.zeros((M, n * S), np.int32), np.zeros((M, n * S), np.int32)
     for m in range(M):
         toks = src_ids[m][src_mask[m] > 0]
         ids[m, :len(toks)], mask[m, :len(toks)] = toks, 1
-    return np.asarray(_encode(models, reader_params, ids, mask)), mask
+    return np.asarray(_t5_encode(models, reader_params, ids, mask)), mask
 
 
 def forward_logp(models, reader_params, src_ids, src_mask, tokens, fusion="fid"):
@@ -294,9 +296,9 @@ def test_greedy_equals_teacher_forced_argmax(setup, fusion):
     def greedy(p):
         """steps.generate's tokens and the sampler's full output (for the log-probs)."""
         tokens = steps.generate(p, batch, rng, models=models, config=config)
-        enc, enc_mask = steps._encode(models, p["reader"], *src, config)
-        return tokens, steps._sample(models, p["reader"], enc, enc_mask, rng, config,
-                                     greedy=True)
+        enc, enc_mask = steps.encode_sources(models, p["reader"], *src, config)
+        return tokens, steps.sample_completions(models, p["reader"], enc, enc_mask, rng, config,
+                                                greedy=True)
 
     tokens, s = greedy(params)
     np.testing.assert_array_equal(s.tokens, tokens)
@@ -504,9 +506,9 @@ def test_lapdog_step_distills_gold_scores_into_the_retriever(setup):
     def greedy_per_passage(params, batch):
         """The greedy answer [B,K,T] with each pool passage alone."""
         src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
-        enc, enc_mask = steps._encode(setup.models, params["reader"], *src, f.config)
-        s = steps._sample(setup.models, params["reader"], enc, enc_mask, jax.random.PRNGKey(0),
-                          f.config, greedy=True)
+        enc, enc_mask = steps.encode_sources(setup.models, params["reader"], *src, f.config)
+        s = steps.sample_completions(setup.models, params["reader"], enc, enc_mask,
+                                     jax.random.PRNGKey(0), f.config, greedy=True)
         return s.tokens.reshape(B, K, T)
 
     # Passage 0's greedy answer becomes the target, so gold scores differ across the pool.

@@ -17,7 +17,7 @@ def dataset():
 
 def _ngrams(text, n):
     """Set of word n-grams of a text."""
-    w = baselines._words(text)
+    w = baselines.words(text)
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
 
@@ -60,7 +60,7 @@ def test_distractors_share_topic_words(dataset):
     _, _, stories = dataset
     titles = [p.title for p in stories]
     assert len(set(titles)) < len(titles) / 2  # titles repeat across stories of a topic
-    words = [set(baselines._words(p.text)) for p in stories]
+    words = [set(baselines.words(p.text)) for p in stories]
     # Every story shares at least 3 non-trivial words with some other story.
     common = {"i", "the", "a", "and", "my", "it", "was", "in", "to", "of", "for", "me", "with"}
     for i, w in enumerate(words):

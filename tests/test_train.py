@@ -220,12 +220,13 @@ def sft_run(shared_data, tmp_path_factory):
 @pytest.mark.parametrize("mode", ["sft", "lapdog", "reinforce", "grpo", "joint_grpo"])
 def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_path):
     """A few real steps of each mode leave config.json, checkpoints, TensorBoard scalars, text
-    and hparams, and eval files (joint_grpo in its default query-side retriever mode; the
-    resume test runs it with the shared encoder)."""
+    and hparams, and eval files."""
     if mode == "sft":
         workdir, config, last = sft_run
     else:
-        workdir, config = tmp_path / mode, tiny_config(mode, shared_data)
+        # joint_grpo trains query-side here; the resume test covers the shared encoder.
+        extra = {"model.shared_retriever": False} if mode == "joint_grpo" else {}
+        workdir, config = tmp_path / mode, tiny_config(mode, shared_data, **extra)
         last = train.train_and_evaluate(config, str(workdir))
     m = check_run(workdir, mode, config)
     assert saved_steps(workdir) == list(range(2, config.total_steps + 1, 2))  # save_freq 2
@@ -267,7 +268,8 @@ def _tree_equal(a, b) -> bool:
 def test_sigterm_saves_and_resume_is_exact(shared_data, tmp_path, monkeypatch):
     """SIGTERM after step 5 saves and stops; restarting reproduces the uninterrupted run bit
     for bit: data position, rng, the warm-up reference (steps 1-3), and the passage index,
-    last rebuilt at step 4 from the retriever of then (refresh_index 2)."""
+    last rebuilt at step 4 from the retriever of then (refresh_index 2; the shared encoder
+    scored against the index's embeddings, so the pool's passage side comes from it too)."""
     config = tiny_config("joint_grpo", shared_data, save_freq=100,
                          **{"retrieval.refresh_index": 2, "model.shared_retriever": True})
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
@@ -363,7 +365,7 @@ def test_embedded_default_starts_from_the_packaged_minilm():
     files), with its own WordPiece tokenizer; an unknown packaged name names the flag."""
     config = config_lib.mode_config("joint_grpo")
     assert config.init.retriever == config_lib.PACKAGED_RETRIEVER
-    assert not config.model.shared_retriever  # query-side: the cheaper correct default
+    assert config.model.passage_scores == "index"  # no passage encoded per step
     path = experiment.packaged_path(config.init.retriever)
     assert os.path.isfile(os.path.join(path, "model.safetensors"))
     tok = tok_lib.load_tokenizer(path)
@@ -375,5 +377,12 @@ def test_embedded_default_starts_from_the_packaged_minilm():
     with pytest.raises(experiment.ConfigError, match="--config.init.retriever=packaged:nope"):
         experiment.build_retriever(config, tok, jax.random.PRNGKey(0))
     config.init.retriever, config.model.train_passage_encoder = "", True
-    with pytest.raises(experiment.ConfigError, match="model.shared_retriever"):
+    with pytest.raises(experiment.ConfigError, match="model.passage_scores=live"):
+        config_lib.validate(config)
+    config.model.train_passage_encoder, config.model.passage_scores = False, "live"
+    config.model.shared_retriever = False
+    with pytest.raises(experiment.ConfigError, match="model.shared_retriever=True"):
+        config_lib.validate(config)
+    config.model.shared_retriever, config.model.passage_scores = True, "cached"
+    with pytest.raises(experiment.ConfigError, match="passage_scores=cached"):
         config_lib.validate(config)
