@@ -84,7 +84,8 @@ def main():
     state = steps.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                              opt_state=optimizer.init(params),
                              ref_params=steps.freeze_copy(params), rng=jax.random.PRNGKey(1))
-    state_sh = sharding.param_shardings(state, mesh)
+    state_sh = sharding.param_shardings(
+        state, mesh, sharding.model_axes(reader.config, retriever.config))
     state = jax.device_put(state, state_sh)
     fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(config, len(vocab), retriever.config.hidden_size),

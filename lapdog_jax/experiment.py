@@ -22,6 +22,7 @@ from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
 from lapdog_jax.data import tokenizer as tok_lib
 from lapdog_jax.models import hf
+from lapdog_jax.models import t5 as t5_lib
 from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_retriever_params
 from lapdog_jax.models.t5 import T5, T5Config
 from lapdog_jax.retrieval import Retriever
@@ -173,9 +174,8 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
                        tie_word_embeddings=m.tie_word_embeddings, dropout_rate=m.dropout_rate,
                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                        decoder_start_token_id=tokenizer.pad_token_id, dtype=dtype)
-        ids = jax.numpy.zeros((1, 2), jax.numpy.int32)
         # One compiled init instead of hundreds of op-by-op dispatches (seconds on CPU).
-        params = jax.jit(T5(cfg).init)(rng, ids, ids, ids)["params"]
+        params = jax.jit(t5_lib.init_params, static_argnums=0)(cfg, rng)
     return T5(cfg), params
 
 
@@ -300,7 +300,8 @@ def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = Non
     """(state, state shardings): the step-0 train state placed on `mesh`."""
     optimizer = optimizer or optim.make_optimizer(exp.config)
     state = steps.initial_state(exp, optimizer, exp.config.seed)
-    state_sh = sharding.param_shardings(state, mesh)
+    axes = sharding.model_axes(exp.reader.config, exp.retriever.config)
+    state_sh = sharding.param_shardings(state, mesh, axes)
     return jax.device_put(state, state_sh), state_sh
 
 

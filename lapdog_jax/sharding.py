@@ -1,13 +1,13 @@
 """One device mesh ('data', 'fsdp', 'tensor') and the NamedShardings of params and batches.
 
-Params get logical axes from their shape and role (rules below), and logical axes map to mesh
-axes through `LOGICAL_RULES`; an axis whose size the mesh axis does not divide stays
-replicated, so any config runs on any device count with the same numbers.
+Params carry logical axis names where the models define them (`nn.with_logical_partitioning`
+in models/t5.py and models/contriever.py); `LOGICAL_RULES` maps those names to mesh axes, and an
+axis whose size the mesh axis does not divide stays replicated, so any config runs on any
+device count with the same numbers.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
@@ -20,14 +20,6 @@ AXES = ("data", "fsdp", "tensor")
 # logical axis -> mesh axis
 LOGICAL_RULES = {"batch": "data", "embed": "fsdp", "mlp": "tensor", "heads": "tensor",
                  "vocab": "tensor", "joined_kv": "tensor"}
-
-# (path regex, logical axes of a 2-D kernel [in, out]); first match wins.
-PARAM_RULES = (
-    (r"(shared|embed|word_embeddings|lm_head)", ("vocab", "embed")),
-    (r"(wo|/o/|output)", ("mlp", "embed")),
-    (r"(wi|/q/|/k/|/v/|query|key|value|intermediate)", ("embed", "mlp")),
-)
-
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     """Returns the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
@@ -47,12 +39,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return Mesh(np.asarray(devices).reshape(sizes), AXES)
 
 
-def _spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """Returns the PartitionSpec of one param from the rules, dropping axes that do not divide."""
-    if len(shape) < 2:
-        return P()
-    logical = next((ax for pat, ax in PARAM_RULES if re.search(pat, path)), ("embed", "mlp"))
-    logical = (None,) * (len(shape) - 2) + logical
+def _mesh_spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
+    """The PartitionSpec of one array from its logical axis names, dropping mesh axes that do
+    not divide its dimension (or that an earlier dimension already uses)."""
     spec = []
     for dim, name in zip(shape, logical, strict=True):
         axis = LOGICAL_RULES.get(name) if name else None
@@ -61,12 +50,37 @@ def _spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P(*spec)
 
 
-def param_shardings(params: Any, mesh: Mesh) -> Any:
-    """Returns a pytree of NamedShardings matching `params` (arrays or ShapeDtypeStructs)."""
+def model_axes(reader_config, retriever_config) -> dict[str, dict[tuple, tuple]]:
+    """{part: {param path: logical axis names}} as the models annotate their params."""
+    from lapdog_jax.models import contriever, t5
+
+    specs = {"reader": t5.logical_axes(reader_config),
+             "retriever": contriever.logical_axes(retriever_config)}
+    is_spec = lambda x: isinstance(x, P)
+    return {part: {tuple(str(getattr(k, "key", k)) for k in path): tuple(spec)
+                   for path, spec in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_spec)}
+            for part, tree in specs.items()}
+
+
+def param_shardings(tree: Any, mesh: Mesh, axes: dict[str, dict[tuple, tuple]]) -> Any:
+    """NamedShardings for a pytree holding params (arrays or ShapeDtypeStructs): the train
+    state's params, reference and optimizer moments, found by their param path under
+    'reader' / 'retriever' in `axes` (`model_axes`). Scalars (counters, the rng) replicate;
+    an array under a part with no annotation is an error, never a silent guess."""
     def one(path, leaf):
-        name = "/" + "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) + "/"
-        return NamedSharding(mesh, _spec_for(name, tuple(np.shape(leaf)), mesh))
-    return jax.tree_util.tree_map_with_path(one, params)
+        keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        shape = tuple(np.shape(leaf))
+        part = next((k for k in keys if k in axes), None)
+        if part is None or len(shape) < 1:
+            return NamedSharding(mesh, P())
+        start = keys.index(part) + 1
+        for i in range(start, len(keys)):
+            logical = axes[part].get(keys[i:])
+            if logical is not None and len(logical) == len(shape):
+                return NamedSharding(mesh, _mesh_spec(logical, shape, mesh))
+        raise ValueError(f"{'/'.join(keys)} {shape}: no logical axes annotated for this "
+                         f"{part} param (nn.with_logical_partitioning where it is defined)")
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from lapdog_jax import optim, sharding, steps
 from tests.test_steps import init_params, make_batch, make_config, make_models, make_state
@@ -22,6 +23,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from tests.test_sharding import MESHES, run
 
@@ -47,7 +49,8 @@ def run(mesh_shape) -> dict[str, np.ndarray]:
     mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
     optimizer = optim.make_optimizer(config)
     state = make_state(params, ref, optimizer)
-    state_sh = sharding.param_shardings(state, mesh)
+    axes = sharding.model_axes(models.reader.config, models.retriever.config)
+    state_sh = sharding.param_shardings(state, mesh, axes)
     state = jax.device_put(state, state_sh)
     fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(8), sharding.batch_sharding(mesh))
@@ -92,3 +95,25 @@ def test_sharded_steps_match_single_device(tmp_path):
             if not key.endswith("_shards"):
                 np.testing.assert_allclose(out[f"{name}/{key}"], want, atol=1e-4, rtol=1e-4,
                                            err_msg=f"{name}: {key}")
+
+
+def test_every_param_is_annotated_where_defined():
+    """The models annotate each param's logical axes; the shardings come from them, and an
+    array the models do not annotate is an error, never a guess from its name."""
+    models = make_models()
+    axes = sharding.model_axes(models.reader.config, models.retriever.config)
+    params = init_params(models, 0)
+    n_params = sum(len(jax.tree.leaves(p)) for p in params.values())
+    assert sum(len(a) for a in axes.values()) == n_params
+    assert axes["reader"][("shared", "embedding")] == ("vocab", "embed")
+    assert axes["reader"][("encoder", "block_0", "mlp", "wo", "kernel")] == ("mlp", "embed")
+    assert axes["retriever"][("layer_0", "attention", "query", "kernel")] == (
+        "embed", "joined_kv")
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    optimizer = optim.make_optimizer(make_config("joint_grpo"))
+    state = make_state(params, params, optimizer)
+    shardings = sharding.param_shardings(state, mesh, axes)  # params, moments, reference
+    assert len(jax.tree.leaves(shardings)) == len(jax.tree.leaves(state))
+    stray = {"reader": {**params["reader"], "adapter": {"kernel": np.zeros((4, 4))}}}
+    with pytest.raises(ValueError, match="reader/adapter/kernel"):
+        sharding.param_shardings(stray, mesh, axes)

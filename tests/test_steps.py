@@ -12,6 +12,7 @@ import pytest
 from lapdog_jax import config_lib, optim, steps
 from lapdog_jax import rewards as rewards_lib
 from lapdog_jax.models import contriever
+from lapdog_jax.models import t5 as t5_lib
 from lapdog_jax.models.t5 import T5, T5Config, shift_right
 
 B, K, Gr, G, S, T, L = 2, 4, 2, 4, 16, 6, 12  # L: retriever tokens (queries and passages)
@@ -70,8 +71,7 @@ def init_params(models: steps.Models, seed: int):
 def _init(models: steps.Models, rng):
     """Jitted init (compiled once, then one call per seed)."""
     r1, r2 = jax.random.split(rng)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    return {"reader": models.reader.init(r1, ids, ids, ids)["params"],
+    return {"reader": t5_lib.init_params(models.reader.config, r1),
             "retriever": contriever.init_params(models.retriever.config, r2)}
 
 

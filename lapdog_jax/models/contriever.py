@@ -133,16 +133,23 @@ class ContrieverConfig:
         }
 
 
-def _dense(cfg: ContrieverConfig, features: int, name: str) -> nn.Dense:
-    """A Dense layer with BERT's init, fp32 params and the configured compute dtype."""
+def _dense(cfg: ContrieverConfig, features: int, name: str,
+           axes: tuple[str | None, str | None]) -> nn.Dense:
+    """A Dense layer with BERT's init, fp32 params and the configured compute dtype; kernel
+    [in, out] and bias [out] annotated with the logical axis names `axes` (sharding.py)."""
     return nn.Dense(features, dtype=DTYPES[cfg.dtype], param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
+                    kernel_init=nn.with_logical_partitioning(
+                        nn.initializers.normal(cfg.initializer_range), axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+                    name=name)
 
 
 def _layer_norm(cfg: ContrieverConfig, name: str) -> nn.LayerNorm:
     """A LayerNorm with BERT's epsilon (statistics are taken in fp32 by flax)."""
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=DTYPES[cfg.dtype],
-                        param_dtype=jnp.float32, name=name)
+                        param_dtype=jnp.float32, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
 class SelfAttention(nn.Module):
@@ -155,9 +162,10 @@ class SelfAttention(nn.Module):
         """x [B, L, D], mask [B, L] (1 = token) -> [B, L, D]."""
         cfg = self.config
         split = lambda t: t.reshape(*t.shape[:2], cfg.num_attention_heads, cfg.head_dim)
-        q = split(_dense(cfg, cfg.hidden_size, "query")(x))
-        k = split(_dense(cfg, cfg.hidden_size, "key")(x))
-        v = split(_dense(cfg, cfg.hidden_size, "value")(x))
+        into = ("embed", "joined_kv")
+        q = split(_dense(cfg, cfg.hidden_size, "query", into)(x))
+        k = split(_dense(cfg, cfg.hidden_size, "key", into)(x))
+        v = split(_dense(cfg, cfg.hidden_size, "value", into)(x))
         # Scores and softmax in fp32: bf16 logits lose the small differences softmax needs.
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(cfg.head_dim)
@@ -168,7 +176,7 @@ class SelfAttention(nn.Module):
             else cfg.attention_dropout_rate
         probs = nn.Dropout(rate)(probs, deterministic=deterministic).astype(v.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape)
-        return _dense(cfg, cfg.hidden_size, "output")(out)
+        return _dense(cfg, cfg.hidden_size, "output", ("joined_kv", "embed"))(out)
 
 
 class EncoderLayer(nn.Module):
@@ -183,8 +191,8 @@ class EncoderLayer(nn.Module):
         drop = nn.Dropout(cfg.dropout_rate)
         h = SelfAttention(cfg, name="attention")(x, mask, deterministic)
         x = _layer_norm(cfg, "attention_norm")(x + drop(h, deterministic=deterministic))
-        h = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, "intermediate")(x))
-        h = _dense(cfg, cfg.hidden_size, "output")(h)
+        h = _dense(cfg, cfg.intermediate_size, "intermediate", ("embed", "mlp"))(x)
+        h = _dense(cfg, cfg.hidden_size, "output", ("mlp", "embed"))(ACTIVATIONS[cfg.hidden_act](h))
         return _layer_norm(cfg, "output_norm")(x + drop(h, deterministic=deterministic))
 
 
@@ -196,18 +204,20 @@ class Contriever(nn.Module):
     def setup(self):
         """Declares embeddings, encoder layers and the (unused for embeddings) BERT pooler."""
         cfg = self.config
-        embed = lambda n, name: nn.Embed(
-            n, cfg.hidden_size, embedding_init=nn.initializers.normal(cfg.initializer_range),
+        embed = lambda n, name, rows: nn.Embed(
+            n, cfg.hidden_size, embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(cfg.initializer_range), (rows, "embed")),
             dtype=DTYPES[cfg.dtype], param_dtype=jnp.float32, name=name)
-        self.word_embeddings = embed(cfg.vocab_size, "word_embeddings")
-        self.position_embeddings = embed(cfg.max_position_embeddings, "position_embeddings")
-        self.token_type_embeddings = embed(cfg.type_vocab_size, "token_type_embeddings")
+        self.word_embeddings = embed(cfg.vocab_size, "word_embeddings", "vocab")
+        self.position_embeddings = embed(cfg.max_position_embeddings, "position_embeddings",
+                                         None)
+        self.token_type_embeddings = embed(cfg.type_vocab_size, "token_type_embeddings", None)
         self.embeddings_norm = _layer_norm(cfg, "embeddings_norm")
         self.dropout = nn.Dropout(cfg.dropout_rate)
         self.layers = [EncoderLayer(cfg, name=f"layer_{i}")
                        for i in range(cfg.num_hidden_layers)]
         # Kept only so that exported checkpoints carry BertModel's pooler (tanh(W h_cls + b)).
-        self.pooler = _dense(cfg, cfg.hidden_size, "pooler")
+        self.pooler = _dense(cfg, cfg.hidden_size, "pooler", ("embed", None))
 
     def encode_tokens(self, input_ids, attention_mask, token_type_ids=None,
                       deterministic: bool = True):
@@ -254,10 +264,21 @@ def pool(hidden, attention_mask, pooling: str = "mean", normalize: bool = False)
     return emb
 
 
-def init_params(config: ContrieverConfig, rng) -> dict[str, Any]:
-    """Returns freshly initialised params (a plain pytree) for `config`."""
+def _init_boxed(config: ContrieverConfig, rng):
+    """Params of a fresh Contriever with their logical-axis boxes (nn.Partitioned)."""
     ids = jnp.zeros((1, 2), jnp.int32)
     return Contriever(config).init(rng, ids, jnp.ones_like(ids))["params"]
+
+
+def init_params(config: ContrieverConfig, rng) -> dict[str, Any]:
+    """Returns freshly initialised params (a plain pytree) for `config`."""
+    return nn.meta.unbox(_init_boxed(config, rng))
+
+
+def logical_axes(config: ContrieverConfig) -> dict[str, Any]:
+    """The params' logical axis names (a pytree of PartitionSpecs of names, as annotated where
+    each param is defined), without materialising any param."""
+    return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0))))
 
 
 def init_retriever_params(config: ContrieverConfig, rng) -> dict[str, Any]:

@@ -128,14 +128,12 @@ def _t5_names(config) -> dict[str, tuple[tuple[str, ...], bool]]:
 def _t5_param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Our param path -> shape, from an abstract init of the model."""
     import jax
-    import jax.numpy as jnp
 
     from lapdog_jax.models import t5 as t5_lib
 
-    ids = jnp.ones((1, 1), jnp.int32)
-    tree = jax.eval_shape(lambda: t5_lib.T5(config).init(jax.random.key(0), ids, ids, ids))
+    tree = jax.eval_shape(lambda: t5_lib.init_params(config, jax.random.key(0)))
     return {tuple(k.key for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])}
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _t5_resolve_tying(config, sd: dict[str, np.ndarray], path: str):

@@ -196,9 +196,10 @@ def _bucket_table(q_len: int, k_len: int, bidirectional: bool, cfg: T5Config) ->
 # --------------------------------------------------------------------------------------------
 
 
-def _normal(std: float):
-    """Normal initializer with the given standard deviation (transformers' T5 init)."""
-    return nn.initializers.normal(stddev=std)
+def _normal(std: float, axes: tuple[str | None, ...]):
+    """Normal initializer with the given standard deviation (transformers' T5 init), its
+    param annotated with the logical axis names `axes` (mapped to the mesh in sharding.py)."""
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
 
 
 class RMSNorm(nn.Module):
@@ -210,7 +211,8 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         """Normalises the last axis of x [..., D]."""
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), jnp.float32)
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         return (scale * (x32 * jax.lax.rsqrt(var + self.eps))).astype(self.dtype)
@@ -226,10 +228,11 @@ class Attention(nn.Module):
         cfg, dt = self.config, self.config.compute_dtype
         inner = cfg.num_heads * cfg.d_kv
         dense = functools.partial(nn.Dense, use_bias=False, dtype=dt, param_dtype=jnp.float32)
-        self.q = dense(inner, kernel_init=_normal((cfg.d_model * cfg.d_kv) ** -0.5))
-        self.k = dense(inner, kernel_init=_normal(cfg.d_model ** -0.5))
-        self.v = dense(inner, kernel_init=_normal(cfg.d_model ** -0.5))
-        self.o = dense(cfg.d_model, kernel_init=_normal(inner ** -0.5))
+        into, out_of = ("embed", "joined_kv"), ("joined_kv", "embed")
+        self.q = dense(inner, kernel_init=_normal((cfg.d_model * cfg.d_kv) ** -0.5, into))
+        self.k = dense(inner, kernel_init=_normal(cfg.d_model ** -0.5, into))
+        self.v = dense(inner, kernel_init=_normal(cfg.d_model ** -0.5, into))
+        self.o = dense(cfg.d_model, kernel_init=_normal(inner ** -0.5, out_of))
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def _heads(self, x):
@@ -265,14 +268,15 @@ class FeedForward(nn.Module):
         dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.compute_dtype,
                                   param_dtype=jnp.float32)
         act = ACTIVATIONS[cfg.activation]
-        init_in = _normal(cfg.d_model ** -0.5)
+        init_in = _normal(cfg.d_model ** -0.5, ("embed", "mlp"))
         if cfg.is_gated:
             h = act(dense(cfg.d_ff, kernel_init=init_in, name="wi_0")(x))
             h = h * dense(cfg.d_ff, kernel_init=init_in, name="wi_1")(x)
         else:
             h = act(dense(cfg.d_ff, kernel_init=init_in, name="wi")(x))
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        return dense(cfg.d_model, kernel_init=_normal(cfg.d_ff ** -0.5), name="wo")(h)
+        return dense(cfg.d_model, kernel_init=_normal(cfg.d_ff ** -0.5, ("mlp", "embed")),
+                     name="wo")(h)
 
 
 class Block(nn.Module):
@@ -344,7 +348,8 @@ class Stack(nn.Module):
         self.block = [Block(cfg, self.is_decoder) for _ in range(n)]
         self.relative_attention_bias = nn.Embed(
             cfg.relative_attention_num_buckets, cfg.num_heads,
-            embedding_init=_normal(cfg.d_model ** -0.5), param_dtype=jnp.float32)
+            embedding_init=_normal(cfg.d_model ** -0.5, (None, "heads")),
+            param_dtype=jnp.float32)
         self.final_layer_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
@@ -406,7 +411,8 @@ class T5(nn.Module):
     def setup(self):
         """Declares the shared embedding, both stacks and (untied) the lm_head."""
         cfg = self.config
-        self.shared = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_normal(1.0),
+        self.shared = nn.Embed(cfg.vocab_size, cfg.d_model,
+                               embedding_init=_normal(1.0, ("vocab", "embed")),
                                dtype=cfg.compute_dtype, param_dtype=jnp.float32)
         self.encoder = Stack(cfg, is_decoder=False)
         self.decoder = Stack(cfg, is_decoder=True)
@@ -414,7 +420,8 @@ class T5(nn.Module):
             # fan-in init (t5x) rather than transformers' std 1, which gives huge initial logits.
             self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                                     param_dtype=jnp.float32,
-                                    kernel_init=_normal(cfg.d_model ** -0.5))
+                                    kernel_init=_normal(cfg.d_model ** -0.5,
+                                                        ("embed", "vocab")))
 
     def _logits(self, x):
         """Vocab logits (fp32) [..., V] of decoder outputs x [..., D]."""
@@ -498,3 +505,21 @@ def encode_passages(model: T5, params, input_ids, mask, fusion: str, determinist
     ids, m = fuse_segments(input_ids, mask, fusion)
     enc = model.apply({"params": params}, ids, m, deterministic, method=T5.encode, rngs=rngs)
     return enc.reshape(b, n * length, -1), m.reshape(b, n * length)
+
+
+def _init_boxed(config: T5Config, rng):
+    """Variables of a fresh T5 with their logical-axis boxes (nn.Partitioned)."""
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return T5(config).init(rng, ids, ids, ids)["params"]
+
+
+def init_params(config: T5Config, rng) -> dict[str, Any]:
+    """Freshly initialised params (a plain pytree of arrays) for `config`."""
+    return nn.meta.unbox(_init_boxed(config, rng))
+
+
+def logical_axes(config: T5Config) -> dict[str, Any]:
+    """The params' logical axis names (a pytree of PartitionSpecs of names, as annotated where
+    each param is defined), without materialising any param."""
+    return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0))))
+
