@@ -84,10 +84,22 @@ class Optimizer:
                 self.schedules[part](opt_state[part].gradient_step) for part in self.parts}
 
 
+def _token_types(params) -> dict:
+    """True on the Contriever's token-type embedding (a mask for `optax.masked`)."""
+    return {k: jax.tree.map(lambda _, frozen=k == "token_type_embeddings": frozen, v)
+            for k, v in params.items()}
+
+
 def make_optimizer(config) -> Optimizer:
     """AdamW per trained part with its own learning rate and schedule, its own global-norm
     clipping, gradient accumulation over `accumulation_steps` calls, and non-finite
-    gradients skipped (the trainer counts them and aborts after `max_bad_steps`)."""
+    gradients skipped (the trainer counts them and aborts after `max_bad_steps`).
+
+    A retriever trained from scratch keeps its token-type embedding at its zero init: every
+    input token has type 0, so that vector is a bias shared by all tokens, which mean pooling
+    keeps whole; trained, it regrows within ~20 steps at lr 1e-3 until all embeddings point
+    the same way again and the pool policy is uniform (`contriever.init_retriever_params`).
+    """
     o = config.optim
     lrs = {"reader": o.lr, "retriever": o.lr_retriever}
     parts, schedules = {}, {}
@@ -95,6 +107,8 @@ def make_optimizer(config) -> Optimizer:
         schedules[part] = schedule(lrs[part], o.warmup_steps, optimizer_updates(config, part),
                                    o.schedule)
         tx = optax.adamw(schedules[part], b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+        if part == "retriever" and not config.init.retriever:
+            tx = optax.chain(tx, optax.masked(optax.set_to_zero(), _token_types))
         if o.clip_norm:
             tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
         # The skip sits in MultiSteps, before accumulation: a NaN gradient added to the

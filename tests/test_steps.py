@@ -643,3 +643,17 @@ def test_query_side_step_encodes_no_passage(setup, shared):
     per_pass = [B, B * K] if shared else [B]
     assert rollout_rows == per_pass * 2  # the live and the reference pool distribution
     assert rows == per_pass
+
+
+@pytest.mark.parametrize("from_scratch", [True, False])
+def test_from_scratch_retriever_keeps_token_types_at_zero(from_scratch):
+    """A retriever trained from scratch never updates its (zero) token-type embedding, which
+    would otherwise regrow into a bias shared by every token; a pretrained one trains it."""
+    config = make_config("joint_grpo", **{"init.retriever": "" if from_scratch
+                                          else config_lib.PACKAGED_RETRIEVER})
+    params = init_params(make_models(), 0)
+    opt = optim.make_optimizer(config)
+    new, _, _ = opt.apply(params, opt.init(params), jax.tree.map(np.ones_like, params))
+    moved = lambda name: tree_max_diff(new["retriever"][name], params["retriever"][name])
+    assert moved("word_embeddings") > 0 and moved("position_embeddings") > 0
+    assert (moved("token_type_embeddings") == 0) == from_scratch
