@@ -137,8 +137,10 @@ def _token_mean(x_NxT, mask_NxT, max_length):
 
 
 def _seq_mean_token_sum_norm(x_NxT, mask_NxT, max_length):
-    """Dr. GRPO: sum over each sequence's tokens / max_length, then mean over sequences."""
-    return jnp.sum(jnp.sum(x_NxT, axis=1) / max_length * _seq_weights(mask_NxT))
+    """Dr. GRPO: the sum over all tokens / (rows × max_length), a constant whatever the mask
+    (as TRL's 'dr_grpo' and the Dr. GRPO paper: no length or row-count normalisation)."""
+    del mask_NxT
+    return jnp.sum(x_NxT) / (x_NxT.shape[0] * max_length)
 
 
 AGGREGATIONS = {
@@ -153,9 +155,10 @@ def aggregate(per_token_NxT: jax.Array, mask_NxT: jax.Array, loss_agg: str = "se
     """Reduces a per-token loss [N, T] to a scalar (DESIGN §5 `loss_agg`).
 
     'seq_mean_token_mean' (GRPO): mean_n (Σ_t m·x / Σ_t m); 'token_mean' (DAPO):
-    Σ m·x / Σ m; 'seq_mean_token_sum_norm' (Dr. GRPO): mean_n (Σ_t m·x / max_length),
-    max_length defaulting to T. Sequence means run over the rows with at least one valid token,
-    so rows masked out entirely (e.g. truncated ones under `mask_truncated`) are left out.
+    Σ m·x / Σ m; 'seq_mean_token_sum_norm' (Dr. GRPO): Σ m·x / (N · max_length), max_length
+    defaulting to T, a constant even when rows are masked out. The GRPO sequence mean runs over
+    the rows with at least one valid token, so rows masked out entirely (e.g. truncated ones
+    under `mask_truncated`) are left out.
     """
     if loss_agg not in AGGREGATIONS:
         raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {tuple(AGGREGATIONS)}")
@@ -300,16 +303,18 @@ def retriever_loss(
     kl_coeff_retriever: float = 0.0,
     ref_logp_pool_BxK: jax.Array | None = None,
     eps: float = 1e-4,
+    scale_rewards: str = "group",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Retriever policy loss over the sampled docs (DESIGN §5, joint mode), plus metrics.
 
-    A = group_advantages(doc rewards across the Gr docs of a prompt); per doc
+    A = group_advantages(doc rewards across the Gr docs of a prompt, `scale_rewards` as for the
+    reader: with 'none' the reward gap survives, with 'group' and Gr=2 every A is ±0.707); per doc
     loss = -A·log p[doc] with log p = log softmax(s/τ)[doc] (REINFORCE; pass
     old_logp_pool_BxK=None, the num_iterations = 1 case), or the clipped ratio form
     -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = p[doc] / p_old[doc], when old log-probs are given
     (num_iterations > 1). Mean over B·Gr docs, plus kl_coeff_retriever · `pool_kl(live, ref)`.
     """
-    adv = jax.lax.stop_gradient(group_advantages(doc_rewards_BxGr, "group", eps))
+    adv = jax.lax.stop_gradient(group_advantages(doc_rewards_BxGr, scale_rewards, eps))
     logp_doc = jnp.take_along_axis(logp_pool_BxK.astype(jnp.float32), doc_idx_BxGr, axis=-1)
     if old_logp_pool_BxK is None:
         per_doc = _reinforce(logp_doc, None, adv, clip_eps_low, clip_eps_high)

@@ -238,7 +238,8 @@ def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, mod
     loss, m = losses.retriever_loss(
         logp_pool, ro.pool_logp if g.num_iterations > 1 else None, ro.doc_idx,
         rewards_BxGrxG.mean(-1), clip_eps_low=g.clip_epsilon, clip_eps_high=g.clip_epsilon_high,
-        kl_coeff_retriever=g.kl_coeff_retriever, ref_logp_pool_BxK=ro.ref_pool_logp, eps=g.eps)
+        kl_coeff_retriever=g.kl_coeff_retriever, ref_logp_pool_BxK=ro.ref_pool_logp, eps=g.eps,
+        scale_rewards=g.scale_rewards)
     m = {f"retriever/{k}": v for k, v in m.items()}
     top1 = jnp.argmax(scores, axis=-1)
     m["retriever/recall@1"] = jnp.take_along_axis(batch["pool_gold"], top1[:, None], 1).mean()

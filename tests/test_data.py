@@ -104,6 +104,9 @@ GOOD_D = json.dumps(REAL_DIALOGUES[0])
 GOOD_P = json.dumps(REAL_STORIES[0])
 BAD_DIALOGUES = [
     ([GOOD_D, '{"question": "persona: a", "answers": ["x"]'], 2, "malformed JSON"),
+    # json's own message ends in "at": said once ("character at column 43", not "at at").
+    (['{"question": "persona: a", "answers": ["x}'], 1,
+     "malformed JSON: Invalid control character at column 43"),
     ([GOOD_D, GOOD_D, '["question", "answers"]'], 3, "JSON object"),
     (['{"answers": ["x"]}'], 1, "missing field 'question'"),
     ([GOOD_D, '{"question": "persona: a"}'], 2, "missing field 'answers'"),

@@ -120,8 +120,9 @@ def test_aggregate_by_hand():
     m = jnp.array([[1, 1, 1], [1, 1, 0], [0, 0, 0]])  # row 2 left out entirely
     assert np.isclose(losses.aggregate(x, m, "seq_mean_token_mean"), (6 / 3 + 9 / 2) / 2)
     assert np.isclose(losses.aggregate(x, m, "token_mean"), 15 / 5)
-    assert np.isclose(losses.aggregate(x, m, "seq_mean_token_sum_norm", 4), (6 / 4 + 9 / 4) / 2)
-    assert np.isclose(losses.aggregate(x, m, "seq_mean_token_sum_norm"), (6 / 3 + 9 / 3) / 2)
+    # Dr. GRPO: a constant normaliser, rows × max length, the masked-out row included (TRL).
+    assert np.isclose(losses.aggregate(x, m, "seq_mean_token_sum_norm", 4), 15 / (3 * 4))
+    assert np.isclose(losses.aggregate(x, m, "seq_mean_token_sum_norm"), 15 / (3 * 3))
     nan_pad = x.at[1, 2].set(jnp.nan)  # garbage on padding never leaks in
     assert np.isfinite(losses.aggregate(nan_pad, m, "token_mean"))
     with pytest.raises(ValueError, match="loss_agg"):
@@ -359,3 +360,21 @@ def test_gumbel_top_k_matches_plackett_luce():
     counts = np.array([np.sum((idx[:, 0] == i) & (idx[:, 1] == j)) for i, j in pairs])
     chi2 = ((counts - draws * want) ** 2 / (draws * want)).sum()
     assert chi2 < stats.chi2.ppf(1 - 1e-4, len(pairs) - 1), (counts, draws * want)
+
+
+@pytest.mark.parametrize("scale_rewards", ["group", "none", "batch"])
+def test_retriever_advantages_honour_scale_rewards(scale_rewards):
+    """Doc advantages use grpo.scale_rewards like the reader's: with Gr=2 'group' makes every
+    advantage ±1/√2 whatever the gap, 'none' keeps r - mean (Dr. GRPO)."""
+    logp = jax.nn.log_softmax(jnp.array([[0.3, -0.2, 0.5], [0.1, 0.0, -0.4]]), -1)
+    idx = jnp.array([[0, 2], [1, 0]])
+    doc_r = jnp.array([[0.9, 0.1], [0.52, 0.5]])
+    loss, _ = losses.retriever_loss(logp, None, idx, doc_r, scale_rewards=scale_rewards)
+    centered = np.asarray(doc_r) - np.asarray(doc_r).mean(-1, keepdims=True)
+    std = {"group": np.asarray(doc_r).std(-1, ddof=1, keepdims=True),
+           "batch": np.asarray(doc_r).std(ddof=1), "none": 0.0}[scale_rewards]
+    adv = centered if scale_rewards == "none" else centered / (std + 1e-4)
+    want = -np.mean(adv * np.take_along_axis(np.asarray(logp), np.asarray(idx), -1))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    if scale_rewards == "group":
+        np.testing.assert_allclose(np.abs(adv), 1 / np.sqrt(2), rtol=1e-2)  # eps aside

@@ -108,8 +108,9 @@ def _records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column "
-                                f"{e.colno})") from e
+                # json's messages may end in "at" ("Unterminated string starting at").
+                raise DataError(f"{path}:{lineno}: malformed JSON: "
+                                f"{e.msg.removesuffix(' at')} at column {e.colno}") from e
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got "
                                 f"{type(obj).__name__}")
