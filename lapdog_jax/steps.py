@@ -9,8 +9,10 @@ Batch contract (host numpy dict, leading dim B; see lapdog_jax.data.pipeline):
   reader_ids/reader_mask [B,K,S]   reader segment for each pool passage (closed-book: K=1)
   target_ids/target_mask [B,T]     "<extra_id_0> {answer}" + EOS
   query_ids/query_mask [B,Lq]      retriever query tokens
-  passage_ids/passage_mask [B,K,Lp] retriever tokens of the pool passages (shared retriever)
-  passage_emb [B,K,D]              indexed pool passage embeddings (query-side retriever)
+  passage_ids/passage_mask [B,K,Lp] retriever tokens of the pool passages
+                                   (model.passage_scores='live')
+  passage_emb [B,K,D]              the pool passages' embeddings stored in the index
+                                   (model.passage_scores='index')
   pool_gold [B,K]                  whether each pool passage is gold (False when unknown)
 
 Each (prompt, doc) source is encoded once and its encoder output is repeated for its G
