@@ -22,5 +22,10 @@ def get_config(arg: str | None = None):
     config = base_config("lapdog", arg)
     config.model.shared_retriever = True  # LAPDOG's shared encoder, re-indexed as it trains
     config.model.passage_scores = "live"  # pool passages re-encoded every step, as LAPDOG does
+    if config.preset:
+        # LAPDOG README's stage-2 command (TEMP=0.8, TEMPG=0.85; its src/options.py defaults
+        # are 0.01 / 0.01), applied to q·p/√d (retrieval.distill_scale).
+        config.retrieval.temperature_score = 0.8
+        config.retrieval.temperature_gold = 0.85
     demo_warmup(config)
     return config

