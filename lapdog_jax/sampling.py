@@ -75,6 +75,20 @@ def filter_logits(logits_NxV: jax.Array, temperature: float = 1.0, top_k: int = 
     return logits
 
 
+def categorical(rng: jax.Array, logits_NxV: jax.Array) -> jax.Array:
+    """One draw [N] per row from softmax(logits) by inverting its CDF with one uniform per row
+    (torch.multinomial's method): V adds and compares a row instead of a Gumbel variate per
+    vocabulary entry (`jax.random.categorical`), ~10x cheaper on a CPU at V = 32k. Entries of
+    probability 0 (-inf logits) are never drawn."""
+    probs = jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(rng, (probs.shape[0], 1), jnp.float32) * cdf[:, -1:]
+    # The first index whose CDF exceeds u (its probability is > 0); if rounding puts u at the
+    # total, the last index of positive probability.
+    last = probs.shape[-1] - 1 - jnp.argmax(probs[:, ::-1] > 0, axis=-1)
+    return jnp.minimum(jnp.sum(cdf <= u, axis=-1), last)
+
+
 def _choose(rng, logits_NxV, step, *, temperature, top_k, top_p, greedy):
     """Picks the next token [N] and its log-prob [N] under the filtered distribution."""
     use_argmax = greedy or temperature <= 0.0
@@ -83,7 +97,7 @@ def _choose(rng, logits_NxV, step, *, temperature, top_k, top_p, greedy):
     if use_argmax:
         token = jnp.argmax(filtered, axis=-1)
     else:
-        token = jax.random.categorical(jax.random.fold_in(rng, step), filtered, axis=-1)
+        token = categorical(jax.random.fold_in(rng, step), filtered)
     token = token.astype(jnp.int32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(filtered, axis=-1), token[:, None], axis=-1)
     return token, logp[:, 0]

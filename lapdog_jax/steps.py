@@ -15,9 +15,10 @@ Batch contract (host numpy dict, leading dim B; see lapdog_jax.data.pipeline):
                                    (model.passage_scores='index')
   pool_gold [B,K]                  whether each pool passage is gold (False when unknown)
 
-Each (prompt, doc) source is encoded once and its encoder output is repeated for its G
-samples, in the rollout and in the update (the gradient flows back through the shared
-encoding), so the encoder runs B*Gr times, not N times.
+Each (prompt, doc) source is encoded once and its encoder output serves its G samples, in the
+rollout and in the update (the gradient flows back through the shared encoding): the encoder
+runs B*Gr times, not N times, and the decoder's cross-attention keys and values are projected
+once per source (the G samples' positions attend as extra query positions; see t5.Attention).
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ def encode_sources(models: Models, params, src_ids, src_mask, config, rng=None):
 
 
 def _decode_logits(models: Models, params, enc, enc_mask, tokens, mask, rng=None):
-    """Teacher-forced decoder logits [N,T,V] for `tokens` given the encoder output (with
-    dropout when `rng` is given)."""
+    """Teacher-forced decoder logits [N,T,V] for `tokens` given the encoder output [M,S,D]
+    (N = G·M: G adjacent rows per source, sharing its encoding; with dropout when `rng` is
+    given)."""
     dec_in = shift_right(tokens, models.reader.config.decoder_start_token_id,
                          models.reader.config.pad_token_id)
     return models.reader.apply({"params": params}, dec_in, enc, enc_mask, mask, rng is None,
@@ -147,17 +149,20 @@ def dropout_rngs(config, step_kind: str, rng, n: int) -> list:
     return list(jax.random.split(rng, n)) if on else [None] * n
 
 
-def sample_completions(models: Models, params, enc, enc_mask, rng, config, *, greedy: bool):
-    """Samples one completion per encoder row with the KV-cached while-loop sampler."""
+def sample_completions(models: Models, params, enc, enc_mask, rng, config, *, greedy: bool,
+                       group_size: int = 1):
+    """Samples `group_size` completions per encoder row (adjacent rows) with the KV-cached
+    while-loop sampler; the encoder output is shared, not repeated."""
     T = config.data.target_maxlength
-    cache = models.reader.apply({"params": params}, enc, enc_mask, T, method=T5.init_cache)
+    n = enc.shape[0] * group_size
+    cache = models.reader.apply({"params": params}, enc, enc_mask, T, n, method=T5.init_cache)
 
     def tokens_to_logits(ids, cache, step):
         return models.reader.apply({"params": params}, ids, cache, step, method=T5.decode_step)
 
     g = config.grpo
     rc = models.reader.config
-    return sampling.sample(tokens_to_logits, cache, rng, batch_size=enc.shape[0], max_length=T,
+    return sampling.sample(tokens_to_logits, cache, rng, batch_size=n, max_length=T,
                            start_id=rc.decoder_start_token_id, eos_id=rc.eos_token_id,
                            pad_id=rc.pad_token_id, temperature=g.temperature, top_k=g.top_k,
                            top_p=g.top_p, greedy=greedy)
@@ -200,20 +205,19 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     src_ids, src_mask = _select_sources(batch, doc_idx, n)
     G = g.group_size
     enc, enc_mask = encode_sources(models, params["reader"], src_ids, src_mask, config)
-    enc_rep, mask_rep = jnp.repeat(enc, G, axis=0), jnp.repeat(enc_mask, G, axis=0)
-    s = sample_completions(models, params["reader"], enc_rep, mask_rep, rng_tok, config,
-                           greedy=False)
+    s = sample_completions(models, params["reader"], enc, enc_mask, rng_tok, config,
+                           greedy=False, group_size=G)
     logp_old = s.logprobs
     if g.num_iterations > 1 or g.top_k or g.top_p < 1.0:
         # The loss uses the full (unfiltered) temperature softmax, so the stored old log-probs
         # must too: otherwise the ratio would not be 1 at the first iteration.
-        logits = _decode_logits(models, params["reader"], enc_rep, mask_rep, s.tokens, s.mask)
+        logits = _decode_logits(models, params["reader"], enc, enc_mask, s.tokens, s.mask)
         logp_old = losses.token_logprobs(logits, s.tokens, g.temperature) * s.mask
     logp_ref = jnp.zeros_like(logp_old)
     if g.kl_coeff:
         ref_enc, ref_mask = encode_sources(models, ref_params["reader"], src_ids, src_mask, config)
-        ref_logits = _decode_logits(models, ref_params["reader"], jnp.repeat(ref_enc, G, 0),
-                                    jnp.repeat(ref_mask, G, 0), s.tokens, s.mask)
+        ref_logits = _decode_logits(models, ref_params["reader"], ref_enc, ref_mask, s.tokens,
+                                    s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
     return Rollout(doc_idx=doc_idx, pool_logp=jax.lax.stop_gradient(pool_logp),
                    ref_pool_logp=jax.lax.stop_gradient(ref_pool_logp),
@@ -243,9 +247,7 @@ def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, r
     enc_rng, dec_rng = jax.random.split(rng) if rng is not None else (None, None)
     enc, enc_mask = encode_sources(models, reader_params, ro.src_ids, ro.src_mask, config,
                                    enc_rng)
-    G = g.group_size
-    logits = _decode_logits(models, reader_params, jnp.repeat(enc, G, 0),
-                            jnp.repeat(enc_mask, G, 0), ro.tokens, ro.mask, dec_rng)
+    logits = _decode_logits(models, reader_params, enc, enc_mask, ro.tokens, ro.mask, dec_rng)
     logp = losses.token_logprobs(logits, ro.tokens, g.temperature)
     mask = ro.mask.astype(jnp.float32)
     if g.mask_truncated:

@@ -244,8 +244,14 @@ class Attention(nn.Module):
         return self._heads(self.k(x)), self._heads(self.v(x))
 
     def __call__(self, x, k, v, mask, bias=None, deterministic=True):
-        """Attends x [B, T, D] to k, v [B, S, H, Dk]; mask [B, 1, T, S] bool; bias [1, H, T, S]."""
+        """Attends x [N, T, D] to k, v [B, S, H, Dk]; mask [B, 1, T|1, S] bool; bias
+        [1, H, T, S]. N may be a multiple G of B (cross-attention of G samples that share one
+        encoder output, adjacent rows): each key row then serves its G query rows as G·T query
+        positions, so keys and values are projected and read once per source, not per sample.
+        """
         q = self._heads(self.q(x))
+        n, t = q.shape[:2]
+        q = q.reshape(k.shape[0], (n // k.shape[0]) * t, *q.shape[2:])
         scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
         if bias is not None:
             scores = scores + bias.astype(jnp.float32)
@@ -253,7 +259,7 @@ class Attention(nn.Module):
         weights = jax.nn.softmax(scores, axis=-1).astype(self.config.compute_dtype)
         weights = self.dropout(weights, deterministic=deterministic)
         out = jnp.einsum("bhts,bshd->bthd", weights, v)
-        return self.o(out.reshape(*out.shape[:2], -1))
+        return self.o(out.reshape(n, t, -1))
 
 
 class FeedForward(nn.Module):
@@ -370,10 +376,11 @@ class Stack(nn.Module):
             x = block(x, mask, bias, encoder_output, enc_mask, deterministic)
         return self._finish(x, deterministic)
 
-    def init_cache(self, encoder_output, encoder_mask, max_length):
-        """Empty self-attention K/V [B, M, H, Dk] per layer and cross K/V computed once."""
+    def init_cache(self, encoder_output, encoder_mask, max_length, batch_size=None):
+        """Empty self-attention K/V [N, M, H, Dk] per layer and cross K/V [B, S, H, Dk]
+        computed once (N = batch_size, a multiple of B; default B)."""
         cfg = self.config
-        batch = encoder_output.shape[0]
+        batch = batch_size or encoder_output.shape[0]
         shape = (batch, max_length, cfg.num_heads, cfg.d_kv)
         layers = []
         for block in self.block:
@@ -437,7 +444,9 @@ class T5(nn.Module):
 
     def decode(self, decoder_input_ids, encoder_output, encoder_mask,
                decoder_attention_mask=None, deterministic=True):
-        """Teacher-forced causal decoder logits [B, T, V] over encoder_output [B, S, D]."""
+        """Teacher-forced causal decoder logits [N, T, V] over encoder_output [B, S, D] with
+        encoder_mask [B, S]; N = G·B decodes G adjacent rows per encoder row (see
+        `Attention`: the encoder output is not repeated)."""
         length = decoder_input_ids.shape[1]
         mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
         if decoder_attention_mask is not None:
@@ -454,14 +463,17 @@ class T5(nn.Module):
         return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask,
                            deterministic)
 
-    def init_cache(self, encoder_output, encoder_mask, max_length: int):
-        """Decoding cache for encoder_output [B, S, D], encoder_mask [B, S], M=max_length.
+    def init_cache(self, encoder_output, encoder_mask, max_length: int,
+                   batch_size: int | None = None):
+        """Decoding cache for encoder_output [B, S, D], encoder_mask [B, S], M=max_length and
+        N = batch_size decoded rows (a multiple of B, G adjacent rows per encoder row;
+        default B).
 
-        {'layers': per decoder layer {'self_k', 'self_v': [B, M, H, Dk] zeros,
+        {'layers': per decoder layer {'self_k', 'self_v': [N, M, H, Dk] zeros,
         'cross_k', 'cross_v': [B, S, H, Dk]}, 'encoder_mask': [B, S] bool}.
         """
         enc = encoder_output.astype(self.config.compute_dtype)
-        return self.decoder.init_cache(enc, encoder_mask, max_length)
+        return self.decoder.init_cache(enc, encoder_mask, max_length, batch_size)
 
     def decode_step(self, token_ids, cache, step, deterministic=True):
         """(logits [B, V], cache) for token_ids [B] at position `step` (a traced int32 scalar)."""
