@@ -17,7 +17,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lapdog_jax import checkpoint, config_lib, optim, rewards, sharding, steps
+from lapdog_jax import checkpoint, config_lib, hub, optim, rewards, sharding, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
 from lapdog_jax.data import tokenizer as tok_lib
@@ -79,6 +79,8 @@ def _path_flag(config, name: str) -> str:
         except ConfigError as e:
             raise ConfigError(f"--config.{name}={path}: {e}") from None
     if path and not os.path.exists(path):
+        if name in hub.FLAGS and hub.is_hub_id(path):  # e.g. google/flan-t5-base
+            return hub.resolve(path, f"--config.{name}")
         raise ConfigError(f"--config.{name}={path}: no such file or directory")
     return path
 
