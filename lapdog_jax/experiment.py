@@ -133,7 +133,7 @@ def _synthetic(config, workdir: str) -> dict[str, str]:
     if jax.process_index() == 0 or not all(map(os.path.exists, paths.values())):
         paths = synthetic.generate(out, seed=s.seed, num_train=s.num_train,
                                    num_valid=s.num_valid, num_stories=s.num_stories)
-        logging.info("generated the synthetic dataset under %s", out)
+        logging.vlog(1, "generated the synthetic dataset under %s", out)  # (in the summary)
     return paths
 
 
