@@ -181,6 +181,8 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c = ml_collections.ConfigDict()
     c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo
     c.preset = preset or ""  # '' = embedded default (synthetic data, tiny models)
+    # Run name: the TensorBoard run (event files under workdir/tb/<name>); '' = mode[-preset].
+    c.name = ""
     c.seed = 0  # seeds params, data order, sampling
     c.total_steps = 500  # training steps (one batch each)
     c.batch_size = 8  # global number of prompts per step
@@ -199,7 +201,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.train = ""  # dialogue jsonl; '' = generate the embedded synthetic dataset
     c.data.eval = ""  # dialogue jsonl for evaluation
     c.data.passages = ""  # story corpus jsonl
-    c.data.tokenizer = ""  # HF tokenizer folder; '' = init.reader's, else train a SentencePiece
+    c.data.tokenizer = ""  # HF tokenizer folder or hub id; '' = init.reader's, else a SentencePiece
     c.data.vocab_size = 1000  # SentencePiece vocab when training one from scratch
     c.data.text_maxlength = 160  # reader source tokens per segment (LAPDOG --text_maxlength)
     c.data.target_maxlength = 16  # reader target tokens (LAPDOG --target_maxlength)
@@ -217,12 +219,12 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.synthetic.num_stories = 48  # stories in the corpus
 
     c.init = ml_collections.ConfigDict()
-    c.init.reader = ""  # HF T5 folder (e.g. a stage-1 export); '' = random tiny reader
-    # HF BERT/Contriever folder; 'packaged:all-minilm-l6-v2' (the embedded default) = the
+    c.init.reader = ""  # HF T5 folder (a stage-1 export) or hub id; '' = random tiny reader
+    # HF BERT/Contriever folder or hub id (facebook/contriever); 'packaged:all-minilm-l6-v2' = the
     # pretrained all-MiniLM-L6-v2 installed by requirements.txt; '' = a random tiny BERT
     # (model.retriever), which has to learn retrieval from scratch.
     c.init.retriever = "" if preset else PACKAGED_RETRIEVER
-    c.init.reference = ""  # HF T5 folder for the KL reference; '' = the initial reader
+    c.init.reference = ""  # HF T5 folder or hub id for the KL reference; '' = the initial reader
 
     c.model = ml_collections.ConfigDict()
     c.model.reader = _tiny_reader()  # used only when init.reader is empty

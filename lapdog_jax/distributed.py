@@ -134,9 +134,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id,
                                    local_device_ids=local_device_ids)
-    logging.info("process %d of %d; %d local devices, %d global devices (%s)",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count(), jax.default_backend())
+    if jax.process_count() > 1:  # (a single process's devices are in the start-up summary)
+        logging.info("process %d of %d; %d local devices, %d global devices (%s)",
+                     jax.process_index(), jax.process_count(), jax.local_device_count(),
+                     jax.device_count(), jax.default_backend())
     return how != "single"
 
 

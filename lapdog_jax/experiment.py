@@ -17,7 +17,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lapdog_jax import checkpoint, config_lib, optim, rewards, sharding, steps
+from lapdog_jax import checkpoint, config_lib, hub, optim, rewards, sharding, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import synthetic
 from lapdog_jax.data import tokenizer as tok_lib
@@ -79,6 +79,8 @@ def _path_flag(config, name: str) -> str:
         except ConfigError as e:
             raise ConfigError(f"--config.{name}={path}: {e}") from None
     if path and not os.path.exists(path):
+        if name in hub.FLAGS and hub.is_hub_id(path):  # e.g. google/flan-t5-base
+            return hub.resolve(path, f"--config.{name}")
         raise ConfigError(f"--config.{name}={path}: no such file or directory")
     return path
 
@@ -131,7 +133,7 @@ def _synthetic(config, workdir: str) -> dict[str, str]:
     if jax.process_index() == 0 or not all(map(os.path.exists, paths.values())):
         paths = synthetic.generate(out, seed=s.seed, num_train=s.num_train,
                                    num_valid=s.num_valid, num_stories=s.num_stories)
-        logging.info("generated the synthetic dataset under %s", out)
+        logging.vlog(1, "generated the synthetic dataset under %s", out)  # (in the summary)
     return paths
 
 

@@ -60,7 +60,6 @@ def main(argv):
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.mode}"
-    logging.info("workdir: %s", workdir)
     try:
         train.train_and_evaluate(config, workdir)
     except (experiment.ConfigError, DataError, train.NonFiniteError) as e:

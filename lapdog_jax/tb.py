@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 
 from absl import logging
+
+from lapdog_jax.config_lib import ConfigError
+
+# Event files go to workdir/tb/<run name>: `tensorboard --logdir=<workdir>` (or a folder of
+# several workdirs) lists each run by its name.
+TB_DIR = "tb"
+
+
+def run_name(config) -> str:
+    """`config.name`, else `<mode>` / `<mode>-<preset>`; a ConfigError when it is not one
+    folder name."""
+    name = config.name or "-".join(filter(None, (config.mode, config.preset)))
+    if os.sep in name or name in (".", "..") or (os.altsep and os.altsep in name):
+        raise ConfigError(f"--config.name={name}: one folder name (no {os.sep}), it names the "
+                          "TensorBoard run")
+    return name
+
+
+def logdir(workdir: str, config) -> str:
+    """Where the run's event files go: workdir/tb/<run name>."""
+    return os.path.join(workdir, TB_DIR, run_name(config))
 
 
 def tag_of(name: str) -> str:

@@ -34,6 +34,8 @@ from lapdog_jax import (
     optim,
     sharding,
     steps,
+    summary,
+    tb,
 )
 from lapdog_jax import rewards as rewards_lib
 from lapdog_jax.data import pipeline as pipe_lib
@@ -85,6 +87,7 @@ def _setup(config, workdir: str) -> Run:
     """Mesh, experiment, models, optimizer, state (restored from the latest checkpoint), steps."""
     distributed.initialize()
     config_lib.validate(config)
+    logdir = tb.logdir(workdir, config)  # checks config.name before any work
     if distributed.is_main_process():
         experiment.save_config(config, workdir)
     exp = experiment.build(config, workdir)
@@ -94,9 +97,12 @@ def _setup(config, workdir: str) -> Run:
     state, state_sh = experiment.initial_state(exp, mesh, optimizer)
     manager = checkpoint.make_manager(workdir, config.keep)
     state, host, saved_index = experiment.restore(manager, exp, state, state_sh)
+    if distributed.is_main_process():
+        logging.info("%s", summary.startup_summary(config, workdir, exp, mesh,
+                                                   experiment.resumed_step(state, host)))
     run = Run(config=config, workdir=workdir, exp=exp, mesh=mesh, models=models,
               fns=steps.jit_steps(config, models, optimizer, mesh, state_sh),
-              writer=MetricWriter(workdir, enabled=distributed.is_main_process()),
+              writer=MetricWriter(logdir, enabled=distributed.is_main_process()),
               manager=manager, state=state, step=experiment.resumed_step(state, host),
               bad=host["bad_steps"], warmup=config_lib.warmup_steps(config),
               index_step=host.get("index_step", 0))

@@ -114,6 +114,22 @@ def test_main_trains_from_the_command_line(trained):
     assert "atomicity.py" not in done.stderr  # an orbax module that logs every save at INFO
 
 
+def test_the_first_thing_logged_is_the_startup_summary(trained):
+    """No library chatter before it (faiss' loader, transformers' PyTorch notice); it names
+    the devices, mesh, models with parameter counts, data sizes, logdir and TensorBoard."""
+    workdir, _, done = trained
+    lines = done.stderr.splitlines()
+    assert lines[0].endswith("] lapdog_jax run:"), lines[:3]
+    block = "\n".join(lines[:16])
+    for key in ("devices:", "mesh:", "reader:", "retriever:", "data:", "workdir:", "logs:"):
+        assert f"  {key}" in block, key
+    assert " params from " in block and "48 train / 8 eval dialogues, 16 passages" in block
+    assert f"logs:        {workdir}/tb/joint_grpo" in block
+    assert f"tensorboard --logdir={workdir}" in block
+    assert "faiss" not in done.stderr.split("lapdog_jax run:")[0]
+    assert "PyTorch was not found" not in done.stderr
+
+
 def test_evaluate_cli_reproduces_the_training_eval(trained, commands):
     """`lapdog_jax.evaluate` restores the last checkpoint and its passage index, and rewrites
     the very eval files the run wrote at that step."""

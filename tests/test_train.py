@@ -91,12 +91,18 @@ def tiny_config(mode: str, data: dict | None = None, **overrides):
     return config
 
 
+def event_files(logdir: str) -> list[str]:
+    """The event files under `logdir` (a run's are in workdir/tb/<run name>/)."""
+    return sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"),
+                            recursive=True))
+
+
 def read_events(logdir: str) -> tuple[dict, dict]:
     """({scalar tag: {step: value}}, {other tag: plugin name}) from logdir's event files."""
     from tensorboard.compat.proto import event_pb2
 
     scalars, others = defaultdict(dict), {}
-    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for path in event_files(logdir):
         with open(path, "rb") as f:
             data = f.read()
         pos = 0
@@ -117,7 +123,7 @@ def hparams_of(logdir: str) -> dict:
     from tensorboard.compat.proto import event_pb2
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    for path in event_files(logdir):
         with open(path, "rb") as f:
             data = f.read()
         pos = 0
@@ -160,6 +166,9 @@ def check_run(workdir, mode: str, config) -> dict:
 
     scalars, others = read_events(str(workdir))
     assert EXPECTED_TAGS[mode] <= set(scalars), EXPECTED_TAGS[mode] - set(scalars)
+    assert event_files(os.path.join(workdir, "tb", config.name or mode))  # the run's name
+    for tag, values in scalars.items():  # truncation is logged only once it happens
+        assert not tag.startswith("data/truncated_") or max(values.values()) > 0, tag
     assert sorted(scalars["train/loss"]) == list(range(1, n + 1))  # log_freq = 1
     assert all(np.isfinite(list(scalars["train/loss"].values())))
     assert others.get("eval/samples/text_summary") == "text"

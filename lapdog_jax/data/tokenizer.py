@@ -91,7 +91,7 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str, vocab_size: int = 10
         f.write(proto)
     tok = load_tokenizer(out_dir)  # as every later user will see it
     check_t5_specials(tok)
-    logging.info("trained a SentencePiece tokenizer (%d ids) in %s", len(tok), out_dir)
+    logging.vlog(1, "trained a SentencePiece tokenizer (%d ids) in %s", len(tok), out_dir)
     return tok
 
 
@@ -178,9 +178,10 @@ class TruncationStats:
                 logging.log_every_n_seconds(logging.WARNING, args[0], 60, *args[1:])
 
     def as_dict(self) -> dict[str, float]:
-        """Truncated fraction per field (for logging as scalars)."""
+        """Truncated fraction per field, for the fields truncated so far (for logging as
+        scalars: a field never truncated gets no all-zero TensorBoard card)."""
         return {f"data/truncated_{k}": self.truncated[k] / max(self.seen[k], 1)
-                for k in self.seen}
+                for k in self.seen if self.truncated[k]}
 
 
 def encode(tok, texts: Sequence[str], max_length: int, stats: TruncationStats | None = None,

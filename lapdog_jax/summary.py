@@ -1,0 +1,85 @@
+"""The start-up summary: the block a run logs before its first step (devices, mesh, models and
+parameter counts, data sizes, where logs and checkpoints go, the TensorBoard command)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from lapdog_jax import config_lib, tb
+
+
+def param_count(tree) -> int:
+    """Number of parameters in a pytree."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _millions(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    return f"{n / 1e6:.2f}M" if n >= 1e4 else str(n)
+
+
+def _reader(config, exp) -> str:
+    """The reader's shape, size and source."""
+    c = exp.reader.config
+    source = config.init.reader or "random init (model.reader)"
+    return (f"T5 d_model={c.d_model} layers={c.num_layers}+{c.num_decoder_layers} "
+            f"heads={c.num_heads} vocab={c.vocab_size} {c.dtype}: "
+            f"{_millions(param_count(exp.params['reader']))} params from {source}")
+
+
+def _retriever(config, exp) -> str:
+    """The retriever's shape, size and source ('none' when closed-book)."""
+    if not config_lib.pool_size(config):
+        return "none (closed-book)"
+    c = exp.retriever.config
+    source = config.init.retriever or "random init (model.retriever)"
+    trains = "trained" if config_lib.mode_info(config).trains_retriever else "frozen"
+    return (f"BERT hidden={c.hidden_size} layers={c.num_hidden_layers} "
+            f"vocab={c.vocab_size}: {_millions(param_count(exp.params['retriever']))} params "
+            f"from {source}, {trains}")
+
+
+def _reference(config) -> str:
+    """What the KL reference is."""
+    mode = config_lib.mode_info(config)
+    if not mode.is_rl or not config.grpo.kl_coeff:
+        return "none (no KL term)"
+    if config.init.reference:
+        return config.init.reference
+    warmup = config_lib.warmup_steps(config)
+    return f"the reader after the {warmup}-step warm-up" if warmup else "the initial reader"
+
+
+def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
+    """The block logged before the first step, one `key: value` line each."""
+    data = (f"{len(exp.train)} train / {len(exp.valid)} eval dialogues, {len(exp.passages)} "
+            "passages")
+    data += (f" (synthetic, under {os.path.join(workdir, 'data')})" if not config.data.train
+             else f" ({config.data.train})")
+    warmup = config_lib.warmup_steps(config)
+    steps = (f"{config.total_steps}" + (f" ({warmup} supervised warm-up first)" if warmup else "")
+             + f", batch {config.batch_size}, "
+             + (f"eval every {config.eval_freq} and " if config.eval_freq else "eval ")
+             + f"at the end, checkpoint every {config.save_freq}")
+    devices = jax.devices()
+    lines = [
+        ("run", f"{tb.run_name(config)} (mode {config.mode}, preset "
+                f"{config.preset or 'none: embedded default'})"),
+        ("devices", f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}) in "
+                    f"{jax.process_count()} process(es)"),
+        ("mesh", " ".join(f"{k}={v}" for k, v in mesh.shape.items())),
+        ("reader", _reader(config, exp)),
+        ("retriever", _retriever(config, exp)),
+        ("reference", _reference(config)),
+        ("data", data),
+        ("tokenizer", config.data.tokenizer or config.init.reader
+         or f"SentencePiece trained on the training text ({os.path.join(workdir, 'tokenizer')})"),
+        ("steps", steps + (f"; resuming at step {step}" if step else "")),
+        ("workdir", f"{workdir} (config.json, checkpoints/, eval/)"),
+        ("logs", tb.logdir(workdir, config)),
+        ("tensorboard", f"tensorboard --logdir={workdir}"),
+    ]
+    width = max(len(k) for k, _ in lines) + 1
+    return "\n".join(["lapdog_jax run:"] + [f"  {k + ':':{width}} {v}" for k, v in lines])
