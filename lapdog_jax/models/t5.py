@@ -236,30 +236,35 @@ class Attention(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def _heads(self, x):
-        """[B, L, H*Dk] -> [B, L, H, Dk]."""
-        return x.reshape(*x.shape[:-1], self.config.num_heads, self.config.d_kv)
+        """[B, L, H*Dk] -> [B, H, L, Dk] (heads-major: the layout the attention dots read
+        without a transpose, and the one the decoding cache keeps)."""
+        x = x.reshape(*x.shape[:-1], self.config.num_heads, self.config.d_kv)
+        return jnp.swapaxes(x, 1, 2)
 
     def kv(self, x):
-        """Keys and values [B, S, H, Dk] of x [B, S, D]."""
+        """Keys and values [B, H, S, Dk] of x [B, S, D]."""
         return self._heads(self.k(x)), self._heads(self.v(x))
 
     def __call__(self, x, k, v, mask, bias=None, deterministic=True):
-        """Attends x [N, T, D] to k, v [B, S, H, Dk]; mask [B, 1, T|1, S] bool; bias
+        """Attends x [N, T, D] to k, v [B, H, S, Dk]; mask [B, 1, T|1, S] bool; bias
         [1, H, T, S]. N may be a multiple G of B (cross-attention of G samples that share one
         encoder output, adjacent rows): each key row then serves its G query rows as G·T query
         positions, so keys and values are projected and read once per source, not per sample.
         """
-        q = self._heads(self.q(x))
-        n, t = q.shape[:2]
-        q = q.reshape(k.shape[0], (n // k.shape[0]) * t, *q.shape[2:])
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+        q = self._heads(self.q(x))  # [N, H, T, Dk]
+        n, h, t, dk = q.shape
+        b, g = k.shape[0], n // k.shape[0]
+        if g > 1:
+            q = jnp.swapaxes(q.reshape(b, g, h, t, dk), 1, 2).reshape(b, h, g * t, dk)
+        scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
         if bias is not None:
             scores = scores + bias.astype(jnp.float32)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(self.config.compute_dtype)
         weights = self.dropout(weights, deterministic=deterministic)
-        out = jnp.einsum("bhts,bshd->bthd", weights, v)
-        return self.o(out.reshape(n, t, -1))
+        out = jnp.einsum("bhts,bhsd->bhtd", weights, v)  # [B, H, G*T, Dk]
+        out = jnp.swapaxes(out.reshape(b, h, g, t, dk), 1, 2).reshape(n, h, t, dk)
+        return self.o(jnp.swapaxes(out, 1, 2).reshape(n, t, h * dk))
 
 
 class FeedForward(nn.Module):
@@ -325,14 +330,14 @@ class Block(nn.Module):
         return self._cross_and_mlp(x, cross_kv, enc_mask, deterministic)
 
     def cross_kv(self, encoder_output):
-        """Cross-attention keys and values [B, S, H, Dk] of the encoder output [B, S, D]."""
+        """Cross-attention keys and values [B, H, S, Dk] of the encoder output [B, S, D]."""
         return self.cross_attn.kv(encoder_output)
 
     def step(self, x, layer_cache, step, mask, bias, enc_mask, deterministic=True):
         """One decoder position x [B, 1, D] with this layer's cache; returns (x, cache)."""
         h = self.self_attn_norm(x)
         k_new, v_new = self.self_attn.kv(h)
-        at = (0, step, 0, 0)
+        at = (0, 0, step, 0)
         k = jax.lax.dynamic_update_slice(layer_cache["self_k"], k_new, at)
         v = jax.lax.dynamic_update_slice(layer_cache["self_v"], v_new, at)
         x = self._residual(x, self.self_attn(h, k, v, mask, bias, deterministic), deterministic)
@@ -377,11 +382,11 @@ class Stack(nn.Module):
         return self._finish(x, deterministic)
 
     def init_cache(self, encoder_output, encoder_mask, max_length, batch_size=None):
-        """Empty self-attention K/V [N, M, H, Dk] per layer and cross K/V [B, S, H, Dk]
+        """Empty self-attention K/V [N, H, M, Dk] per layer and cross K/V [B, H, S, Dk]
         computed once (N = batch_size, a multiple of B; default B)."""
         cfg = self.config
         batch = batch_size or encoder_output.shape[0]
-        shape = (batch, max_length, cfg.num_heads, cfg.d_kv)
+        shape = (batch, cfg.num_heads, max_length, cfg.d_kv)
         layers = []
         for block in self.block:
             ck, cv = block.cross_kv(encoder_output)
@@ -392,7 +397,7 @@ class Stack(nn.Module):
     def step(self, x, cache, step, deterministic=True):
         """Decodes embeddings x [B, 1, D] at position `step`; returns ([B, 1, D], cache)."""
         cfg = self.config
-        max_length = cache["layers"][0]["self_k"].shape[1]
+        max_length = cache["layers"][0]["self_k"].shape[2]
         # Buckets of query `step` vs every key, gathered from a static table of all offsets.
         table = relative_position_bucket(
             np.arange(1 - max_length, max_length), False, cfg.relative_attention_num_buckets,
@@ -469,8 +474,8 @@ class T5(nn.Module):
         N = batch_size decoded rows (a multiple of B, G adjacent rows per encoder row;
         default B).
 
-        {'layers': per decoder layer {'self_k', 'self_v': [N, M, H, Dk] zeros,
-        'cross_k', 'cross_v': [B, S, H, Dk]}, 'encoder_mask': [B, S] bool}.
+        {'layers': per decoder layer {'self_k', 'self_v': [N, H, M, Dk] zeros,
+        'cross_k', 'cross_v': [B, H, S, Dk]}, 'encoder_mask': [B, S] bool}.
         """
         enc = encoder_output.astype(self.config.compute_dtype)
         return self.decoder.init_cache(enc, encoder_mask, max_length, batch_size)
