@@ -3,20 +3,24 @@
 Layout: `workdir/checkpoints/<step>/{state,host[,index]}`. The state pytree holds the params,
 the optimizer state, the rng and the frozen reference params, so a resumed run continues with
 the same reference. The host item holds what lives outside jax (data iterator position,
-counters). A step whose files do not read whole (cut short, bad JSON) is skipped on restore
-for the newest one that does, and left on disk until the run saves that step again. The optional index item holds the retriever params the passage index was last built
+counters). The optional index item holds the retriever params the passage index was last built
 from, when they are neither the initial nor the current ones (a resumed run rebuilds the very
 same index from them).
+
+A step whose files do not read whole (cut short, bad JSON) is skipped on restore for the newest
+one that does, and stays on disk until the run saves that step again.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
 
 class CheckpointError(RuntimeError):
     """No checkpoint of a workdir reads whole."""
@@ -74,6 +78,27 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
+def _quiet_abandoned_reads() -> None:
+    """Drops the 'Event loop is closed' errors of the reads a failed restore left running.
+
+    When one array of a checkpoint does not read, orbax's event loop ends while tensorstore
+    still reads the others; their completion callbacks then fail on the closed loop and reach
+    `sys.unraisablehook`, which would print a traceback per array. Any other error passes on.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        """Passes every error but a closed event loop's."""
+        if not (unraisable.exc_type is RuntimeError
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.quiets_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
 def _restore(manager, step: int, abstract_state: Any, abstract_index: Any):
     """(state, host, index or None) of the checkpoint at `step`."""
     items = dict(state=ocp.args.StandardRestore(_target(abstract_state)),
@@ -103,6 +128,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
             restored = _restore(manager, s, abstract_state, abstract_index)
         # A damaged file fails in orbax, tensorstore or json with many exception types.
         except Exception as e:  # noqa: BLE001
+            _quiet_abandoned_reads()
             logging.warning("checkpoint at step %d does not read (%s); skipping it", s,
                             _one_line(e))
             skipped.append(f"step {s}: {_one_line(e)}")

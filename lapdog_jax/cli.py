@@ -77,7 +77,8 @@ def run(main) -> None:
         except Exception as e:  # noqa: BLE001 - the one place every error ends
             if _VERBOSE.value:
                 raise
-            ours = type(e).__module__.startswith("lapdog_jax") or isinstance(e, USAGE_ERRORS)
+            ours = (type(e).__module__.startswith(("lapdog_jax", "__main__"))
+                    or isinstance(e, USAGE_ERRORS))
             message = str(e) if ours else f"{type(e).__name__}: {e}"
             fail(f"{message}" + ("" if ours else " (--verbose shows the traceback)"),
                  USAGE if isinstance(e, USAGE_ERRORS) else FAILURE)

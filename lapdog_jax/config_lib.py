@@ -245,6 +245,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     is allowed."""
     mode_info(config)
     _fields(config)
+    if config.preset and not config.data.train:
+        raise ConfigError(f"preset {config.preset!r} needs real data: set --config.data.train, "
+                          "--config.data.eval and --config.data.passages")
     _retriever(config)
     if not config.data.train and not config.preset:  # the synthetic data's sizes are known
         s = config.data.synthetic
