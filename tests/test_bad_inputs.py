@@ -198,6 +198,7 @@ def test_init_and_tokenizer_folders_must_hold_a_model(tmp_path):
             experiment.check_paths(config_with("grpo", **overrides))
     experiment.check_paths(config_with(  # a model folder with a tokenizer passes
         "grpo", **{"init.reader": _model_folder(tmp_path / "ok", tokenizer=True)}))
+    experiment.check_paths(config_lib.mode_config("joint_grpo"))  # the packaged MiniLM
 
 
 def test_data_sizes_are_checked_once_loaded(shared_data, tmp_path):
