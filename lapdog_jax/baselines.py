@@ -11,9 +11,9 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from lapdog_jax import config_lib, experiment, metrics
+from lapdog_jax import cli, config_lib, experiment, metrics
 from lapdog_jax.data import (
     Dialogue,
     Passage,
@@ -107,10 +107,12 @@ def baseline_recalls(valid: list[Dialogue], stories: list[Passage], tokenizer_di
     return out
 
 
-def main(argv) -> None:
+def main() -> None:
     """CLI: prints the baseline recalls on --data's eval dialogues."""
-    del argv
     data = flags.FLAGS.data
+    if not os.path.isdir(data):
+        raise experiment.ConfigError(f"--data={data}: not a folder; expected one written by "
+                                     "python -m lapdog_jax.data.synthetic --out=DIR")
     stories = read_passages(os.path.join(data, synthetic.STORIES_FILE))
     train = read_dialogues(os.path.join(data, synthetic.TRAIN_FILE))
     valid = read_dialogues(os.path.join(data, synthetic.VALID_FILE))
@@ -125,4 +127,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("data", None, "folder with train/valid/stories jsonl", required=True)
-    app.run(main)
+    cli.run(main)

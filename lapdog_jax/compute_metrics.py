@@ -18,13 +18,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from absl import app, flags
+from absl import flags
 
-from lapdog_jax import metrics
+from lapdog_jax import cli, metrics
+from lapdog_jax.config_lib import ConfigError
 
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "Predictions jsonl to score.")
 _OUT = flags.DEFINE_string("out", "", "Where to write the metrics JSON ('' = only print).")
 _KS = flags.DEFINE_list("ks", ["1", "5"], "Cut-offs k for recall@k.")
+flags.register_validator("ks", lambda ks: all(k.isdigit() and int(k) > 0 for k in ks),
+                         "expected positive integers separated by commas, e.g. --ks=1,5")
 
 GOLD_KEYS = ("gold_passage_ids", "gold_ids")
 
@@ -94,11 +97,16 @@ def read_predictions(path: str) -> Predictions:
     """Reads a predictions jsonl (blank lines skipped); errors name the file and line."""
     out = Predictions()
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # decoded line by line so that a bad byte names its own line
     except OSError as e:
         raise PredictionsError(f"{path}: cannot open ({e.strerror})") from None
     with f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise PredictionsError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})"
+                                       ) from None
             if not line.strip():
                 continue
             gen, answers, gold, retrieved = _parse_line(line, f"{path}:{lineno}")
@@ -132,14 +140,11 @@ def format_table(results: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Sequence[str]) -> None:
+def main() -> None:
     """Scores --predictions, writes --out and prints the table."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        results = score_file(_PREDICTIONS.value, ks=[int(k) for k in _KS.value])
-    except PredictionsError as e:
-        raise SystemExit(f"error: {e}") from None
+    if os.path.isdir(_OUT.value):
+        raise ConfigError(f"--out={_OUT.value}: is a folder; expected a file name")
+    results = score_file(_PREDICTIONS.value, ks=[int(k) for k in _KS.value])
     if _OUT.value:
         os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
         with open(_OUT.value, "w", encoding="utf-8") as f:
@@ -149,4 +154,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("predictions")
-    app.run(main)
+    cli.run(main)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -85,13 +86,102 @@ def warmup_steps(config) -> int:
     return config.sft_warmup_steps if mode_info(config).has_warmup else 0
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError, naming the `--config.` flag, for settings that cannot work together."""
-    mode_info(config)
+# Fields with a fixed set of values (the registries they name: losses.LOSSES,
+# losses.AGGREGATIONS, losses.SCALE_REWARDS, rewards.BLEU_NORMS, ...; a test keeps them equal).
+CHOICES = {
+    "preset": ("", *PRESETS),
+    "data.retriever_from": ("persona", "all"),
+    "data.fusion": ("fid", "concat"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.passage_scores": PASSAGE_SCORES,
+    "optim.schedule": ("linear", "cosine", "constant"),
+    "grpo.loss_type": ("grpo_clip", "reinforce_with_baseline", "no_baseline"),
+    "grpo.loss_agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+    "grpo.scale_rewards": ("group", "batch", "none"),
+    "grpo.kl_estimator": ("k3", "k1"),
+    "reward.gold_score_mode": ("f1rougebleu",),
+    "reward.bleu_norm": ("scale", "l2"),
+    "reward.backend": ("device", "host"),
+    "reward.length_unit": LENGTH_UNITS,
+    "model.dropout": DROPOUT,
+    "retrieval.distill_scale": DISTILL_SCALES,
+    "retrieval.distill_reduction": DISTILL_REDUCTIONS,
+}
+_TINY_READER_INTS = tuple(f"model.reader.{k}" for k in (
+    "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+    "relative_attention_num_buckets", "relative_attention_max_distance"))
+_TINY_RETRIEVER_INTS = tuple(f"model.retriever.{k}" for k in (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "max_position_embeddings"))
+
+
+def _is_int(v) -> bool:
+    """An int that is not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# (fields, test, what is allowed): one range rule per group of fields.
+RANGES = (
+    (("total_steps", "eval_freq", "save_freq", "eval_size", "sft_warmup_steps",
+      "data.query_maxlength", "data.n_context", "optim.warmup_steps", "retrieval.refresh_index",
+      "grpo.top_k"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    (("batch_size", "accumulation_steps", "log_freq", "keep", "max_bad_steps",
+      "data.vocab_size", "data.text_maxlength", "data.target_maxlength",
+      "data.retriever_maxlength", "data.synthetic.num_train", "data.synthetic.num_valid",
+      "data.synthetic.num_stories", "retrieval.pool_size", "grpo.group_size",
+      "grpo.retriever_group_size", "grpo.num_iterations", *_TINY_READER_INTS,
+      *_TINY_RETRIEVER_INTS), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    (("optim.lr", "optim.lr_retriever", "optim.weight_decay", "optim.clip_norm",
+      "grpo.kl_coeff", "grpo.kl_coeff_retriever", "grpo.clip_epsilon", "grpo.clip_epsilon_high",
+      "reward.length_penalty"), lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    (("retrieval.temperature_score", "retrieval.temperature_gold", "grpo.temperature",
+      "grpo.eps"), lambda v: _is_num(v) and v > 0, "a number > 0"),
+    (("optim.b1", "optim.b2", "model.reader.dropout_rate", "model.retriever.dropout_rate"),
+     lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    (("grpo.top_p",), lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    (("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda v: _is_int(v) and (v >= 1 or v == -1),
+     "an integer >= 1, or -1 (all remaining devices)"),
+)
+
+
+def get(config, field: str):
+    """config's value at a dotted `field` ('grpo.group_size')."""
+    for key in field.split("."):
+        config = config[key]
+    return config
+
+
+def _fields(config) -> None:
+    """Each field's own type, range or choices."""
+    for field, allowed in CHOICES.items():
+        if get(config, field) not in allowed:
+            raise ConfigError(f"--config.{field}={get(config, field)}: expected one of "
+                              f"{', '.join(repr(a) for a in allowed)}")
+    for fields, ok, allowed in RANGES:
+        for field in fields:
+            if not ok(get(config, field)):
+                raise ConfigError(f"--config.{field}={get(config, field)}: expected {allowed}")
+    weights = config.reward.weights
+    if (not isinstance(weights, tuple | list) or len(weights) != 3
+            or not all(_is_num(w) and w >= 0 for w in weights) or not any(weights)):
+        raise ConfigError(f"--config.reward.weights={weights}: expected three numbers >= 0, "
+                          "not all 0 (the weights of F1, ROUGE-L and BLEU)")
+    from lapdog_jax.models import t5  # (jax) not at import: configs load before --help
+
+    ffp = config.model.reader.feed_forward_proj
+    if ffp.removeprefix("gated-") not in t5.ACTIVATIONS:
+        raise ConfigError(f"--config.model.reader.feed_forward_proj={ffp}: expected ACT or "
+                          f"gated-ACT with ACT one of {', '.join(sorted(t5.ACTIVATIONS))}")
+
+
+def _retriever(config) -> None:
+    """The retriever settings that must agree with each other and with the mode."""
     m = config.model
-    if m.passage_scores not in PASSAGE_SCORES:
-        raise ConfigError(f"--config.model.passage_scores={m.passage_scores}: expected one of "
-                          f"{PASSAGE_SCORES}")
     if not m.shared_retriever and m.passage_scores == "live":
         raise ConfigError("--config.model.passage_scores=live needs "
                           "--config.model.shared_retriever=True: query-side training scores "
@@ -101,17 +191,111 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           "--config.model.shared_retriever=True and "
                           "--config.model.passage_scores=live (gradients reach the passage "
                           "side only through passages encoded in the step)")
-    for flag, value, allowed in (
-            ("model.dropout", m.dropout, DROPOUT),
-            ("retrieval.distill_scale", config.retrieval.distill_scale, DISTILL_SCALES),
-            ("retrieval.distill_reduction", config.retrieval.distill_reduction,
-             DISTILL_REDUCTIONS),
-            ("reward.length_unit", config.reward.length_unit, LENGTH_UNITS)):
-        if value not in allowed:
-            raise ConfigError(f"--config.{flag}={value}: expected one of {allowed}")
+    mode, k = mode_info(config), pool_size(config)
+    if mode.is_rl and mode.samples_pool and config.grpo.retriever_group_size > k:
+        raise ConfigError(f"--config.grpo.retriever_group_size={config.grpo.retriever_group_size}"
+                          f": more than the pool of {k} passages it is drawn from "
+                          f"(--config.retrieval.pool_size={config.retrieval.pool_size}); "
+                          "lower it or raise the pool size")
     if config.reward.length_unit == "tokens" and config.reward.backend == "host":
         raise ConfigError("--config.reward.length_unit=tokens needs --config.reward.backend="
                           "device: the host reward sees decoded text and counts words")
+    if not config.init.retriever:
+        r = m.retriever
+        if r.hidden_size % r.num_attention_heads:
+            raise ConfigError(f"--config.model.retriever.hidden_size={r.hidden_size}: not "
+                              f"divisible by model.retriever.num_attention_heads="
+                              f"{r.num_attention_heads}")
+        for field in ("data.retriever_maxlength", "data.query_maxlength"):
+            if get(config, field) > r.max_position_embeddings:
+                raise ConfigError(f"--config.{field}={get(config, field)}: longer than the "
+                                  f"tiny retriever's model.retriever.max_position_embeddings="
+                                  f"{r.max_position_embeddings}")
+
+
+def check_data(config, num_train: int, num_passages: int, train: str, passages: str) -> None:
+    """The checks that need the data's size: a batch of distinct dialogues, a pool of
+    distinct passages; `train` and `passages` say where the data came from."""
+    if config.batch_size > num_train:
+        raise ConfigError(f"--config.batch_size={config.batch_size}: more than the {num_train} "
+                          f"training dialogues of {train}")
+    k = pool_size(config)
+    if k > num_passages:
+        raise ConfigError(f"--config.retrieval.pool_size={config.retrieval.pool_size}: a pool "
+                          f"of {k} passages (with --config.data.n_context="
+                          f"{config.data.n_context}) needs at least {k} passages; {passages} has "
+                          f"{num_passages}")
+
+
+def check_mesh(config, num_devices: int) -> None:
+    """`config.mesh` against the devices there are, and the batch against its data axes."""
+    sizes = {a: config.mesh[a] for a in ("data", "fsdp", "tensor")}
+    free = [a for a, s in sizes.items() if s == -1]
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if len(free) > 1:
+        raise ConfigError(f"--config.mesh.{free[1]}=-1: only one mesh axis may be -1 (so is "
+                          f"mesh.{free[0]})")
+    if (num_devices % known) if free else (known != num_devices):
+        axis = next((a for a, s in sizes.items() if s > 1), "data")
+        raise ConfigError(f"--config.mesh.{axis}={sizes[axis]}: the mesh data x fsdp x tensor "
+                          f"= {' x '.join(str(s) for s in sizes.values())} needs "
+                          f"{'a multiple of ' if free else ''}{known} devices; this run has "
+                          f"{num_devices}")
+    if free:
+        sizes[free[0]] = num_devices // known
+    rows = sizes["data"] * sizes["fsdp"]
+    if config.batch_size % rows:
+        raise ConfigError(f"--config.batch_size={config.batch_size}: not divisible by the "
+                          f"{rows} batch shards of the mesh (mesh.data x mesh.fsdp)")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Checks the whole config before anything runs: each field's type, range or choices,
+    then settings that must agree, then the mesh against the devices (jax's when
+    `num_devices` is None). Raises ConfigError naming the `--config.` flag, its value and what
+    is allowed."""
+    mode_info(config)
+    _fields(config)
+    if config.preset and not config.data.train:
+        raise ConfigError(f"preset {config.preset!r} needs real data: set --config.data.train, "
+                          "--config.data.eval and --config.data.passages")
+    _retriever(config)
+    if not config.data.train and not config.preset:  # the synthetic data's sizes are known
+        s = config.data.synthetic
+        check_data(config, s.num_train, s.num_stories,
+                   f"--config.data.synthetic.num_train={s.num_train}",
+                   f"--config.data.synthetic.num_stories={s.num_stories}")
+    if num_devices is None:
+        import jax
+
+        num_devices = jax.device_count()
+    check_mesh(config, num_devices)
+
+
+# The fields that fix the shapes of a run's checkpointed state (the mode: which parts have an
+# optimizer state); a tiny model's fields only count when no init checkpoint replaces it.
+SHAPE_FIELDS = ("mode", "init.reader", "init.retriever", "data.tokenizer", "data.vocab_size")
+TINY_SHAPE_FIELDS = {
+    "reader": (*_TINY_READER_INTS, "model.reader.feed_forward_proj",
+               "model.reader.tie_word_embeddings"),
+    "retriever": _TINY_RETRIEVER_INTS,
+}
+
+
+def shape_fields(config) -> dict:
+    """{field: value} of what fixes the shapes of the checkpointed state."""
+    out = {f: get(config, f) for f in SHAPE_FIELDS}
+    for part, fields in TINY_SHAPE_FIELDS.items():
+        if not config.init[part]:
+            out.update({f: get(config, f) for f in fields})
+    return out
+
+
+def shape_mismatch(config, saved) -> str | None:
+    """The first field where `config` would build other shapes than the `saved` config of a
+    workdir's checkpoints, as 'field', or None."""
+    new, old = shape_fields(config), shape_fields(saved)
+    return next((f for f in new if new[f] != old.get(f)), None)
 
 
 def _tiny_reader() -> ml_collections.ConfigDict:
@@ -175,9 +359,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     """Returns the locked schema with its common defaults for `mode` and `preset` (None = the
     embedded default); configs/*.py set what differs about their mode."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        raise ConfigError(f"unknown mode {mode!r}; expected one of {MODES}")
     if preset not in (None, "", *PRESETS):
-        raise ValueError(f"unknown preset {preset!r}; expected none or one of {PRESETS}")
+        raise ConfigError(f"unknown preset {preset!r} (the part after ':' in --config=FILE:"
+                          f"PRESET); expected none or one of {', '.join(PRESETS)}")
     c = ml_collections.ConfigDict()
     c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo
     c.preset = preset or ""  # '' = embedded default (synthetic data, tiny models)

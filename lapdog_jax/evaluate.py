@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from lapdog_jax import distributed, experiment, metrics, sharding, steps
-from lapdog_jax.data import DataError
+from lapdog_jax import cli, distributed, experiment, metrics, sharding, steps
 from lapdog_jax.data import pipeline as pipe_lib
 
 RECALL_KS = (1, 5)
@@ -108,14 +106,9 @@ def evaluate_workdir(workdir: str) -> dict[str, float]:
                experiment.resumed_step(state, host), workdir)
 
 
-def main(argv):
+def main():
     """CLI: evaluates --workdir's latest checkpoint and prints the metrics."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        m = evaluate_workdir(flags.FLAGS.workdir)
-    except (experiment.ConfigError, DataError) as e:
-        sys.exit(f"error: {e}")
+    m = evaluate_workdir(flags.FLAGS.workdir)
     for key, v in m.items():
         print(f"{key:20s} {v:10.4f}")
 
@@ -123,4 +116,4 @@ def main(argv):
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A training workdir (has config.json).")
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main)

@@ -45,6 +45,7 @@ class Experiment:
 
 
 ConfigError = config_lib.ConfigError
+get_flag = config_lib.get
 
 
 # Packaged checkpoints: config value -> (pip distribution, folder inside it).
@@ -68,8 +69,7 @@ def packaged_path(name: str) -> str:
 def _path_flag(config, name: str) -> str:
     """Returns config `name`'s path (resolving 'packaged:' names), or raises an error naming the
     flag when it is missing."""
-    section, key = name.split(".")
-    path = config[section][key]
+    path = get_flag(config, name)
     if path.startswith("packaged:"):
         if path not in PACKAGED:
             raise ConfigError(f"--config.{name}={path}: unknown packaged checkpoint; expected "
@@ -83,6 +83,52 @@ def _path_flag(config, name: str) -> str:
             return hub.resolve(path, f"--config.{name}")
         raise ConfigError(f"--config.{name}={path}: no such file or directory")
     return path
+
+
+# What a Hugging Face model folder (init.*) and a tokenizer folder must hold.
+MODEL_FILES = (hf.SAFE_WEIGHTS, hf.SAFE_INDEX, hf.TORCH_WEIGHTS, hf.TORCH_INDEX)
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt")
+
+
+def _holds(path: str, names) -> bool:
+    """Whether folder `path` holds a file of one of `names`."""
+    return any(os.path.isfile(os.path.join(path, n)) for n in names)
+
+
+def check_paths(config) -> None:
+    """The paths the config names exist, and its init and tokenizer folders hold a model
+    (config.json and weights) and a tokenizer: a ConfigError naming the flag otherwise."""
+    for flag in ("data.train", "data.eval", "data.passages"):
+        _path_flag(config, flag)
+    for flag in ("init.reader", "init.retriever", "init.reference"):
+        path = _path_flag(config, flag)
+        if path and not (os.path.isfile(os.path.join(path, "config.json"))
+                         and _holds(path, MODEL_FILES)):
+            raise ConfigError(f"--config.{flag}={get_flag(config, flag)}: not a Hugging Face "
+                              f"model folder (expected config.json and one of "
+                              f"{', '.join(MODEL_FILES)})")
+    tokenizer_flags = ["data.tokenizer" if config.data.tokenizer else "init.reader",
+                       "init.retriever"]
+    for flag in tokenizer_flags:
+        path = _path_flag(config, flag)
+        if path and not _holds(path, TOKENIZER_FILES):
+            raise ConfigError(f"--config.{flag}={get_flag(config, flag)}: holds no tokenizer "
+                              f"(expected one of {', '.join(TOKENIZER_FILES)})")
+
+
+def check_workdir(config, workdir: str) -> None:
+    """Refuses a config that would build other shapes than the checkpoints already in
+    `workdir` (a ConfigError naming the flag), before anything there is written."""
+    if not os.path.exists(os.path.join(workdir, "config.json")) or not checkpoint.steps_on_disk(
+            workdir):
+        return
+    saved = load_config(workdir)
+    field = config_lib.shape_mismatch(config, saved)
+    if field is not None:
+        raise ConfigError(f"--config.{field}={get_flag(config, field)}: the checkpoints in "
+                          f"{workdir} have the shapes of {field}={get_flag(saved, field)} "
+                          f"(its config.json); keep that value to resume, or pick a new "
+                          f"--workdir")
 
 
 def _main_process_first(fn):
@@ -119,6 +165,8 @@ def load_data(config, workdir: str):
     ids = {p.id for p in passages} if passages else None
     train = data_lib.read_dialogues(train_path, ids)
     valid = data_lib.read_dialogues(eval_path, ids) if eval_path else []
+    config_lib.check_data(config, len(train), len(passages), train_path,
+                          passages_path or "--config.data.passages=")
     return train, valid, passages
 
 
@@ -204,6 +252,7 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
 def build(config, workdir: str) -> Experiment:
     """Builds the whole experiment for `config` under `workdir`."""
     config_lib.validate(config)
+    check_paths(config)
     os.makedirs(workdir, exist_ok=True)
 
     def data_and_tokenizers():
@@ -237,9 +286,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ConfigError(f"--workdir={workdir}: no config.json (not a training workdir?)")
-    with open(path) as f:
-        raw = json.load(f)
-    raw["reward"]["weights"] = tuple(raw["reward"]["weights"])
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        raw["reward"]["weights"] = tuple(raw["reward"]["weights"])
+    except json.JSONDecodeError as e:
+        raise data_lib.DataError(f"{path}:{e.lineno}: malformed JSON: "
+                                 f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
+    except (OSError, UnicodeDecodeError, TypeError, KeyError) as e:
+        raise data_lib.DataError(f"{path}: not a config written by lapdog_jax.main ({e!r})"
+                                 ) from None
     config = ml_collections.ConfigDict(raw)
     config.lock()
     return config

@@ -11,12 +11,10 @@ is what `--config.init.reader` (e.g. a stage-1 model for RL) expects.
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from lapdog_jax import experiment
-from lapdog_jax.data import DataError
+from lapdog_jax import cli, experiment
 from lapdog_jax.models import hf
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (has config.json).")
@@ -25,6 +23,9 @@ _OUT = flags.DEFINE_string("out", None, "Output folder; reader/ and retriever/ g
 
 def export(workdir: str, out: str) -> dict[str, str]:
     """Writes the latest checkpoint's reader and retriever as HF dirs; returns their paths."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise experiment.ConfigError(f"--out={out}: is a file; expected a folder (new or "
+                                     "existing) to hold reader/ and retriever/")
     exp, _, state, _, _ = experiment.restore_workdir(workdir, "export")
     params = state.params
     paths = {"reader": os.path.join(out, "reader"), "retriever": os.path.join(out, "retriever")}
@@ -40,18 +41,13 @@ def export(workdir: str, out: str) -> dict[str, str]:
     return paths
 
 
-def main(argv):
+def main():
     """CLI: export and print where the folders went."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        paths = export(_WORKDIR.value, _OUT.value)
-    except (experiment.ConfigError, DataError) as e:
-        sys.exit(f"error: {e}")
+    paths = export(_WORKDIR.value, _OUT.value)
     for name, path in paths.items():
         print(f"{name}: {path}")
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    cli.run(main)

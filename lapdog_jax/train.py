@@ -31,6 +31,7 @@ from lapdog_jax import (
     distributed,
     evaluate,
     experiment,
+    lock,
     optim,
     sharding,
     steps,
@@ -70,6 +71,7 @@ class Run:
     refresh: int = 0  # steps between index rebuilds (0 = never)
     index_step: int = 0  # step whose retriever params the index holds
     saved_index: Any = None  # own copy of those params while the index is stale
+    unreadable: frozenset = frozenset()  # newer checkpoint steps skipped on restore
 
 
 @dataclasses.dataclass
@@ -84,13 +86,12 @@ class StepOut:
 
 
 def _setup(config, workdir: str) -> Run:
-    """Mesh, experiment, models, optimizer, state (restored from the latest checkpoint), steps."""
-    distributed.initialize()
-    config_lib.validate(config)
+    """Experiment, mesh, models, optimizer, state (restored from the newest checkpoint that
+    reads whole), steps; config.json is written once the data has passed its checks."""
     logdir = tb.logdir(workdir, config)  # checks config.name before any work
+    exp = experiment.build(config, workdir)
     if distributed.is_main_process():
         experiment.save_config(config, workdir)
-    exp = experiment.build(config, workdir)
     mesh = experiment.make_mesh(config)
     models = experiment.step_models(exp)
     optimizer = optim.make_optimizer(config)
@@ -105,7 +106,9 @@ def _setup(config, workdir: str) -> Run:
               writer=MetricWriter(logdir, enabled=distributed.is_main_process()),
               manager=manager, state=state, step=experiment.resumed_step(state, host),
               bad=host["bad_steps"], warmup=config_lib.warmup_steps(config),
-              index_step=host.get("index_step", 0))
+              index_step=host.get("index_step", 0),
+              unreadable=frozenset(s for s in manager.all_steps()
+                                   if s > experiment.resumed_step(state, host)))
     _setup_retrieval(run, host, saved_index)
     return run
 
@@ -258,7 +261,7 @@ def _save(run: Run) -> None:
             "index_step": run.index_step}
     stale = run.index_step not in (0, run.step)
     checkpoint.save(run.manager, run.step, run.state, host,
-                    index=run.saved_index if stale else None)
+                    index=run.saved_index if stale else None, replace=run.step in run.unreadable)
 
 
 def _any_process(flag: bool) -> bool:
@@ -289,7 +292,21 @@ def _on_sigterm(stop: dict):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics."""
+    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics.
+
+    The config is checked whole, the workdir locked and its checkpoints' shapes compared
+    with the config's before anything in the workdir is written.
+    """
+    distributed.initialize()
+    config_lib.validate(config)
+    experiment.check_paths(config)
+    with lock.workdir_lock(workdir, enabled=distributed.is_main_process()):
+        experiment.check_workdir(config, workdir)
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
+    """The loop of `train_and_evaluate`, in a locked and checked workdir."""
     run = _setup(config, workdir)
     stop = {"now": False}
     previous_handler = _on_sigterm(stop)

@@ -203,16 +203,16 @@ def test_export_cli_loads_in_transformers(trained, commands):
 
 @pytest.mark.parametrize("flag, message", [
     ("--config.grpo.kl_coef=0.1",
-     'FATAL Flags parsing error: --config.grpo.kl_coef: no such config field. Did you mean '
+     'error: --config.grpo.kl_coef: no such config field. Did you mean '
      '"kl_coeff" instead of "kl_coef"?'),
     ("--config=configs/grpo.py:base",
      "error: preset 'base' needs real data: set --config.data.train"),
 ])
 def test_bad_flags_fail_with_a_one_line_message(flag, message, cli_env, tmp_path):
     """A typo in an override names the closest field; a paper preset without data names the
-    flags to set; neither is a traceback."""
+    flags to set; neither is a traceback, both are usage errors (exit 2)."""
     done = cli(cli_env, "lapdog_jax.main", "--config=configs/grpo.py",
                f"--workdir={tmp_path}", flag)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr

@@ -22,8 +22,10 @@ import itertools
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from lapdog_jax import cli
+from lapdog_jax.config_lib import ConfigError
 from lapdog_jax.data import (
     Dialogue,
     Passage,
@@ -241,10 +243,11 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 2000, num_valid: int 
     return paths
 
 
-def main(argv) -> None:
+def main() -> None:
     """CLI: writes the dataset."""
-    del argv
     f = flags.FLAGS
+    if os.path.exists(f.out) and not os.path.isdir(f.out):
+        raise ConfigError(f"--out={f.out}: is a file; expected a folder (new or existing)")
     paths = generate(f.out, f.seed, f.num_train, f.num_valid, f.num_stories)
     print(f"wrote {f.num_train} train, {f.num_valid} valid dialogues and {f.num_stories} "
           f"stories to {f.out}: " + ", ".join(paths.values()))
@@ -254,7 +257,7 @@ def main(argv) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("out", None, "output folder", required=True)
     flags.DEFINE_integer("seed", 0, "generator seed")
-    flags.DEFINE_integer("num_train", 2000, "train dialogues")
-    flags.DEFINE_integer("num_valid", 200, "valid dialogues")
-    flags.DEFINE_integer("num_stories", 200, "stories in the corpus")
-    app.run(main)
+    flags.DEFINE_integer("num_train", 2000, "train dialogues", lower_bound=1)
+    flags.DEFINE_integer("num_valid", 200, "valid dialogues", lower_bound=1)
+    flags.DEFINE_integer("num_stories", 200, "stories in the corpus", lower_bound=1)
+    cli.run(main)

@@ -1,0 +1,86 @@
+"""What every command line shares: flag parsing, one-line errors, exit codes, `--verbose`.
+
+Exit codes: 2 for a usage error (a bad flag or config value; the message names the flag), 1
+for a failure (a bad file, named with its line; no readable checkpoint; a busy workdir; a run
+that diverged). Either is one line `error: ...` on stderr, with no traceback unless
+`--verbose`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from lapdog_jax.config_lib import ConfigError
+
+USAGE, FAILURE = 2, 1
+USAGE_ERRORS = (ConfigError, app.UsageError, flags.Error)
+
+_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show its traceback.")
+
+
+def fail(message: str, code: int) -> None:
+    """Exits with `code` after writing `error: message` as one line to stderr."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    sys.stderr.write(f"error: {' '.join(lines)}\n")
+    sys.exit(code)
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The exception that started a chain (ml_collections and absl wrap a config's errors)."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    while error.__context__ is not None and isinstance(error, flags.Error):
+        error = error.__context__
+    return error
+
+
+def _flag_message(error: BaseException, argv: list[str]) -> str:
+    """One line for a flag-parsing error: a config file's own error (its traceback dropped), or
+    the override naming a field the config lacks, with ml_collections' closest-name hint."""
+    inner = _innermost(error)
+    text = str(inner).strip()
+    flag = ([a for a in argv if a.startswith("--config=")] or ["--config"])[-1]
+    if "Traceback (most recent call last)" in text:  # config_flags' text of get_config's error
+        last = text.splitlines()[-1]
+        return f"{flag}: {last.partition(': ')[2] or last}"
+    if isinstance(inner, OSError):  # a config file that does not load
+        return f"{flag}: cannot load the config file ({text.splitlines()[-1].strip()})"
+    if isinstance(inner, AttributeError | KeyError):  # `--config.a.b=v` with no field a.b
+        key, _, hint = str(inner.args[0] if inner.args else inner).partition("\n")
+        key = key.strip("'\"")
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")
+               and key in a.split("=")[0].split(".")]
+        return f"{bad[0] if bad else key}: no such config field. {hint}"
+    return str(error)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with any error a one-line usage error (exit 2)."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+        fail(_flag_message(e, argv), USAGE)
+
+
+def run(main) -> None:
+    """`app.run(main)` with one-line errors: `main()` takes no arguments (positional ones are
+    a usage error)."""
+
+    def wrapped(argv):
+        """Runs main, turning its exceptions into `error: ...` and an exit code."""
+        if len(argv) > 1:
+            fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)", USAGE)
+        try:
+            main()
+        except Exception as e:  # noqa: BLE001 - the one place every error ends
+            if _VERBOSE.value:
+                raise
+            ours = (type(e).__module__.startswith(("lapdog_jax", "__main__"))
+                    or isinstance(e, USAGE_ERRORS))
+            message = str(e) if ours else f"{type(e).__name__}: {e}"
+            fail(f"{message}" + ("" if ours else " (--verbose shows the traceback)"),
+                 USAGE if isinstance(e, USAGE_ERRORS) else FAILURE)
+
+    app.run(wrapped, flags_parser=parse_flags)
