@@ -57,6 +57,14 @@ _PRESET_SIZES = {
     "large": dict(lr=3e-5, batch_size=64),
     "xl": dict(lr=1e-5, batch_size=64),
 }
+# T5 v1.1's dims per preset (google/t5-v1_1-*: gated GELU, untied lm_head): the random reader a
+# preset builds when init.reader is empty.
+_T5_V1_1 = {  # d_model, d_ff, layers (each stack), heads; d_kv 64
+    "small": (512, 1024, 8, 6),
+    "base": (768, 2048, 12, 12),
+    "large": (1024, 2816, 24, 16),
+    "xl": (2048, 5120, 24, 32),
+}
 
 
 class ConfigError(ValueError):
@@ -209,7 +217,7 @@ def _retriever(config) -> None:
         for field in ("data.retriever_maxlength", "data.query_maxlength"):
             if get(config, field) > r.max_position_embeddings:
                 raise ConfigError(f"--config.{field}={get(config, field)}: longer than the "
-                                  f"tiny retriever's model.retriever.max_position_embeddings="
+                                  f"random retriever's model.retriever.max_position_embeddings="
                                   f"{r.max_position_embeddings}")
 
 
@@ -249,13 +257,18 @@ def check_mesh(config, num_devices: int) -> None:
                           f"{rows} batch shards of the mesh (mesh.data x mesh.fsdp)")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, *,
+             settings_only: bool = False) -> None:
     """Checks the whole config before anything runs: each field's type, range or choices,
     then settings that must agree, then the mesh against the devices (jax's when
     `num_devices` is None). Raises ConfigError naming the `--config.` flag, its value and what
-    is allowed."""
+    is allowed. `settings_only` checks the config alone, not whether this machine can run it
+    (data given, devices for the mesh): for a command line written here to run elsewhere."""
     mode_info(config)
     _fields(config)
+    if settings_only:
+        _retriever(config)
+        return
     if config.preset and not config.data.train:
         raise ConfigError(f"preset {config.preset!r} needs real data: set --config.data.train, "
                           "--config.data.eval and --config.data.passages")
@@ -325,6 +338,23 @@ def _tiny_retriever() -> ml_collections.ConfigDict:
         max_position_embeddings=128,  # longest input
         dropout_rate=0.0,  # dropout in training
     ))
+
+
+def _preset_reader(preset: str) -> ml_collections.ConfigDict:
+    """The random reader of a preset without init.reader: T5 v1.1 of that size."""
+    d_model, d_ff, layers, heads = _T5_V1_1[preset]
+    c = _tiny_reader()
+    c.update(dict(d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=layers,
+                  num_decoder_layers=layers, num_heads=heads, dropout_rate=0.1))
+    return c
+
+
+def _preset_retriever() -> ml_collections.ConfigDict:
+    """The random retriever of a preset without init.retriever: BERT-base (Contriever's)."""
+    c = _tiny_retriever()
+    c.update(dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072, max_position_embeddings=512, dropout_rate=0.1))
+    return c
 
 
 # The config file of each mode, under the repository's configs/.
@@ -412,8 +442,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.init.reference = ""  # HF T5 folder or hub id for the KL reference; '' = the initial reader
 
     c.model = ml_collections.ConfigDict()
-    c.model.reader = _tiny_reader()  # used only when init.reader is empty
-    c.model.retriever = _tiny_retriever()  # used only when init.retriever is empty
+    # Used only when init.reader / init.retriever is empty: the demo's tiny models, or for a
+    # preset a random T5 v1.1 of its size and a BERT-base (to train from scratch or to time).
+    c.model.reader = _preset_reader(preset) if preset else _tiny_reader()
+    c.model.retriever = _preset_retriever() if preset else _tiny_retriever()
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     # True: one encoder for queries and passages (LAPDOG/Atlas); the index is re-embedded by
     # the trained encoder every retrieval.refresh_index steps. False (Atlas'

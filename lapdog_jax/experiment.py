@@ -224,6 +224,10 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
                        tie_word_embeddings=m.tie_word_embeddings, dropout_rate=m.dropout_rate,
                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                        decoder_start_token_id=tokenizer.pad_token_id, dtype=dtype)
+        if config.preset:
+            logging.info("--config.init.reader is empty: a random T5 v1.1-%s reader (d_model "
+                         "%d, d_ff %d, %d+%d layers, %d heads)", config.preset, m.d_model, m.d_ff,
+                         m.num_layers, m.num_decoder_layers, m.num_heads)
         # One compiled init instead of hundreds of op-by-op dispatches (seconds on CPU).
         params = jax.jit(t5_lib.init_params, static_argnums=0)(cfg, rng)
     return T5(cfg), params
@@ -245,6 +249,9 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
                                dropout_rate=m.dropout_rate, pad_token_id=tokenizer.pad_token_id,
                                normalize=config.model.normalize_embeddings,
                                dtype=config.model.dtype)
+        if config.preset:
+            logging.info("--config.init.retriever is empty: a random BERT-base-sized retriever "
+                         "(hidden %d, %d layers)", m.hidden_size, m.num_hidden_layers)
         params = jax.jit(init_retriever_params, static_argnums=0)(cfg, rng)
     return Contriever(cfg), params
 

@@ -457,7 +457,7 @@ def migrate(argv: list[str]) -> Migration:
         if node[leaf] != value:
             node[leaf] = value
             overrides.append(_render(key, value))
-    config_lib.validate(config)
+    config_lib.validate(config, settings_only=True)  # it may run on another machine
     _no_equivalent(given, notes)
     workdir = f"{opts['checkpoint_dir'].rstrip('/')}/{opts['name']}"
     file = config_lib.CONFIG_FILES[mode]

@@ -112,4 +112,4 @@ def test_length_unit_binds_word_starts(tok):
     assert by_tokens != pytest.approx(by_words, rel=1e-3)
     config.reward.backend = "host"
     with pytest.raises(config_lib.ConfigError, match="length_unit=tokens"):
-        config_lib.validate(config)
+        config_lib.validate(config, settings_only=True)

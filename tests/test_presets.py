@@ -1,0 +1,73 @@
+"""Presets mean their size: without init.reader / init.retriever, `configs/X.py:size` builds a
+random T5 v1.1 of that size and a BERT-base retriever (shapes only, via jax.eval_shape)."""
+
+import functools
+
+import jax
+import pytest
+
+from lapdog_jax import config_lib, experiment
+
+# google/t5-v1_1-* dims, from their config.json files.
+T5_V1_1 = {"small": (512, 1024, 8, 6), "base": (768, 2048, 12, 12),
+           "large": (1024, 2816, 24, 16), "xl": (2048, 5120, 24, 32)}
+
+
+# Sizes the model cards give (google/t5-v1_1-small ... xl).
+PUBLISHED = {"small": 77e6, "base": 248e6, "large": 783e6, "xl": 2.85e9}
+
+
+def t5_v1_1_count(d_model, d_ff, layers, heads, vocab=32128, d_kv=64, buckets=32) -> int:
+    """T5 v1.1's parameters by hand: embedding and untied lm_head, per encoder block
+    self-attention (4 projections), gated FFN (wi_0, wi_1, wo) and 2 norms; per decoder block
+    one more attention and norm; a relative-bias table and a final norm per stack."""
+    attn, ffn = 4 * d_model * heads * d_kv, 3 * d_model * d_ff
+    enc = layers * (attn + ffn + 2 * d_model)
+    dec = layers * (2 * attn + ffn + 3 * d_model)
+    return 2 * vocab * d_model + enc + dec + 2 * (buckets * heads + d_model)
+
+
+def bert_base_count(vocab=30522, d=768, layers=12, ff=3072, positions=512, types=2) -> int:
+    """BertModel's parameters by hand (embeddings + norm, per layer q/k/v/o, FFN, 2 norms,
+    pooler)."""
+    emb = (vocab + positions + types) * d + 2 * d
+    layer = 4 * (d * d + d) + (d * ff + ff) + (ff * d + d) + 4 * d
+    return emb + layers * layer + d * d + d
+
+
+class _Vocab:
+    """The facts build_reader/build_retriever read from a tokenizer."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def n_params(tree) -> int:
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("preset", config_lib.PRESETS)
+def test_preset_builds_a_t5_v1_1_of_its_size(preset, monkeypatch):
+    config = config_lib.mode_config("joint_grpo", preset)
+    assert not config.init.reader and not config.init.retriever
+    # Shapes only: the jitted init is traced abstractly, nothing is materialised.
+    monkeypatch.setattr(jax, "jit", lambda f, **kw: (
+        lambda cfg, rng: jax.eval_shape(functools.partial(f, cfg), rng)))
+    reader, params = experiment.build_reader(config, _Vocab(32128), jax.random.PRNGKey(0))
+    assert reader.config.feed_forward_proj == "gated-gelu"
+    assert not reader.config.tie_word_embeddings
+    assert n_params(params) == t5_v1_1_count(*T5_V1_1[preset])
+    assert n_params(params) == pytest.approx(PUBLISHED[preset], rel=0.01)
+    retriever, rparams = experiment.build_retriever(config, _Vocab(30522), jax.random.PRNGKey(1))
+    assert retriever.config.max_position_embeddings == 512
+    assert n_params(rparams) == bert_base_count() == 109_482_240  # bert-base-uncased's
+
+
+def test_demo_keeps_its_tiny_models():
+    config = config_lib.mode_config("joint_grpo")
+    assert config.model.reader.d_model == 64 and config.model.retriever.hidden_size == 64
