@@ -2,6 +2,10 @@
 
 import logging as _logging
 import os as _os
+import time as _time
+
+# When the package was first imported: the trainer's `perf/startup_s` counts from here.
+IMPORT_TIME = _time.perf_counter()
 
 # Quiet start-ups. transformers says "PyTorch was not found" on every import without torch; we
 # never need it (our models are Flax; torch is a test-only dependency). faiss logs at INFO which

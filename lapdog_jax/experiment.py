@@ -7,6 +7,7 @@ rebuilt from its `config.json` alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -208,6 +209,22 @@ def load_tokenizers(config, workdir: str, train, passages):
     return reader_tok, retriever_tok
 
 
+# Above this many parameters a CPU initialises op by op (see `random_init`).
+_EAGER_INIT_PARAMS = 20_000_000
+
+
+def random_init(init_fn, cfg, rng):
+    """`init_fn(cfg, rng)`: one compiled program, except for a large model on a CPU. There
+    XLA compiles a random-number program per parameter, minutes for a T5-base on 2 cores,
+    while op-by-op dispatch compiles one small program per distinct shape (seconds); small
+    models (the demo's) keep the one compiled init."""
+    size = sum(x.size for x in jax.tree.leaves(
+        jax.eval_shape(functools.partial(init_fn, cfg), rng)))
+    if jax.default_backend() == "cpu" and size > _EAGER_INIT_PARAMS:
+        return init_fn(cfg, rng)
+    return jax.jit(init_fn, static_argnums=0)(cfg, rng)
+
+
 def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
     """The reader module and params: init.reader's HF checkpoint, else a random tiny T5."""
     dtype = config.model.dtype
@@ -228,8 +245,7 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
             logging.info("--config.init.reader is empty: a random T5 v1.1-%s reader (d_model "
                          "%d, d_ff %d, %d+%d layers, %d heads)", config.preset, m.d_model, m.d_ff,
                          m.num_layers, m.num_decoder_layers, m.num_heads)
-        # One compiled init instead of hundreds of op-by-op dispatches (seconds on CPU).
-        params = jax.jit(t5_lib.init_params, static_argnums=0)(cfg, rng)
+        params = random_init(t5_lib.init_params, cfg, rng)
     return T5(cfg), params
 
 
@@ -252,7 +268,7 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
         if config.preset:
             logging.info("--config.init.retriever is empty: a random BERT-base-sized retriever "
                          "(hidden %d, %d layers)", m.hidden_size, m.num_hidden_layers)
-        params = jax.jit(init_retriever_params, static_argnums=0)(cfg, rng)
+        params = random_init(init_retriever_params, cfg, rng)
     return Contriever(cfg), params
 
 
@@ -365,10 +381,13 @@ def indexed_retriever(exp: Experiment, state, host: dict, saved_index=None
 def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):
     """(state, state shardings): the step-0 train state placed on `mesh`."""
     optimizer = optimizer or optim.make_optimizer(exp.config)
-    state = steps.initial_state(exp, optimizer, exp.config.seed)
+    # Shapes first, then one compiled init of the moments and the reference straight into
+    # their shardings (no op-by-op optimizer init, no host copy).
+    make = functools.partial(steps.make_state, optimizer=optimizer, seed=exp.config.seed)
+    abstract = jax.eval_shape(make, exp.params, exp.ref_params)
     axes = sharding.model_axes(exp.reader.config, exp.retriever.config)
-    state_sh = sharding.param_shardings(state, mesh, axes)
-    return jax.device_put(state, state_sh), state_sh
+    state_sh = sharding.param_shardings(abstract, mesh, axes)
+    return steps.initial_state(exp, optimizer, exp.config.seed, state_sh), state_sh
 
 
 def restore(manager, exp: Experiment, state, state_sh):

@@ -52,13 +52,21 @@ def freeze_copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def initial_state(exp, optimizer, seed: int) -> TrainState:
-    """The step-0 state of an experiment (params and reference from `experiment.build`)."""
+def make_state(params, ref_params, *, optimizer, seed: int) -> TrainState:
+    """The step-0 state of `params` (trace it under jit: the optimizer moments and the
+    reference copy are then one compiled program, placed by its out_shardings)."""
     # The reference gets buffers of its own: the state is donated, and a buffer shared with
     # the live params would be donated twice.
-    return TrainState(step=jnp.zeros((), jnp.int32), params=exp.params,
-                      opt_state=optimizer.init(exp.params), ref_params=freeze_copy(exp.ref_params),
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params), ref_params=freeze_copy(ref_params),
                       rng=jax.random.PRNGKey(seed + 1))
+
+
+def initial_state(exp, optimizer, seed: int, out_shardings=None) -> TrainState:
+    """The step-0 state of an experiment (params and reference from `experiment.build`),
+    built by one jitted program (placed by `out_shardings` when given)."""
+    make = functools.partial(make_state, optimizer=optimizer, seed=seed)
+    return jax.jit(make, out_shardings=out_shardings)(exp.params, exp.ref_params)
 
 
 @struct.dataclass

@@ -25,6 +25,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+import lapdog_jax
 from lapdog_jax import (
     checkpoint,
     config_lib,
@@ -231,6 +232,15 @@ def _finish_step(run: Run, out: StepOut, timer: dict, bar) -> dict:
     return m
 
 
+def _log_startup(run: Run, startup_s: float, compile_s: float) -> None:
+    """Logs how long the run took to start: `perf/startup_s` from the package import to the
+    first step's dispatch, `perf/compile_s` that step's dispatch (its jitted functions
+    compile then; a cached compile makes it short)."""
+    logging.info("start-up %.1f s (import to first step), first step dispatched in %.1f s "
+                 "(compile)", startup_s, compile_s)
+    run.writer.scalars(run.step, {"perf/startup_s": startup_s, "perf/compile_s": compile_s})
+
+
 def _after_step(run: Run) -> None:
     """Host work at a step boundary: the end of the warm-up (the reference becomes this
     reader) and index refreshes."""
@@ -308,6 +318,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(config, workdir: str) -> dict:
     """The loop of `train_and_evaluate`, in a locked and checked workdir."""
     run = _setup(config, workdir)
+    startup_s = time.perf_counter() - lapdog_jax.IMPORT_TIME
     stop = {"now": False}
     previous_handler = _on_sigterm(stop)
     last, pending = {}, None
@@ -317,7 +328,11 @@ def _train(config, workdir: str) -> dict:
     try:
         stopping = False
         while run.step < config.total_steps and not stopping:
+            first = time.perf_counter()
             out = _train_step(run)
+            if startup_s is not None:  # the first step's functions compile as it dispatches
+                _log_startup(run, startup_s, time.perf_counter() - first)
+                startup_s = None
             if pending is not None:  # the previous step's numbers, fetched once this one runs
                 last = _finish_step(run, pending, timer, bar)
             run.step, pending = out.step, out
