@@ -18,12 +18,14 @@ _WORKDIR = flags.DEFINE_string(
 
 
 class _QuietLibraries:
-    """Keeps INFO chatter of checkpointing internals out of the run's log."""
+    """Keeps INFO chatter of checkpointing internals and of JAX's backend probing ("Unable to
+    initialize backend 'tpu'") out of the run's log, so the start-up summary comes first."""
 
     def filter(self, record) -> bool:
-        """Passes warnings and anything not from orbax."""
+        """Passes warnings and anything not from orbax or jax's backend set-up."""
         # Python's level numbers: absl.logging.WARNING is absl's verbosity (-1), not 30.
-        return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+        return record.levelno >= py_logging.WARNING or not any(
+            name in record.pathname for name in ("orbax", "xla_bridge"))
 
 
 def main():
