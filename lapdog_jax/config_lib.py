@@ -250,7 +250,7 @@ def _retriever(config) -> None:
     if config.reward.length_unit == "tokens" and config.reward.backend == "host":
         raise ConfigError("--config.reward.length_unit=tokens needs --config.reward.backend="
                           "device: the host reward sees decoded text and counts words")
-    if not config.init.retriever:
+    if not config.init.retriever and k:  # (closed-book runs never run the retriever)
         r = m.retriever
         if r.hidden_size % r.num_attention_heads:
             raise ConfigError(f"--config.model.retriever.hidden_size={r.hidden_size}: not "

@@ -2,13 +2,18 @@
 named helper.
 
 Modes (`config_lib.MODE_TABLE`): 'sft' (stage 1), 'lapdog' (original stage 2), 'reinforce',
-'grpo' (reader only), 'joint_grpo' (reader + retriever). With `sft_warmup_steps > 0` a run first
+'grpo' (reader only), 'joint_grpo' (reader + retriever), 'seq2seq_grpo' (prompt -> answer
+pairs, no retrieval). With `sft_warmup_steps > 0` a run first
 trains the reader with cross-entropy on the gold story (stage 1 inside the run), then takes
 that reader as the frozen KL reference: the reference is the policy at the start of RL, never a
 raw init.
 
 The host never waits on a step it has just dispatched: step N-1's metrics are fetched after
 step N is dispatched (nanodo), except on log, eval and save steps, where the numbers are needed.
+Host rewards (`reward.fn`'s 'module:function's) are the exception by nature: they need the
+rollout's decoded text and the update needs them, so the host fetches the tokens once the
+rollout is done (the device built-ins, dispatched before, run meanwhile); overlapping them
+with the next rollout would make the rewards one step off-policy.
 """
 
 from __future__ import annotations
