@@ -35,6 +35,10 @@ def test_read_seq2seq_fields_and_errors(tmp_path):
         read_seq2seq(bad)
     with pytest.raises(DataError, match=r"b\.jsonl:1: missing field 'q'$"):
         read_seq2seq(bad, "q", "answer")
+    bad = _write(tmp_path / "c.jsonl", [{"prompt": "p", "answer": 7}])
+    with pytest.raises(DataError, match=r"c\.jsonl:1: field 'answer' must be str or list, "
+                                        r"got int$"):
+        read_seq2seq(bad)
 
 
 def test_arithmetic_problems_are_right_and_seeded():

@@ -197,6 +197,9 @@ def read_seq2seq(path: str, prompt_field: str = "prompt", answer_field: str = "a
         if not prompt.strip():
             raise DataError(f"{where}: empty {prompt_field!r}")
         answer = obj.get(answer_field)
+        if answer is not None and not isinstance(answer, str | list):
+            raise DataError(f"{where}: field {answer_field!r} must be str or list, got "
+                            f"{type(answer).__name__}")
         answers = (answer,) if isinstance(answer, str) else _str_list(
             obj, answer_field, where, required=True)
         if not answers or not all(a.strip() for a in answers):
