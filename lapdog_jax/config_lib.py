@@ -307,8 +307,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     mode_info(config)
     _fields(config)
     if config.preset and not config.data.train:
-        raise ConfigError(f"preset {config.preset!r} needs real data: set --config.data.train, "
-                          "--config.data.eval and --config.data.passages")
+        files = ("--config.data.train and --config.data.eval"
+                 if mode_info(config).task == "seq2seq"
+                 else "--config.data.train, --config.data.eval and --config.data.passages")
+        raise ConfigError(f"preset {config.preset!r} needs real data: set {files}")
     _rewards(config)
     _retriever(config)
     if not config.data.train and not config.preset:  # the synthetic data's sizes are known
