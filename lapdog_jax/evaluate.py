@@ -43,7 +43,8 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
     pipeline = pipe_lib.Pipeline(
         dialogues, retriever.by_id if retriever else None, tokenizers,
         pipe_lib.Lengths.from_config(config.data), batch_size, seed=config.seed,
-        pool_fn=pool_fn, retriever_from=config.data.retriever_from, shuffle=False)
+        pool_fn=pool_fn, retriever_from=config.data.retriever_from, shuffle=False,
+        formats=experiment.formats(config))
     data = sharding.batch_sharding(mesh)
     local = distributed.host_local_batch_slice(batch_size, data)
     gen = steps.jit_generate(config, models, mesh)

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from lapdog_jax import checkpoint, config_lib, hub, optim, rewards, sharding, steps
 from lapdog_jax import data as data_lib
-from lapdog_jax.data import synthetic
+from lapdog_jax.data import arithmetic, synthetic
 from lapdog_jax.data import tokenizer as tok_lib
 from lapdog_jax.models import hf
 from lapdog_jax.models import t5 as t5_lib
@@ -146,8 +146,15 @@ def _main_process_first(fn):
     return out if jax.process_index() == 0 else fn()
 
 
+def formats(config) -> data_lib.Formats:
+    """The reader's input and target strings of the run's task (config_lib.Mode.task)."""
+    return data_lib.FORMATS[config_lib.mode_info(config).task]
+
+
 def load_data(config, workdir: str):
     """Returns (train, valid, passages); generates the synthetic dataset when data.train is ''."""
+    if config_lib.mode_info(config).task == "seq2seq":
+        return _load_seq2seq(config, workdir)
     train_path = _path_flag(config, "data.train")
     if not train_path:
         if config.preset:
@@ -169,6 +176,27 @@ def load_data(config, workdir: str):
     config_lib.check_data(config, len(train), len(passages), train_path,
                           passages_path or "--config.data.passages=")
     return train, valid, passages
+
+
+def _load_seq2seq(config, workdir: str):
+    """(train, valid, []) of a seq2seq run: its {prompt, answer} jsonl files, or the embedded
+    arithmetic word problems (generated under workdir/data) when data.train is ''."""
+    d, s = config.data, config.data.synthetic
+    train_path, eval_path = _path_flag(config, "data.train"), _path_flag(config, "data.eval")
+    if not train_path:
+        if config.preset:
+            raise ConfigError(f"preset {config.preset!r} needs real data: set "
+                              "--config.data.train and --config.data.eval")
+        out = os.path.join(workdir, "data")
+        paths = arithmetic.generate(out, seed=s.seed, num_train=s.num_train,
+                                    num_valid=s.num_valid)
+        train_path, eval_path = paths["train"], paths["valid"]
+    elif not eval_path:
+        raise ConfigError("--config.data.eval is required when --config.data.train is set")
+    train = data_lib.read_seq2seq(train_path, d.prompt_field, d.answer_field)
+    valid = data_lib.read_seq2seq(eval_path, d.prompt_field, d.answer_field)
+    config_lib.check_data(config, len(train), 0, train_path, "--config.data.passages=")
+    return train, valid, []
 
 
 def _synthetic(config, workdir: str) -> dict[str, str]:
@@ -201,8 +229,8 @@ def load_tokenizers(config, workdir: str, train, passages):
         if os.path.exists(os.path.join(out, "tokenizer_config.json")):
             reader_tok = tok_lib.load_tokenizer(out)
         else:
-            reader_tok = tok_lib.train_sentencepiece(tok_lib.corpus_texts(train, passages), out,
-                                                     config.data.vocab_size,
+            texts = tok_lib.corpus_texts(train, passages, formats(config))
+            reader_tok = tok_lib.train_sentencepiece(texts, out, config.data.vocab_size,
                                                      seed=config.seed)
     retriever_path = _path_flag(config, "init.retriever")
     retriever_tok = tok_lib.load_tokenizer(retriever_path) if retriever_path else reader_tok
@@ -313,6 +341,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
         raw["reward"]["weights"] = tuple(raw["reward"]["weights"])
+        # (workdirs written before the reward registry: their reward was the gold score)
+        raw["reward"].setdefault("fn", "f1rougebleu")
+        raw["reward"]["fn_weights"] = tuple(raw["reward"].get("fn_weights", ()))
+        raw["data"].setdefault("prompt_field", "prompt")
+        raw["data"].setdefault("answer_field", "answer")
     except json.JSONDecodeError as e:
         raise data_lib.DataError(f"{path}:{e.lineno}: malformed JSON: "
                                  f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
@@ -331,6 +364,7 @@ def step_models(exp: Experiment) -> steps.Models:
     words = tuple(int(i) for i in tok_lib.word_start_ids(exp.reader_tokenizer))
     try:
         rewards.make_reward_fn(exp.config.reward, special, word_start_ids=words)
+        rewards.make_device_reward(exp.config.reward, special, words)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return steps.Models(exp.reader, exp.retriever, special, words)

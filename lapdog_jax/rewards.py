@@ -34,7 +34,7 @@ import numpy as np
 from rouge import Rouge
 from sacrebleu.metrics import BLEU
 
-from lapdog_jax import metrics
+from lapdog_jax import config_lib, metrics
 
 PAD_ID = 0
 EOS_ID = 1
@@ -190,11 +190,7 @@ def _pair_stats(pred_T, ref_R, special_ids, eos_id, extra_ids_from, max_order, e
     correct, total, distinct = _ngram_counts(h, h_len, r, r_len, order)
     hl, rl = h_len.astype(jnp.float32), r_len.astype(jnp.float32)
     f1 = jnp.where(correct[0] > 0, 2.0 * correct[0] / jnp.maximum(hl + rl, 1.0), 0.0)
-    hw, rw = hl, rl
-    if word_starts is not None:
-        hw, rw = (jnp.sum(valid & jnp.take(word_starts, ids, mode="fill", fill_value=False))
-                  .astype(jnp.float32) for ids, valid in ((pred_T, h_valid), (ref_R, r_valid)))
-    ratio = jnp.where(rw > 0, hw / jnp.maximum(rw, 1.0), jnp.where(hw > 0, hw, 1.0))
+    ratio = _length_ratio(pred_T, h_valid, ref_R, r_valid, word_starts)
     return dict(
         f1=f1,
         bleu=_bleu_from_counts(correct[:max_order], total[:max_order], h_len, r_len),
@@ -205,6 +201,16 @@ def _pair_stats(pred_T, ref_R, special_ids, eos_id, extra_ids_from, max_order, e
         pred_len=hl,
         ref_len=rl,
     )
+
+
+def _length_ratio(pred_T, h_valid, ref_R, r_valid, word_starts=None):
+    """ρ of one pair: valid prediction / reference length, in words with `word_starts` (a [V]
+    bool table), else in tokens; 1 when both are empty, the prediction's when the reference is."""
+    hw, rw = h_valid.sum().astype(jnp.float32), r_valid.sum().astype(jnp.float32)
+    if word_starts is not None:
+        hw, rw = (jnp.sum(valid & jnp.take(word_starts, ids, mode="fill", fill_value=False))
+                  .astype(jnp.float32) for ids, valid in ((pred_T, h_valid), (ref_R, r_valid)))
+    return jnp.where(rw > 0, hw / jnp.maximum(rw, 1.0), jnp.where(hw > 0, hw, 1.0))
 
 
 def word_start_table(word_start_ids) -> jax.Array:
@@ -397,3 +403,195 @@ def make_reward_fn(reward_config, special_ids=None, backend: str | None = None,
                              "tokenizer's word-start ids")
         kw["word_starts"] = word_start_table(word_start_ids)
     return functools.partial(combined_reward, special_ids=jnp.asarray(special_ids), **common, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reward registry (`config.reward.fn`): built-ins on device (or host), user functions on host.
+
+
+def _match_pair(pred_T, ref_R, special_ids, eos_id, extra_ids_from, word_starts):
+    """(exact, contains, length) of one pair of id rows, float32 scalars (see BUILTINS)."""
+    h_valid = valid_mask(pred_T, special_ids, eos_id, extra_ids_from)
+    r_valid = valid_mask(ref_R, special_ids, eos_id, extra_ids_from)
+    h, h_len = _compact(pred_T, h_valid)
+    r, r_len = _compact(ref_R, r_valid)
+    (size,), (width,) = h.shape, r.shape
+    h_ext = jnp.concatenate([h, jnp.full((width,), -1, h.dtype)])
+    # at[i, j]: the prediction's token i + j is the reference's token j (or j is past its end)
+    at = h_ext[jnp.arange(size)[:, None] + jnp.arange(width)[None, :]] == r[None, :]
+    at |= jnp.arange(width)[None, :] >= r_len
+    fits = jnp.arange(size) + r_len <= h_len
+    contains = (at.all(-1) & fits).any() & (r_len > 0)
+    exact = at[0].all() & (h_len == r_len)
+    ratio = _length_ratio(pred_T, h_valid, ref_R, r_valid, word_starts)
+    length = jnp.where(ratio > 0, jnp.minimum(ratio, 1.0 / jnp.maximum(ratio, 1e-9)), 0.0)
+    return exact.astype(jnp.float32), contains.astype(jnp.float32), length
+
+
+@functools.partial(jax.jit, static_argnames=("eos_id", "extra_ids_from"))
+def match_stats(pred, ref, special_ids, *, eos_id: int | None = EOS_ID,
+                extra_ids_from: int | None = None, word_starts=None) -> dict[str, jax.Array]:
+    """The cheap built-ins of pred [..., T] vs ref [..., R] on valid ids, float32 [...] each:
+    'exact_match' (1 when the valid id sequences are equal), 'contains_answer' (1 when the
+    reference's valid ids occur contiguously in the prediction's; 0 for an empty reference),
+    'length' (min(ρ, 1/ρ) with ρ the length ratio, in words with `word_starts`: 1 at the
+    reference's length, 0 for an empty prediction)."""
+    pred, ref = jnp.asarray(pred), jnp.asarray(ref)
+    lead = jnp.broadcast_shapes(pred.shape[:-1], ref.shape[:-1])
+    pred_NxT = jnp.broadcast_to(pred, lead + pred.shape[-1:]).reshape(-1, pred.shape[-1])
+    ref_NxR = jnp.broadcast_to(ref, lead + ref.shape[-1:]).reshape(-1, ref.shape[-1])
+    fn = functools.partial(_match_pair, special_ids=jnp.asarray(special_ids), eos_id=eos_id,
+                           extra_ids_from=extra_ids_from, word_starts=word_starts)
+    out = jax.vmap(fn)(pred_NxT, ref_NxR)
+    return {k: v.reshape(lead) for k, v in zip(("exact_match", "contains_answer", "length"),
+                                               out, strict=True)}
+
+
+def _host_length(completions, references) -> np.ndarray:
+    """min(ρ, 1/ρ) of whitespace-word counts (0 for an empty completion)."""
+    ratio = np.array([count_ratio(len(c.split()), len(r.split()))
+                      for c, r in zip(completions, references, strict=True)], np.float64)
+    return np.where(ratio > 0, np.minimum(ratio, 1.0 / np.maximum(ratio, 1e-9)), 0.0)
+
+
+def _host_contains(completions, references) -> np.ndarray:
+    """1 when the SQuAD-normalised reference is a run of whole words of the completion."""
+    out = []
+    for c, r in zip(completions, references, strict=True):
+        ref = metrics.normalize_answer(r)
+        out.append(float(bool(ref) and f" {ref} " in f" {metrics.normalize_answer(c)} "))
+    return np.array(out, np.float64)
+
+
+# name -> f(reward_config, pred, ref, **ids) on device (ids: special_ids, word_starts, ...).
+DEVICE_REWARDS: dict[str, Callable[..., jax.Array]] = {
+    "f1rougebleu": lambda rc, pred, ref, **kw: combined_reward(
+        pred, ref, weights=tuple(rc.weights), bleu_norm=rc.bleu_norm,
+        length_penalty=rc.length_penalty, **kw),
+    "exact_match": lambda rc, pred, ref, **kw: match_stats(pred, ref, **kw)["exact_match"],
+    "contains_answer": lambda rc, pred, ref, **kw: match_stats(pred, ref, **kw)[
+        "contains_answer"],
+    "length": lambda rc, pred, ref, **kw: match_stats(pred, ref, **kw)["length"],
+}
+# The same names on decoded text (reward.backend='host'): name -> f(reward_config,
+# completions, references) -> [N] float64. exact_match and contains_answer compare SQuAD-
+# normalised text (as evaluation's em), length counts whitespace words.
+HOST_BUILTINS: dict[str, Callable[..., np.ndarray]] = {
+    "f1rougebleu": lambda rc, c, r: host_combined_reward(
+        c, r, tuple(rc.weights), rc.bleu_norm, rc.length_penalty),
+    "exact_match": lambda rc, c, r: np.array(
+        [metrics.exact_match(x, y) for x, y in zip(c, r, strict=True)], np.float64),
+    "contains_answer": lambda rc, c, r: _host_contains(c, r),
+    "length": lambda rc, c, r: _host_length(c, r),
+}
+BUILTINS = tuple(DEVICE_REWARDS)
+
+
+class RewardError(ValueError):
+    """A host reward function failed or returned something that is not one float per example
+    (the one-line message names the function and the example)."""
+
+
+def _uses_words(name: str, reward_config) -> bool:
+    """Whether built-in `name` counts lengths in words under `reward_config`."""
+    if reward_config.length_unit != "words":
+        return False
+    return name == "length" or (name == "f1rougebleu" and bool(reward_config.length_penalty))
+
+
+def make_device_reward(reward_config, special_ids, word_start_ids=(), **kw):
+    """The weighted sum Σ w_i r_i of `reward.fn`'s built-ins as a jittable
+    f(pred [..., T], ref [..., R]) -> [...] on token ids, or None when none runs on device
+    (`reward.backend='host'`, or only host functions). A lone weight-1 'f1rougebleu' is exactly
+    `make_reward_fn`'s gold score (the default reward, bit for bit)."""
+    if reward_config.backend != "device":
+        return None
+    parts = [(n, w) for n, w in config_lib.reward_fns(reward_config) if n in DEVICE_REWARDS]
+    if not parts:
+        return None
+    words = any(_uses_words(n, reward_config) for n, _ in parts)
+    if words and not len(word_start_ids):
+        raise ValueError("--config.reward.length_unit=words: the device reward needs the "
+                         "tokenizer's word-start ids")
+    ids = dict(special_ids=jnp.asarray(special_ids), **kw)
+    fns = [(functools.partial(DEVICE_REWARDS[n], reward_config,
+                              word_starts=word_start_table(word_start_ids)
+                              if _uses_words(n, reward_config) else None, **ids), w)
+           for n, w in parts]
+
+    def total(pred, ref):
+        """Σ w_i r_i of the device built-ins."""
+        out = None
+        for fn, w in fns:
+            r = fn(pred, ref)
+            r = r if w == 1.0 else w * r
+            out = r if out is None else out + r
+        return out
+
+    return total
+
+
+def _example(prompts, completions, references, i: int) -> str:
+    """Example `i` for an error message: index and (shortened) texts."""
+    short = lambda t: repr(t if len(t) <= 80 else t[:77] + "...")
+    return (f"example {i} (prompt {short(prompts[i])}, completion {short(completions[i])}, "
+            f"reference {short(references[i])})")
+
+
+def _one_line(e: Exception) -> str:
+    """`Type: message` of an exception on one line."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def call_host_reward(name: str, fn, prompts, completions, references) -> np.ndarray:
+    """fn(prompts, completions, references) as [N] float64, or a one-line RewardError naming
+    `name` and the first example it fails on (found by calling it again one example at a
+    time) or returns a non-finite value for."""
+    n = len(completions)
+    try:
+        out = np.asarray(fn(list(prompts), list(completions), list(references)), np.float64)
+    except Exception as e:  # noqa: BLE001 - a user's function may raise anything
+        for i in range(n):
+            try:
+                fn([prompts[i]], [completions[i]], [references[i]])
+            except Exception as e_i:  # noqa: BLE001
+                raise RewardError(f"reward {name} failed on "
+                                  f"{_example(prompts, completions, references, i)}: "
+                                  f"{_one_line(e_i)}") from e_i
+        raise RewardError(f"reward {name} failed on a batch of {n} examples (on none alone): "
+                          f"{_one_line(e)}") from e
+    if out.shape != (n,):
+        raise RewardError(f"reward {name} returned shape {out.shape} for {n} completions; "
+                          "expected one float per completion")
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        raise RewardError(f"reward {name} returned {out[bad[0]]} for "
+                          f"{_example(prompts, completions, references, int(bad[0]))}")
+    return out
+
+
+def make_host_reward(reward_config):
+    """The weighted sum Σ w_i r_i of `reward.fn`'s host rewards as
+    f(prompts, completions, references) -> [N] float64 (lists of N strings), or None when
+    every reward runs on device. Host rewards are the 'module:function' names (TRL's
+    reward_funcs: called on the whole batch, once per step) and, with
+    `reward.backend='host'`, the built-ins on decoded text."""
+    fns = []
+    for name, w in config_lib.reward_fns(reward_config):
+        if name in HOST_BUILTINS:
+            if reward_config.backend == "host":
+                fns.append((name, functools.partial(
+                    lambda f, _p, c, r: f(reward_config, c, r), HOST_BUILTINS[name]), w))
+        else:
+            fns.append((name, config_lib.load_host_reward(name), w))
+    if not fns:
+        return None
+
+    def total(prompts, completions, references) -> np.ndarray:
+        """Σ w_i r_i of the host rewards."""
+        out = np.zeros((len(completions),), np.float64)
+        for name, fn, w in fns:
+            out += w * call_host_reward(name, fn, prompts, completions, references)
+        return out
+
+    return total

@@ -235,16 +235,19 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
 
 
 def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
-    """Rewards [B,Gr,G] of every completion against its prompt's gold answer (DESIGN §5)."""
+    """Rewards [B,Gr,G] of every completion against its prompt's gold answer: the weighted
+    device built-ins of `reward.fn` (DESIGN §5; host rewards are added by the trainer)."""
     B = batch["target_ids"].shape[0]
     N = ro.tokens.shape[0]
     ref = jnp.repeat(batch["target_ids"], N // B, axis=0)
-    out = reward_fn(models, config)(ro.tokens, ref)
+    out = rewards.make_device_reward(config.reward, models.special_ids,
+                                     models.word_start_ids)(ro.tokens, ref)
     return out.reshape(B, -1, config.grpo.group_size)
 
 
-def reward_fn(models: Models, config):
-    """`config.reward` bound on device to the models' special and word-start ids."""
+def gold_score_fn(models: Models, config):
+    """LAPDOG's gold score (`reward.gold_score_mode`) bound on device to the models' special
+    and word-start ids."""
     return rewards.make_reward_fn(config.reward, models.special_ids, "device",
                                   word_start_ids=models.word_start_ids)
 
@@ -368,7 +371,7 @@ def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
     src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
     enc, enc_mask = encode_sources(models, params["reader"], *src, config)
     s = sample_completions(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
-    score = reward_fn(models, config)
+    score = gold_score_fn(models, config)
     g = score(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0))
     return jax.lax.stop_gradient(g.reshape(B, K))
 

@@ -52,10 +52,27 @@ def _reference(config) -> str:
     return f"the reader after the {warmup}-step warm-up" if warmup else "the initial reader"
 
 
+def _reward(config) -> str:
+    """The RL reward: reward.fn's names with their weights, and where each runs."""
+    mode = config_lib.mode_info(config)
+    if mode.step == "lapdog":
+        return f"none; the retriever's gold scores are {config.reward.gold_score_mode} (device)"
+    if not mode.is_rl:
+        return "none (supervised)"
+    on = "host" if config.reward.backend == "host" else "device"
+    return " + ".join(
+        f"{'' if w == 1 else f'{w:g} x '}{name} "
+        f"({on if name in config_lib.REWARD_BUILTINS else 'host'})"
+        for name, w in config_lib.reward_fns(config.reward))
+
+
 def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
     """The block logged before the first step, one `key: value` line each."""
-    data = (f"{len(exp.train)} train / {len(exp.valid)} eval dialogues, {len(exp.passages)} "
-            "passages")
+    if config_lib.mode_info(config).task == "seq2seq":
+        data = f"{len(exp.train)} train / {len(exp.valid)} eval examples"
+    else:
+        data = (f"{len(exp.train)} train / {len(exp.valid)} eval dialogues, "
+                f"{len(exp.passages)} passages")
     data += (f" (synthetic, under {os.path.join(workdir, 'data')})" if not config.data.train
              else f" ({config.data.train})")
     warmup = config_lib.warmup_steps(config)
@@ -73,6 +90,7 @@ def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
         ("reader", _reader(config, exp)),
         ("retriever", _retriever(config, exp)),
         ("reference", _reference(config)),
+        ("reward", _reward(config)),
         ("data", data),
         ("tokenizer", config.data.tokenizer or config.init.reader
          or f"SentencePiece trained on the training text ({os.path.join(workdir, 'tokenizer')})"),

@@ -2,13 +2,18 @@
 named helper.
 
 Modes (`config_lib.MODE_TABLE`): 'sft' (stage 1), 'lapdog' (original stage 2), 'reinforce',
-'grpo' (reader only), 'joint_grpo' (reader + retriever). With `sft_warmup_steps > 0` a run first
+'grpo' (reader only), 'joint_grpo' (reader + retriever), 'seq2seq_grpo' (prompt -> answer
+pairs, no retrieval). With `sft_warmup_steps > 0` a run first
 trains the reader with cross-entropy on the gold story (stage 1 inside the run), then takes
 that reader as the frozen KL reference: the reference is the policy at the start of RL, never a
 raw init.
 
 The host never waits on a step it has just dispatched: step N-1's metrics are fetched after
 step N is dispatched (nanodo), except on log, eval and save steps, where the numbers are needed.
+Host rewards (`reward.fn`'s 'module:function's) are the exception by nature: they need the
+rollout's decoded text and the update needs them, so the host fetches the tokens once the
+rollout is done (the device built-ins, dispatched before, run meanwhile); overlapping them
+with the next rollout would make the rewards one step off-policy.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class Run:
     index_step: int = 0  # step whose retriever params the index holds
     saved_index: Any = None  # own copy of those params while the index is stale
     unreadable: frozenset = frozenset()  # newer checkpoint steps skipped on restore
+    device_reward: bool = False  # reward.fn has built-ins on device (the jitted reward step)
+    host_reward: Any = None  # f(prompts, completions, references) of the host rewards, or None
 
 
 @dataclasses.dataclass
@@ -110,6 +117,9 @@ def _setup(config, workdir: str) -> Run:
               index_step=host.get("index_step", 0),
               unreadable=frozenset(s for s in manager.all_steps()
                                    if s > experiment.resumed_step(state, host)))
+    run.device_reward = rewards_lib.make_device_reward(
+        config.reward, models.special_ids, models.word_start_ids) is not None
+    run.host_reward = rewards_lib.make_host_reward(config.reward)
     _setup_retrieval(run, host, saved_index)
     return run
 
@@ -138,7 +148,7 @@ def _setup_retrieval(run: Run, host: dict, saved_index) -> None:
         pipe_lib.Lengths.from_config(config.data), config.batch_size, seed=config.seed,
         pool_fn=pool_fn, retriever_from=config.data.retriever_from,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        pool_embeddings=pool_embeddings)
+        pool_embeddings=pool_embeddings, formats=experiment.formats(config))
     run.pipeline.set_state(host["pipeline"])
     run.pipeline.gold_pool = bool(run.warmup) and run.step < run.warmup and k > 0
     if k and (not trains_retriever or run.step < run.warmup):
@@ -156,12 +166,15 @@ def _local_rows(x: jax.Array, mesh) -> np.ndarray:
 
 
 def _host_rewards(run: Run, tokens_local, batch_host) -> np.ndarray:
-    """Rewards [B,Gr,G] of this process's rows on decoded text (config.reward.backend='host',
-    LAPDOG semantics)."""
+    """Host rewards [B,Gr,G] of this process's rows on decoded text (`reward.fn`'s
+    'module:function' names, and the built-ins with `reward.backend='host'`): prompts are the
+    data's questions / prompts, references the answers trained on."""
     preds = run.exp.reader_tokenizer.batch_decode(tokens_local, skip_special_tokens=True)
+    preds = [p.strip() for p in preds]
     per_prompt = len(tokens_local) // len(batch_host["targets"])
     refs = [t for t in batch_host["targets"] for _ in range(per_prompt)]
-    out = rewards_lib.make_reward_fn(run.config.reward)(preds, refs)
+    prompts = [q for q in batch_host["questions"] for _ in range(per_prompt)]
+    out = run.host_reward(prompts, preds, refs)
     return np.asarray(out, np.float32).reshape(len(batch_host["targets"]), -1,
                                                run.config.grpo.group_size)
 
@@ -178,11 +191,13 @@ def _train_step(run: Run) -> StepOut:
         run.state, m = run.fns[name](run.state, batch, rng)
         return StepOut(run.step + 1, m, host=host)
     ro = run.fns["rollout"](run.state.params, batch, rng, run.state.ref_params)
-    if run.config.reward.backend == "host":
+    # The device rewards are dispatched first, so they run while the host waits for the
+    # tokens and scores the decoded text; the update needs both, so it waits for the sum.
+    rewards = run.fns["reward"](ro, batch) if run.device_reward else None
+    if run.host_reward is not None:
         local = _host_rewards(run, _local_rows(ro.tokens, run.mesh), host)
-        rewards = distributed.global_batch(local, sharding.batch_sharding(run.mesh))
-    else:
-        rewards = run.fns["reward"](ro, batch)
+        on_host = distributed.global_batch(local, sharding.batch_sharding(run.mesh))
+        rewards = on_host if rewards is None else rewards + on_host
     for _ in range(run.config.grpo.num_iterations):
         run.state, m = run.fns["grpo_update"](run.state, ro, rewards, batch)
     return StepOut(run.step + 1, m, ro, rewards, host)

@@ -58,6 +58,19 @@ class Passage:
     text: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Formats:
+    """How a record's question (prompt) and answer become the reader's input and target."""
+
+    query: str = READER_QUERY_FORMAT
+    target: str = TARGET_FORMAT
+
+
+# config_lib.Mode.task -> its formats: LAPDOG's dialogue strings, or seq2seq's prompt and
+# answer as they are (no sentinel: the answer is the whole target).
+FORMATS = {"dialogue": Formats(), "seq2seq": Formats(query="{question}", target="{answer}")}
+
+
 def reader_query(question: str) -> str:
     """LAPDOG's reader prompt for a dialogue question."""
     return READER_QUERY_FORMAT.format(question=question)
@@ -170,6 +183,30 @@ def read_dialogues(path: str, passage_ids: Collection[str] | None = None) -> lis
     out = [_dialogue(obj, f"{path}:{lineno}", passage_ids) for lineno, obj in _records(path)]
     if not out:
         raise DataError(f"{path}: no dialogues")
+    return out
+
+
+def read_seq2seq(path: str, prompt_field: str = "prompt", answer_field: str = "answer"
+                 ) -> list[Dialogue]:
+    """Reads a jsonl of `{prompt_field: str, answer_field: str | [str, ...]}` objects as
+    Dialogue records (question = the prompt, answers = the answer or answers)."""
+    out = []
+    for lineno, obj in _records(path):
+        where = f"{path}:{lineno}"
+        prompt = _field(obj, prompt_field, str, where)
+        if not prompt.strip():
+            raise DataError(f"{where}: empty {prompt_field!r}")
+        answer = obj.get(answer_field)
+        if answer is not None and not isinstance(answer, str | list):
+            raise DataError(f"{where}: field {answer_field!r} must be str or list, got "
+                            f"{type(answer).__name__}")
+        answers = (answer,) if isinstance(answer, str) else _str_list(
+            obj, answer_field, where, required=True)
+        if not answers or not all(a.strip() for a in answers):
+            raise DataError(f"{where}: empty {answer_field!r}")
+        out.append(Dialogue(question=prompt, answers=answers))
+    if not out:
+        raise DataError(f"{path}: no examples")
     return out
 
 

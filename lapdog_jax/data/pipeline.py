@@ -34,13 +34,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lapdog_jax.data import (
+    FORMATS,
     Dialogue,
+    Formats,
     Passage,
-    reader_query,
     reader_segment,
     retriever_passage,
     retriever_query,
-    target_text,
 )
 from lapdog_jax.data.tokenizer import TruncationStats, encode
 
@@ -92,18 +92,19 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
                answer_index: Sequence[int] | None = None, retriever_from: str = "persona",
                stats: TruncationStats | None = None,
                query_tokens: tuple[np.ndarray, np.ndarray] | None = None,
-               pool_embeddings: PoolEmbeddingsFn | None = None
-               ) -> tuple[dict[str, np.ndarray], dict]:
+               pool_embeddings: PoolEmbeddingsFn | None = None,
+               formats: Formats = FORMATS["dialogue"]) -> tuple[dict[str, np.ndarray], dict]:
     """Builds (device batch, host info) for dialogues and their pools (None = closed-book).
 
     `query_tokens` are the retriever query ids, mask [B, Lq] when already tokenized;
     `pool_embeddings` (query-side retriever training) gives the pool's indexed passage
-    embeddings `passage_emb` [B, K, D] instead of passage tokens.
+    embeddings `passage_emb` [B, K, D] instead of passage tokens; `formats` the reader's
+    input and target strings (LAPDOG's dialogue ones, or seq2seq's).
     """
     b = len(dialogues)
     answer_index = answer_index if answer_index is not None else [0] * b
     targets = [d.answers[i] for d, i in zip(dialogues, answer_index, strict=True)]
-    queries = [reader_query(d.question) for d in dialogues]
+    queries = [formats.query.format(question=d.question) for d in dialogues]
     closed_book = pool_ids is None
     if closed_book:
         pool_ids = [[] for _ in dialogues]
@@ -115,7 +116,8 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
         segments = [reader_segment(q, passages[pid])
                     for q, pool in zip(queries, pool_ids, strict=True) for pid in pool]
     r_ids, r_mask = encode(tokenizers.reader, segments, lengths.source, stats, "reader")
-    t_ids, t_mask = encode(tokenizers.reader, [target_text(t) for t in targets],
+    t_ids, t_mask = encode(tokenizers.reader,
+                           [formats.target.format(answer=t) for t in targets],
                            lengths.target, stats, "target")
     if query_tokens is None:
         query_tokens = encode_queries(dialogues, tokenizers.retriever, lengths.query_length,
@@ -174,7 +176,8 @@ class Pipeline:
                  tokenizers: Tokenizers, lengths: Lengths, batch_size: int, seed: int = 0,
                  pool_fn: PoolFn | None = None, retriever_from: str = "persona",
                  shuffle: bool = True, process_index: int = 0, process_count: int = 1,
-                 pool_embeddings: PoolEmbeddingsFn | None = None):
+                 pool_embeddings: PoolEmbeddingsFn | None = None,
+                 formats: Formats = FORMATS["dialogue"]):
         """Sets up the order; the position starts at (epoch 0, index 0)."""
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
@@ -187,6 +190,7 @@ class Pipeline:
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.pool_fn, self.retriever_from = pool_fn, retriever_from
         self.pool_embeddings = pool_embeddings
+        self.formats = formats
         self.frozen_pools: list[list[str]] | None = None  # per dialogue, from freeze_pools
         self.local = slice(process_index * batch_size // process_count,
                            (process_index + 1) * batch_size // process_count)
@@ -270,7 +274,7 @@ class Pipeline:
                         for d, p in zip(dialogues, pool, strict=True)]
         return make_batch(dialogues, pool, self.passages, self.tokenizers, self.lengths,
                           picks, self.retriever_from, self.stats, query_tokens,
-                          self.pool_embeddings)
+                          self.pool_embeddings, self.formats)
 
     def eval_batches(self, dialogues: Sequence[Dialogue] | None = None
                      ) -> Iterator[tuple[dict[str, np.ndarray], dict]]:

@@ -20,10 +20,11 @@ import sentencepiece as spm
 from absl import logging
 
 from lapdog_jax.data import (
+    FORMATS,
     DataError,
     Dialogue,
+    Formats,
     Passage,
-    reader_query,
     reader_segment,
     retriever_passage,
 )
@@ -45,10 +46,12 @@ def load_tokenizer(path: str):
         raise DataError(f"{path}: cannot load a tokenizer from this folder ({e})") from e
 
 
-def corpus_texts(dialogues: Iterable[Dialogue], passages: Iterable[Passage]) -> list[str]:
-    """The text a from-scratch tokenizer is trained on: prompts, answers and stories."""
+def corpus_texts(dialogues: Iterable[Dialogue], passages: Iterable[Passage],
+                 formats: Formats = FORMATS["dialogue"]) -> list[str]:
+    """The text a from-scratch tokenizer is trained on: prompts (as `formats` feeds them to
+    the reader), answers and stories."""
     dialogues = list(dialogues)
-    texts = [reader_query(d.question) for d in dialogues]
+    texts = [formats.query.format(question=d.question) for d in dialogues]
     texts += [a for d in dialogues for a in d.answers]
     for p in passages:  # both the reader's and the retriever's view of each story
         texts += [reader_segment("", p).strip(), retriever_passage(p)]

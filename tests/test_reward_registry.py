@@ -1,0 +1,146 @@
+"""The reward registry (`config.reward.fn`): built-ins against hand-computed values, host
+`module:function` rewards defined here, weighted sums, one-line errors, config validation."""
+
+import jax
+import numpy as np
+import pytest
+
+from lapdog_jax import config_lib, rewards
+from lapdog_jax.config_lib import ConfigError
+
+SPECIAL = np.array([0, 1, 2], np.int32)  # pad, eos, unk
+KW = dict(extra_ids_from=30)  # ids >= 30 play T5's <extra_id_*>
+HERE = "tests.test_reward_registry"
+# Word-start pieces for reward.length_unit='words': ids 3..9 start a word, 10..29 continue one.
+WORD_STARTS = tuple(range(3, 10))
+
+
+def _ids(rows, width=8):
+    """[N, width] int32 zero-padded."""
+    out = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def mentions_prompt(prompts, completions, references):
+    """A host reward: 1 when the completion repeats the prompt's first word."""
+    return [float(p.split()[0] in c.split()) for p, c in zip(prompts, completions, strict=True)]
+
+
+def fails_on_seven(prompts, completions, references):
+    """A host reward that raises on a completion holding '7' (the example the error names)."""
+    return [float(int(c) == int(r)) if "7" not in c else 1 / 0
+            for c, r in zip(completions, references, strict=True)]
+
+
+def returns_nan(prompts, completions, references):
+    """A host reward with a NaN for the second example."""
+    return [0.0, float("nan")][:len(completions)]
+
+
+def _reward_config(fn, weights=(), **overrides):
+    """The default reward config with `reward.fn` (and weights) set."""
+    c = config_lib.base_config("grpo").reward
+    c.fn, c.fn_weights = fn, tuple(weights)
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def test_device_builtins_hand_computed():
+    """exact_match / contains_answer / length on valid ids (specials, sentinels, EOS removed)."""
+    pred = _ids([[5, 6], [30, 5, 0, 6, 1, 9], [4, 5, 6, 7], [5], [], [6, 5]])
+    ref = _ids([[5, 6], [5, 6], [5, 6], [5, 6], [5, 6], [5, 6]])
+    got = jax.device_get(rewards.match_stats(pred, ref, SPECIAL, **KW))
+    np.testing.assert_array_equal(got["exact_match"], [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(got["contains_answer"], [1, 1, 1, 0, 0, 0])
+    # min(ρ, 1/ρ) with ρ = 2/2, 2/2, 4/2, 1/2, 0/2, 2/2 tokens
+    np.testing.assert_allclose(got["length"], [1, 1, 0.5, 0.5, 0, 1])
+    # In words (ids 10+ continue a word): [4, 15, 16] is one word against two.
+    words = rewards.word_start_table(WORD_STARTS)
+    got = rewards.match_stats(_ids([[4, 15, 16]]), _ids([[5, 6]]), SPECIAL, word_starts=words,
+                              **KW)
+    assert float(got["length"][0]) == pytest.approx(0.5)
+
+
+def test_host_builtins_hand_computed():
+    """The same names on text: SQuAD-normalised exact match and containment, word length."""
+    c, r = ["The 7.", "it is 7 apples", "17", ""], ["7", "7", "7", "7"]
+    rc = _reward_config("exact_match,contains_answer,length", backend="host")
+    assert rewards.make_device_reward(rc, SPECIAL) is None
+    np.testing.assert_array_equal(rewards.HOST_BUILTINS["exact_match"](rc, c, r), [1, 0, 0, 0])
+    np.testing.assert_array_equal(rewards.HOST_BUILTINS["contains_answer"](rc, c, r),
+                                  [1, 1, 0, 0])
+    np.testing.assert_allclose(rewards.HOST_BUILTINS["length"](rc, c, r), [0.5, 0.25, 1, 0])
+    total = rewards.make_host_reward(rc)(["q"] * 4, c, r)
+    np.testing.assert_allclose(total, [2.5, 1.25, 1, 0])
+
+
+def test_default_reward_is_the_gold_score_bit_for_bit():
+    """reward.fn='f1rougebleu' (the default) is exactly make_reward_fn's f1rougebleu."""
+    rc = config_lib.base_config("grpo").reward
+    assert rc.fn == "f1rougebleu" and rewards.make_host_reward(rc) is None
+    pred = _ids([[5, 6, 7], [5, 9, 9, 6], [30, 8]])
+    ref = _ids([[5, 6, 7, 8], [5, 6], [8]])
+    want = rewards.make_reward_fn(rc, SPECIAL, **KW)(pred, ref)
+    got = rewards.make_device_reward(rc, SPECIAL, **KW)(pred, ref)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_weighted_device_and_host_rewards():
+    """Several rewards with weights: Σ w_i r_i, device built-ins and a host module:function."""
+    rc = _reward_config(f"exact_match,length,{HERE}:mentions_prompt", (2.0, 0.5, 3.0),
+                        length_unit="tokens")
+    config_lib.validate(_config_with(rc), num_devices=1)
+    pred, ref = _ids([[5, 6], [5, 6, 7, 8]]), _ids([[5, 6], [5, 6]])
+    device = np.asarray(jax.jit(rewards.make_device_reward(rc, SPECIAL, **KW))(pred, ref))
+    np.testing.assert_allclose(device, [2.0 * 1 + 0.5 * 1, 2.0 * 0 + 0.5 * 0.5])
+    host = rewards.make_host_reward(rc)(["tom has 3", "ann has 4"], ["tom 7", "7"], ["7", "7"])
+    np.testing.assert_allclose(host, [3.0, 0.0])
+
+
+def test_failing_user_reward_names_function_and_example():
+    """A user's function that raises: one line naming the function, the example's index and
+    its text; a NaN is named the same way."""
+    rc = _reward_config(f"{HERE}:fails_on_seven")
+    fn = rewards.make_host_reward(rc)
+    with pytest.raises(rewards.RewardError) as e:
+        fn(["p0", "p1", "p2"], ["3", "4", "17"], ["3", "5", "17"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"reward {HERE}:fails_on_seven failed on example 2 ")
+    assert "completion '17'" in msg and "ZeroDivisionError: division by zero" in msg
+    with pytest.raises(rewards.RewardError, match=r"returns_nan returned nan for example 1 "
+                                                  r"\(prompt 'b', completion 'y'"):
+        rewards.make_host_reward(_reward_config(f"{HERE}:returns_nan"))(
+            ["a", "b"], ["x", "y"], ["x", "y"])
+
+
+def _config_with(reward_config):
+    """The grpo config with `reward_config` as its reward."""
+    c = config_lib.mode_config("grpo")
+    for k in ("fn", "fn_weights", "length_unit", "backend"):
+        c.reward[k] = reward_config[k]
+    return c
+
+
+@pytest.mark.parametrize("fn, weights, message", [
+    ("exact", (), r"^--config\.reward\.fn=exact: unknown reward; expected one of "
+                  r"f1rougebleu, exact_match, contains_answer, length or module:function"),
+    ("no_such_module_xyz:f", (), r"^--config\.reward\.fn=no_such_module_xyz:f: cannot import "
+                                 r"no_such_module_xyz \(ModuleNotFoundError"),
+    (f"{HERE}:missing", (), rf"^--config\.reward\.fn={HERE}:missing: {HERE} has no function "
+                            r"missing$"),
+    ("exact_match,,length", (), r"^--config\.reward\.fn=exact_match,,length: expected "),
+    ("exact_match,length", (1.0,), r"^--config\.reward\.fn_weights=\(1\.0,\): expected 2 "),
+])
+def test_bad_reward_names_are_config_errors(fn, weights, message):
+    """validate() names --config.reward.fn for an unknown or unimportable reward."""
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(_config_with(_reward_config(fn, weights)), num_devices=1)
+
+
+def test_registry_matches_config_choices():
+    """config_lib's built-in names are the registry's, on both backends."""
+    assert config_lib.REWARD_BUILTINS == rewards.BUILTINS == tuple(rewards.HOST_BUILTINS)
