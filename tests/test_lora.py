@@ -120,6 +120,27 @@ def test_targets_and_dropout_are_checked():
         lora.init(base, lora_config(targets=("wi",)), jax.random.PRNGKey(0))
     paths = lora.target_paths(base, ("wi", "wo"))  # 'wi' matches nothing, as in PEFT
     assert {p[-1] for p in paths} == {"wo"}
+    assert config_lib.LORA_TARGETS == lora.TARGETS
+
+
+def test_resume_refuses_another_rank_and_reads_old_configs(tmp_path):
+    """lora.rank and (with LoRA on) lora.targets fix the checkpoints' shapes; a config.json
+    from before LoRA existed reads back with adapters off."""
+    experiment.save_config(make_config("grpo", **{"lora.rank": 4}), str(tmp_path))
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    with pytest.raises(config_lib.ConfigError, match=r"^--config\.lora\.rank=8: the check"):
+        experiment.check_workdir(make_config("grpo", **{"lora.rank": 8}), str(tmp_path))
+    with pytest.raises(config_lib.ConfigError, match=r"^--config\.lora\.targets="):
+        experiment.check_workdir(make_config("grpo", **{"lora.rank": 4,
+                                                        "lora.targets": ("q", "v")}),
+                                 str(tmp_path))
+    experiment.check_workdir(make_config("grpo", **{"lora.rank": 4, "lora.alpha": 32.0}),
+                             str(tmp_path))
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["lora"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = experiment.load_config(str(tmp_path))
+    assert old.lora.rank == 0 and old.lora.targets == ("q", "k", "v", "o")
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,8 +195,9 @@ def test_grpo_update_trains_only_the_adapters(lora_setup):
     _assert_adapter_only(params, state, ("lora", "retriever"))
 
 
-def test_sft_step_trains_only_the_adapters(lora_setup):
-    """A supervised step with LoRA: gradients reach the adapters only."""
+def test_supervised_steps_train_only_the_adapters(lora_setup):
+    """A supervised (warm-up) step and a LAPDOG stage-2 step with LoRA: the reader's
+    gradients reach the adapters only."""
     _, _, params, ref, f = lora_setup
     state = make_state(params, ref, f.optimizer)
     state, m = f.sft(state, make_batch(), jax.random.PRNGKey(0))
@@ -183,6 +205,10 @@ def test_sft_step_trains_only_the_adapters(lora_setup):
     _assert_adapter_only(params, state, ("lora", "retriever"))
     retriever = jax.tree.map(np.array_equal, state.params["retriever"], params["retriever"])
     assert all(jax.tree.leaves(retriever))  # a warm-up step leaves the retriever alone
+    state, m = f.lapdog(make_state(params, ref, f.optimizer), make_batch(),
+                        jax.random.PRNGKey(1))
+    assert np.isfinite(float(m["train/loss"]))
+    _assert_adapter_only(params, state, ("lora", "retriever"))
 
 
 # --------------------------------------------------------------------------------------------
