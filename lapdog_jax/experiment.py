@@ -302,8 +302,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
             raw = json.load(f)
         raw["reward"]["weights"] = tuple(raw["reward"]["weights"])
         # (workdirs written before LoRA existed: adapters off)
-        lora = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
-        lora["targets"] = tuple(lora["targets"])
+        adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
+        adapters["targets"] = tuple(adapters["targets"])
     except json.JSONDecodeError as e:
         raise data_lib.DataError(f"{path}:{e.lineno}: malformed JSON: "
                                  f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
@@ -396,8 +396,9 @@ def restore(manager, exp: Experiment, state, state_sh):
         return state, {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
                        "index_step": 0}, None
     saved, host, saved_index = restored
-    state = saved.replace(params={**saved.params, "reader": state.params["reader"]})
-    return jax.device_put(state, state_sh), host, saved_index
+    if lora.enabled(exp.config.lora):  # the base reader was not saved: start-up rebuilt it
+        saved = saved.replace(params={**saved.params, "reader": state.params["reader"]})
+    return jax.device_put(saved, state_sh), host, saved_index
 
 
 def restore_workdir(workdir: str, purpose: str):

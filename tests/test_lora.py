@@ -3,6 +3,8 @@ against transformers, the PEFT adapter folder against `peft`, and a tiny end-to-
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ import pytest
 import transformers
 from safetensors.numpy import load_file
 
-from lapdog_jax import config_lib, experiment, export, lora, optim, sharding, steps, train
+from lapdog_jax import config_lib, experiment, lora, optim, sharding, steps, train
 from lapdog_jax.models import hf
 from lapdog_jax.models.t5 import T5
 from tests.test_steps import (
@@ -49,7 +51,7 @@ def random_adapters(reader_params, cfg, seed=0):
     leaves, tree = jax.tree_util.tree_flatten(adapters)
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
     return jax.tree_util.tree_unflatten(tree, [
-        x if not np.all(np.asarray(x) == 0) else 0.3 * jax.random.normal(k, x.shape)
+        x if not np.all(np.asarray(x) == 0) else 0.05 * jax.random.normal(k, x.shape)
         for x, k in zip(leaves, keys, strict=True)])
 
 
@@ -239,7 +241,7 @@ def test_merged_export_matches_transformers(hf_base, tmp_path):
     model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     batch = t5_batch()
     want = _ours(config, merged, batch)
-    assert np.abs(want - _ours(config, base, batch)).max() > 1e-2  # the adapters matter
+    assert np.abs(want - _ours(config, base, batch)).max() > 0.1  # the adapters matter
     np.testing.assert_allclose(hf_forward(model, *batch)[0], want, atol=1e-5, rtol=1e-5)
 
 
@@ -264,11 +266,9 @@ def test_peft_adapter_round_trip(hf_base, tmp_path):
     assert len(loaded) == len(tensors)  # every adapted module, and no other
     batch = t5_batch()
     merged = lora.merge(base, adapters, lora.scaling(cfg))
-    # PEFT adds s·(x A) B beside x W: float32 rounding apart from the merged kernel, which
-    # this batch amplifies to ~4e-5 on logits of ~6 with these large random adapters (the
-    # merged export itself matches to 1e-5: test_merged_export_matches_transformers).
+    # (PEFT adds s·(x A) B beside x W: float32 rounding apart from the merged kernel.)
     np.testing.assert_allclose(hf_forward(model, *batch)[0], _ours(config, merged, batch),
-                               atol=1e-4, rtol=1e-5)
+                               atol=1e-5, rtol=1e-5)
     hf.save_t5(str(tmp_path / "merged"), config, merged)
     ours = load_file(os.path.join(tmp_path, "merged", hf.SAFE_WEIGHTS))
     theirs = model.merge_and_unload().state_dict()
@@ -314,7 +314,13 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
     jax.tree.map(np.testing.assert_array_equal, state.params["reader"], exp.params["reader"])
 
     out = str(tmp_path / "hf")
-    paths = export.export(workdir, out)
+    # (A subprocess: the export CLI's absl flags clash with other CLIs imported by the tests.)
+    done = subprocess.run([sys.executable, "-m", "lapdog_jax.export", f"--workdir={workdir}",
+                           f"--out={out}"], capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    paths = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
     assert set(paths) == {"reader", "reader_adapter", "reader_base", "retriever"}
     merged = transformers.T5ForConditionalGeneration.from_pretrained(paths["reader"]).eval()
     import peft
