@@ -334,3 +334,56 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
                                atol=1e-5)
     ours = _ours(exp.reader.config, steps.policy_reader(state.params, config), batch)
     np.testing.assert_allclose(hf_forward(merged, *batch)[0], ours, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Sharding
+# --------------------------------------------------------------------------------------------
+
+# Runs in a fresh interpreter: the device count is fixed when jax starts.
+SHARDED = """
+import jax
+import numpy as np
+
+from tests.test_lora import sharded_update
+
+one, many = sharded_update((1, 1, 1)), sharded_update((2, 2, 2))
+for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+print("ok")
+"""
+
+
+def sharded_update(mesh_shape):
+    """(rollout reference log-probs, adapters after one grpo_update, loss) of LoRA joint GRPO
+    on a ('data', 'fsdp', 'tensor') mesh of this shape, adapters sharded like their kernels."""
+    models = make_models()
+    config = make_config("joint_grpo", batch_size=8, **{"grpo.kl_coeff": 0.05,
+                                                        "lora.rank": RANK, "lora.targets": ALL})
+    params = init_params(models, 1)
+    params["lora"] = random_adapters(params["reader"], config.lora)
+    mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    optimizer = optim.make_optimizer(config)
+    state = make_state(params, {"retriever": params["retriever"]}, optimizer)
+    axes = sharding.model_axes(models.reader.config, models.retriever.config, ALL)
+    state_sh = sharding.param_shardings(state, mesh, axes)
+    if mesh.shape["fsdp"] > 1:
+        a = state_sh.params["lora"]["encoder"]["block_0"]["mlp"]["wi_0"]["lora_A"]
+        assert a.spec == jax.sharding.PartitionSpec("fsdp", None), a.spec
+    state = jax.device_put(state, state_sh)
+    fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
+    batch = jax.device_put(make_batch(8), sharding.batch_sharding(mesh))
+    ro = fns["rollout"](state.params, batch, jax.random.PRNGKey(42), state.ref_params)
+    state, m = fns["grpo_update"](state, ro, fns["reward"](ro, batch), batch)
+    return np.asarray(ro.logp_ref), jax.device_get(state.params["lora"]), m["train/loss"]
+
+
+def test_sharded_lora_update_equals_one_device():
+    """On 8 simulated devices (data=2, fsdp=2, tensor=2), adapters shard like their kernels
+    and a LoRA rollout + grpo_update gives the 1-device numbers."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": root}
+    done = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
+                          timeout=900, cwd=root, env=env)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
