@@ -146,7 +146,7 @@ def _is_num(v) -> bool:
 RANGES = (
     (("total_steps", "eval_freq", "save_freq", "eval_size", "sft_warmup_steps",
       "data.query_maxlength", "data.n_context", "optim.warmup_steps", "retrieval.refresh_index",
-      "grpo.top_k"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+      "grpo.top_k", "lora.rank"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     (("batch_size", "accumulation_steps", "log_freq", "keep", "max_bad_steps",
       "data.vocab_size", "data.text_maxlength", "data.target_maxlength",
       "data.retriever_maxlength", "data.synthetic.num_train", "data.synthetic.num_valid",
@@ -157,7 +157,7 @@ RANGES = (
       "grpo.kl_coeff", "grpo.kl_coeff_retriever", "grpo.clip_epsilon", "grpo.clip_epsilon_high",
       "reward.length_penalty"), lambda v: _is_num(v) and v >= 0, "a number >= 0"),
     (("retrieval.temperature_score", "retrieval.temperature_gold", "grpo.temperature",
-      "grpo.eps"), lambda v: _is_num(v) and v > 0, "a number > 0"),
+      "grpo.eps", "lora.alpha"), lambda v: _is_num(v) and v > 0, "a number > 0"),
     (("optim.b1", "optim.b2", "model.reader.dropout_rate", "model.retriever.dropout_rate"),
      lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
     (("grpo.top_p",), lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
@@ -188,6 +188,7 @@ def _fields(config) -> None:
             or not all(_is_num(w) and w >= 0 for w in weights) or not any(weights)):
         raise ConfigError(f"--config.reward.weights={weights}: expected three numbers >= 0, "
                           "not all 0 (the weights of F1, ROUGE-L and BLEU)")
+    _lora(config.lora)
     from lapdog_jax.models import t5  # (jax) not at import: configs load before --help
 
     ffp = config.model.reader.feed_forward_proj
@@ -235,6 +236,23 @@ def _rewards(config) -> None:
     for name, _ in reward_fns(config.reward):
         if name not in REWARD_BUILTINS:
             load_host_reward(name)
+
+
+# lora.targets: PEFT's names of T5's projections (lora.TARGETS; a test keeps them equal).
+LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+
+
+def _lora(lora) -> None:
+    """`config.lora`: known, distinct targets; dropout 0 (no merged form exists)."""
+    targets = lora.targets
+    if (not isinstance(targets, tuple | list) or not targets
+            or any(t not in LORA_TARGETS for t in targets) or len(set(targets)) != len(targets)):
+        raise ConfigError(f"--config.lora.targets={targets}: expected distinct names from "
+                          f"{', '.join(LORA_TARGETS)}")
+    if not (_is_num(lora.dropout) and lora.dropout == 0):
+        raise ConfigError(f"--config.lora.dropout={lora.dropout}: only 0.0 is supported (the "
+                          "adapters are merged into the kernels, and dropout on the adapter "
+                          "input has no merged form); use model.dropout for dropout")
 
 
 def _retriever(config) -> None:
@@ -340,7 +358,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
 
 # The fields that fix the shapes of a run's checkpointed state (the mode: which parts have an
 # optimizer state); a tiny model's fields only count when no init checkpoint replaces it.
-SHAPE_FIELDS = ("mode", "init.reader", "init.retriever", "data.tokenizer", "data.vocab_size")
+SHAPE_FIELDS = ("mode", "init.reader", "init.retriever", "data.tokenizer", "data.vocab_size",
+                "lora.rank", "lora.targets")
 TINY_SHAPE_FIELDS = {
     "reader": (*_TINY_READER_INTS, "model.reader.feed_forward_proj",
                "model.reader.tie_word_embeddings"),
@@ -351,6 +370,7 @@ TINY_SHAPE_FIELDS = {
 def shape_fields(config) -> dict:
     """{field: value} of what fixes the shapes of the checkpointed state."""
     out = {f: get(config, f) for f in SHAPE_FIELDS}
+    out["lora.targets"] = tuple(out["lora.targets"]) if out["lora.rank"] else ()
     for part, fields in TINY_SHAPE_FIELDS.items():
         if not config.init[part]:
             out.update({f: get(config, f) for f in fields})
@@ -541,6 +561,15 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.optim.clip_norm = 1.0  # global gradient-norm clip (0 = off)
     c.optim.b1 = 0.9  # Adam beta1
     c.optim.b2 = 0.999  # Adam beta2
+
+    # LoRA adapters on the reader (lapdog_jax/lora.py): the base reader is frozen and only the
+    # adapters train (at optim.lr); the KL reference is the base with the adapters off.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # adapter rank r; 0 = off (full fine-tuning)
+    c.lora.alpha = 8.0  # scale alpha / r of the update A @ B (PEFT's lora_alpha)
+    # PEFT module names: q, k, v, o (self- and cross-attention) and wi | wi_0, wi_1, wo (FFN)
+    c.lora.targets = ("q", "k", "v", "o")
+    c.lora.dropout = 0.0  # must be 0: dropout on the adapter input has no merged form
 
     c.retrieval = ml_collections.ConfigDict()
     c.retrieval.pool_size = 16  # K passages scored per prompt (faiss top-K)

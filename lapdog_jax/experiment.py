@@ -18,7 +18,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lapdog_jax import checkpoint, config_lib, hub, optim, rewards, sharding, steps
+from lapdog_jax import checkpoint, config_lib, hub, lora, optim, rewards, sharding, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import arithmetic, synthetic
 from lapdog_jax.data import tokenizer as tok_lib
@@ -41,8 +41,11 @@ class Experiment:
     retriever_tokenizer: Any
     reader: T5
     retriever: Contriever
-    params: dict[str, Any]  # {'reader', 'retriever'} initial params
-    ref_params: dict[str, Any]  # {'reader', 'retriever'} frozen reference (before any warmup)
+    # {'reader', 'retriever'} initial params, plus 'lora' (fresh adapters) with LoRA
+    params: dict[str, Any]
+    # {'reader', 'retriever'} frozen reference (before any warmup); with LoRA and neither a
+    # warm-up nor init.reference, no 'reader': the reference is the base with adapters off
+    ref_params: dict[str, Any]
 
 
 ConfigError = config_lib.ConfigError
@@ -321,6 +324,14 @@ def build(config, workdir: str) -> Experiment:
     if config.init.reference:
         _, ref["reader"] = hf.load_t5(_path_flag(config, "init.reference"),
                                       dtype=config.model.dtype)
+    if lora.enabled(config.lora):
+        try:
+            params["lora"] = lora.init(reader_params, config.lora, jax.random.fold_in(
+                jax.random.PRNGKey(config.seed), 2))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not (config.init.reference or config_lib.warmup_steps(config)):
+            del ref["reader"]  # the base itself, adapters off (steps.reference_reader)
     return Experiment(config, train, valid, passages, reader_tok, retriever_tok, reader,
                       retriever, params, ref)
 
@@ -346,6 +357,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raw["reward"]["fn_weights"] = tuple(raw["reward"].get("fn_weights", ()))
         raw["data"].setdefault("prompt_field", "prompt")
         raw["data"].setdefault("answer_field", "answer")
+        # (workdirs written before LoRA existed: adapters off)
+        adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
+        adapters["targets"] = tuple(adapters["targets"])
     except json.JSONDecodeError as e:
         raise data_lib.DataError(f"{path}:{e.lineno}: malformed JSON: "
                                  f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
@@ -419,20 +433,32 @@ def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = Non
     # their shardings (no op-by-op optimizer init, no host copy).
     make = functools.partial(steps.make_state, optimizer=optimizer, seed=exp.config.seed)
     abstract = jax.eval_shape(make, exp.params, exp.ref_params)
-    axes = sharding.model_axes(exp.reader.config, exp.retriever.config)
+    axes = sharding.model_axes(exp.reader.config, exp.retriever.config,
+                               exp.config.lora.targets if lora.enabled(exp.config.lora) else ())
     state_sh = sharding.param_shardings(abstract, mesh, axes)
     return steps.initial_state(exp, optimizer, exp.config.seed, state_sh), state_sh
+
+
+def checkpointed(state, config):
+    """What a checkpoint holds of the train state: all of it, except with LoRA the frozen
+    base reader, which start-up rebuilds (init.reader, or the seed's random reader)."""
+    if not lora.enabled(config.lora):
+        return state
+    return state.replace(params={k: v for k, v in state.params.items() if k != "reader"})
 
 
 def restore(manager, exp: Experiment, state, state_sh):
     """(state, host, saved index params or None) of the latest checkpoint, or the step-0 ones
     when there is none yet."""
-    restored = checkpoint.restore_latest(manager, state, state.params["retriever"])
+    restored = checkpoint.restore_latest(manager, checkpointed(state, exp.config),
+                                         state.params["retriever"])
     if restored is None:
         return state, {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
                        "index_step": 0}, None
-    state, host, saved_index = restored
-    return jax.device_put(state, state_sh), host, saved_index
+    saved, host, saved_index = restored
+    if lora.enabled(exp.config.lora):  # the base reader was not saved: start-up rebuilt it
+        saved = saved.replace(params={**saved.params, "reader": state.params["reader"]})
+    return jax.device_put(saved, state_sh), host, saved_index
 
 
 def restore_workdir(workdir: str, purpose: str):

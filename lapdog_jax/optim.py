@@ -37,15 +37,27 @@ def optimizer_updates(config, part: str = "reader") -> int:
     warm = min(config.sft_warmup_steps, config.total_steps) if mode.has_warmup else 0
     per_step = config.grpo.num_iterations if mode.is_rl else 1
     calls = (config.total_steps - warm) * per_step
-    if part == "reader":
+    if part in READER_PARTS:
         calls += warm
     return max(calls // config.accumulation_steps, 1)
 
 
+# The reader's trained part: its own params, or with LoRA (config.lora.rank > 0) the adapters
+# (params['lora']; the base reader, params['reader'], is frozen and has no optimizer state).
+READER_PARTS = ("reader", "lora")
+
+
+def reader_part(config) -> str:
+    """'lora' when LoRA adapters train instead of the reader, else 'reader'."""
+    return "lora" if config.lora.rank > 0 else "reader"
+
+
 def trained_parts(config) -> tuple[str, ...]:
-    """The parts this mode trains: ('reader',) or ('reader', 'retriever')."""
-    return ("reader", "retriever") if config_lib.mode_info(config).trains_retriever \
-        else ("reader",)
+    """The parts this mode trains: (reader part,) or (reader part, 'retriever'), the reader
+    part being 'reader' or, with LoRA, 'lora' (`reader_part`)."""
+    reader = reader_part(config)
+    return (reader, "retriever") if config_lib.mode_info(config).trains_retriever \
+        else (reader,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +82,7 @@ class Optimizer:
         params, opt_state = dict(params), dict(opt_state)
         metrics = {"opt/nonfinite": 1.0 - finite.astype(jnp.float32)}
         for part, g in grads.items():
-            suffix = "" if part == "reader" else f"_{part}"
+            suffix = "" if part in READER_PARTS else f"_{part}"
             metrics[f"opt/grad_norm{suffix}"] = optax.global_norm(g)
             updates, opt_state[part] = self.parts[part].update(g, opt_state[part], params[part])
             params[part] = optax.apply_updates(params[part], updates)
@@ -80,7 +92,7 @@ class Optimizer:
     def learning_rates(self, opt_state) -> dict[str, jax.Array]:
         """The scheduled learning rate of each part's next update (for logging)."""
         # MultiSteps' own count: updates made (not calls, not skipped non-finite calls).
-        return {"opt/lr" + ("" if part == "reader" else f"_{part}"):
+        return {"opt/lr" + ("" if part in READER_PARTS else f"_{part}"):
                 self.schedules[part](opt_state[part].gradient_step) for part in self.parts}
 
 
@@ -101,7 +113,7 @@ def make_optimizer(config) -> Optimizer:
     the same way again and the pool policy is uniform (`contriever.init_retriever_params`).
     """
     o = config.optim
-    lrs = {"reader": o.lr, "retriever": o.lr_retriever}
+    lrs = {"reader": o.lr, "lora": o.lr, "retriever": o.lr_retriever}
     parts, schedules = {}, {}
     for part in trained_parts(config):
         schedules[part] = schedule(lrs[part], o.warmup_steps, optimizer_updates(config, part),

@@ -50,22 +50,29 @@ def _mesh_spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Me
     return P(*spec)
 
 
-def model_axes(reader_config, retriever_config) -> dict[str, dict[tuple, tuple]]:
-    """{part: {param path: logical axis names}} as the models annotate their params."""
+def model_axes(reader_config, retriever_config, lora_targets=()
+               ) -> dict[str, dict[tuple, tuple]]:
+    """{part: {param path: logical axis names}} as the models annotate their params, plus
+    'lora' (the adapters on the reader's `lora_targets`, sharded like their kernels) when
+    `lora_targets` are given."""
+    from lapdog_jax import lora
     from lapdog_jax.models import contriever, t5
 
     specs = {"reader": t5.logical_axes(reader_config),
              "retriever": contriever.logical_axes(retriever_config)}
     is_spec = lambda x: isinstance(x, P)
-    return {part: {tuple(str(getattr(k, "key", k)) for k in path): tuple(spec)
+    axes = {part: {tuple(str(getattr(k, "key", k)) for k in path): tuple(spec)
                    for path, spec in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_spec)}
             for part, tree in specs.items()}
+    if lora_targets:
+        axes["lora"] = lora.logical_axes(axes["reader"], lora_targets)
+    return axes
 
 
 def param_shardings(tree: Any, mesh: Mesh, axes: dict[str, dict[tuple, tuple]]) -> Any:
     """NamedShardings for a pytree holding params (arrays or ShapeDtypeStructs): the train
     state's params, reference and optimizer moments, found by their param path under
-    'reader' / 'retriever' in `axes` (`model_axes`). Scalars (counters, the rng) replicate;
+    'reader' / 'retriever' / 'lora' in `axes` (`model_axes`). Scalars (counters, the rng) replicate;
     an array under a part with no annotation is an error, never a silent guess."""
     def one(path, leaf):
         keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

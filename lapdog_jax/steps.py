@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lapdog_jax import config_lib, losses, optim, rewards, sampling, sharding
+from lapdog_jax import config_lib, lora, losses, optim, rewards, sampling, sharding
 from lapdog_jax.models.contriever import Contriever
 from lapdog_jax.models.t5 import T5, encode_passages, shift_right
 
@@ -41,9 +41,14 @@ class TrainState:
     """Everything a resumed run needs on device."""
 
     step: jax.Array  # [] int32 step-function calls (grpo_update: num_iterations per batch)
-    params: Any  # {'reader': T5 params, 'retriever': Contriever params}
+    # {'reader': T5 params, 'retriever': Contriever params}, plus 'lora': the adapters
+    # (lora.py) when config.lora.rank > 0, the reader then being the frozen base
+    params: Any
     opt_state: Any  # {part: optax state} of the trained parts (optim.Optimizer)
-    ref_params: Any  # frozen reference {'reader', 'retriever'}: never updated or donated away
+    # frozen reference {'reader', 'retriever'}: never updated or donated away. With LoRA and
+    # no warm-up or init.reference it has no 'reader': the reference is the base params['reader']
+    # (the adapters off), not a second copy (`reference_reader`).
+    ref_params: Any
     rng: jax.Array  # [2] uint32 PRNG key
 
 
@@ -99,6 +104,25 @@ class Models:
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
+
+
+def policy_reader(params, config):
+    """The reader params the policy runs: params['reader'], or with LoRA the frozen base with
+    the adapters params['lora'] merged into its targeted kernels (lora.merge)."""
+    if not lora.enabled(config.lora):
+        return params["reader"]
+    return lora.merge(params["reader"], params["lora"], lora.scaling(config.lora))
+
+
+def reference_reader(params, ref_params):
+    """The KL reference's reader: ref_params['reader'], or where the reference holds none
+    (LoRA) the base params['reader'] with the adapters off."""
+    return ref_params["reader"] if "reader" in ref_params else params["reader"]
+
+
+def _with_trained(state: TrainState, trained: dict) -> dict:
+    """The state's params with the parts being differentiated replaced by `trained`."""
+    return {**state.params, **trained}
 
 
 def retriever_scores(models: Models, params, batch, config, rng=None) -> jax.Array:
@@ -212,20 +236,21 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
         n = max(config.data.n_context, 1)
     src_ids, src_mask = _select_sources(batch, doc_idx, n)
     G = g.group_size
-    enc, enc_mask = encode_sources(models, params["reader"], src_ids, src_mask, config)
-    s = sample_completions(models, params["reader"], enc, enc_mask, rng_tok, config,
+    reader = policy_reader(params, config)
+    enc, enc_mask = encode_sources(models, reader, src_ids, src_mask, config)
+    s = sample_completions(models, reader, enc, enc_mask, rng_tok, config,
                            greedy=False, group_size=G)
     logp_old = s.logprobs
     if g.num_iterations > 1 or g.top_k or g.top_p < 1.0:
         # The loss uses the full (unfiltered) temperature softmax, so the stored old log-probs
         # must too: otherwise the ratio would not be 1 at the first iteration.
-        logits = _decode_logits(models, params["reader"], enc, enc_mask, s.tokens, s.mask)
+        logits = _decode_logits(models, reader, enc, enc_mask, s.tokens, s.mask)
         logp_old = losses.token_logprobs(logits, s.tokens, g.temperature) * s.mask
     logp_ref = jnp.zeros_like(logp_old)
     if g.kl_coeff:
-        ref_enc, ref_mask = encode_sources(models, ref_params["reader"], src_ids, src_mask, config)
-        ref_logits = _decode_logits(models, ref_params["reader"], ref_enc, ref_mask, s.tokens,
-                                    s.mask)
+        ref_reader = reference_reader(params, ref_params)
+        ref_enc, ref_mask = encode_sources(models, ref_reader, src_ids, src_mask, config)
+        ref_logits = _decode_logits(models, ref_reader, ref_enc, ref_mask, s.tokens, s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
     return Rollout(doc_idx=doc_idx, pool_logp=jax.lax.stop_gradient(pool_logp),
                    ref_pool_logp=jax.lax.stop_gradient(ref_pool_logp),
@@ -302,8 +327,8 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
         state.rng, state.step), 2)
 
     def loss_fn(trained):
-        loss, m = _reader_loss(trained["reader"], ro, adv, models=models, config=config,
-                               rng=reader_rng)
+        reader = policy_reader(_with_trained(state, trained), config)
+        loss, m = _reader_loss(reader, ro, adv, models=models, config=config, rng=reader_rng)
         if "retriever" in trained:
             r_loss, rm = _retriever_loss(trained["retriever"], ro, batch, rewards_BxGrxG,
                                          models=models, config=config, rng=retriever_rng)
@@ -322,7 +347,8 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
 
 
 def _trained(state: TrainState, config, parts=None) -> dict:
-    """The params to differentiate: {part: params} of `parts` (default: all this mode trains)."""
+    """The params to differentiate: {part: params} of `parts` (default: all this mode trains;
+    the reader's part is 'lora' with LoRA, so the base reader gets no gradient)."""
     return {part: state.params[part] for part in parts or optim.trained_parts(config)}
 
 
@@ -355,11 +381,13 @@ def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
     (drop_rng,) = dropout_rngs(config, "supervised", rng, 1)
 
     def loss_fn(trained):
-        return _reader_ce(trained["reader"], batch["reader_ids"][:, :n],
-                          batch["reader_mask"][:, :n], batch, models, config, drop_rng)
+        return _reader_ce(policy_reader(_with_trained(state, trained), config),
+                          batch["reader_ids"][:, :n], batch["reader_mask"][:, :n], batch,
+                          models, config, drop_rng)
 
     # Only the reader: a warm-up step leaves the retriever and its optimizer state alone.
-    loss, grads = jax.value_and_grad(loss_fn)(_trained(state, config, ("reader",)))
+    loss, grads = jax.value_and_grad(loss_fn)(
+        _trained(state, config, (optim.reader_part(config),)))
     state, m = _apply(state, grads, optimizer)
     return state, {**m, "train/loss": loss}
 
@@ -369,8 +397,9 @@ def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
     passage alone (`gold_score_mode='f1rougebleu'`)."""
     B, K, S = batch["reader_ids"].shape
     src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
-    enc, enc_mask = encode_sources(models, params["reader"], *src, config)
-    s = sample_completions(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
+    reader = policy_reader(params, config)
+    enc, enc_mask = encode_sources(models, reader, *src, config)
+    s = sample_completions(models, reader, enc, enc_mask, rng, config, greedy=True)
     score = gold_score_fn(models, config)
     g = score(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0))
     return jax.lax.stop_gradient(g.reshape(B, K))
@@ -399,8 +428,9 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
     reader_rng, retriever_rng = dropout_rngs(config, "supervised", drop_rng, 2)
 
     def loss_fn(trained):
-        ce = _reader_ce(trained["reader"], batch["reader_ids"][:, :n],
-                        batch["reader_mask"][:, :n], batch, models, config, reader_rng)
+        ce = _reader_ce(policy_reader(_with_trained(state, trained), config),
+                        batch["reader_ids"][:, :n], batch["reader_mask"][:, :n], batch,
+                        models, config, reader_rng)
         scores = pool_similarity(models, trained["retriever"], batch, config, retriever_rng)
         kl = distill_loss(scores, gold, models.retriever.config.hidden_size, config)
         return ce + kl, {"reader/loss": ce, "retriever/loss": kl,
@@ -415,9 +445,10 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
 def generate(params, batch, rng, *, models: Models, config) -> jax.Array:
     """Greedy answers [B,T] from the top-n pool passages (evaluation)."""
     n = max(config.data.n_context, 1)
-    enc, enc_mask = encode_sources(models, params["reader"], batch["reader_ids"][:, :n],
-                            batch["reader_mask"][:, :n], config)
-    s = sample_completions(models, params["reader"], enc, enc_mask, rng, config, greedy=True)
+    reader = policy_reader(params, config)
+    enc, enc_mask = encode_sources(models, reader, batch["reader_ids"][:, :n],
+                                   batch["reader_mask"][:, :n], config)
+    s = sample_completions(models, reader, enc, enc_mask, rng, config, greedy=True)
     return s.tokens
 
 

@@ -24,9 +24,15 @@ def _reader(config, exp) -> str:
     """The reader's shape, size and source."""
     c = exp.reader.config
     source = config.init.reader or "random init (model.reader)"
-    return (f"T5 d_model={c.d_model} layers={c.num_layers}+{c.num_decoder_layers} "
-            f"heads={c.num_heads} vocab={c.vocab_size} {c.dtype}: "
-            f"{_millions(param_count(exp.params['reader']))} params from {source}")
+    out = (f"T5 d_model={c.d_model} layers={c.num_layers}+{c.num_decoder_layers} "
+           f"heads={c.num_heads} vocab={c.vocab_size} {c.dtype}: "
+           f"{_millions(param_count(exp.params['reader']))} params from {source}")
+    if "lora" in exp.params:
+        lo = config.lora
+        out += (f", frozen; LoRA rank={lo.rank} alpha={lo.alpha} on "
+                f"{','.join(lo.targets)}: {_millions(param_count(exp.params['lora']))} "
+                "adapter params trained")
+    return out
 
 
 def _retriever(config, exp) -> str:
@@ -49,7 +55,9 @@ def _reference(config) -> str:
     if config.init.reference:
         return config.init.reference
     warmup = config_lib.warmup_steps(config)
-    return f"the reader after the {warmup}-step warm-up" if warmup else "the initial reader"
+    if warmup:
+        return f"the reader after the {warmup}-step warm-up"
+    return "the base reader (LoRA adapters off)" if config.lora.rank else "the initial reader"
 
 
 def _reward(config) -> str:

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -260,8 +261,11 @@ def _after_step(run: Run) -> None:
     """Host work at a step boundary: the end of the warm-up (the reference becomes this
     reader) and index refreshes."""
     if run.warmup and run.step == run.warmup:
-        run.state = run.state.replace(ref_params={
-            **run.state.ref_params, "reader": steps.freeze_copy(run.state.params["reader"])})
+        # (With LoRA: the base with the warmed-up adapters merged, placed like the reference.)
+        reader = steps.policy_reader(run.state.params, run.config)
+        run.state = run.state.replace(ref_params={**run.state.ref_params, "reader": jax.tree.map(
+            lambda x, old: jax.device_put(jnp.copy(x), old.sharding), reader,
+            run.state.ref_params["reader"])})
         run.pipeline.gold_pool = False
         if config_lib.mode_info(run.config).trains_retriever:
             run.pipeline.unfreeze_pools()
@@ -285,7 +289,7 @@ def _save(run: Run) -> None:
     host = {"step": run.step, "pipeline": run.pipeline.get_state(), "bad_steps": run.bad,
             "index_step": run.index_step}
     stale = run.index_step not in (0, run.step)
-    checkpoint.save(run.manager, run.step, run.state, host,
+    checkpoint.save(run.manager, run.step, experiment.checkpointed(run.state, run.config), host,
                     index=run.saved_index if stale else None, replace=run.step in run.unreadable)
 
 

@@ -125,6 +125,13 @@ def _t5_names(config) -> dict[str, tuple[tuple[str, ...], bool]]:
     return names
 
 
+def t5_linear_names(config) -> dict[tuple[str, ...], str]:
+    """Our module path of each T5 linear projection -> its transformers module name, e.g.
+    ('encoder', 'block_0', 'self_attn', 'q') -> 'encoder.block.0.layer.0.SelfAttention.q'."""
+    return {ours[:-1]: name.removesuffix(".weight") for name, (ours, _) in _t5_names(config).items()
+            if ours[-1] == "kernel"}
+
+
 def _t5_param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Our param path -> shape, from an abstract init of the model."""
     import jax
