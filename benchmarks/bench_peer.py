@@ -60,13 +60,13 @@ def useful_flops(cfg: T5Config, B: int, G: int, S: int, T: int) -> tuple[float, 
     """(rollout, update) FLOPs: one encoding per prompt, G·T decoder tokens per prompt (the
     rollout with a KV cache, the update teacher-forced, both with the vocab projection); the
     update is forward + backward = 3x its forward."""
-    D, I, F, V = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
+    D, H, F, V = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
     ffn = (3 if cfg.is_gated else 2) * D * F
-    enc = cfg.num_layers * (B * S * 2 * (4 * D * I + ffn) + 4 * B * S * S * I)
-    cross_kv = cfg.decoder_layers * B * S * 2 * 2 * D * I
+    enc = cfg.num_layers * (B * S * 2 * (4 * D * H + ffn) + 4 * B * S * S * H)
+    cross_kv = cfg.decoder_layers * B * S * 2 * 2 * D * H
     rows = B * G
-    per_token = cfg.decoder_layers * 2 * (6 * D * I + ffn) + 2 * D * V
-    attn = cfg.decoder_layers * rows * (4 * I * T * T / 2 + 4 * I * S * T)
+    per_token = cfg.decoder_layers * 2 * (6 * D * H + ffn) + 2 * D * V
+    attn = cfg.decoder_layers * rows * (4 * H * T * T / 2 + 4 * H * S * T)
     dec = rows * T * per_token + attn
     forward = enc + cross_kv + dec
     return forward, 3 * forward

@@ -13,9 +13,17 @@ import pytest
 from lapdog_jax import losses, steps
 from lapdog_jax.models import contriever
 from lapdog_jax.models.t5 import T5
-
-from tests.test_steps import (B, G, Fns, Setup, at_tokens, forward_logp, make_config,
-                              make_state, random_rewards)
+from tests.test_steps import (
+    B,
+    Fns,
+    G,
+    Setup,
+    at_tokens,
+    forward_logp,
+    make_config,
+    make_state,
+    random_rewards,
+)
 
 KL_COEFF = 0.1
 
