@@ -225,16 +225,21 @@ def reward_stats(pred, ref, special_ids, *, eos_id: int | None = EOS_ID,
                  exclusive: bool = True, word_starts=None) -> dict[str, jax.Array]:
     """Every device statistic of pred [..., T] vs ref [..., R]: a dict of float32 [...] arrays.
     `word_starts` ([V] bool, `word_start_table`): length_ratio in words, not tokens."""
-    pred, ref = jnp.asarray(pred), jnp.asarray(ref)
-    lead = jnp.broadcast_shapes(pred.shape[:-1], ref.shape[:-1])
-    pred_NxT = jnp.broadcast_to(pred, lead + pred.shape[-1:]).reshape(-1, pred.shape[-1])
-    ref_NxR = jnp.broadcast_to(ref, lead + ref.shape[-1:]).reshape(-1, ref.shape[-1])
     fn = functools.partial(
         _pair_stats, special_ids=jnp.asarray(special_ids), eos_id=eos_id,
         extra_ids_from=extra_ids_from, max_order=max_order, exclusive=exclusive,
         word_starts=word_starts)
-    stats = jax.vmap(fn)(pred_NxT, ref_NxR)
-    return {k: v.reshape(lead) for k, v in stats.items()}
+    return _per_pair(fn, pred, ref)
+
+
+def _per_pair(fn, pred, ref) -> dict[str, jax.Array]:
+    """{name: [...]} of fn(pred row [T], ref row [R]) -> {name: scalar} over the broadcast
+    leading dims of pred [..., T] and ref [..., R] (one vmap over the flattened pairs)."""
+    pred, ref = jnp.asarray(pred), jnp.asarray(ref)
+    lead = jnp.broadcast_shapes(pred.shape[:-1], ref.shape[:-1])
+    pred_NxT = jnp.broadcast_to(pred, lead + pred.shape[-1:]).reshape(-1, pred.shape[-1])
+    ref_NxR = jnp.broadcast_to(ref, lead + ref.shape[-1:]).reshape(-1, ref.shape[-1])
+    return {k: v.reshape(lead) for k, v in jax.vmap(fn)(pred_NxT, ref_NxR).items()}
 
 
 def unigram_f1(pred, ref, special_ids, **kw):
@@ -410,7 +415,7 @@ def make_reward_fn(reward_config, special_ids=None, backend: str | None = None,
 
 
 def _match_pair(pred_T, ref_R, special_ids, eos_id, extra_ids_from, word_starts):
-    """(exact, contains, length) of one pair of id rows, float32 scalars (see BUILTINS)."""
+    """{exact_match, contains_answer, length} of one pair of id rows, float32 scalars."""
     h_valid = valid_mask(pred_T, special_ids, eos_id, extra_ids_from)
     r_valid = valid_mask(ref_R, special_ids, eos_id, extra_ids_from)
     h, h_len = _compact(pred_T, h_valid)
@@ -425,7 +430,8 @@ def _match_pair(pred_T, ref_R, special_ids, eos_id, extra_ids_from, word_starts)
     exact = at[0].all() & (h_len == r_len)
     ratio = _length_ratio(pred_T, h_valid, ref_R, r_valid, word_starts)
     length = jnp.where(ratio > 0, jnp.minimum(ratio, 1.0 / jnp.maximum(ratio, 1e-9)), 0.0)
-    return exact.astype(jnp.float32), contains.astype(jnp.float32), length
+    return {"exact_match": exact.astype(jnp.float32),
+            "contains_answer": contains.astype(jnp.float32), "length": length}
 
 
 @functools.partial(jax.jit, static_argnames=("eos_id", "extra_ids_from"))
@@ -436,15 +442,9 @@ def match_stats(pred, ref, special_ids, *, eos_id: int | None = EOS_ID,
     reference's valid ids occur contiguously in the prediction's; 0 for an empty reference),
     'length' (min(ρ, 1/ρ) with ρ the length ratio, in words with `word_starts`: 1 at the
     reference's length, 0 for an empty prediction)."""
-    pred, ref = jnp.asarray(pred), jnp.asarray(ref)
-    lead = jnp.broadcast_shapes(pred.shape[:-1], ref.shape[:-1])
-    pred_NxT = jnp.broadcast_to(pred, lead + pred.shape[-1:]).reshape(-1, pred.shape[-1])
-    ref_NxR = jnp.broadcast_to(ref, lead + ref.shape[-1:]).reshape(-1, ref.shape[-1])
     fn = functools.partial(_match_pair, special_ids=jnp.asarray(special_ids), eos_id=eos_id,
                            extra_ids_from=extra_ids_from, word_starts=word_starts)
-    out = jax.vmap(fn)(pred_NxT, ref_NxR)
-    return {k: v.reshape(lead) for k, v in zip(("exact_match", "contains_answer", "length"),
-                                               out, strict=True)}
+    return _per_pair(fn, pred, ref)
 
 
 def _host_length(completions, references) -> np.ndarray:

@@ -177,7 +177,7 @@ def _decode_logits(models: Models, params, enc, enc_mask, tokens, mask, rng=None
 def dropout_rngs(config, step_kind: str, rng, n: int) -> list:
     """`n` dropout keys for a step of kind 'supervised' or 'rl' when `model.dropout` turns
     dropout on there, else `n` Nones (deterministic)."""
-    on = config.model.dropout == "all" or config.model.dropout == step_kind == "supervised"
+    on = config.model.dropout in ("all", step_kind)
     return list(jax.random.split(rng, n)) if on else [None] * n
 
 
