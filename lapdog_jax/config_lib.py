@@ -110,6 +110,7 @@ CHOICES = {
     "data.retriever_from": ("persona", "all"),
     "data.fusion": ("fid", "concat"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots"),
     "model.passage_scores": PASSAGE_SCORES,
     "optim.schedule": ("linear", "cosine", "constant"),
     "grpo.loss_type": ("grpo_clip", "reinforce_with_baseline", "no_baseline"),
@@ -525,6 +526,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.model.reader = _preset_reader(preset) if preset else _tiny_reader()
     c.model.retriever = _preset_retriever() if preset else _tiny_retriever()
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # Reader activations kept for the backward pass of training steps: 'none' (all), 'full'
+    # (each T5 block's input only; the rest is recomputed: ~1/3 more reader FLOPs, far less
+    # memory at large B x G x T) or 'dots' (also the blocks' matrix-product outputs).
+    c.model.remat = "none"
     # True: one encoder for queries and passages (LAPDOG/Atlas); the index is re-embedded by
     # the trained encoder every retrieval.refresh_index steps. False (Atlas'
     # query_side_retriever_training): a trainable query encoder and the frozen initial encoder

@@ -75,18 +75,30 @@ def filter_logits(logits_NxV: jax.Array, temperature: float = 1.0, top_k: int = 
     return logits
 
 
-def _inverse_cdf(rng: jax.Array, weights_NxV: jax.Array) -> jax.Array:
+def _inverse_cdf(rng: jax.Array, weights_NxV: jax.Array, chunk: int = 128) -> jax.Array:
     """One draw [N] per row, index v with probability weights[v] / Σ weights (weights >= 0,
     unnormalised): the first index whose running sum exceeds u ~ U[0, Σ), one uniform per row
-    (torch.multinomial's method): V adds and compares a row instead of a Gumbel variate per
-    vocabulary entry (`jax.random.categorical`), ~10x cheaper on a CPU at V = 32k. u stays
-    strictly below the total, so the index found has a positive weight (-inf logits are
-    never drawn)."""
-    cdf = jnp.cumsum(weights_NxV, axis=-1)
-    total = cdf[:, -1:]
+    (torch.multinomial's method): a few passes over a row instead of a Gumbel variate per
+    vocabulary entry (`jax.random.categorical`), ~10x cheaper on a CPU at V = 32k.
+
+    The search runs in two levels, so no running sum spans the vocabulary (a long cumsum is a
+    slow reduce-window on a CPU): the sums of `chunk`-wide blocks find the block holding u,
+    then the running sum inside that block finds the index. u stays strictly below the total
+    and, inside the block, strictly below the block's own sum, so the index found has a
+    positive weight (-inf logits are never drawn)."""
+    n, v = weights_NxV.shape
+    blocks = -(-v // chunk)
+    w = jnp.pad(weights_NxV, ((0, 0), (0, blocks * chunk - v))).reshape(n, blocks, chunk)
+    block_cdf = jnp.cumsum(jnp.sum(w, axis=-1), axis=-1)  # [N, blocks]
+    total = block_cdf[:, -1:]
     u = jax.random.uniform(rng, total.shape, jnp.float32) * total
     u = jnp.minimum(u, jnp.nextafter(total, jnp.zeros_like(total)))
-    return jnp.sum(cdf <= u, axis=-1)
+    block = jnp.minimum(jnp.sum(block_cdf <= u, axis=-1), blocks - 1)  # [N]
+    before = jnp.where(block > 0, jnp.take_along_axis(
+        block_cdf, jnp.maximum(block - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+    cdf = jnp.cumsum(jnp.take_along_axis(w, block[:, None, None], axis=1)[:, 0], axis=-1)
+    u_in = jnp.minimum(u[:, 0] - before, jnp.nextafter(cdf[:, -1], jnp.zeros_like(cdf[:, -1])))
+    return block * chunk + jnp.sum(cdf <= u_in[:, None], axis=-1)
 
 
 def _choose(rng, logits_NxV, step, *, temperature, top_k, top_p, greedy):

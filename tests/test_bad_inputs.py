@@ -26,6 +26,7 @@ from lapdog_jax import (
     train,
 )
 from lapdog_jax.data import DataError
+from lapdog_jax.models import t5
 from tests import test_train
 from tests.test_train import restore, saved_steps, tiny_config
 
@@ -154,6 +155,7 @@ def test_choices_match_the_registries():
     assert set(c["grpo.scale_rewards"]) == set(losses.SCALE_REWARDS)
     assert set(c["reward.bleu_norm"]) == set(rewards.BLEU_NORMS)
     assert set(c["reward.backend"]) == set(rewards.REWARD_BACKENDS)
+    assert set(c["model.remat"]) == set(t5.REMAT_POLICIES)
 
 
 def test_unknown_preset_and_mode_are_config_errors():

@@ -190,3 +190,25 @@ def test_filter_logits_by_hand():
     # top-k then top-p on the renormalised top-2 {0.3, 0.4}: 0.4/0.7 = 0.571 < 0.6 -> keep both
     assert set(np.flatnonzero(f(top_k=2, top_p=0.6)[0] > inf)) == {2, 3}
     assert set(np.flatnonzero(f(top_k=2, top_p=0.5)[0] > inf)) == {3}
+
+
+def test_inverse_cdf_across_blocks_never_draws_zero_weights():
+    """The two-level inverse-CDF draw over a vocabulary of several blocks (not a multiple of
+    the block width, whole blocks and block edges at weight 0): frequencies match the weights,
+    zero-weight entries are never drawn."""
+    v, chunk = 23, 4
+    w = np.zeros(v, np.float32)
+    w[[0, 3, 4, 11, 12, 19, 22]] = [0.5, 2.0, 1.0, 0.25, 3.0, 1.5, 0.75]  # block edges
+    draws = 40000
+    fn = jax.jit(functools.partial(sampling._inverse_cdf, chunk=chunk))
+    tok = np.asarray(fn(jax.random.key(3), jnp.broadcast_to(jnp.asarray(w), (draws, v))))
+    counts = np.bincount(tok, minlength=v)
+    kept = w > 0
+    assert counts[~kept].sum() == 0, counts
+    want = w / w.sum()
+    chi2 = ((counts[kept] - draws * want[kept]) ** 2 / (draws * want[kept])).sum()
+    assert chi2 < stats.chi2.ppf(1 - 1e-4, kept.sum() - 1), (counts, draws * want)
+    # One positive weight in the last, partial block: always drawn.
+    only = np.zeros((5, v), np.float32)
+    only[:, 21] = 1e-30
+    assert np.all(np.asarray(fn(jax.random.key(4), jnp.asarray(only))) == 21)

@@ -239,6 +239,30 @@ def test_bf16_compute_close_to_fp32(v10):
     assert 0 < err < 0.05 * np.abs(np.asarray(ref)).max(), err
 
 
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_gives_the_same_gradients(v10, remat):
+    """model.remat recomputes block activations in the backward pass: the program changes
+    (a remat in its jaxpr), the loss and gradients do not; decoding is untouched."""
+    config, params = v10
+    ids, mask, dec, dec_mask = make_batch()
+
+    def grads(cfg):
+        def loss(p):
+            logits = t5.T5(cfg).apply({"params": p}, ids, mask, dec, dec_mask)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+        return jax.value_and_grad(loss), loss
+
+    (plain, _), (remat_fn, remat_loss) = grads(config), grads(
+        dataclasses.replace(config, remat=remat))
+    assert "remat" in str(jax.make_jaxpr(jax.grad(remat_loss))(params))
+    (l0, g0), (l1, g1) = jax.jit(plain)(params), jax.jit(remat_fn)(params)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="remat='some'"):
+        dataclasses.replace(config, remat="some")
+
+
 def test_dropout_only_when_not_deterministic(v10):
     """deterministic=False with a 'dropout' rng changes outputs; the same rng repeats them."""
     config, params = v10

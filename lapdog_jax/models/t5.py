@@ -34,6 +34,9 @@ ACTIVATIONS = {
     "tanh": jnp.tanh,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# T5Config.remat: what a block keeps for its backward pass (None: everything; see Stack).
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 HF_MODEL_TYPES = ("t5", "mt5")
 
 
@@ -66,6 +69,10 @@ class T5Config:
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
     dtype: str = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay fp32)
+    # Rematerialisation of each block's activations in the backward pass (not a checkpoint
+    # field): 'none' keeps them all; 'full' keeps only each block's input and recomputes the
+    # rest; 'dots' also keeps the outputs of its (unbatched) matrix products.
+    remat: str = "none"
 
     def __post_init__(self):
         """Validates the activation and dtype names early, with a clear message."""
@@ -78,6 +85,8 @@ class T5Config:
                              "'{act}' or 'gated-{act}', e.g. 'relu' or 'gated-gelu'")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} not in {sorted(DTYPES)}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r} not in {sorted(REMAT_POLICIES)}")
 
     @property
     def activation(self) -> str:
@@ -245,18 +254,21 @@ class Attention(nn.Module):
         """Keys and values [B, H, S, Dk] of x [B, S, D]."""
         return self._heads(self.k(x)), self._heads(self.v(x))
 
-    def __call__(self, x, k, v, mask, bias=None, deterministic=True):
-        """Attends x [N, T, D] to k, v [B, H, S, Dk]; mask [B, 1, T|1, S] bool; bias
-        [1, H, T, S]. N may be a multiple G of B (cross-attention of G samples that share one
-        encoder output, adjacent rows): each key row then serves its G query rows as G·T query
-        positions, so keys and values are projected and read once per source, not per sample.
+    def __call__(self, x, k, v, mask, bias=None, deterministic=True, keys_transposed=False):
+        """Attends x [N, T, D] to k, v [B, H, S, Dk] (k [B, H, Dk, S] if `keys_transposed`: the
+        decoding cache keeps cross-attention keys so, which makes the per-step score product
+        a plain matrix product); mask [B, 1, T|1, S] bool; bias [1, H, T, S]. N may be a
+        multiple G of B (cross-attention of G samples that share one encoder output, adjacent
+        rows): each key row then serves its G query rows as G·T query positions, so keys and
+        values are projected and read once per source, not per sample.
         """
         q = self._heads(self.q(x))  # [N, H, T, Dk]
         n, h, t, dk = q.shape
         b, g = k.shape[0], n // k.shape[0]
         if g > 1:
             q = jnp.swapaxes(q.reshape(b, g, h, t, dk), 1, 2).reshape(b, h, g * t, dk)
-        scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("bhtd,bhds->bhts" if keys_transposed else "bhtd,bhsd->bhts", q, k,
+                            preferred_element_type=jnp.float32)
         if bias is not None:
             scores = scores + bias.astype(jnp.float32)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -313,11 +325,11 @@ class Block(nn.Module):
         """x + dropout(y)."""
         return x + self.dropout(y, deterministic=deterministic)
 
-    def _cross_and_mlp(self, x, cross_kv, enc_mask, deterministic):
+    def _cross_and_mlp(self, x, cross_kv, enc_mask, deterministic, keys_transposed=False):
         """Cross-attention (decoder only) then the feed-forward sub-layer."""
         if self.is_decoder:
             h = self.cross_attn(self.cross_attn_norm(x), *cross_kv, enc_mask,
-                                deterministic=deterministic)
+                                deterministic=deterministic, keys_transposed=keys_transposed)
             x = self._residual(x, h, deterministic)
         return self._residual(x, self.mlp(self.mlp_norm(x), deterministic), deterministic)
 
@@ -342,7 +354,7 @@ class Block(nn.Module):
         v = jax.lax.dynamic_update_slice(layer_cache["self_v"], v_new, at)
         x = self._residual(x, self.self_attn(h, k, v, mask, bias, deterministic), deterministic)
         cross_kv = (layer_cache["cross_k"], layer_cache["cross_v"])
-        x = self._cross_and_mlp(x, cross_kv, enc_mask, deterministic)
+        x = self._cross_and_mlp(x, cross_kv, enc_mask, deterministic, keys_transposed=True)
         return x, {**layer_cache, "self_k": k, "self_v": v}
 
 
@@ -356,7 +368,11 @@ class Stack(nn.Module):
         """Declares the blocks, the shared position bias table and the final norm."""
         cfg = self.config
         n = cfg.decoder_layers if self.is_decoder else cfg.num_layers
-        self.block = [Block(cfg, self.is_decoder) for _ in range(n)]
+        block = Block
+        if cfg.remat != "none":  # only the full-sequence __call__; `step` runs as it is
+            # static: `deterministic` (argument 6, counting self)
+            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(6,))
+        self.block = [block(cfg, self.is_decoder) for _ in range(n)]
         self.relative_attention_bias = nn.Embed(
             cfg.relative_attention_num_buckets, cfg.num_heads,
             embedding_init=_normal(cfg.d_model ** -0.5, (None, "heads")),
@@ -382,8 +398,8 @@ class Stack(nn.Module):
         return self._finish(x, deterministic)
 
     def init_cache(self, encoder_output, encoder_mask, max_length, batch_size=None):
-        """Empty self-attention K/V [N, H, M, Dk] per layer and cross K/V [B, H, S, Dk]
-        computed once (N = batch_size, a multiple of B; default B)."""
+        """Empty self-attention K/V [N, H, M, Dk] per layer and cross K [B, H, Dk, S], V
+        [B, H, S, Dk] computed once (N = batch_size, a multiple of B; default B)."""
         cfg = self.config
         batch = batch_size or encoder_output.shape[0]
         shape = (batch, cfg.num_heads, max_length, cfg.d_kv)
@@ -391,7 +407,8 @@ class Stack(nn.Module):
         for block in self.block:
             ck, cv = block.cross_kv(encoder_output)
             zeros = jnp.zeros(shape, ck.dtype)
-            layers.append({"self_k": zeros, "self_v": zeros, "cross_k": ck, "cross_v": cv})
+            layers.append({"self_k": zeros, "self_v": zeros, "cross_k": jnp.swapaxes(ck, 2, 3),
+                           "cross_v": cv})
         return {"layers": tuple(layers), "encoder_mask": encoder_mask.astype(bool)}
 
     def step(self, x, cache, step, deterministic=True):
@@ -475,7 +492,7 @@ class T5(nn.Module):
         default B).
 
         {'layers': per decoder layer {'self_k', 'self_v': [N, H, M, Dk] zeros,
-        'cross_k', 'cross_v': [B, H, S, Dk]}, 'encoder_mask': [B, S] bool}.
+        'cross_k': [B, H, Dk, S], 'cross_v': [B, H, S, Dk]}, 'encoder_mask': [B, S] bool}.
         """
         enc = encoder_output.astype(self.config.compute_dtype)
         return self.decoder.init_cache(enc, encoder_mask, max_length, batch_size)
