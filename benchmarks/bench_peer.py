@@ -19,9 +19,10 @@ printed).
 
 Columns: median seconds of `--repeats` timed calls after a warm-up (compile excluded), our
 speed-up over the peer, completion tokens per second of the rollouts, useful TFLOP/s (the
-analytic FLOPs of the work both must do, with one encoding per prompt, over the time) and peak
-device memory (GPU only). Runs on a CPU (torch from requirements-test.txt) and unchanged on a
-GPU.
+analytic FLOPs of the work both must do, with one encoding per prompt, over the time), our
+update's share of the device's matmul peak measured in the same process (a 2048^3 product in
+that dtype) and peak device memory (GPU only). `--remat` sets our `model.remat`. Runs on a
+CPU (torch from requirements-test.txt) and unchanged on a GPU.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ DIMS = {
 VOCAB = 32128
 
 
-def t5_config(dims: str, dtype: str) -> T5Config:
+def t5_config(dims: str, dtype: str, remat: str = "none") -> T5Config:
     """Our T5Config of a named size (random weights, no dropout)."""
-    return T5Config(vocab_size=VOCAB, dropout_rate=0.0, dtype=dtype, **DIMS[dims])
+    return T5Config(vocab_size=VOCAB, dropout_rate=0.0, dtype=dtype, remat=remat,
+                    **DIMS[dims])
 
 
 def useful_flops(cfg: T5Config, B: int, G: int, S: int, T: int) -> tuple[float, float]:
@@ -82,6 +84,16 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """This device's measured matrix-product rate (FLOP/s): the best of `repeats` jitted
+    n x n x n products in `dtype` (the yardstick for the utilisation columns)."""
+    a = jnp.ones((n, n), dtype)
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))
+    best = min(median_time(lambda: mm(a), 1) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
 def peak_gib_jax() -> float | None:
     """Peak device memory of this process (GPU/TPU), else None."""
     stats = jax.devices()[0].memory_stats() or {}
@@ -94,7 +106,8 @@ def ours(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int) ->
     config = config_lib.mode_config("grpo")
     overrides = {"batch_size": B, "grpo.group_size": G, "data.text_maxlength": S,
                  "data.target_maxlength": T, "grpo.kl_coeff": 0.0, "retrieval.pool_size": 1,
-                 "data.n_context": 1, "optim.warmup_steps": 0, "model.dtype": cfg.dtype}
+                 "data.n_context": 1, "optim.warmup_steps": 0, "model.dtype": cfg.dtype,
+                 "model.remat": cfg.remat}
     for key, value in overrides.items():
         *path, leaf = key.split(".")
         setattr(functools.reduce(getattr, path, config), leaf, value)
@@ -196,6 +209,7 @@ def main():
     parser.add_argument("--source", type=int, default=256)
     parser.add_argument("--target", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--remat", default="none", help="our model.remat: none|full|dots")
     parser.add_argument("--no-peer", action="store_true", help="time ours only")
     args = parser.parse_args()
     G, S, T = args.group, args.source, args.target
@@ -203,13 +217,17 @@ def main():
     print(f"{jax.devices()[0].device_kind} x{len(jax.devices())} ({os.cpu_count()} cores), "
           f"jax {jax.__version__}, torch {torch.__version__}, torch threads "
           f"{torch.get_num_threads()}; G={G} S={S} T={T}; median of {args.repeats}")
+    peaks = {dtype: matmul_peak(dtype) for dtype in args.dtypes.split(",")}
+    print("measured matmul peak (2048^3, jax): " + ", ".join(
+        f"{dtype} {p / 1e12:.3f} TFLOP/s" for dtype, p in peaks.items())
+        + f"; our model.remat={args.remat}")
     head = ("dims", "dtype", "B", "rollout s", "generate s", "x", "update s", "seed upd s", "x",
-            "tok/s", "peer tok/s", "TFLOP/s ro", "TFLOP/s upd", "peak GiB")
+            "tok/s", "peer tok/s", "TFLOP/s ro", "TFLOP/s upd", "upd % peak", "peak GiB")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for dims in args.dims.split(","):
         for dtype in args.dtypes.split(","):
-            cfg = t5_config(dims, dtype)
+            cfg = t5_config(dims, dtype, args.remat)
             params = jax.jit(functools.partial(init_params, cfg))(jax.random.PRNGKey(0))
             for B in (int(b) for b in args.batches.split(",")):
                 a = ours(cfg, params, B, G, S, T, args.repeats)
@@ -223,6 +241,7 @@ def main():
                        fmt(b and b["update"] / a["update"]), f"{n_tok / a['rollout']:.0f}",
                        "-" if b is None else f"{n_tok / b['rollout']:.0f}",
                        f"{f_ro / a['rollout'] / 1e12:.3f}", f"{f_up / a['update'] / 1e12:.3f}",
+                       f"{100 * f_up / a['update'] / peaks[dtype]:.0f}",
                        fmt(a["peak"]) + ("" if b is None else f" / {fmt(b['peak'])}")]
                 if a["steps"] != T:
                     row[3] += f" ({a['steps']} steps)"

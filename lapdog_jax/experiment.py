@@ -22,6 +22,7 @@ from lapdog_jax import checkpoint, config_lib, hub, lora, optim, rewards, shardi
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import arithmetic, synthetic
 from lapdog_jax.data import tokenizer as tok_lib
+from lapdog_jax.models import contriever as contriever_lib
 from lapdog_jax.models import hf
 from lapdog_jax.models import t5 as t5_lib
 from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_retriever_params
@@ -244,13 +245,11 @@ def load_tokenizers(config, workdir: str, train, passages):
 _EAGER_INIT_PARAMS = 20_000_000
 
 
-def random_init(init_fn, cfg, rng):
-    """`init_fn(cfg, rng)`: one compiled program, except for a large model on a CPU. There
-    XLA compiles a random-number program per parameter, minutes for a T5-base on 2 cores,
-    while op-by-op dispatch compiles one small program per distinct shape (seconds); small
-    models (the demo's) keep the one compiled init."""
-    size = sum(x.size for x in jax.tree.leaves(
-        jax.eval_shape(functools.partial(init_fn, cfg), rng)))
+def random_init(init_fn, cfg, rng, size: int):
+    """`init_fn(cfg, rng)` of a model of `size` params: one compiled program, except for a
+    large model on a CPU. There XLA compiles a random-number program per parameter, minutes
+    for a T5-base on 2 cores, while op-by-op dispatch compiles one small program per distinct
+    shape (seconds); small models (the demo's) keep the one compiled init."""
     if jax.default_backend() == "cpu" and size > _EAGER_INIT_PARAMS:
         return init_fn(cfg, rng)
     return jax.jit(init_fn, static_argnums=0)(cfg, rng)
@@ -276,7 +275,7 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
             logging.info("--config.init.reader is empty: a random T5 v1.1-%s reader (d_model "
                          "%d, d_ff %d, %d+%d layers, %d heads)", config.preset, m.d_model, m.d_ff,
                          m.num_layers, m.num_decoder_layers, m.num_heads)
-        params = random_init(t5_lib.init_params, cfg, rng)
+        params = random_init(t5_lib.init_params, cfg, rng, t5_lib.num_params(cfg))
     return T5(dataclasses.replace(cfg, remat=config.model.remat)), params
 
 
@@ -299,7 +298,7 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
         if config.preset:
             logging.info("--config.init.retriever is empty: a random BERT-base-sized retriever "
                          "(hidden %d, %d layers)", m.hidden_size, m.num_hidden_layers)
-        params = random_init(init_retriever_params, cfg, rng)
+        params = random_init(init_retriever_params, cfg, rng, contriever_lib.num_params(cfg))
     return Contriever(cfg), params
 
 

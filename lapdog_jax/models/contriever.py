@@ -10,6 +10,7 @@ compute dtype.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -264,10 +265,13 @@ def pool(hidden, attention_mask, pooling: str = "mean", normalize: bool = False)
     return emb
 
 
-def _init_boxed(config: ContrieverConfig, rng):
+def _init_boxed(config: ContrieverConfig, rng, lazy: bool = True):
     """Params of a fresh Contriever with their logical-axis boxes (nn.Partitioned)."""
-    ids = jnp.zeros((1, 2), jnp.int32)
-    return Contriever(config).init(rng, ids, jnp.ones_like(ids))["params"]
+    if not lazy:
+        ids = jnp.zeros((1, 2), jnp.int32)
+        return Contriever(config).init(rng, ids, jnp.ones_like(ids))["params"]
+    ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)  # lazy_init: no forward pass (see t5.py)
+    return Contriever(config).lazy_init(rng, ids, ids)["params"]
 
 
 def init_params(config: ContrieverConfig, rng) -> dict[str, Any]:
@@ -278,7 +282,24 @@ def init_params(config: ContrieverConfig, rng) -> dict[str, Any]:
 def logical_axes(config: ContrieverConfig) -> dict[str, Any]:
     """The params' logical axis names (a pytree of PartitionSpecs of names, as annotated where
     each param is defined), without materialising any param."""
-    return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0))))
+    return nn.get_partition_spec(_abstract_boxed(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_boxed(config: ContrieverConfig):
+    """The boxed params' shapes and axes (traced once per config: start-up asks for them
+    several times, and a base-size trace takes ~0.5 s)."""
+    return jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0), lazy=False))
+
+
+def abstract_params(config):
+    """The params' shapes and dtypes (jax.ShapeDtypeStruct leaves) of a fresh model."""
+    return nn.meta.unbox(_abstract_boxed(config))
+
+
+def num_params(config: ContrieverConfig) -> int:
+    """The parameter count of a fresh model of `config` (nothing materialised)."""
+    return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
 
 
 def init_retriever_params(config: ContrieverConfig, rng) -> dict[str, Any]:

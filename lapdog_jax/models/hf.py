@@ -138,7 +138,7 @@ def _t5_param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
 
     from lapdog_jax.models import t5 as t5_lib
 
-    tree = jax.eval_shape(lambda: t5_lib.init_params(config, jax.random.key(0)))
+    tree = t5_lib.abstract_params(config)
     return {tuple(k.key for k in path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -324,7 +324,7 @@ def load_contriever(path: str, prefix: str | None = None):
     except ValueError as e:
         raise CheckpointError(f"{path}/config.json: {e}") from e
     sd = _bert_state_dict(path, prefix)
-    expected = jax.eval_shape(lambda: contriever_lib.init_params(config, jax.random.key(0)))
+    expected = contriever_lib.abstract_params(config)
     params: dict = {}
     used = set()
     for hf_name, ours, kind in _bert_layout(config.num_hidden_layers):

@@ -541,10 +541,15 @@ def encode_passages(model: T5, params, input_ids, mask, fusion: str, determinist
     return enc.reshape(b, n * length, -1), m.reshape(b, n * length)
 
 
-def _init_boxed(config: T5Config, rng):
+def _init_boxed(config: T5Config, rng, lazy: bool = True):
     """Variables of a fresh T5 with their logical-axis boxes (nn.Partitioned)."""
-    ids = jnp.zeros((1, 2), jnp.int32)
-    return T5(config).init(rng, ids, ids, ids)["params"]
+    if not lazy:
+        ids = jnp.zeros((1, 2), jnp.int32)
+        return T5(config).init(rng, ids, ids, ids)["params"]
+    # lazy_init: the params without running the model on the dummy input (eagerly, a
+    # forward pass would compile one program per op for nothing; traced, it is slower).
+    ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+    return T5(config).lazy_init(rng, ids, ids, ids)["params"]
 
 
 def init_params(config: T5Config, rng) -> dict[str, Any]:
@@ -555,5 +560,22 @@ def init_params(config: T5Config, rng) -> dict[str, Any]:
 def logical_axes(config: T5Config) -> dict[str, Any]:
     """The params' logical axis names (a pytree of PartitionSpecs of names, as annotated where
     each param is defined), without materialising any param."""
-    return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0))))
+    return nn.get_partition_spec(_abstract_boxed(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_boxed(config: T5Config):
+    """The boxed params' shapes and axes (traced once per config: start-up asks for them
+    several times, and a base-size trace takes ~0.5 s)."""
+    return jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0), lazy=False))
+
+
+def abstract_params(config):
+    """The params' shapes and dtypes (jax.ShapeDtypeStruct leaves) of a fresh model."""
+    return nn.meta.unbox(_abstract_boxed(config))
+
+
+def num_params(config: T5Config) -> int:
+    """The parameter count of a fresh model of `config` (nothing materialised)."""
+    return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
 
