@@ -152,7 +152,8 @@ RANGES = (
       "data.vocab_size", "data.text_maxlength", "data.target_maxlength",
       "data.retriever_maxlength", "data.synthetic.num_train", "data.synthetic.num_valid",
       "data.synthetic.num_stories", "retrieval.pool_size", "grpo.group_size",
-      "grpo.retriever_group_size", "grpo.num_iterations", *_TINY_READER_INTS,
+      "grpo.retriever_group_size", "grpo.num_iterations", "grpo.micro_batches",
+      *_TINY_READER_INTS,
       *_TINY_RETRIEVER_INTS), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     (("optim.lr", "optim.lr_retriever", "optim.weight_decay", "optim.clip_norm",
       "grpo.kl_coeff", "grpo.kl_coeff_retriever", "grpo.clip_epsilon", "grpo.clip_epsilon_high",
@@ -274,6 +275,9 @@ def _retriever(config) -> None:
                           f": more than the pool of {k} passages it is drawn from "
                           f"(--config.retrieval.pool_size={config.retrieval.pool_size}); "
                           "lower it or raise the pool size")
+    if config.batch_size % config.grpo.micro_batches:
+        raise ConfigError(f"--config.grpo.micro_batches={config.grpo.micro_batches}: does not "
+                          f"divide --config.batch_size={config.batch_size}")
     if config.reward.length_unit == "tokens" and config.reward.backend == "host":
         raise ConfigError("--config.reward.length_unit=tokens needs --config.reward.backend="
                           "device: the host reward sees decoded text and counts words")
@@ -595,6 +599,12 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.grpo.group_size = 4  # G completions per (prompt, doc)
     c.grpo.retriever_group_size = 4  # Gr docs sampled per prompt (joint mode)
     c.grpo.num_iterations = 1  # updates per rollout (ratio vs old log-probs)
+    # The GRPO update's reader pass in this many sequential parts of the batch's prompts (each
+    # prompt's encoding still shared by its samples), gradients summed into one optimizer
+    # step: the same update (each part weighted by its share of the loss's normaliser) with
+    # ~1/micro_batches of the activation memory. Must divide batch_size. Unlike
+    # accumulation_steps, the rollout still samples the whole batch at once.
+    c.grpo.micro_batches = 1
     c.grpo.loss_type = "grpo_clip"  # grpo_clip | reinforce_with_baseline | no_baseline
     c.grpo.loss_agg = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum_norm
     c.grpo.scale_rewards = "group"  # std used in advantages: group | batch | none

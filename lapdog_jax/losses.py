@@ -150,6 +150,20 @@ AGGREGATIONS = {
 }
 
 
+def aggregation_count(mask_NxT: jax.Array, loss_agg: str) -> jax.Array:
+    """What `aggregate` divides by, up to a constant: valid rows ('seq_mean_token_mean'),
+    valid tokens ('token_mean') or rows ('seq_mean_token_sum_norm'). A split of the rows into
+    parts aggregates exactly as Σ_part aggregate(part) · count(part) / count(all)."""
+    mask = mask_NxT.astype(jnp.float32)
+    if loss_agg == "seq_mean_token_mean":
+        return jnp.sum((jnp.sum(mask, axis=1) > 0).astype(jnp.float32))
+    if loss_agg == "token_mean":
+        return jnp.sum(mask)
+    if loss_agg == "seq_mean_token_sum_norm":
+        return jnp.asarray(mask.shape[0], jnp.float32)
+    raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {tuple(AGGREGATIONS)}")
+
+
 def aggregate(per_token_NxT: jax.Array, mask_NxT: jax.Array, loss_agg: str = "seq_mean_token_mean",
               max_length: int | None = None) -> jax.Array:
     """Reduces a per-token loss [N, T] to a scalar (DESIGN §5 `loss_agg`).

@@ -277,6 +277,12 @@ def gold_score_fn(models: Models, config):
                                   word_start_ids=models.word_start_ids)
 
 
+def _loss_mask(ro: Rollout, g) -> jax.Array:
+    """The reader loss's token mask [N,T] (truncated rows out under `grpo.mask_truncated`)."""
+    mask = ro.mask.astype(jnp.float32)
+    return losses.mask_truncated(mask, ro.truncated) if g.mask_truncated else mask
+
+
 def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, rng=None):
     """GRPO reader loss over all N completions (encoder shared by each group of G)."""
     g = config.grpo
@@ -285,9 +291,7 @@ def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, r
                                    enc_rng)
     logits = _decode_logits(models, reader_params, enc, enc_mask, ro.tokens, ro.mask, dec_rng)
     logp = losses.token_logprobs(logits, ro.tokens, g.temperature)
-    mask = ro.mask.astype(jnp.float32)
-    if g.mask_truncated:
-        mask = losses.mask_truncated(mask, ro.truncated)
+    mask = _loss_mask(ro, g)
     # One update per rollout: the old policy is the current one, so ρ = exp(logπ - sg(logπ))
     # is exactly 1 (the rollout's sampler log-probs differ from these teacher-forced ones by
     # rounding, up to ~0.02 in bfloat16, which would let clipping act spuriously).
@@ -335,7 +339,12 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
             loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
         return loss, m
 
-    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(_trained(state, config))
+    if g.micro_batches > 1:
+        (loss, m), grads = _micro_batched_grads(state, ro, adv, batch, rewards_BxGrxG,
+                                                reader_rng, retriever_rng, models=models,
+                                                config=config)
+    else:
+        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(_trained(state, config))
     state, om = _apply(state, grads, optimizer)
     m.update(om)
     m.update({"train/loss": loss, "grpo/reward_mean": rewards_BxGrxG.mean(),
@@ -344,6 +353,69 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
               "grpo/len_mean": ro.mask.sum(-1).mean(),
               "grpo/truncated_frac": ro.truncated.mean()})
     return state, m
+
+
+def _micro_chunks(ro: Rollout, adv_N, parts: int) -> tuple[Rollout, jax.Array]:
+    """The reader's view of a rollout split into `parts` parts of whole sources, with a
+    leading axis [parts, ...]. Part c takes sources c, c + parts, c + 2·parts, ... (and their
+    G adjacent samples), so a batch sharded over devices in contiguous blocks keeps every part
+    spread over all of them."""
+    n_src = ro.src_ids.shape[0]
+    group = ro.tokens.shape[0] // n_src
+
+    def sources(x):  # [n_src, ...] -> [parts, n_src / parts, ...]
+        return jnp.moveaxis(x.reshape(n_src // parts, parts, *x.shape[1:]), 1, 0)
+
+    def rows(x):  # [n_src * G, ...] -> [parts, n_src / parts * G, ...]
+        y = sources(x.reshape(n_src, group, *x.shape[1:]))
+        return y.reshape(parts, -1, *x.shape[1:])
+
+    none = jnp.zeros((parts,), jnp.float32)  # (fields the reader loss does not read)
+    chunked = Rollout(doc_idx=none, pool_logp=none, ref_pool_logp=none,
+                      src_ids=sources(ro.src_ids), src_mask=sources(ro.src_mask),
+                      tokens=rows(ro.tokens), mask=rows(ro.mask), logp_old=rows(ro.logp_old),
+                      logp_ref=rows(ro.logp_ref), truncated=rows(ro.truncated))
+    return chunked, rows(adv_N)
+
+
+def _micro_batched_grads(state: TrainState, ro: Rollout, adv_N, batch, rewards_BxGrxG,
+                         reader_rng, retriever_rng, *, models: Models, config):
+    """((loss, metrics), grads) of the GRPO update with the reader's pass run over
+    `grpo.micro_batches` parts of the sources in a `lax.scan` (one part's activations alive
+    at a time). Part c's loss is weighted by its share of the aggregation's normaliser
+    (`losses.aggregation_count`), so the summed loss and gradients are the unsplit ones up to
+    rounding; the reader's metrics are the mean over parts."""
+    g = config.grpo
+    part_name = optim.reader_part(config)
+    trained = _trained(state, config)
+    total = jnp.maximum(losses.aggregation_count(_loss_mask(ro, g), g.loss_agg), 1.0)
+    chunks = _micro_chunks(ro, adv_N, g.micro_batches)
+
+    def part(grad_sum, xs):
+        ro_c, adv_c, c = xs
+        rng = None if reader_rng is None else jax.random.fold_in(reader_rng, c)
+
+        def loss_fn(reader_part):
+            reader = policy_reader(_with_trained(state, {part_name: reader_part}), config)
+            loss, m = _reader_loss(reader, ro_c, adv_c, models=models, config=config, rng=rng)
+            share = losses.aggregation_count(_loss_mask(ro_c, g), g.loss_agg) / total
+            return loss * share, m
+
+        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained[part_name])
+        return jax.tree.map(jnp.add, grad_sum, grads), (loss, m)
+
+    zeros = jax.tree.map(jnp.zeros_like, trained[part_name])
+    grads, (losses_c, ms) = jax.lax.scan(
+        part, zeros, (*chunks, jnp.arange(g.micro_batches)))
+    loss, m = jnp.sum(losses_c), jax.tree.map(lambda x: jnp.mean(x, axis=0), ms)
+    grads = {part_name: grads}
+    if "retriever" in trained:
+        (r_loss, rm), grads["retriever"] = jax.value_and_grad(
+            lambda r: _retriever_loss(r, ro, batch, rewards_BxGrxG, models=models,
+                                      config=config, rng=retriever_rng),
+            has_aux=True)(trained["retriever"])
+        loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
+    return (loss, m), grads
 
 
 def _trained(state: TrainState, config, parts=None) -> dict:

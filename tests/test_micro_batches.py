@@ -1,0 +1,80 @@
+"""grpo.micro_batches: the GRPO update's reader pass in parts of the batch gives the update of
+the whole batch (same loss, same gradients: the Adam first moments after one step)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lapdog_jax import config_lib, steps
+from lapdog_jax.config_lib import ConfigError
+from tests.test_steps import (
+    B,
+    Fns,
+    G,
+    Gr,
+    adam_moments,
+    make_batch,
+    make_config,
+    make_models,
+    make_state,
+    random_rewards,
+)
+
+
+@pytest.fixture(scope="module")
+def env():
+    models = make_models()
+    params = steps.freeze_copy(jax.tree.map(jnp.asarray, _params(models)))
+    return models, params, jax.tree.map(jnp.asarray, make_batch())
+
+
+def _params(models):
+    from tests.test_steps import init_params
+    return init_params(models, 1)
+
+
+@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "token_mean",
+                                      "seq_mean_token_sum_norm"])
+def test_micro_batched_update_equals_whole_batch(env, loss_agg):
+    models, params, batch = env
+    overrides = {"grpo.kl_coeff": 0.05, "grpo.loss_agg": loss_agg, "grpo.mask_truncated": True,
+                 "optim.clip_norm": 0.0}
+    whole = Fns(make_config("joint_grpo", **overrides), models)
+    parts = Fns(make_config("joint_grpo", **overrides, **{"grpo.micro_batches": 2}), models)
+    ro = whole.rollout(params, batch, jax.random.PRNGKey(5), params)
+    # Uneven parts: rows truncated (left out of the loss) only in the first sources, and
+    # lengths that differ, so each part's share of the normaliser differs from 1/2.
+    lengths = np.array([1, 2, 3, 6] * (B * Gr * G // 4))
+    lengths[:G] = 6
+    mask = np.arange(ro.tokens.shape[1])[None, :] < lengths[:, None]
+    truncated = np.zeros(B * Gr * G, bool)
+    truncated[: G + 2] = True
+    ro = ro.replace(mask=jnp.asarray(mask), truncated=jnp.asarray(truncated))
+    rewards = random_rewards(3)
+    out = {}
+    for name, f in (("whole", whole), ("parts", parts)):
+        state, m = f.update(make_state(params, params, f.optimizer), ro, rewards, batch)
+        out[name] = (state, m)
+    (s1, m1), (s2, m2) = out["whole"], out["parts"]
+    np.testing.assert_allclose(float(m2["train/loss"]), float(m1["train/loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m2["opt/grad_norm"]), float(m1["opt/grad_norm"]),
+                               rtol=1e-5)
+    assert float(m1["opt/grad_norm"]) > 1e-3
+    for part in ("reader", "retriever"):
+        for a, b in zip(jax.tree.leaves(adam_moments(s2.opt_state, part)),
+                        jax.tree.leaves(adam_moments(s1.opt_state, part)), strict=True):
+            b = np.asarray(b)  # (rounding differs: tolerance relative to the largest entry)
+            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4,
+                                       atol=1e-4 * np.abs(b).max())
+    # The parts interleave sources: part 0 holds sources 0, 2, ..., part 1 sources 1, 3, ...
+    chunked, _ = steps._micro_chunks(ro, jnp.arange(B * Gr * G), 2)
+    np.testing.assert_array_equal(chunked.tokens[1, :G], ro.tokens[G:2 * G])
+    np.testing.assert_array_equal(chunked.src_ids[1, 0], ro.src_ids[1])
+
+
+def test_micro_batches_must_divide_the_batch():
+    c = make_config("grpo", **{"grpo.micro_batches": 3})
+    with pytest.raises(ConfigError, match=r"--config\.grpo\.micro_batches=3: does not divide "
+                                          r"--config\.batch_size=2"):
+        config_lib.validate(c)
