@@ -1,0 +1,84 @@
+r"""Start-up time of a run up to its first compile of a training step, phase by phase.
+
+    PYTHONPATH=. python benchmarks/bench_startup.py --config=configs/grpo.py:base \
+        --set data.train=DATA/train.jsonl --set data.eval=DATA/valid.jsonl \
+        --set data.passages=DATA/story.jsonl [--set init.reader=HF_T5_FOLDER ...]
+
+Times, as the trainer runs them: the package import, `experiment.build` (data, tokenizers,
+the reader and the retriever, each timed on its own) and `experiment.initial_state` (the
+jitted optimizer moments and reference copy placed by their shardings), each waited on.
+The trainer logs the same span plus the first step's compile as `perf/startup_s`.
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+import lapdog_jax  # noqa: E402
+
+IMPORTED = time.perf_counter()
+
+import jax  # noqa: E402
+
+from lapdog_jax import config_lib, experiment, optim  # noqa: E402
+
+
+def _set(config, assignment: str) -> None:
+    """Applies one `field=value` (value parsed as the field's type)."""
+    field, value = assignment.split("=", 1)
+    *path, leaf = field.split(".")
+    node = config
+    for key in path:
+        node = node[key]
+    old = node[leaf]
+    node[leaf] = (value == "True") if isinstance(old, bool) else type(old)(value)
+
+
+def _timed(times: dict, name: str, fn):
+    """fn, recording in times[name] the seconds until its params are ready."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        module, params = fn(*args, **kwargs)
+        jax.block_until_ready(params)
+        times[name] = time.perf_counter() - start
+        return module, params
+    return wrapper
+
+
+def main():
+    """Builds the experiment of --config in a temporary workdir and prints the phases."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="configs/X.py[:preset]")
+    parser.add_argument("--set", action="append", default=[], help="field=value")
+    args = parser.parse_args()
+    path, _, preset = args.config.partition(":")
+    config = config_lib.from_file(path, preset or None)
+    for assignment in args.set:
+        _set(config, assignment)
+    times: dict[str, float] = {}
+    experiment.build_reader = _timed(times, "reader", experiment.build_reader)
+    experiment.build_retriever = _timed(times, "retriever", experiment.build_retriever)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        exp = experiment.build(config, os.path.join(workdir, "run"))
+        build = time.perf_counter() - start
+        start = time.perf_counter()
+        state, _ = experiment.initial_state(exp, experiment.make_mesh(config),
+                                            optim.make_optimizer(config))
+        jax.block_until_ready(state)
+        state_s = time.perf_counter() - start
+    total = time.perf_counter() - lapdog_jax.IMPORT_TIME
+    print(f"python start -> package imported {IMPORTED - START:.1f} s; build {build:.1f} s "
+          f"(reader {times['reader']:.1f} s, retriever {times['retriever']:.1f} s, data and "
+          f"tokenizers {build - times['reader'] - times['retriever']:.1f} s); train state "
+          f"{state_s:.1f} s; import -> state placed {total:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
