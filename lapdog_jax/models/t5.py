@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from lapdog_jax.models.params import ParamSpecs
+
 # Activations transformers' ACT2FN offers that T5 checkpoints use; tanh-GELU has three names.
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -552,30 +554,9 @@ def _init_boxed(config: T5Config, rng, lazy: bool = True):
     return T5(config).lazy_init(rng, ids, ids, ids)["params"]
 
 
-def init_params(config: T5Config, rng) -> dict[str, Any]:
-    """Freshly initialised params (a plain pytree of arrays) for `config`."""
-    return nn.meta.unbox(_init_boxed(config, rng))
-
-
-def logical_axes(config: T5Config) -> dict[str, Any]:
-    """The params' logical axis names (a pytree of PartitionSpecs of names, as annotated where
-    each param is defined), without materialising any param."""
-    return nn.get_partition_spec(_abstract_boxed(config))
-
-
-@functools.lru_cache(maxsize=16)
-def _abstract_boxed(config: T5Config):
-    """The boxed params' shapes and axes (traced once per config: start-up asks for them
-    several times, and a base-size trace takes ~0.5 s)."""
-    return jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0), lazy=False))
-
-
-def abstract_params(config):
-    """The params' shapes and dtypes (jax.ShapeDtypeStruct leaves) of a fresh model."""
-    return nn.meta.unbox(_abstract_boxed(config))
-
-
-def num_params(config: T5Config) -> int:
-    """The parameter count of a fresh model of `config` (nothing materialised)."""
-    return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
+_SPECS = ParamSpecs(_init_boxed)
+init_params = _SPECS.init_params  # (config, rng) -> params
+logical_axes = _SPECS.logical_axes  # config -> PartitionSpecs of logical axis names
+abstract_params = _SPECS.abstract_params  # config -> ShapeDtypeStructs
+num_params = _SPECS.num_params  # config -> int
 
