@@ -88,6 +88,12 @@ def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
              + f", batch {config.batch_size}, "
              + (f"eval every {config.eval_freq} and " if config.eval_freq else "eval ")
              + f"at the end, checkpoint every {config.save_freq}")
+    memory = [f"{config.accumulation_steps} batches per optimizer step"
+              if config.accumulation_steps > 1 else "",
+              f"GRPO update in {config.grpo.micro_batches} micro-batches"
+              if config.grpo.micro_batches > 1 else "",
+              f"reader remat {config.model.remat}" if config.model.remat != "none" else ""]
+    steps += "".join(f"; {x}" for x in memory if x)
     devices = jax.devices()
     lines = [
         ("run", f"{tb.run_name(config)} (mode {config.mode}, preset "

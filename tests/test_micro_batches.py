@@ -78,3 +78,27 @@ def test_micro_batches_must_divide_the_batch():
     with pytest.raises(ConfigError, match=r"--config\.grpo\.micro_batches=3: does not divide "
                                           r"--config\.batch_size=2"):
         config_lib.validate(c)
+
+
+def test_startup_summary_names_the_memory_settings(env, tmp_path):
+    """The start-up block says how the update is split and what the reader recomputes, only
+    when that differs from the default."""
+    import types
+
+    from lapdog_jax import sharding, summary
+
+    models, params, _ = env
+    exp = types.SimpleNamespace(reader=models.reader, retriever=models.retriever, params=params,
+                                train=[None] * 4, valid=[None] * 2, passages=[None] * 3)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+    def steps_line(**overrides):
+        config = make_config("grpo", **overrides)
+        text = summary.startup_summary(config, str(tmp_path), exp, mesh, 0)
+        return next(line for line in text.splitlines() if line.strip().startswith("steps:"))
+
+    assert "micro-batches" not in steps_line() and "remat" not in steps_line()
+    line = steps_line(**{"grpo.micro_batches": 2, "model.remat": "full",
+                         "accumulation_steps": 3})
+    assert line.endswith("; 3 batches per optimizer step; GRPO update in 2 micro-batches; "
+                         "reader remat full"), line
