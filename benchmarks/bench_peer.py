@@ -21,7 +21,8 @@ Columns: median seconds of `--repeats` timed calls after a warm-up (compile excl
 speed-up over the peer, completion tokens per second of the rollouts, useful TFLOP/s (the
 analytic FLOPs of the work both must do, with one encoding per prompt, over the time), our
 update's share of the device's matmul peak measured in the same process (a 2048^3 product in
-that dtype) and peak device memory (GPU only). `--remat` sets our `model.remat`. Runs on a
+that dtype) and peak device memory (GPU only). `--remat` and `--attention` set our
+`model.remat` and `model.attention`. Runs on a
 CPU (torch from requirements-test.txt) and unchanged on a GPU.
 """
 
@@ -52,10 +53,11 @@ DIMS = {
 VOCAB = 32128
 
 
-def t5_config(dims: str, dtype: str, remat: str = "none") -> T5Config:
+def t5_config(dims: str, dtype: str, remat: str = "none", attention: str = "einsum"
+              ) -> T5Config:
     """Our T5Config of a named size (random weights, no dropout)."""
     return T5Config(vocab_size=VOCAB, dropout_rate=0.0, dtype=dtype, remat=remat,
-                    **DIMS[dims])
+                    attention=attention, **DIMS[dims])
 
 
 def useful_flops(cfg: T5Config, B: int, G: int, S: int, T: int) -> tuple[float, float]:
@@ -213,6 +215,8 @@ def main():
     parser.add_argument("--target", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--remat", default="none", help="our model.remat: none|full|dots")
+    parser.add_argument("--attention", default="einsum", help="our model.attention: "
+                        "einsum|fused")
     parser.add_argument("--no-peer", action="store_true", help="time ours only")
     parser.add_argument("--no-peer-update", action="store_true",
                         help="time the peer's generate only (its seed-style update at B=32 "
@@ -226,14 +230,14 @@ def main():
     peaks = {dtype: matmul_peak(dtype) for dtype in args.dtypes.split(",")}
     print("measured matmul peak (2048^3, jax): " + ", ".join(
         f"{dtype} {p / 1e12:.3f} TFLOP/s" for dtype, p in peaks.items())
-        + f"; our model.remat={args.remat}")
+        + f"; our model.remat={args.remat}, model.attention={args.attention}")
     head = ("dims", "dtype", "B", "rollout s", "generate s", "x", "update s", "seed upd s", "x",
             "tok/s", "peer tok/s", "TFLOP/s ro", "TFLOP/s upd", "upd % peak", "peak GiB")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for dims in args.dims.split(","):
         for dtype in args.dtypes.split(","):
-            cfg = t5_config(dims, dtype, args.remat)
+            cfg = t5_config(dims, dtype, args.remat, args.attention)
             params = jax.jit(functools.partial(init_params, cfg))(jax.random.PRNGKey(0))
             for B in (int(b) for b in args.batches.split(",")):
                 a = ours(cfg, params, B, G, S, T, args.repeats)

@@ -111,6 +111,7 @@ CHOICES = {
     "data.fusion": ("fid", "concat"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
+    "model.attention": ("einsum", "fused"),
     "model.passage_scores": PASSAGE_SCORES,
     "optim.schedule": ("linear", "cosine", "constant"),
     "grpo.loss_type": ("grpo_clip", "reinforce_with_baseline", "no_baseline"),
@@ -534,6 +535,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # (each T5 block's input only; the rest is recomputed: ~1/3 more reader FLOPs, far less
     # memory at large B x G x T) or 'dots' (also the blocks' matrix-product outputs).
     c.model.remat = "none"
+    # Full-sequence attention in training and scoring passes: 'einsum' or 'fused'
+    # (jax.nn.dot_product_attention: cuDNN's fused kernel on a GPU where it applies).
+    c.model.attention = "einsum"
     # True: one encoder for queries and passages (LAPDOG/Atlas); the index is re-embedded by
     # the trained encoder every retrieval.refresh_index steps. False (Atlas'
     # query_side_retriever_training): a trainable query encoder and the frozen initial encoder

@@ -276,7 +276,8 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
                          "%d, d_ff %d, %d+%d layers, %d heads)", config.preset, m.d_model, m.d_ff,
                          m.num_layers, m.num_decoder_layers, m.num_heads)
         params = random_init(t5_lib.init_params, cfg, rng, t5_lib.num_params(cfg))
-    return T5(dataclasses.replace(cfg, remat=config.model.remat)), params
+    return T5(dataclasses.replace(cfg, remat=config.model.remat,
+                                  attention=config.model.attention)), params
 
 
 def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:

@@ -156,6 +156,7 @@ def test_choices_match_the_registries():
     assert set(c["reward.bleu_norm"]) == set(rewards.BLEU_NORMS)
     assert set(c["reward.backend"]) == set(rewards.REWARD_BACKENDS)
     assert set(c["model.remat"]) == set(t5.REMAT_POLICIES)
+    assert set(c["model.attention"]) == set(t5.ATTENTION)
 
 
 def test_unknown_preset_and_mode_are_config_errors():

@@ -239,6 +239,33 @@ def test_bf16_compute_close_to_fp32(v10):
     assert 0 < err < 0.05 * np.abs(np.asarray(ref)).max(), err
 
 
+def test_fused_attention_equals_einsum(v10):
+    """model.attention='fused' (jax.nn.dot_product_attention) gives the einsum path's logits
+    and gradients, also with G samples per encoder row in the decoder."""
+    config, params = v10
+    ids, mask, dec, dec_mask = make_batch()
+    fused = dataclasses.replace(config, attention="fused")
+
+    def loss(cfg, p):
+        return jnp.mean(jax.nn.log_softmax(
+            t5.T5(cfg).apply({"params": p}, ids, mask, dec, dec_mask))[..., 3])
+
+    jaxpr = lambda cfg: str(jax.make_jaxpr(functools.partial(loss, cfg))(params))
+    assert jaxpr(fused) != jaxpr(config)  # (on a CPU jax inlines its XLA implementation)
+    l0, g0 = jax.jit(jax.value_and_grad(functools.partial(loss, config)))(params)
+    l1, g1 = jax.jit(jax.value_and_grad(functools.partial(loss, fused)))(params)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    enc = apply(t5.T5(config), params, ids, mask, method=t5.T5.encode)
+    two = np.repeat(np.asarray(dec), 2, axis=0)  # G = 2 rows per encoder row
+    want = apply(t5.T5(config), params, two, enc, mask, method=t5.T5.decode)
+    got = apply(t5.T5(fused), params, two, enc, mask, method=t5.T5.decode)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    with pytest.raises(ValueError, match="attention='flash'"):
+        dataclasses.replace(config, attention="flash")
+
+
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_gives_the_same_gradients(v10, remat):
     """model.remat recomputes block activations in the backward pass: the program changes

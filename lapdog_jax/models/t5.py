@@ -36,6 +36,7 @@ ACTIVATIONS = {
     "tanh": jnp.tanh,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION = ("einsum", "fused")  # T5Config.attention
 # T5Config.remat: what a block keeps for its backward pass (None: everything; see Stack).
 REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -75,6 +76,11 @@ class T5Config:
     # field): 'none' keeps them all; 'full' keeps only each block's input and recomputes the
     # rest; 'dots' also keeps the outputs of its (unbatched) matrix products.
     remat: str = "none"
+    # Full-sequence attention (not a checkpoint field): 'einsum' (the explicit products) or
+    # 'fused' = jax.nn.dot_product_attention, which picks cuDNN's fused kernel on a GPU where
+    # it applies and XLA's otherwise; used where no attention dropout acts (decoding steps
+    # keep the einsum, which reads the transposed cross keys).
+    attention: str = "einsum"
 
     def __post_init__(self):
         """Validates the activation and dtype names early, with a clear message."""
@@ -89,6 +95,8 @@ class T5Config:
             raise ValueError(f"dtype={self.dtype!r} not in {sorted(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r} not in {sorted(REMAT_POLICIES)}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention={self.attention!r} not in {list(ATTENTION)}")
 
     @property
     def activation(self) -> str:
@@ -269,6 +277,14 @@ class Attention(nn.Module):
         b, g = k.shape[0], n // k.shape[0]
         if g > 1:
             q = jnp.swapaxes(q.reshape(b, g, h, t, dk), 1, 2).reshape(b, h, g * t, dk)
+        dropping = not deterministic and self.config.dropout_rate > 0
+        if self.config.attention == "fused" and not keys_transposed and not dropping:
+            # [B, L, H, Dk] layout; T5 does not scale the scores (scale=1)
+            out = jax.nn.dot_product_attention(
+                jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
+                bias=None if bias is None else bias.astype(q.dtype), mask=mask, scale=1.0)
+            out = out.reshape(b, g, t, h * dk).reshape(n, t, h * dk)
+            return self.o(out)
         scores = jnp.einsum("bhtd,bhds->bhts" if keys_transposed else "bhtd,bhsd->bhts", q, k,
                             preferred_element_type=jnp.float32)
         if bias is not None:
