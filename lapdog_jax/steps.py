@@ -330,21 +330,15 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
     reader_rng, retriever_rng = dropout_rngs(config, "rl", jax.random.fold_in(
         state.rng, state.step), 2)
 
-    def loss_fn(trained):
-        reader = policy_reader(_with_trained(state, trained), config)
-        loss, m = _reader_loss(reader, ro, adv, models=models, config=config, rng=reader_rng)
-        if "retriever" in trained:
-            r_loss, rm = _retriever_loss(trained["retriever"], ro, batch, rewards_BxGrxG,
-                                         models=models, config=config, rng=retriever_rng)
-            loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
-        return loss, m
-
-    if g.micro_batches > 1:
-        (loss, m), grads = _micro_batched_grads(state, ro, adv, batch, rewards_BxGrxG,
-                                                reader_rng, retriever_rng, models=models,
-                                                config=config)
-    else:
-        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(_trained(state, config))
+    (loss, m), reader_grads = _reader_grads(state, ro, adv, reader_rng, models=models,
+                                            config=config)
+    grads = {optim.reader_part(config): reader_grads}
+    if "retriever" in optim.trained_parts(config):  # (the losses share no params)
+        (r_loss, rm), grads["retriever"] = jax.value_and_grad(
+            lambda r: _retriever_loss(r, ro, batch, rewards_BxGrxG, models=models,
+                                      config=config, rng=retriever_rng),
+            has_aux=True)(state.params["retriever"])
+        loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
     state, om = _apply(state, grads, optimizer)
     m.update(om)
     m.update({"train/loss": loss, "grpo/reward_mean": rewards_BxGrxG.mean(),
@@ -378,44 +372,37 @@ def _micro_chunks(ro: Rollout, adv_N, parts: int) -> tuple[Rollout, jax.Array]:
     return chunked, rows(adv_N)
 
 
-def _micro_batched_grads(state: TrainState, ro: Rollout, adv_N, batch, rewards_BxGrxG,
-                         reader_rng, retriever_rng, *, models: Models, config):
-    """((loss, metrics), grads) of the GRPO update with the reader's pass run over
-    `grpo.micro_batches` parts of the sources in a `lax.scan` (one part's activations alive
-    at a time). Part c's loss is weighted by its share of the aggregation's normaliser
-    (`losses.aggregation_count`), so the summed loss and gradients are the unsplit ones up to
-    rounding; the reader's metrics are the mean over parts."""
+def _reader_grads(state: TrainState, ro: Rollout, adv_N, rng, *, models: Models, config):
+    """((loss, metrics), grads) of the GRPO reader loss for the reader's trained part. With
+    `grpo.micro_batches` > 1 the pass runs over that many parts of the sources in a `lax.scan`
+    (one part's activations alive at a time), part c's loss weighted by its share of the
+    aggregation's normaliser (`losses.aggregation_count`), so the summed loss and gradients
+    are the unsplit ones up to rounding; the metrics are then the mean over parts."""
     g = config.grpo
-    part_name = optim.reader_part(config)
-    trained = _trained(state, config)
+    name = optim.reader_part(config)
+
+    def loss_fn(reader_part, ro, adv, rng, share=1.0):
+        reader = policy_reader(_with_trained(state, {name: reader_part}), config)
+        loss, m = _reader_loss(reader, ro, adv, models=models, config=config, rng=rng)
+        return loss * share, m
+
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    params = state.params[name]
+    if g.micro_batches == 1:
+        return value_and_grad(params, ro, adv_N, rng)
     total = jnp.maximum(losses.aggregation_count(_loss_mask(ro, g), g.loss_agg), 1.0)
-    chunks = _micro_chunks(ro, adv_N, g.micro_batches)
 
     def part(grad_sum, xs):
         ro_c, adv_c, c = xs
-        rng = None if reader_rng is None else jax.random.fold_in(reader_rng, c)
-
-        def loss_fn(reader_part):
-            reader = policy_reader(_with_trained(state, {part_name: reader_part}), config)
-            loss, m = _reader_loss(reader, ro_c, adv_c, models=models, config=config, rng=rng)
-            share = losses.aggregation_count(_loss_mask(ro_c, g), g.loss_agg) / total
-            return loss * share, m
-
-        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained[part_name])
+        share = losses.aggregation_count(_loss_mask(ro_c, g), g.loss_agg) / total
+        rng_c = None if rng is None else jax.random.fold_in(rng, c)
+        (loss, m), grads = value_and_grad(params, ro_c, adv_c, rng_c, share)
         return jax.tree.map(jnp.add, grad_sum, grads), (loss, m)
 
-    zeros = jax.tree.map(jnp.zeros_like, trained[part_name])
-    grads, (losses_c, ms) = jax.lax.scan(
-        part, zeros, (*chunks, jnp.arange(g.micro_batches)))
-    loss, m = jnp.sum(losses_c), jax.tree.map(lambda x: jnp.mean(x, axis=0), ms)
-    grads = {part_name: grads}
-    if "retriever" in trained:
-        (r_loss, rm), grads["retriever"] = jax.value_and_grad(
-            lambda r: _retriever_loss(r, ro, batch, rewards_BxGrxG, models=models,
-                                      config=config, rng=retriever_rng),
-            has_aux=True)(trained["retriever"])
-        loss, m = loss + r_loss, {**m, **rm, "retriever/loss": r_loss}
-    return (loss, m), grads
+    grads, (losses_c, ms) = jax.lax.scan(part, jax.tree.map(jnp.zeros_like, params),
+                                         (*_micro_chunks(ro, adv_N, g.micro_batches),
+                                          jnp.arange(g.micro_batches)))
+    return (jnp.sum(losses_c), jax.tree.map(lambda x: jnp.mean(x, axis=0), ms)), grads
 
 
 def _trained(state: TrainState, config, parts=None) -> dict:
