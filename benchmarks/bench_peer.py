@@ -21,9 +21,10 @@ Columns: median seconds of `--repeats` timed calls after a warm-up (compile excl
 speed-up over the peer, completion tokens per second of the rollouts, useful TFLOP/s (the
 analytic FLOPs of the work both must do, with one encoding per prompt, over the time), our
 update's share of the device's matmul peak measured in the same process (a 2048^3 product in
-that dtype) and peak device memory (GPU only). `--remat` and `--attention` set our
-`model.remat` and `model.attention`. Runs on a
-CPU (torch from requirements-test.txt) and unchanged on a GPU.
+that dtype), peak device memory (GPU only) and the seconds our rollout and update took to
+compile. `--remat`, `--attention` and `--scan-layers` set our `model.remat`,
+`model.attention` and `model.scan_layers`. Runs on a CPU (torch from requirements-test.txt)
+and unchanged on a GPU.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ DIMS = {
 VOCAB = 32128
 
 
-def t5_config(dims: str, dtype: str, remat: str = "none", attention: str = "einsum"
-              ) -> T5Config:
+def t5_config(dims: str, dtype: str, remat: str = "none", attention: str = "einsum",
+              scan_layers: bool = False) -> T5Config:
     """Our T5Config of a named size (random weights, no dropout)."""
     return T5Config(vocab_size=VOCAB, dropout_rate=0.0, dtype=dtype, remat=remat,
-                    attention=attention, **DIMS[dims])
+                    attention=attention, scan_layers=scan_layers, **DIMS[dims])
 
 
 def useful_flops(cfg: T5Config, B: int, G: int, S: int, T: int) -> tuple[float, float]:
@@ -129,12 +130,19 @@ def ours(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int) ->
     update = jax.jit(functools.partial(steps.grpo_update, models=models, config=config,
                                        optimizer=optimizer))
     key = jax.random.PRNGKey(2)
+    start = time.perf_counter()
+    rollout = rollout.lower(all_params, batch, key, all_params).compile()
+    compile_ro = time.perf_counter() - start
     ro = jax.block_until_ready(rollout(all_params, batch, key, all_params))
     rewards = jax.random.normal(key, (B, 1, G))
+    start = time.perf_counter()
+    update = update.lower(state, ro, rewards, batch).compile()
+    compile_up = time.perf_counter() - start
     jax.block_until_ready(update(state, ro, rewards, batch))
     return {"rollout": median_time(lambda: rollout(all_params, batch, key, all_params), repeats),
             "update": median_time(lambda: update(state, ro, rewards, batch), repeats),
-            "steps": int(ro.mask.sum(-1).max()), "peak": peak_gib_jax()}
+            "steps": int(ro.mask.sum(-1).max()), "peak": peak_gib_jax(),
+            "compile": (compile_ro, compile_up)}
 
 
 def peer(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int,
@@ -217,6 +225,7 @@ def main():
     parser.add_argument("--remat", default="none", help="our model.remat: none|full|dots")
     parser.add_argument("--attention", default="einsum", help="our model.attention: "
                         "einsum|fused")
+    parser.add_argument("--scan-layers", action="store_true", help="our model.scan_layers")
     parser.add_argument("--no-peer", action="store_true", help="time ours only")
     parser.add_argument("--no-peer-update", action="store_true",
                         help="time the peer's generate only (its seed-style update at B=32 "
@@ -230,14 +239,16 @@ def main():
     peaks = {dtype: matmul_peak(dtype) for dtype in args.dtypes.split(",")}
     print("measured matmul peak (2048^3, jax): " + ", ".join(
         f"{dtype} {p / 1e12:.3f} TFLOP/s" for dtype, p in peaks.items())
-        + f"; our model.remat={args.remat}, model.attention={args.attention}")
+        + f"; our model.remat={args.remat}, model.attention={args.attention}, "
+          f"model.scan_layers={args.scan_layers}")
     head = ("dims", "dtype", "B", "rollout s", "generate s", "x", "update s", "seed upd s", "x",
-            "tok/s", "peer tok/s", "TFLOP/s ro", "TFLOP/s upd", "upd % peak", "peak GiB")
+            "tok/s", "peer tok/s", "TFLOP/s ro", "TFLOP/s upd", "upd % peak", "peak GiB",
+            "compile s ro / upd")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for dims in args.dims.split(","):
         for dtype in args.dtypes.split(","):
-            cfg = t5_config(dims, dtype, args.remat, args.attention)
+            cfg = t5_config(dims, dtype, args.remat, args.attention, args.scan_layers)
             params = jax.jit(functools.partial(init_params, cfg))(jax.random.PRNGKey(0))
             for B in (int(b) for b in args.batches.split(",")):
                 a = ours(cfg, params, B, G, S, T, args.repeats)
@@ -254,7 +265,8 @@ def main():
                        "-" if b is None else f"{n_tok / b['rollout']:.0f}",
                        f"{f_ro / a['rollout'] / 1e12:.3f}", f"{f_up / a['update'] / 1e12:.3f}",
                        f"{100 * f_up / a['update'] / peaks[dtype]:.0f}",
-                       fmt(a["peak"]) + ("" if b is None else f" / {fmt(b['peak'])}")]
+                       fmt(a["peak"]) + ("" if b is None else f" / {fmt(b['peak'])}"),
+                       "{:.1f} / {:.1f}".format(*a["compile"])]
                 if a["steps"] != T:
                     row[3] += f" ({a['steps']} steps)"
                 print("| " + " | ".join(str(x) for x in row) + " |", flush=True)

@@ -276,8 +276,8 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
                          "%d, d_ff %d, %d+%d layers, %d heads)", config.preset, m.d_model, m.d_ff,
                          m.num_layers, m.num_decoder_layers, m.num_heads)
         params = random_init(t5_lib.init_params, cfg, rng, t5_lib.num_params(cfg))
-    return T5(dataclasses.replace(cfg, remat=config.model.remat,
-                                  attention=config.model.attention)), params
+    return T5(dataclasses.replace(cfg, remat=config.model.remat, attention=config.model.attention,
+                                  scan_layers=config.model.scan_layers)), params
 
 
 def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
@@ -300,7 +300,7 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
             logging.info("--config.init.retriever is empty: a random BERT-base-sized retriever "
                          "(hidden %d, %d layers)", m.hidden_size, m.num_hidden_layers)
         params = random_init(init_retriever_params, cfg, rng, contriever_lib.num_params(cfg))
-    return Contriever(cfg), params
+    return Contriever(dataclasses.replace(cfg, scan_layers=config.model.scan_layers)), params
 
 
 def build(config, workdir: str) -> Experiment:

@@ -213,6 +213,31 @@ def test_bfloat16_and_dropout(tiny):
     assert np.abs(drop[0] - drop[1]).max() > 1e-3 and np.abs(drop[0] - ref).max() > 1e-3
 
 
+def test_scanned_layers_match_bert_and_the_unrolled_gradients(tiny):
+    """scan_layers=True (the layers as one lax.scan over stacked params) still equals
+    BertModel, gives the unrolled model's gradients, and keeps dropout acting."""
+    _, model, _, config, params = tiny
+    scanned = dataclasses.replace(config, scan_layers=True)
+    ids, mask, types = _inputs(config.vocab_size, config.type_vocab_size)
+    hidden = _torch_hidden(model, ids, mask, types)
+    np.testing.assert_allclose(_ours(scanned, params, ids, mask, types, method="encode_tokens"),
+                               hidden, atol=TOL, rtol=0)
+    args = (jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
+
+    def loss(cfg, p):
+        return jnp.sum(contriever.Contriever(cfg).apply({"params": p}, *args)[:, 1])
+
+    assert "scan[" in str(jax.make_jaxpr(functools.partial(loss, scanned))(params))
+    g0 = jax.jit(jax.grad(functools.partial(loss, config)))(params)
+    g1 = jax.jit(jax.grad(functools.partial(loss, scanned)))(params)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    drop = jax.jit(lambda key: contriever.Contriever(scanned).apply(
+        {"params": params}, *args, deterministic=False, rngs={"dropout": key}))
+    assert np.abs(np.asarray(drop(jax.random.key(0))) - _ours(config, params, *args)).max() \
+        > 1e-3
+
+
 def test_init_params_match_loaded_structure(tiny):
     """Fresh params have exactly the tree (names, shapes, fp32) a checkpoint loads into."""
     _, _, _, config, params = tiny

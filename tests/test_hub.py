@@ -78,9 +78,15 @@ def test_hub_ids_resolve_to_the_cached_snapshot(offline_cache, tmp_path):
     reader, params = experiment.build_reader(config, reader_tok, None)
     _, want = hf.load_t5(str(t5_dir))
     np.testing.assert_array_equal(params["shared"]["embedding"], want["shared"]["embedding"])
-    assert reader.config.d_model == 16
+    assert reader.config.d_model == 16 and not reader.config.scan_layers
     retriever, _ = experiment.build_retriever(config, retriever_tok, None)
-    assert retriever.config.hidden_size == 16
+    assert retriever.config.hidden_size == 16 and not retriever.config.scan_layers
+    # The run's model.* choices reach the loaded models (they are not checkpoint fields).
+    config.model.scan_layers, config.model.remat, config.model.attention = True, "full", "fused"
+    reader, _ = experiment.build_reader(config, reader_tok, None)
+    assert (reader.config.scan_layers, reader.config.remat, reader.config.attention) == (
+        True, "full", "fused")
+    assert experiment.build_retriever(config, retriever_tok, None)[0].config.scan_layers
 
 
 def test_folders_and_packaged_names_still_work(offline_cache):

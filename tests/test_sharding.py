@@ -1,7 +1,8 @@
 """One rollout + reward + grpo_update on 8 simulated CPU devices (data=8 and data=2, fsdp=2,
-tensor=2, the latter with the update in two micro-batches) with the trainer's jitted, sharded
-step functions equals the 1-device run."""
+tensor=2, the latter with the update in two micro-batches and the layers scanned) with the
+trainer's jitted, sharded step functions equals the 1-device run."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from lapdog_jax import optim, sharding, steps
 from tests.test_steps import init_params, make_batch, make_config, make_models, make_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# name: (data, fsdp, tensor), grpo.micro_batches
-MESHES = {"data8": ((8, 1, 1), 1), "d2f2t2": ((2, 2, 2), 2)}
+# name: (data, fsdp, tensor), grpo.micro_batches, model.scan_layers
+MESHES = {"data8": ((8, 1, 1), 1, False), "d2f2t2": ((2, 2, 2), 2, True)}
 # LLVM's optimisation passes are most of the compile time of these tiny programs.
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -31,8 +32,8 @@ from tests.test_sharding import MESHES, run
 
 assert jax.device_count() == 8, jax.devices()
 out = {}
-for name, (shape, micro) in MESHES.items():
-    out.update({name + "/" + k: v for k, v in run(shape, micro).items()})
+for name, (shape, micro, scan) in MESHES.items():
+    out.update({name + "/" + k: v for k, v in run(shape, micro, scan).items()})
 np.savez(sys.argv[1], **out)
 """
 
@@ -42,12 +43,19 @@ def call(jitted, *args):
     return jitted.lower(*args).compile(compiler_options=FAST)(*args)
 
 
-def run(mesh_shape, micro_batches: int = 1) -> dict[str, np.ndarray]:
+def run(mesh_shape, micro_batches: int = 1, scan_layers: bool = False
+        ) -> dict[str, np.ndarray]:
     """Rollout, reward and one grpo_update (joint mode, B=8) on a mesh of this shape."""
     config = make_config("joint_grpo", batch_size=8,
                          **{"grpo.kl_coeff": 0.05, "grpo.kl_coeff_retriever": 0.05,
                             "grpo.micro_batches": micro_batches})
     models = make_models()
+    if scan_layers:  # the same params, run through lax.scan over the stacked layers
+        models = dataclasses.replace(
+            models, reader=type(models.reader)(dataclasses.replace(
+                models.reader.config, scan_layers=True)),
+            retriever=type(models.retriever)(dataclasses.replace(
+                models.retriever.config, scan_layers=True)))
     params, ref = init_params(models, 1), init_params(models, 2)
     mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
     optimizer = optim.make_optimizer(config)

@@ -290,6 +290,41 @@ def test_remat_gives_the_same_gradients(v10, remat):
         dataclasses.replace(config, remat="some")
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scan_layers_gives_the_same_model(v10, remat):
+    """model.scan_layers runs the full-sequence blocks as one lax.scan over their stacked
+    params: a scan in the jaxpr and one block body in the program, yet the same loss and
+    gradients (the params tree unchanged, one subtree per block), alone and under remat;
+    dropout still acts inside the scan, repeatably for one key."""
+    config, params = v10
+    config = dataclasses.replace(config, remat=remat)
+    scanned = dataclasses.replace(config, scan_layers=True)
+    ids, mask, dec, dec_mask = make_batch()
+
+    def loss(cfg, p):
+        logits = t5.T5(cfg).apply({"params": p}, ids, mask, dec, dec_mask)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+
+    jaxpr = str(jax.make_jaxpr(functools.partial(loss, scanned))(params))
+    assert jaxpr.count("scan[") == 2 and "scan[" not in str(
+        jax.make_jaxpr(functools.partial(loss, config))(params))  # encoder and decoder
+    l0, g0 = jax.jit(jax.value_and_grad(functools.partial(loss, config)))(params)
+    l1, g1 = jax.jit(jax.value_and_grad(functools.partial(loss, scanned)))(params)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    assert jax.tree.structure(g1) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    run = jax.jit(lambda rng: t5.T5(scanned).apply(
+        {"params": params}, ids, mask, method=t5.T5.encode, deterministic=False,
+        rngs={"dropout": rng}))
+    det = apply(t5.T5(scanned), params, ids, mask, method=t5.T5.encode)
+    want = apply(t5.T5(config), params, ids, mask, method=t5.T5.encode)
+    np.testing.assert_allclose(np.asarray(det), np.asarray(want), atol=1e-5)
+    a, b = run(jax.random.key(0, impl="rbg")), run(jax.random.key(0, impl="rbg"))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.abs(np.asarray(a - det)).max() > 1e-3
+
+
 def test_dropout_only_when_not_deterministic(v10):
     """deterministic=False with a 'dropout' rng changes outputs; the same rng repeats them."""
     config, params = v10

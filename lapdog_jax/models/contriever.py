@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lapdog_jax.models.params import ParamSpecs
+from lapdog_jax.models.params import ParamSpecs, scan_layers
 
 # transformers' ACT2FN names -> the same functions in JAX.
 ACTIVATIONS = {
@@ -65,6 +65,9 @@ class ContrieverConfig:
     pooling: str = "mean"  # 'mean' over non-pad tokens (Contriever) or 'cls'
     normalize: bool = False  # L2-normalise the output embeddings
     dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay fp32)
+    # The layers as one lax.scan over their stacked params (not a checkpoint field; see
+    # T5Config.scan_layers): one compiled layer body instead of one per layer.
+    scan_layers: bool = False
 
     def __post_init__(self):
         """Rejects settings the model cannot run."""
@@ -234,8 +237,15 @@ class Contriever(nn.Module):
         x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
              + self.position_embeddings(jnp.arange(length))[None])
         x = self.dropout(self.embeddings_norm(x), deterministic=deterministic)
-        for layer in self.layers:
-            x = layer(x, attention_mask, deterministic)
+        if cfg.scan_layers and not self.is_initializing():
+            params = self.variables["params"]
+            x = scan_layers(EncoderLayer(cfg, parent=None),  # unbound: applied per layer
+                            [params[f"layer_{i}"] for i in range(len(self.layers))],
+                            x, attention_mask, deterministic=deterministic,
+                            rng=None if deterministic else self.make_rng("dropout"))
+        else:
+            for layer in self.layers:
+                x = layer(x, attention_mask, deterministic)
         if self.is_initializing():
             self.pooler_output(x)  # creates the pooler params
         return x

@@ -1,5 +1,6 @@
 """A model family's params, concrete or abstract, from its `init_boxed(config, rng, lazy)`
-(the module's variables with their logical-axis boxes; `lazy=False` runs a plain init)."""
+(the module's variables with their logical-axis boxes; `lazy=False` runs a plain init), and
+`scan_layers`, which runs a stack of identical layers as one `lax.scan`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,28 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
+
+
+def scan_layers(layer: nn.Module, layer_params, x, *args, deterministic: bool = True,
+                rng=None, policy=None):
+    """x through the layers whose params are the list `layer_params` (one subtree each, as
+    stored), as one `lax.scan` of the unbound `layer`'s pure apply over the params stacked
+    on a leading axis: XLA compiles one layer body instead of one per layer. `layer` is
+    called as layer(h, *args, deterministic); each layer draws its own dropout key from `rng`
+    when not deterministic; `policy` (a jax.checkpoint policy) rematerialises each layer."""
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer_params)
+
+    def body(h, per_layer):
+        params, key = per_layer
+        return layer.apply({"params": params}, h, *args, deterministic,
+                           rngs=None if key is None else {"dropout": key}), None
+
+    if policy is not None:
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    keys = None if deterministic else jax.random.split(rng, len(layer_params))
+    return jax.lax.scan(body, x, (stacked, keys))[0]
 
 
 class ParamSpecs:

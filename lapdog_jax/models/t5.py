@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from lapdog_jax.models.params import ParamSpecs
+from lapdog_jax.models.params import ParamSpecs, scan_layers
 
 # Activations transformers' ACT2FN offers that T5 checkpoints use; tanh-GELU has three names.
 ACTIVATIONS = {
@@ -81,6 +81,11 @@ class T5Config:
     # it applies and XLA's otherwise; used where no attention dropout acts (decoding steps
     # keep the einsum, which reads the transposed cross keys).
     attention: str = "einsum"
+    # Full-sequence passes run the blocks as one `lax.scan` over their params stacked on a
+    # layer axis (not a checkpoint field: params stay one subtree per block, as in HF
+    # checkpoints): one compiled block body instead of one per layer, so a deep model
+    # compiles in a fraction of the time; decoding steps stay unrolled.
+    scan_layers: bool = False
 
     def __post_init__(self):
         """Validates the activation and dtype names early, with a clear message."""
@@ -411,8 +416,17 @@ class Stack(nn.Module):
         length = x.shape[1]
         bias = self._bias(_bucket_table(length, length, not self.is_decoder, self.config))
         x = self.dropout(x, deterministic=deterministic)
-        for block in self.block:
-            x = block(x, mask, bias, encoder_output, enc_mask, deterministic)
+        if self.config.scan_layers and not self.is_initializing():
+            cfg, params = self.config, self.variables["params"]
+            x = scan_layers(Block(cfg, self.is_decoder, parent=None),  # unbound: per layer
+                            [params[f"block_{i}"] for i in range(len(self.block))],
+                            x, mask, bias, encoder_output, enc_mask,
+                            deterministic=deterministic,
+                            rng=None if deterministic else self.make_rng("dropout"),
+                            policy=REMAT_POLICIES[cfg.remat])
+        else:
+            for block in self.block:
+                x = block(x, mask, bias, encoder_output, enc_mask, deterministic)
         return self._finish(x, deterministic)
 
     def init_cache(self, encoder_output, encoder_mask, max_length, batch_size=None):
