@@ -140,6 +140,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
             logging.info("restored checkpoint at step %d", s)
         return restored
     if skipped:
+        hint = ("; their state's layout is not this version's (e.g. saved before the optimizer "
+                "dropped MultiSteps' accumulator at accumulation_steps=1): resume them with the "
+                "version that wrote them, or start a new --workdir"
+                if any("tree structures do not match" in x for x in skipped) else "")
         raise CheckpointError(f"{manager.directory}: no checkpoint reads whole "
-                              f"({'; '.join(skipped)})")
+                              f"({'; '.join(skipped)}){hint}")
     return None

@@ -75,7 +75,8 @@ class Optimizer:
         """(params, opt_state, metrics) after one call with `grads` {part: grads}.
 
         A non-finite gradient in any part makes every part skip the call (params and state
-        kept; MultiSteps counts it), so a step is applied whole or not at all.
+        kept; MultiSteps or apply_if_finite counts it), so a step is applied whole or not at
+        all.
         """
         finite = jnp.isfinite(optax.global_norm(grads))
         grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads)
@@ -91,9 +92,8 @@ class Optimizer:
 
     def learning_rates(self, opt_state) -> dict[str, jax.Array]:
         """The scheduled learning rate of each part's next update (for logging)."""
-        # MultiSteps' own count: updates made (not calls, not skipped non-finite calls).
         return {"opt/lr" + ("" if part in READER_PARTS else f"_{part}"):
-                self.schedules[part](opt_state[part].gradient_step) for part in self.parts}
+                self.schedules[part](updates_made(opt_state[part])) for part in self.parts}
 
 
 def _token_types(params) -> dict:
@@ -123,8 +123,28 @@ def make_optimizer(config) -> Optimizer:
             tx = optax.chain(tx, optax.masked(optax.set_to_zero(), _token_types))
         if o.clip_norm:
             tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
-        # The skip sits in MultiSteps, before accumulation: a NaN gradient added to the
-        # accumulator would stay there (0 * NaN = NaN on reset) and poison every later step.
-        parts[part] = optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps,
-                                       should_skip_update_fn=optax.skip_not_finite)
+        if config.accumulation_steps > 1:
+            # The skip sits in MultiSteps, before accumulation: a NaN gradient added to the
+            # accumulator would stay there (0 * NaN = NaN on reset) and poison every later
+            # step.
+            tx = optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps,
+                                  should_skip_update_fn=optax.skip_not_finite)
+        else:
+            # No accumulator: MultiSteps would keep a params-sized one even at k = 1 (a third
+            # of the optimizer state). Non-finite calls are always skipped (the trainer counts
+            # them and stops after max_bad_steps).
+            tx = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER)
+        parts[part] = tx
     return Optimizer(parts, schedules)
+
+
+_NEVER = 2**31 - 1  # apply_if_finite's consecutive non-finite calls before it applies one
+
+
+def updates_made(part_state) -> jax.Array:
+    """The optimizer updates one part's state has made (not calls, not skipped calls): the
+    count its schedule is at."""
+    if isinstance(part_state, optax.MultiStepsState):
+        return part_state.gradient_step
+    return optax.tree_utils.tree_get(part_state, "count", filtering=lambda path, _: any(
+        getattr(key, "tuple_name", None) == "ScaleByAdamState" for key in path))

@@ -280,6 +280,43 @@ def test_schedule_spans_the_whole_run():
     assert lr(c, 5, "retriever") > 0 and lr(c, 6, "retriever") == 0
 
 
+def test_optimizer_keeps_an_accumulator_only_when_accumulating():
+    """At accumulation_steps=1 a part's state is Adam's two moments (no params-sized
+    accumulator: a third less optimizer memory); at k > 1 MultiSteps adds one. Either way
+    the schedule counts updates made, not calls and not skipped non-finite calls."""
+    params = {"reader": {"a": jnp.ones((3, 4)), "b": jnp.ones(5)}}
+    grads = {"reader": {"a": jnp.full((3, 4), 0.5), "b": jnp.full(5, 0.5)}}
+    nan = jax.tree.map(lambda g: g * jnp.nan, grads)
+    for k, copies, updates in ((1, 2, 3), (2, 3, 1)):
+        opt = optim.make_optimizer(make_config("grpo", accumulation_steps=k))
+        state = opt.init(params)
+        assert sum(x.size for x in jax.tree.leaves(state) if x.ndim) == copies * 17, k
+        p = params
+        for g in (grads, nan, grads, grads):
+            p, state, _ = opt.apply(p, state, g)
+        assert int(optim.updates_made(state["reader"])) == updates, k
+        assert tree_max_diff(p, params) > 0
+
+
+def test_checkpoint_of_the_accumulator_layout_is_refused_with_the_reason(tmp_path):
+    """A state saved with MultiSteps' accumulator at k = 1 (the layout before it was dropped)
+    does not restore into today's state: one error that says why, and the files stay."""
+    from lapdog_jax import checkpoint
+
+    params = {"reader": {"a": jnp.ones((3, 4))}, "retriever": {"b": jnp.ones(2)}}
+    new = optim.make_optimizer(make_config("grpo"))
+    old = optim.Optimizer({"reader": optax.MultiSteps(
+        optax.adamw(1e-3), every_k_schedule=1, should_skip_update_fn=optax.skip_not_finite)},
+        new.schedules)
+    manager = checkpoint.make_manager(str(tmp_path), 2)
+    checkpoint.save(manager, 4, steps.make_state(params, params, optimizer=old, seed=0),
+                    {"step": 4})
+    with pytest.raises(checkpoint.CheckpointError, match="layout is not this version's"):
+        checkpoint.restore_latest(manager, steps.make_state(params, params, optimizer=new,
+                                                            seed=0))
+    assert checkpoint.steps_on_disk(str(tmp_path)) == [4]
+
+
 # --------------------------------------------------------------------------------------------
 # Sampler with the real T5
 # --------------------------------------------------------------------------------------------
