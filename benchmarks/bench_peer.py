@@ -23,8 +23,9 @@ analytic FLOPs of the work both must do, with one encoding per prompt, over the 
 update's share of the device's matmul peak measured in the same process (a 2048^3 product in
 that dtype), peak device memory (GPU only) and the seconds our rollout and update took to
 compile. `--remat`, `--attention` and `--scan-layers` set our `model.remat`,
-`model.attention` and `model.scan_layers`. Runs on a CPU (torch from requirements-test.txt)
-and unchanged on a GPU.
+`model.attention` and `model.scan_layers`; `--bf16-params` stores our params in bf16 at the
+bfloat16 points (`model.param_dtype`; the peer's bf16 model is `model.to(bfloat16)`). Runs
+on a CPU (torch from requirements-test.txt) and unchanged on a GPU.
 """
 
 from __future__ import annotations
@@ -226,6 +227,9 @@ def main():
     parser.add_argument("--attention", default="einsum", help="our model.attention: "
                         "einsum|fused")
     parser.add_argument("--scan-layers", action="store_true", help="our model.scan_layers")
+    parser.add_argument("--bf16-params", action="store_true",
+                        help="at the bfloat16 points store our params in bf16 too "
+                             "(model.param_dtype, as the peer's model.to(bfloat16))")
     parser.add_argument("--no-peer", action="store_true", help="time ours only")
     parser.add_argument("--no-peer-update", action="store_true",
                         help="time the peer's generate only (its seed-style update at B=32 "
@@ -240,7 +244,8 @@ def main():
     print("measured matmul peak (2048^3, jax): " + ", ".join(
         f"{dtype} {p / 1e12:.3f} TFLOP/s" for dtype, p in peaks.items())
         + f"; our model.remat={args.remat}, model.attention={args.attention}, "
-          f"model.scan_layers={args.scan_layers}")
+          f"model.scan_layers={args.scan_layers}, bf16 params at bf16 points: "
+          f"{args.bf16_params}")
     head = ("dims", "dtype", "B", "rollout s", "generate s", "x", "update s", "seed upd s", "x",
             "tok/s", "peer tok/s", "TFLOP/s ro", "TFLOP/s upd", "upd % peak", "peak GiB",
             "compile s ro / upd")
@@ -250,8 +255,10 @@ def main():
         for dtype in args.dtypes.split(","):
             cfg = t5_config(dims, dtype, args.remat, args.attention, args.scan_layers)
             params = jax.jit(functools.partial(init_params, cfg))(jax.random.PRNGKey(0))
+            stored = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params) \
+                if args.bf16_params and dtype == "bfloat16" else params
             for B in (int(b) for b in args.batches.split(",")):
-                a = ours(cfg, params, B, G, S, T, args.repeats)
+                a = ours(cfg, stored, B, G, S, T, args.repeats)
                 b = None if args.no_peer else peer(cfg, params, B, G, S, T, args.repeats,
                                                    update=not args.no_peer_update)
                 f_ro, f_up = useful_flops(cfg, B, G, S, T)

@@ -110,6 +110,7 @@ CHOICES = {
     "data.retriever_from": ("persona", "all"),
     "data.fusion": ("fid", "concat"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("einsum", "fused"),
     "model.passage_scores": PASSAGE_SCORES,
@@ -531,6 +532,12 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.model.reader = _preset_reader(preset) if preset else _tiny_reader()
     c.model.retriever = _preset_retriever() if preset else _tiny_retriever()
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # Storage dtype of the reader's and retriever's params (and their reference copies and
+    # Adam moments): 'bfloat16' halves their memory and the casts of each step, as loading a
+    # model with transformers' torch_dtype=bfloat16 does; with no fp32 master copy, an update
+    # smaller than ~1/256 of a weight rounds away. 'float32' keeps fp32 params (the default:
+    # with model.dtype=bfloat16, mixed precision).
+    c.model.param_dtype = "float32"
     # Reader activations kept for the backward pass of training steps: 'none' (all), 'full'
     # (each T5 block's input only; the rest is recomputed: ~1/3 more reader FLOPs, far less
     # memory at large B x G x T) or 'dots' (also the blocks' matrix-product outputs).

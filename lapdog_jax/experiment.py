@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
@@ -255,6 +256,12 @@ def random_init(init_fn, cfg, rng, size: int):
     return jax.jit(init_fn, static_argnums=0)(cfg, rng)
 
 
+def stored(params, config):
+    """`params` in the run's storage dtype (model.param_dtype)."""
+    dtype = jnp.dtype(config.model.param_dtype)
+    return jax.tree.map(lambda x: x if x.dtype == dtype else jnp.asarray(x, dtype), params)
+
+
 def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
     """The reader module and params: init.reader's HF checkpoint, else a random tiny T5."""
     dtype = config.model.dtype
@@ -277,7 +284,8 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
                          m.num_layers, m.num_decoder_layers, m.num_heads)
         params = random_init(t5_lib.init_params, cfg, rng, t5_lib.num_params(cfg))
     return T5(dataclasses.replace(cfg, remat=config.model.remat, attention=config.model.attention,
-                                  scan_layers=config.model.scan_layers)), params
+                                  scan_layers=config.model.scan_layers)), \
+        stored(params, config)
 
 
 def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
@@ -300,7 +308,8 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
             logging.info("--config.init.retriever is empty: a random BERT-base-sized retriever "
                          "(hidden %d, %d layers)", m.hidden_size, m.num_hidden_layers)
         params = random_init(init_retriever_params, cfg, rng, contriever_lib.num_params(cfg))
-    return Contriever(dataclasses.replace(cfg, scan_layers=config.model.scan_layers)), params
+    return Contriever(dataclasses.replace(cfg, scan_layers=config.model.scan_layers)), \
+        stored(params, config)
 
 
 def build(config, workdir: str) -> Experiment:
@@ -322,8 +331,8 @@ def build(config, workdir: str) -> Experiment:
     params = {"reader": reader_params, "retriever": retriever_params}
     ref = dict(params)
     if config.init.reference:
-        _, ref["reader"] = hf.load_t5(_path_flag(config, "init.reference"),
-                                      dtype=config.model.dtype)
+        ref["reader"] = stored(hf.load_t5(_path_flag(config, "init.reference"),
+                                          dtype=config.model.dtype)[1], config)
     if lora.enabled(config.lora):
         try:
             params["lora"] = lora.init(reader_params, config.lora, jax.random.fold_in(

@@ -20,13 +20,19 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e4 else str(n)
 
 
+def _stored(config) -> str:
+    """'bfloat16 ' when the params are stored in bf16 (model.param_dtype), else ''."""
+    return "" if config.model.param_dtype == "float32" else f"{config.model.param_dtype} "
+
+
 def _reader(config, exp) -> str:
     """The reader's shape, size and source."""
     c = exp.reader.config
     source = config.init.reader or "random init (model.reader)"
     out = (f"T5 d_model={c.d_model} layers={c.num_layers}+{c.num_decoder_layers} "
            f"heads={c.num_heads} vocab={c.vocab_size} {c.dtype}: "
-           f"{_millions(param_count(exp.params['reader']))} params from {source}")
+           f"{_millions(param_count(exp.params['reader']))} {_stored(config)}params from "
+           f"{source}")
     if "lora" in exp.params:
         lo = config.lora
         out += (f", frozen; LoRA rank={lo.rank} alpha={lo.alpha} on "
@@ -43,8 +49,8 @@ def _retriever(config, exp) -> str:
     source = config.init.retriever or "random init (model.retriever)"
     trains = "trained" if config_lib.mode_info(config).trains_retriever else "frozen"
     return (f"BERT hidden={c.hidden_size} layers={c.num_hidden_layers} "
-            f"vocab={c.vocab_size}: {_millions(param_count(exp.params['retriever']))} params "
-            f"from {source}, {trains}")
+            f"vocab={c.vocab_size}: {_millions(param_count(exp.params['retriever']))} "
+            f"{_stored(config)}params from {source}, {trains}")
 
 
 def _reference(config) -> str:

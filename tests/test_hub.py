@@ -1,6 +1,8 @@
 """Hub ids for init.reader / init.retriever / init.reference / data.tokenizer, resolved from a
 fake Hugging Face cache laid out on disk (HF_HUB_CACHE layout), offline: no network."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
@@ -87,6 +89,12 @@ def test_hub_ids_resolve_to_the_cached_snapshot(offline_cache, tmp_path):
     assert (reader.config.scan_layers, reader.config.remat, reader.config.attention) == (
         True, "full", "fused")
     assert experiment.build_retriever(config, retriever_tok, None)[0].config.scan_layers
+    config.model.param_dtype = "bfloat16"  # stored in bf16, loaded values rounded
+    _, params = experiment.build_reader(config, reader_tok, None)
+    _, r_params = experiment.build_retriever(config, retriever_tok, None)
+    assert {x.dtype for x in jax.tree.leaves((params, r_params))} == {jnp.dtype(jnp.bfloat16)}
+    np.testing.assert_array_equal(params["shared"]["embedding"],
+                                  jnp.asarray(want["shared"]["embedding"], jnp.bfloat16))
 
 
 def test_folders_and_packaged_names_still_work(offline_cache):

@@ -605,6 +605,31 @@ def test_nonfinite_gradient_leaves_params_unchanged(setup):
     assert tree_max_diff(state.params, setup.params) > 1e-4
 
 
+def test_bfloat16_params_train_in_bfloat16_close_to_float32(setup):
+    """model.param_dtype=bfloat16: a joint rollout and update run on bf16 params and keep
+    them bf16 (Adam moments too), the loss and the rollout's log-probs stay close to the fp32
+    run's, and both the reader and the retriever move."""
+    f = setup.fns("joint")
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), setup.params)
+    key = jax.random.PRNGKey(31)
+    ro32 = f.rollout(setup.params, setup.batch, key, setup.params)
+    ro16 = f.rollout(bf16, setup.batch, key, bf16)
+    # The same draws where the rounded weights still pick the same tokens.
+    assert float(jnp.mean(ro16.tokens == ro32.tokens)) > 0.5
+    both = np.asarray((ro16.tokens == ro32.tokens).all(-1))
+    np.testing.assert_allclose(np.asarray(ro16.logp_old)[both], np.asarray(ro32.logp_old)[both],
+                               atol=0.05)
+    s32, m32 = f.update(setup.state("joint"), ro32, random_rewards(7), setup.batch)
+    s16, m16 = f.update(setup.state("joint", bf16), ro32, random_rewards(7), setup.batch)
+    assert {x.dtype for x in jax.tree.leaves(s16.params)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam_moments(s16.opt_state, "reader"))} == {
+        jnp.dtype(jnp.bfloat16)}
+    np.testing.assert_allclose(float(m16["train/loss"]), float(m32["train/loss"]), rtol=0.05,
+                               atol=1e-3)
+    for part in ("reader", "retriever"):
+        assert tree_max_diff(s16.params[part], bf16[part]) > 0, part
+
+
 # --------------------------------------------------------------------------------------------
 # Query-side retriever training
 # --------------------------------------------------------------------------------------------
