@@ -51,6 +51,9 @@ DIMS = {
                   feed_forward_proj="relu", tie_word_embeddings=True),
     "base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
                  feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    # T5 v1.1-large (bench_compile.py; too large for a 24 GB CPU host next to the peer)
+    "large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
+                  feed_forward_proj="gated-gelu", tie_word_embeddings=False),
 }
 VOCAB = 32128
 

@@ -1,0 +1,95 @@
+r"""Compile time of our GRPO rollout and update at T5 sizes, from abstract shapes only.
+
+    PYTHONPATH=. python benchmarks/bench_compile.py --dims=base,large [--scan-layers]
+
+Lowers and compiles `steps.rollout` and `steps.grpo_update` (fp32, B prompts x G samples, S
+source and T new tokens, as bench_peer.py) on `jax.ShapeDtypeStruct` params and state, so a
+T5 v1.1-large point needs no memory for weights. Prints, per point, the seconds to lower
+(trace to StableHLO) and to compile each step; `--scan-layers` sets `model.scan_layers`
+(one compiled layer body instead of one per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_peer import t5_config  # noqa: E402
+
+from lapdog_jax import config_lib, optim, steps  # noqa: E402
+from lapdog_jax.models import contriever  # noqa: E402
+from lapdog_jax.models.t5 import T5, init_params  # noqa: E402
+
+
+def timed(fn):
+    """(fn(), seconds it took)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def point(dims: str, scan_layers: bool, B: int, G: int, S: int, T: int) -> dict:
+    """Lower and compile seconds of the rollout and the update at one point."""
+    cfg = dataclasses.replace(t5_config(dims, "float32"), scan_layers=scan_layers)
+    config = config_lib.mode_config("grpo")
+    overrides = {"batch_size": B, "grpo.group_size": G, "data.text_maxlength": S,
+                 "data.target_maxlength": T, "grpo.kl_coeff": 0.0, "retrieval.pool_size": 1,
+                 "data.n_context": 1, "optim.warmup_steps": 0}
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        setattr(functools.reduce(getattr, path, config), leaf, value)
+    retriever = contriever.Contriever(contriever.ContrieverConfig(
+        vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+        intermediate_size=8, max_position_embeddings=8))
+    models = steps.Models(T5(cfg), retriever, (0, 1))
+    optimizer = optim.make_optimizer(config)
+    params = {"reader": jax.eval_shape(functools.partial(init_params, cfg),
+                                       jax.random.PRNGKey(0)), "retriever": {}}
+    state = jax.eval_shape(lambda p: steps.TrainState(
+        step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p), ref_params=p,
+        rng=jax.random.PRNGKey(1)), params)
+    batch = {k: jax.ShapeDtypeStruct((B, 1, S), jnp.int32) for k in ("reader_ids",
+                                                                      "reader_mask")}
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    rollout = jax.jit(functools.partial(steps.rollout, models=models, config=config))
+    update = jax.jit(functools.partial(steps.grpo_update, models=models, config=config,
+                                       optimizer=optimizer))
+    lowered, ro_lower = timed(lambda: rollout.lower(params, batch, key, params))
+    _, ro_compile = timed(lowered.compile)
+    ro = jax.eval_shape(rollout, params, batch, key, params)
+    rewards = jax.ShapeDtypeStruct((B, 1, G), jnp.float32)
+    lowered, up_lower = timed(lambda: update.lower(state, ro, rewards, batch))
+    _, up_compile = timed(lowered.compile)
+    return {"rollout": (ro_lower, ro_compile), "update": (up_lower, up_compile)}
+
+
+def main():
+    """Prints one row per --dims point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", default="small,base,large")
+    parser.add_argument("--scan-layers", action="store_true")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--source", type=int, default=256)
+    parser.add_argument("--target", type=int, default=32)
+    args = parser.parse_args()
+    print(f"{jax.devices()[0].device_kind}; B={args.batch} G={args.group} S={args.source} "
+          f"T={args.target}; model.scan_layers={args.scan_layers}")
+    print("| dims | rollout lower s | rollout compile s | update lower s | update compile s |")
+    print("|---|---|---|---|---|")
+    for dims in args.dims.split(","):
+        t = point(dims, args.scan_layers, args.batch, args.group, args.source, args.target)
+        print(f"| {dims} | {t['rollout'][0]:.1f} | {t['rollout'][1]:.1f} | "
+              f"{t['update'][0]:.1f} | {t['update'][1]:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
