@@ -22,11 +22,9 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_peer import t5_config  # noqa: E402
+from bench_peer import grpo_steps, t5_config, train_state  # noqa: E402
 
-from lapdog_jax import config_lib, optim, steps  # noqa: E402
-from lapdog_jax.models import contriever  # noqa: E402
-from lapdog_jax.models.t5 import T5, init_params  # noqa: E402
+from lapdog_jax.models.t5 import init_params  # noqa: E402
 
 
 def timed(fn):
@@ -39,29 +37,13 @@ def timed(fn):
 def point(dims: str, scan_layers: bool, B: int, G: int, S: int, T: int) -> dict:
     """Lower and compile seconds of the rollout and the update at one point."""
     cfg = dataclasses.replace(t5_config(dims, "float32"), scan_layers=scan_layers)
-    config = config_lib.mode_config("grpo")
-    overrides = {"batch_size": B, "grpo.group_size": G, "data.text_maxlength": S,
-                 "data.target_maxlength": T, "grpo.kl_coeff": 0.0, "retrieval.pool_size": 1,
-                 "data.n_context": 1, "optim.warmup_steps": 0}
-    for key, value in overrides.items():
-        *path, leaf = key.split(".")
-        setattr(functools.reduce(getattr, path, config), leaf, value)
-    retriever = contriever.Contriever(contriever.ContrieverConfig(
-        vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-        intermediate_size=8, max_position_embeddings=8))
-    models = steps.Models(T5(cfg), retriever, (0, 1))
-    optimizer = optim.make_optimizer(config)
-    params = {"reader": jax.eval_shape(functools.partial(init_params, cfg),
-                                       jax.random.PRNGKey(0)), "retriever": {}}
-    state = jax.eval_shape(lambda p: steps.TrainState(
-        step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p), ref_params=p,
-        rng=jax.random.PRNGKey(1)), params)
+    rollout, update, optimizer = grpo_steps(cfg, B, G, S, T)
+    reader = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
+    state = jax.eval_shape(lambda p: train_state(p, optimizer), reader)
+    params = state.params
     batch = {k: jax.ShapeDtypeStruct((B, 1, S), jnp.int32) for k in ("reader_ids",
                                                                       "reader_mask")}
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    rollout = jax.jit(functools.partial(steps.rollout, models=models, config=config))
-    update = jax.jit(functools.partial(steps.grpo_update, models=models, config=config,
-                                       optimizer=optimizer))
     lowered, ro_lower = timed(lambda: rollout.lower(params, batch, key, params))
     _, ro_compile = timed(lowered.compile)
     ro = jax.eval_shape(rollout, params, batch, key, params)

@@ -108,8 +108,9 @@ def peak_gib_jax() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def ours(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int) -> dict:
-    """Times of our jitted rollout and grpo_update at one point."""
+def grpo_steps(cfg: T5Config, B: int, G: int, S: int, T: int):
+    """(jitted rollout, jitted grpo_update, optimizer) of a reader-only GRPO run of our T5
+    `cfg` at one point (no KL, one source segment, a stub retriever)."""
     config = config_lib.mode_config("grpo")
     overrides = {"batch_size": B, "grpo.group_size": G, "data.text_maxlength": S,
                  "data.target_maxlength": T, "grpo.kl_coeff": 0.0, "retrieval.pool_size": 1,
@@ -123,16 +124,28 @@ def ours(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int) ->
         intermediate_size=8, max_position_embeddings=8))
     models = steps.Models(T5(cfg), retriever, (0, 1))
     optimizer = optim.make_optimizer(config)
-    all_params = {"reader": params, "retriever": {}}
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=all_params,
-                             opt_state=optimizer.init(all_params), ref_params=all_params,
-                             rng=jax.random.PRNGKey(1))
-    rng = np.random.default_rng(0)
-    batch = {"reader_ids": rng.integers(3, VOCAB, (B, 1, S)).astype(np.int32),
-             "reader_mask": np.ones((B, 1, S), np.int32)}
     rollout = jax.jit(functools.partial(steps.rollout, models=models, config=config))
     update = jax.jit(functools.partial(steps.grpo_update, models=models, config=config,
                                        optimizer=optimizer))
+    return rollout, update, optimizer
+
+
+def train_state(params, optimizer) -> steps.TrainState:
+    """A step-0 state of reader `params` (its own reference), concrete or abstract."""
+    all_params = {"reader": params, "retriever": {}}
+    return steps.TrainState(step=jnp.zeros((), jnp.int32), params=all_params,
+                            opt_state=optimizer.init(all_params), ref_params=all_params,
+                            rng=jax.random.PRNGKey(1))
+
+
+def ours(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int) -> dict:
+    """Times of our jitted rollout and grpo_update at one point."""
+    rollout, update, optimizer = grpo_steps(cfg, B, G, S, T)
+    state = train_state(params, optimizer)
+    all_params = state.params
+    rng = np.random.default_rng(0)
+    batch = {"reader_ids": rng.integers(3, VOCAB, (B, 1, S)).astype(np.int32),
+             "reader_mask": np.ones((B, 1, S), np.int32)}
     key = jax.random.PRNGKey(2)
     start = time.perf_counter()
     rollout = rollout.lower(all_params, batch, key, all_params).compile()
