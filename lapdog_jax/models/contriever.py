@@ -3,8 +3,8 @@
 Matches transformers' `BertModel` (absolute positions, token types, post-LN layers) with
 Contriever's pooling `sum(h * mask) / sum(mask)` and optional L2 normalisation.
 Shapes: B sequences, L tokens per sequence, D hidden width, V vocab.
-Params are a plain pytree (`model.apply({'params': params}, ids, mask)`), fp32 whatever the
-compute dtype.
+Params are a plain pytree (`model.apply({'params': params}, ids, mask)`), initialised fp32
+whatever the compute dtype (a run may store them in bf16: `model.param_dtype`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ContrieverConfig:
     initializer_range: float = 0.02  # std of the normal init (BERT's)
     pooling: str = "mean"  # 'mean' over non-pad tokens (Contriever) or 'cls'
     normalize: bool = False  # L2-normalise the output embeddings
-    dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay fp32)
+    dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16' (params keep theirs)
     # The layers as one lax.scan over their stacked params (not a checkpoint field; see
     # T5Config.scan_layers): one compiled layer body instead of one per layer.
     scan_layers: bool = False

@@ -2,7 +2,8 @@
 
 Covers T5 v1.0 (ReLU FFN, logits from the shared embedding scaled by d_model**-0.5) and
 T5 v1.1 / Flan / mT5 (gated-GELU FFN, separate lm_head, no scaling). Params are a plain pytree
-(fp32); `T5Config.dtype` only sets the compute dtype. Besides the teacher-forced forward pass,
+(initialised fp32; a run may store them in bf16: `model.param_dtype`); `T5Config.dtype` only
+sets the compute dtype. Besides the teacher-forced forward pass,
 `init_cache` + `decode_step` run one token at a time with a KV cache inside `lax.while_loop`.
 
 Shapes: B batch, N passages, L segment length, S source length, T target length, D width,
@@ -71,7 +72,7 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
-    dtype: str = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay fp32)
+    dtype: str = "float32"  # compute dtype: 'float32' | 'bfloat16' (params keep theirs)
     # Rematerialisation of each block's activations in the backward pass (not a checkpoint
     # field): 'none' keeps them all; 'full' keeps only each block's input and recomputes the
     # rest; 'dots' also keeps the outputs of its (unbatched) matrix products.
