@@ -1,28 +1,42 @@
-r"""Ablation on the embedded synthetic task: four methods, same seed, same step budget.
+r"""Ablation on the embedded synthetic task: every method at the same seeds and step budget.
 
-    PYTHONPATH=. python benchmarks/ablation.py --out=runs/ablation \
-        [--set total_steps=200 --set sft_warmup_steps=100] [--methods=grpo,joint_grpo] [--force]
+    PYTHONPATH=. python benchmarks/ablation.py --out=runs/ablation --seeds=0,1,2 \
+        [--split=heldout] [--set total_steps=400 --set sft_warmup_steps=250] \
+        [--methods=grpo,joint_grpo] [--force]
 
-Methods (each a `python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/NAME` subprocess,
-every `--set k=v` passed on as `--config.k=v`):
-  stage1_only  configs/joint_grpo.py with sft_warmup_steps=total_steps: supervised warm-up on
-               the gold story for the whole budget, never RL (eval reads retrieved passages);
-  grpo         configs/grpo.py: reader-only GRPO, retrieval fixed;
-  lapdog       configs/lapdog.py: original LAPDOG stage 2 (reader CE + retriever distillation);
-  joint_grpo   configs/joint_grpo.py: joint GRPO of reader and retriever.
-A run whose final `eval/metrics-step-<total_steps>.json` exists is not rerun (so a crashed
-ablation resumes) unless --force, which deletes its workdir first. Writes OUT/ablation.md (final
-F1, BLEU, ROUGE-L, EM, recall@1, wall minutes, command per method; also printed) and
-OUT/ablation.png (eval F1 and recall@1 vs step, one line per method). Needs matplotlib.
+Each run is `python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/seed-S/NAME` with
+`--config.seed=S --config.data.synthetic.seed=S --config.data.synthetic.split=SPLIT`, the
+method's own overrides and every `--set k=v` as `--config.k=v`. Methods:
+  stage1_only       configs/joint_grpo.py with sft_warmup_steps=total_steps: supervised on the
+                    gold story for the whole budget, never RL (eval reads retrieved stories);
+  grpo              configs/grpo.py: reader-only GRPO, retrieval fixed;
+  lapdog            configs/lapdog.py: LAPDOG stage 2 (reader CE + retriever distillation) with
+                    the demo's scaling (raw cosines / 0.05 and 0.1, KL 'batchmean');
+  lapdog_exact      the same with LAPDOG's own scaling (q.p/sqrt(d), temperatures 0.8 / 0.85,
+                    KLDivLoss 'mean'), as the configs/lapdog.py presets;
+  joint_grpo        configs/joint_grpo.py: joint GRPO, the shared encoder scored against the
+                    passage embeddings in the index (re-embedded every refresh_index steps);
+  joint_grpo_qside  the same, query-side: a trained query encoder against the frozen initial
+                    passage encoder (model.shared_retriever=False).
+Runs go seed by seed (all methods of seed 0 first), so a partial ablation has whole seeds. It
+resumes: a run whose final `eval/metrics-step-<total_steps>.json` exists is skipped, an
+unfinished one continues from its workdir's last checkpoint (the trainer resumes), and each
+attempt's wall time and host load are kept in the workdir's ablation_run.json; --force deletes
+a run's workdir first. After each run (and at the end) it writes OUT/ablation.json (per-seed
+final metrics, wall times, commands, the retrieval baselines of each seed's eval set),
+OUT/ablation.md (the table, mean ± std over the finished seeds; also printed) and
+OUT/ablation.png (eval F1 and recall@1 against step: mean and every seed). Needs matplotlib.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import glob
 import importlib.util
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -30,8 +44,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_FILE = "ablation_run.json"  # per workdir: the command and its wall time
+RUN_FILE = "ablation_run.json"  # per workdir: the command and each attempt's wall time
+SPLITS = ("heldout", "shared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,18 +59,28 @@ class Method:
     label: str  # name in the table and the plot
     config: str  # config file, relative to the repository root
     whole_budget_warmup: bool = False  # sft_warmup_steps = total_steps (never RL)
+    overrides: tuple[tuple[str, str], ...] = ()  # the method's own --config.k=v (win over --set)
 
 
 METHODS = (
     Method("stage1_only", "stage-1 only", "configs/joint_grpo.py", whole_budget_warmup=True),
     Method("grpo", "reader-only GRPO", "configs/grpo.py"),
-    Method("lapdog", "LAPDOG stage 2 (distillation)", "configs/lapdog.py"),
-    Method("joint_grpo", "joint GRPO", "configs/joint_grpo.py"),
+    Method("lapdog", "LAPDOG stage 2, demo scaling", "configs/lapdog.py"),
+    Method("lapdog_exact", "LAPDOG stage 2, LAPDOG's scaling", "configs/lapdog.py",
+           overrides=(("retrieval.distill_scale", "sqrt_dim"),
+                      ("retrieval.distill_reduction", "mean"),
+                      ("retrieval.temperature_score", "0.8"),
+                      ("retrieval.temperature_gold", "0.85"))),
+    Method("joint_grpo", "joint GRPO, shared encoder", "configs/joint_grpo.py"),
+    Method("joint_grpo_qside", "joint GRPO, query-side", "configs/joint_grpo.py",
+           overrides=(("model.shared_retriever", "False"),)),
 )
 BY_NAME = {m.name: m for m in METHODS}
-# (table header, metrics-file keys tried in order; EM is new, so an old file may lack it)
-COLUMNS = (("F1", ("f1",)), ("BLEU", ("bleu",)), ("ROUGE-L", ("rougeL",)),
-           ("EM", ("em", "exact_match")), ("recall@1", ("recall@1",)))
+# (table header, metrics-file keys tried in order)
+COLUMNS = (("F1", ("f1",)), ("EM", ("em", "exact_match")), ("BLEU", ("bleu",)),
+           ("ROUGE-L", ("rougeL",)), ("recall@1", ("recall@1",)))
+# Keys the ablation sets itself (from --seeds / --split), which --set may not.
+OWN_KEYS = ("seed", "data.synthetic.seed", "data.synthetic.split")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -63,7 +90,10 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.removeprefix("--config.")] = value
+        key = key.removeprefix("--config.")
+        if key in OWN_KEYS:
+            raise ValueError(f"--set {key}=...: set by --seeds / --split, not by --set")
+        out[key] = value
     return out
 
 
@@ -77,19 +107,29 @@ def config_total_steps(config_file: str, overrides: dict[str, str]) -> int:
     return int(module.get_config().total_steps)
 
 
-def method_overrides(method: Method, overrides: dict[str, str]) -> dict[str, str]:
-    """The user's overrides plus the method's own (which win)."""
-    merged = dict(overrides)
+def method_overrides(method: Method, overrides: dict[str, str], seed: int = 0,
+                     split: str = "heldout") -> dict[str, str]:
+    """The seed and split, the user's overrides, then the method's own (which win)."""
+    merged = {"seed": str(seed), "data.synthetic.seed": str(seed),
+              "data.synthetic.split": split, **overrides}
     if method.whole_budget_warmup:
         merged["sft_warmup_steps"] = str(config_total_steps(method.config, overrides))
+    merged.update(method.overrides)
     return merged
 
 
-def command(method: Method, workdir: str, overrides: dict[str, str]) -> list[str]:
-    """The trainer command line for `method` writing to `workdir`."""
+def command(method: Method, workdir: str, overrides: dict[str, str], seed: int = 0,
+            split: str = "heldout") -> list[str]:
+    """The trainer command line for `method` at `seed` writing to `workdir`."""
     return [sys.executable, "-m", "lapdog_jax.main", f"--config={method.config}",
             f"--workdir={workdir}",
-            *(f"--config.{k}={v}" for k, v in method_overrides(method, overrides).items())]
+            *(f"--config.{k}={v}" for k, v in method_overrides(method, overrides, seed,
+                                                                split).items())]
+
+
+def run_dir(out: str, seed: int, method: Method) -> str:
+    """The workdir of one run."""
+    return os.path.join(out, f"seed-{seed}", method.name)
 
 
 def metrics_history(workdir: str) -> list[tuple[int, dict]]:
@@ -108,34 +148,8 @@ def is_finished(workdir: str, total_steps: int) -> bool:
     return os.path.exists(os.path.join(workdir, "eval", f"metrics-step-{total_steps}.json"))
 
 
-def run_method(method: Method, out: str, overrides: dict[str, str], force: bool) -> bool:
-    """Runs one method (unless already finished); logs to OUT/NAME.log; True on success."""
-    workdir = os.path.join(out, method.name)
-    total = config_total_steps(method.config, overrides)
-    cmd = command(method, workdir, overrides)
-    if is_finished(workdir, total) and not force:
-        before = _run_info(workdir).get("command")
-        note = "" if before in (None, shlex.join(cmd)) else " (ran with another command: --force?)"
-        print(f"[ablation] {method.name}: finished run found in {workdir}, not rerun{note}")
-        return True
-    if force and os.path.isdir(workdir):
-        shutil.rmtree(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)}
-    print(f"[ablation] {method.name}: {shlex.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    with open(os.path.join(out, f"{method.name}.log"), "w") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - start
-    with open(os.path.join(workdir, RUN_FILE), "w") as f:
-        json.dump({"command": shlex.join(cmd), "wall_s": wall, "returncode": rc}, f, indent=2)
-    print(f"[ablation] {method.name}: exit {rc} after {wall / 60:.1f} min", flush=True)
-    return rc == 0 and is_finished(workdir, total)
-
-
-def _run_info(workdir: str) -> dict:
-    """The stored command and wall time of a run ({} when it never ran here)."""
+def run_info(workdir: str) -> dict:
+    """The stored command, attempts and total wall time of a run ({} when it never ran)."""
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.exists(path):
         return {}
@@ -143,69 +157,220 @@ def _run_info(workdir: str) -> dict:
         return json.load(f)
 
 
-def _cell(metrics: dict, keys: tuple[str, ...]) -> str:
-    """The first present key's value to one decimal, '-' when none is present."""
+def run_method(method: Method, out: str, overrides: dict[str, str], force: bool, seed: int = 0,
+               split: str = "heldout") -> bool:
+    """Runs (or resumes) one method at one seed unless finished; logs to its workdir's
+    train.log; True on success."""
+    workdir = run_dir(out, seed, method)
+    total = config_total_steps(method.config, overrides)
+    cmd = command(method, workdir, overrides, seed, split)
+    if is_finished(workdir, total) and not force:
+        before = run_info(workdir).get("command")
+        note = "" if before in (None, shlex.join(cmd)) else " (ran with another command: --force?)"
+        print(f"[ablation] seed {seed} {method.name}: finished run found in {workdir}, not "
+              f"rerun{note}", flush=True)
+        return True
+    if force and os.path.isdir(workdir):
+        shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    info = run_info(workdir)
+    if info.get("command") not in (None, shlex.join(cmd)):
+        print(f"[ablation] seed {seed} {method.name}: the unfinished run in {workdir} was "
+              "started with another command; resuming it with this one", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)}
+    print(f"[ablation] seed {seed} {method.name}: {shlex.join(cmd)}", flush=True)
+    attempt = {"started": _now(), "load_before": os.getloadavg()[0]}
+    start = time.perf_counter()
+    with open(os.path.join(workdir, "train.log"), "a") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    attempt.update(wall_s=time.perf_counter() - start, returncode=rc,
+                   load_after=os.getloadavg()[0])
+    attempts = [*info.get("attempts", []), attempt]
+    with open(os.path.join(workdir, RUN_FILE), "w") as f:
+        json.dump({"command": shlex.join(cmd), "attempts": attempts,
+                   "wall_s": sum(a["wall_s"] for a in attempts), "returncode": rc}, f, indent=2)
+    print(f"[ablation] seed {seed} {method.name}: exit {rc} after "
+          f"{attempt['wall_s'] / 60:.1f} min", flush=True)
+    return rc == 0 and is_finished(workdir, total)
+
+
+def _now() -> str:
+    """UTC time, to the minute."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _value(metrics: dict, keys: tuple[str, ...]) -> float | None:
+    """The first present key's value, None when none is present."""
     for key in keys:
         if key in metrics:
-            return f"{float(metrics[key]):.1f}"
-    return "-"
+            return float(metrics[key])
+    return None
 
 
-def table_row(method: Method, workdir: str) -> str:
-    """One markdown row: the final step's metrics, wall minutes and command."""
-    history = metrics_history(workdir)
-    step, final = history[-1] if history else ("-", {})
-    info = _run_info(workdir)
-    wall = f"{info['wall_s'] / 60:.1f}" if "wall_s" in info else "-"
-    cmd = f"`{info['command']}`" if info.get("command") else "-"
-    cells = [method.label, str(step), *(_cell(final, keys) for _, keys in COLUMNS), wall, cmd]
-    return "| " + " | ".join(cells) + " |"
+def collect(methods: list[Method], out: str, seeds: list[int],
+            total_steps: dict[str, int]) -> dict:
+    """{method name: {seed: {step, metrics, finished, wall_s, command}}} of the runs that
+    evaluated at least once."""
+    runs = {}
+    for method in methods:
+        per_seed = {}
+        for seed in seeds:
+            workdir = run_dir(out, seed, method)
+            history = metrics_history(workdir)
+            if not history:
+                continue
+            step, final = history[-1]
+            info = run_info(workdir)
+            per_seed[str(seed)] = {
+                "step": step, "finished": is_finished(workdir, total_steps[method.name]),
+                "metrics": final, "wall_s": info.get("wall_s"), "command": info.get("command"),
+                "attempts": len(info.get("attempts", [])),
+                "history": [[s, {k: m[k] for k in ("f1", "recall@1") if k in m}]
+                            for s, m in history]}
+        runs[method.name] = per_seed
+    return runs
 
 
-def format_table(methods: list[Method], out: str) -> str:
-    """The markdown table, one row per method at its final evaluated step."""
-    header = ["method", "step", *(name for name, _ in COLUMNS), "wall (min)", "command"]
+def _mean_std(values: list[float]) -> str:
+    """'m ± s' (sample std over seeds) to one decimal; the value alone for one seed."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+
+def format_table(methods: list[Method], runs: dict) -> str:
+    """The markdown table: per method, mean ± std over its finished seeds of the final eval
+    metrics, the seeds counted, and the mean wall minutes per run."""
+    header = ["method", *(name for name, _ in COLUMNS), "seeds", "wall (min)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += [table_row(m, os.path.join(out, m.name)) for m in methods]
+    for method in methods:
+        done = {s: r for s, r in runs.get(method.name, {}).items() if r["finished"]}
+        cells = [_mean_std([v for r in done.values()
+                            if (v := _value(r["metrics"], keys)) is not None])
+                 for _, keys in COLUMNS]
+        walls = [r["wall_s"] / 60 for r in done.values() if r.get("wall_s")]
+        seeds = ",".join(sorted(done, key=int)) or "-"
+        wall = f"{np.mean(walls):.1f}" if walls else "-"
+        lines.append("| " + " | ".join([method.label, *cells, seeds, wall]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(methods: list[Method], out: str, path: str) -> None:
-    """Writes a PNG: eval F1 and eval recall@1 vs step, one line per method."""
+def format_baselines(baselines: dict) -> str:
+    """The retrieval baselines (no training) on each seed's eval set, mean ± std."""
+    if not baselines:
+        return ""
+    names = sorted({n for b in baselines.values() for n in b})
+    lines = ["| retrieval before training (valid) | recall@1 | recall@5 | seeds |",
+             "|---|---|---|---|"]
+    for name in names:
+        vals = {s: b[name] for s, b in baselines.items() if name in b}
+        lines.append(f"| {name} | {_mean_std([v['recall@1'] for v in vals.values()])} | "
+                     f"{_mean_std([v['recall@5'] for v in vals.values()])} | "
+                     f"{','.join(sorted(vals, key=int))} |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_baselines(out: str, seeds: list[int], methods: list[Method],
+                   known: dict) -> dict:
+    """{seed: recalls of lapdog_jax.baselines on the seed's valid set} for each seed whose data
+    a run has written (computed once, then kept in OUT/ablation.json)."""
+    from lapdog_jax import baselines
+
+    result = dict(known)
+    for seed in seeds:
+        if str(seed) in result:
+            continue
+        for method in methods:
+            data = os.path.join(run_dir(out, seed, method), "data")
+            if os.path.exists(os.path.join(data, "valid.jsonl")):
+                tok = os.path.join(run_dir(out, seed, method), "tokenizer")
+                if not os.path.isdir(tok):
+                    continue
+                from lapdog_jax.data import read_dialogues, read_passages
+
+                stories = read_passages(os.path.join(data, "stories.jsonl"))
+                valid = read_dialogues(os.path.join(data, "valid.jsonl"))
+                r = baselines.baseline_recalls(valid, stories, tok, seed)
+                result[str(seed)] = {k: r[k] for k in ("tfidf", "minilm_pretrained_cos")
+                                     if k in r}
+                break
+    return result
+
+
+def plot(methods: list[Method], runs: dict, path: str) -> None:
+    """Writes a PNG: eval F1 and eval recall@1 against step; per method the mean over seeds
+    (bold) and each seed (thin), so the spread shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method in methods:
-        history = metrics_history(os.path.join(out, method.name))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(methods):
+        color = colors[i % len(colors)]
+        per_seed = runs.get(method.name, {})
         for ax, key in zip(axes, ("f1", "recall@1"), strict=True):
-            points = [(s, m[key]) for s, m in history if key in m]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=method.label)
+            curves = []
+            for r in per_seed.values():
+                points = [(s, m[key]) for s, m in r["history"] if key in m]
+                if points:
+                    ax.plot(*zip(*points, strict=True), color=color, alpha=0.35, lw=0.8)
+                    curves.append(dict(points))
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if steps:
+                mean = [np.mean([c[s] for c in curves]) for s in steps]
+                ax.plot(steps, mean, color=color, lw=2, marker="o", ms=3,
+                        label=f"{method.label} ({len(curves)} seeds)")
     for ax, title in zip(axes, ("eval F1", "eval recall@1"), strict=True):
         ax.set_xlabel("step")
-        ax.set_title(title)
+        ax.set_title(f"{title} (bold: mean over seeds; thin: each seed)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_report(methods: list[Method], out: str, header: str = "") -> str:
-    """Writes OUT/ablation.md and OUT/ablation.png; returns the table."""
-    table = format_table(methods, out)
+def host_line() -> str:
+    """Host, date and commit of this report."""
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (f"host {platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or '?'}), "
+            f"{_now()}, commit {commit}")
+
+
+def write_report(methods: list[Method], out: str, seeds: list[int], split: str,
+                 overrides: dict[str, str], command_line: str = "",
+                 baselines: dict | None = None) -> str:
+    """Writes OUT/ablation.json, OUT/ablation.md and OUT/ablation.png; returns the table."""
+    total = {m.name: config_total_steps(m.config, overrides) for m in methods}
+    runs = collect(methods, out, seeds, total)
+    table = format_table(methods, runs)
+    report = {"command": command_line, "host": host_line(), "split": split, "seeds": seeds,
+              "overrides": overrides, "total_steps": total,
+              "methods": {m.name: m.label for m in methods}, "runs": runs,
+              "baselines": baselines or {}}
+    with open(os.path.join(out, "ablation.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    parts = ["# Ablation", "", f"`{command_line}`" if command_line else "", report["host"],
+             f"split {split}, seeds {','.join(map(str, seeds))}; mean ± sample std over the "
+             "finished seeds of the final eval", "", table, format_baselines(baselines or {})]
     with open(os.path.join(out, "ablation.md"), "w") as f:
-        f.write(f"# Ablation\n\n{header}\n\n{table}" if header else f"# Ablation\n\n{table}")
-    plot(methods, out, os.path.join(out, "ablation.png"))
+        f.write("\n".join(p for p in parts if p is not None) + "\n")
+    plot(methods, runs, os.path.join(out, "ablation.png"))
     return table
 
 
 def main(argv: list[str]) -> None:
-    """Runs the selected methods, then writes and prints the report."""
+    """Runs the selected methods seed by seed, then writes and prints the report."""
     from absl import flags
 
     del argv
@@ -214,25 +379,48 @@ def main(argv: list[str]) -> None:
     if unknown:
         sys.exit(f"unknown --methods {unknown}; expected some of {sorted(BY_NAME)}")
     methods = [BY_NAME[n] for n in f.methods]
-    overrides = parse_overrides(f.set)
-    os.makedirs(f.out, exist_ok=True)
-    failed = [m.name for m in methods if not run_method(m, os.path.abspath(f.out), overrides,
-                                                         f.force)]
-    header = f"`{shlex.join([sys.executable, *sys.argv])}`"
-    print(write_report(methods, f.out, header))
-    print(f"[ablation] wrote {os.path.join(f.out, 'ablation.md')} and ablation.png")
+    try:
+        seeds = [int(s) for s in f.seeds]
+        overrides = parse_overrides(f.set)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    out = os.path.abspath(f.out)
+    os.makedirs(out, exist_ok=True)
+    command_line = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT),
+                               *sys.argv[1:]])
+    known = {}
+    if os.path.exists(os.path.join(out, "ablation.json")):
+        with open(os.path.join(out, "ablation.json")) as fh:
+            known = json.load(fh).get("baselines", {})
+    failed = []
+    for seed in seeds:
+        for method in methods:
+            if not run_method(method, out, overrides, f.force, seed, f.split):
+                failed.append(f"seed {seed} {method.name}")
+            if f.baselines:
+                known = seed_baselines(out, [seed], methods, known)
+            write_report(methods, out, seeds, f.split, overrides, command_line, known)
+    print(host_line())
+    print(write_report(methods, out, seeds, f.split, overrides, command_line, known))
+    print(format_baselines(known))
+    print(f"[ablation] wrote {os.path.join(out, 'ablation.md')}, ablation.json and ablation.png")
     if failed:
-        sys.exit(f"[ablation] failed: {failed} (logs in {f.out}/NAME.log)")
+        sys.exit(f"[ablation] failed: {failed} (logs: OUT/seed-S/NAME/train.log)")
 
 
 def define_flags() -> None:
     """The CLI flags (defined only when run as a script, so importing this is side-effect free)."""
     from absl import flags
 
-    flags.DEFINE_string("out", "runs/ablation", "Output folder: one workdir per method + report.")
+    flags.DEFINE_string("out", "runs/ablation", "Output folder: seed-S/NAME workdirs + report.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed and the dataset's seed).")
+    flags.DEFINE_enum("split", "heldout", list(SPLITS),
+                      "Synthetic split: heldout (valid characters never in training) or "
+                      "shared (valid dialogues reuse the training characters).")
     flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE for every run (repeatable).")
     flags.DEFINE_list("methods", [m.name for m in METHODS], "Methods to run, comma-separated.")
-    flags.DEFINE_bool("force", False, "Rerun (from scratch) methods that already finished.")
+    flags.DEFINE_bool("force", False, "Rerun (from scratch) runs that already finished.")
+    flags.DEFINE_bool("baselines", True, "Add each seed's retrieval baselines (TF-IDF, MiniLM).")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """What retrieval gets before any training: TF-IDF, an untrained tiny Contriever, and (when
 installed) the packaged pretrained all-MiniLM-L6-v2, as recall@1/@5 (×100) on a dataset's
-eval dialogues.
+eval dialogues (valid, and test where the folder has test.jsonl: the held-out split).
 
+    python -m lapdog_jax.data.synthetic --out=DIR --split=heldout
     python -m lapdog_jax.baselines --data=DIR      # a folder written by lapdog_jax.data.synthetic
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -28,6 +30,7 @@ from lapdog_jax.models import hf
 from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_retriever_params
 
 KS = (1, 5)
+EVAL_FILES = {"valid": synthetic.VALID_FILE, "test": synthetic.TEST_FILE}
 
 
 def words(text: str) -> list[str]:
@@ -107,22 +110,48 @@ def baseline_recalls(valid: list[Dialogue], stories: list[Passage], tokenizer_di
     return out
 
 
-def main() -> None:
-    """CLI: prints the baseline recalls on --data's eval dialogues."""
-    data = flags.FLAGS.data
+def split_name(data: str) -> str:
+    """The split of a folder written by lapdog_jax.data.synthetic ('shared' when it predates
+    split.json)."""
+    path = os.path.join(data, synthetic.SPLIT_FILE)
+    if not os.path.exists(path):
+        return "shared"
+    with open(path) as f:
+        return json.load(f)["split"]
+
+
+def folder_recalls(data: str, seed: int = 0, pretrained: bool = True) -> dict[str, dict]:
+    """{eval file's split ('valid', 'test'): baseline_recalls} for a folder written by
+    lapdog_jax.data.synthetic; trains a SentencePiece under DATA/tokenizer on first use."""
     if not os.path.isdir(data):
         raise experiment.ConfigError(f"--data={data}: not a folder; expected one written by "
                                      "python -m lapdog_jax.data.synthetic --out=DIR")
     stories = read_passages(os.path.join(data, synthetic.STORIES_FILE))
-    train = read_dialogues(os.path.join(data, synthetic.TRAIN_FILE))
-    valid = read_dialogues(os.path.join(data, synthetic.VALID_FILE))
+    ids = {p.id for p in stories}
+    train = read_dialogues(os.path.join(data, synthetic.TRAIN_FILE), ids)
     tok_dir = os.path.join(data, "tokenizer")
     if not os.path.isdir(tok_dir):
         tok_lib.train_sentencepiece(tok_lib.corpus_texts(train, stories), tok_dir, 1000)
-    print(f"retrieval on {len(valid)} valid dialogues (query = persona, "
-          f"{len(stories)} stories):")
-    for name, r in baseline_recalls(valid, stories, tok_dir).items():
-        print(f"  {name:26s} " + "  ".join(f"{k}={v:.1f}" for k, v in r.items()))
+    out = {}
+    for name, file in EVAL_FILES.items():
+        path = os.path.join(data, file)
+        if os.path.exists(path):
+            out[name] = baseline_recalls(read_dialogues(path, ids), stories, tok_dir, seed,
+                                         pretrained=pretrained)
+    return out
+
+
+def main() -> None:
+    """CLI: prints the baseline recalls on --data's eval dialogues (valid, and test if any)."""
+    data = flags.FLAGS.data
+    recalls = folder_recalls(data)
+    stories = read_passages(os.path.join(data, synthetic.STORIES_FILE))
+    for name, by_method in recalls.items():
+        count = len(read_dialogues(os.path.join(data, EVAL_FILES[name])))
+        print(f"retrieval on {count} {name} dialogues ({split_name(data)} split; query = "
+              f"persona, {len(stories)} stories):")
+        for method, r in by_method.items():
+            print(f"  {method:26s} " + "  ".join(f"{k}={v:.1f}" for k, v in r.items()))
 
 
 if __name__ == "__main__":

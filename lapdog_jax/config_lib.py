@@ -108,6 +108,7 @@ def warmup_steps(config) -> int:
 CHOICES = {
     "preset": ("", *PRESETS),
     "data.retriever_from": ("persona", "all"),
+    "data.synthetic.split": ("shared", "heldout"),
     "data.fusion": ("fid", "concat"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -153,7 +154,7 @@ RANGES = (
     (("batch_size", "accumulation_steps", "log_freq", "keep", "max_bad_steps",
       "data.vocab_size", "data.text_maxlength", "data.target_maxlength",
       "data.retriever_maxlength", "data.synthetic.num_train", "data.synthetic.num_valid",
-      "data.synthetic.num_stories", "retrieval.pool_size", "grpo.group_size",
+      "data.synthetic.num_stories", "data.synthetic.num_heldout", "retrieval.pool_size", "grpo.group_size",
       "grpo.retriever_group_size", "grpo.num_iterations", "grpo.micro_batches",
       *_TINY_READER_INTS,
       *_TINY_RETRIEVER_INTS), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -356,6 +357,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
         check_data(config, s.num_train, s.num_stories,
                    f"--config.data.synthetic.num_train={s.num_train}",
                    f"--config.data.synthetic.num_stories={s.num_stories}")
+        if (s.split == "heldout" and mode_info(config).task != "seq2seq"
+                and s.num_stories < 2 * s.num_heldout + 1):
+            raise ConfigError(f"--config.data.synthetic.num_stories={s.num_stories}: the "
+                              f"held-out split keeps --config.data.synthetic.num_heldout="
+                              f"{s.num_heldout} characters for valid and as many for test, so "
+                              f"it needs at least {2 * s.num_heldout + 1} stories")
     if num_devices is None:
         import jax
 
@@ -517,6 +524,12 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.synthetic.num_train = 2000  # train dialogues
     c.data.synthetic.num_valid = 200  # valid dialogues
     c.data.synthetic.num_stories = 48  # stories in the corpus
+    # 'shared': valid dialogues reuse the training characters (a reader can answer from facts
+    # it memorised); 'heldout': num_heldout characters are valid-only (and as many test-only),
+    # their stories in the corpus and their facts in no training answer, so only reading the
+    # retrieved story answers them (benchmarks/ablation.py uses it).
+    c.data.synthetic.split = "shared"
+    c.data.synthetic.num_heldout = 8
 
     c.init = ml_collections.ConfigDict()
     c.init.reader = ""  # HF T5 folder (a stage-1 export) or hub id; '' = random tiny reader

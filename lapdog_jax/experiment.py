@@ -214,7 +214,8 @@ def _synthetic(config, workdir: str) -> dict[str, str]:
              "passages": os.path.join(out, synthetic.STORIES_FILE)}
     if jax.process_index() == 0 or not all(map(os.path.exists, paths.values())):
         paths = synthetic.generate(out, seed=s.seed, num_train=s.num_train,
-                                   num_valid=s.num_valid, num_stories=s.num_stories)
+                                   num_valid=s.num_valid, num_stories=s.num_stories,
+                                   split=s.split, num_heldout=s.num_heldout)
         logging.vlog(1, "generated the synthetic dataset under %s", out)  # (in the summary)
     return paths
 

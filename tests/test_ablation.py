@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py: the report (table + plot) on fake workdirs, and the run wiring.
+"""benchmarks/ablation.py: the report (table, JSON, plot) on fake workdirs, and the run wiring.
 
 No training runs here: the workdirs are hand-written metrics files.
 """
@@ -6,8 +6,10 @@ No training runs here: the workdirs are hand-written metrics files.
 import importlib.util
 import json
 import os
+import shlex
 import sys
 
+import numpy as np
 import pytest
 
 _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "ablation.py")
@@ -16,31 +18,35 @@ ablation = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("ablation", ablation)  # dataclasses look the module up
 _spec.loader.exec_module(ablation)
 
-# method -> {step: metrics}; grpo's files predate EM, lapdog's have no recall (no gold ids).
+TOTAL = 10
+# (seed, method) -> {step: metrics}; lapdog has no recall (no gold ids); grpo's seed 1 stopped
+# at step 5 (unfinished: it is left out of the table's mean).
 FAKE = {
-    "stage1_only": {5: dict(f1=40.0, bleu=20.0, rougeL=39.0, em=10.0, **{"recall@1": 12.5}),
-                    10: dict(f1=50.25, bleu=30.5, rougeL=49.75, em=20.0, **{"recall@1": 25.0})},
-    "grpo": {5: dict(f1=45.0, bleu=25.0, rougeL=44.0, **{"recall@1": 12.5}),
-             10: dict(f1=61.04, bleu=41.0, rougeL=60.0, **{"recall@1": 12.5})},
-    "lapdog": {5: dict(f1=41.0, bleu=21.0, rougeL=40.0, em=11.0),
-               10: dict(f1=55.0, bleu=33.33, rougeL=54.0, em=22.5)},
-    "joint_grpo": {10: dict(f1=63.8, bleu=40.8, rougeL=62.3, em=30.0, **{"recall@1": 50.0}),
-                   5: dict(f1=56.4, bleu=35.4, rougeL=56.3, em=25.0, **{"recall@1": 37.5})},
+    (0, "stage1_only"): {5: dict(f1=40.0, em=10.0, bleu=20.0, rougeL=39.0, **{"recall@1": 12.5}),
+                         10: dict(f1=50.0, em=20.0, bleu=30.0, rougeL=49.0, **{"recall@1": 25.0})},
+    (1, "stage1_only"): {10: dict(f1=54.0, em=24.0, bleu=34.0, rougeL=53.0, **{"recall@1": 35.0})},
+    (0, "grpo"): {10: dict(f1=61.0, em=30.0, bleu=41.0, rougeL=60.0, **{"recall@1": 12.5})},
+    (1, "grpo"): {5: dict(f1=45.0, em=15.0, bleu=25.0, rougeL=44.0, **{"recall@1": 12.5})},
+    (0, "lapdog"): {10: dict(f1=55.0, em=22.5, bleu=33.33, rougeL=54.0)},
+    (0, "joint_grpo"): {5: dict(f1=56.4, em=25.0, bleu=35.4, rougeL=56.3, **{"recall@1": 37.5}),
+                        10: dict(f1=63.8, em=30.0, bleu=40.8, rougeL=62.3, **{"recall@1": 50.0})},
+    (1, "joint_grpo"): {10: dict(f1=67.8, em=36.0, bleu=44.8, rougeL=66.3, **{"recall@1": 70.0})},
 }
 WALL_S = {"stage1_only": 60.0, "grpo": 120.0, "lapdog": 90.0, "joint_grpo": 150.0}
 
 
 def _fake_out(tmp_path) -> str:
-    """Writes FAKE as eval/metrics-step-N.json files plus each run's command and wall time."""
-    for name, by_step in FAKE.items():
-        eval_dir = tmp_path / name / "eval"
-        eval_dir.mkdir(parents=True)
+    """Writes FAKE as OUT/seed-S/NAME/eval/metrics-step-N.json plus each run's record."""
+    for (seed, name), by_step in FAKE.items():
+        workdir = tmp_path / f"seed-{seed}" / name
+        (workdir / "eval").mkdir(parents=True)
         for step, m in by_step.items():
-            (eval_dir / f"metrics-step-{step}.json").write_text(json.dumps(m))
-        (eval_dir / "valid-step-10.jsonl").write_text("")  # not a metrics file: ignored
-        (tmp_path / name / ablation.RUN_FILE).write_text(json.dumps(
-            {"command": f"python -m lapdog_jax.main --workdir={name}", "wall_s": WALL_S[name],
-             "returncode": 0}))
+            (workdir / "eval" / f"metrics-step-{step}.json").write_text(json.dumps(m))
+        (workdir / "eval" / "valid-step-10.jsonl").write_text("")  # not a metrics file
+        (workdir / ablation.RUN_FILE).write_text(json.dumps(
+            {"command": f"python -m lapdog_jax.main --workdir={name}",
+             "attempts": [{"wall_s": WALL_S[name] * (seed + 1)}],
+             "wall_s": WALL_S[name] * (seed + 1), "returncode": 0}))
     return str(tmp_path)
 
 
@@ -51,64 +57,132 @@ def _rows(table: str) -> dict[str, list[str]]:
     return {c[0]: c[1:] for c in cells}
 
 
-def test_report_table_holds_final_numbers(tmp_path):
+def _report(out, methods=ablation.METHODS, baselines=None):
+    return ablation.write_report(list(methods), out, [0, 1], "heldout",
+                                 {"total_steps": str(TOTAL)}, "python benchmarks/ablation.py",
+                                 baselines)
+
+
+def test_table_is_mean_and_std_over_finished_seeds(tmp_path):
     out = _fake_out(tmp_path)
-    table = ablation.write_report(list(ablation.METHODS), out, header="`cmd`")
-    rows = _rows(table)
+    rows = _rows(_report(out))
     assert list(rows) == [m.label for m in ablation.METHODS]
-    # step, F1, BLEU, ROUGE-L, EM, recall@1, wall (min), command
-    assert rows["stage-1 only"][:7] == ["10", "50.2", "30.5", "49.8", "20.0", "25.0", "1.0"]
-    assert rows["reader-only GRPO"][:7] == ["10", "61.0", "41.0", "60.0", "-", "12.5", "2.0"]
-    assert rows["LAPDOG stage 2 (distillation)"][:7] == [
-        "10", "55.0", "33.3", "54.0", "22.5", "-", "1.5"]
-    assert rows["joint GRPO"][:7] == ["10", "63.8", "40.8", "62.3", "30.0", "50.0", "2.5"]
-    assert rows["joint GRPO"][7] == "`python -m lapdog_jax.main --workdir=joint_grpo`"
-    with open(os.path.join(out, "ablation.md")) as f:
-        md = f.read()
-    assert table in md and "`cmd`" in md
+    # F1, EM, BLEU, ROUGE-L, recall@1 (mean ± sample std of seeds 0 and 1), seeds, wall (min)
+    s = np.std([50.0, 54.0], ddof=1)  # 2.83
+    assert rows["stage-1 only"] == [f"52.0 ± {s:.1f}", f"22.0 ± {s:.1f}", f"32.0 ± {s:.1f}",
+                                    f"51.0 ± {s:.1f}", "30.0 ± 7.1", "0,1", "1.5"]
+    # seed 1 unfinished: seed 0's values alone, no ±
+    assert rows["reader-only GRPO"] == ["61.0", "30.0", "41.0", "60.0", "12.5", "0", "2.0"]
+    assert rows["LAPDOG stage 2, demo scaling"] == ["55.0", "22.5", "33.3", "54.0", "-", "0",
+                                                    "1.5"]
+    assert rows["joint GRPO, shared encoder"][:5] == [
+        f"65.8 ± {s:.1f}", "33.0 ± 4.2", f"42.8 ± {s:.1f}", f"64.3 ± {s:.1f}", "60.0 ± 14.1"]
+    assert rows["joint GRPO, shared encoder"][5:] == ["0,1", "3.8"]
+    assert rows["joint GRPO, query-side"] == ["-"] * 7
+    md = (tmp_path / "ablation.md").read_text()
+    assert "`python benchmarks/ablation.py`" in md and "split heldout" in md
+    assert _report(out) in md
 
 
-def test_report_plot_is_a_png(tmp_path):
+def test_json_keeps_every_seed(tmp_path):
+    out = _fake_out(tmp_path)
+    _report(out, baselines={"0": {"tfidf": {"recall@1": 70.0, "recall@5": 90.0}},
+                            "1": {"tfidf": {"recall@1": 60.0, "recall@5": 80.0}}})
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert report["seeds"] == [0, 1] and report["split"] == "heldout"
+    assert report["total_steps"]["joint_grpo"] == TOTAL
+    joint = report["runs"]["joint_grpo"]
+    assert {s: r["metrics"]["f1"] for s, r in joint.items()} == {"0": 63.8, "1": 67.8}
+    assert joint["0"]["history"] == [[5, {"f1": 56.4, "recall@1": 37.5}],
+                                     [10, {"f1": 63.8, "recall@1": 50.0}]]
+    assert report["runs"]["grpo"]["1"]["finished"] is False
+    assert report["runs"]["joint_grpo_qside"] == {}
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| tfidf | 65.0 ± 7.1 | 85.0 ± 7.1 | 0,1 |" in md
+
+
+def test_plot_is_a_png(tmp_path):
     import matplotlib.image
 
     out = _fake_out(tmp_path)
-    ablation.write_report(list(ablation.METHODS), out)
-    path = os.path.join(out, "ablation.png")
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    image = matplotlib.image.imread(path)
+    _report(out)
+    image = matplotlib.image.imread(os.path.join(out, "ablation.png"))
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    # A method that never ran draws nothing and does not break the figure.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ablation.write_report([ablation.BY_NAME["joint_grpo_qside"]], str(empty), [0], "heldout",
+                          {"total_steps": "10"})
+    assert (empty / "ablation.png").exists()
 
 
-def test_report_on_a_method_that_never_ran(tmp_path):
-    ablation.write_report([ablation.BY_NAME["grpo"]], str(tmp_path))
-    row = _rows((tmp_path / "ablation.md").read_text())["reader-only GRPO"]
-    assert row == ["-"] * len(row)
-    assert (tmp_path / "ablation.png").exists()
-
-
-def test_commands_pass_overrides_and_stage1_trains_sft_for_the_whole_budget():
+def test_commands_set_seed_split_budget_and_method_overrides():
     overrides = ablation.parse_overrides(
         ["total_steps=200", "sft_warmup_steps=100", "init.retriever="])
     assert overrides == {"total_steps": "200", "sft_warmup_steps": "100", "init.retriever": ""}
-    stage1 = ablation.command(ablation.BY_NAME["stage1_only"], "/w/s", overrides)
+    stage1 = ablation.command(ablation.BY_NAME["stage1_only"], "/w/s", overrides, seed=2)
     assert stage1[:5] == [sys.executable, "-m", "lapdog_jax.main",
                           "--config=configs/joint_grpo.py", "--workdir=/w/s"]
-    assert "--config.sft_warmup_steps=200" in stage1 and "--config.init.retriever=" in stage1
+    assert {"--config.seed=2", "--config.data.synthetic.seed=2",
+            "--config.data.synthetic.split=heldout", "--config.sft_warmup_steps=200",
+            "--config.init.retriever="} <= set(stage1)
     assert "--config.sft_warmup_steps=100" not in stage1
-    joint = ablation.command(ablation.BY_NAME["joint_grpo"], "/w/j", overrides)
-    assert "--config.sft_warmup_steps=100" in joint and "--config.total_steps=200" in joint
+    joint = ablation.command(ablation.BY_NAME["joint_grpo"], "/w/j", overrides, 1, "shared")
+    assert {"--config.sft_warmup_steps=100", "--config.total_steps=200",
+            "--config.data.synthetic.split=shared"} <= set(joint)
+    qside = ablation.command(ablation.BY_NAME["joint_grpo_qside"], "/w/q", overrides)
+    assert "--config.model.shared_retriever=False" in qside
+    exact = ablation.command(ablation.BY_NAME["lapdog_exact"], "/w/l", overrides)
+    assert {"--config.retrieval.distill_scale=sqrt_dim", "--config.retrieval.temperature_gold=0.85",
+            "--config.retrieval.distill_reduction=mean"} <= set(exact)
     # Without a total_steps override the config file's default budget is used.
     default = ablation.command(ablation.BY_NAME["stage1_only"], "/w/s", {})
     assert "--config.sft_warmup_steps=800" in default
     with pytest.raises(ValueError, match="KEY=VALUE"):
         ablation.parse_overrides(["total_steps"])
+    with pytest.raises(ValueError, match="--seeds"):
+        ablation.parse_overrides(["seed=3"])
 
 
-def test_finished_runs_are_not_rerun(tmp_path, monkeypatch):
+def test_method_overrides_are_valid_config_fields():
+    from lapdog_jax import config_lib
+
+    for method in ablation.METHODS:
+        spec = importlib.util.spec_from_file_location("cfg", os.path.join(ablation.ROOT,
+                                                                          method.config))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+        for key, value in ablation.method_overrides(method, {"total_steps": "10"}).items():
+            node = config
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            old = node[leaf]
+            node[leaf] = type(old)(value == "True") if isinstance(old, bool) else type(old)(value)
+        config_lib.validate(config, num_devices=1)
+
+
+def test_finished_runs_are_skipped_and_unfinished_ones_resume(tmp_path, monkeypatch):
     out = _fake_out(tmp_path)
+    grpo = ablation.BY_NAME["grpo"]
+    overrides = {"total_steps": str(TOTAL)}
     monkeypatch.setattr(ablation.subprocess, "run",
                         lambda *a, **k: pytest.fail("a finished run was started again"))
-    assert ablation.run_method(ablation.BY_NAME["grpo"], out, {"total_steps": "10"}, False)
-    assert ablation.is_finished(os.path.join(out, "grpo"), 10)
-    assert not ablation.is_finished(os.path.join(out, "grpo"), 20)
+    assert ablation.run_method(grpo, out, overrides, False, seed=0)
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)  # the trainer resumes in the same workdir and finishes
+        eval_dir = os.path.join(ablation.run_dir(out, 1, grpo), "eval")
+        with open(os.path.join(eval_dir, f"metrics-step-{TOTAL}.json"), "w") as f:
+            json.dump({"f1": 70.0}, f)
+        return ablation.subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+    assert ablation.run_method(grpo, out, overrides, False, seed=1)
+    assert len(calls) == 1 and f"--workdir={ablation.run_dir(out, 1, grpo)}" in calls[0]
+    info = ablation.run_info(ablation.run_dir(out, 1, grpo))
+    assert len(info["attempts"]) == 2 and info["command"] == shlex.join(calls[0])
+    assert info["wall_s"] == pytest.approx(240.0 + info["attempts"][1]["wall_s"])
+    assert ablation.is_finished(ablation.run_dir(out, 1, grpo), TOTAL)

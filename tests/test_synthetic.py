@@ -87,3 +87,109 @@ def test_retrieval_is_learnable_but_not_solved(dataset, tmp_path):
     # The packaged pretrained retriever starts well above chance, below the ceiling.
     minilm = r["minilm_pretrained_cos"]
     assert 100 / len(stories) * 5 < minilm["recall@1"] < 100
+
+
+HELDOUT = dict(num_train=300, num_valid=40, num_stories=30, split="heldout", num_heldout=5)
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    """The held-out split at small sizes."""
+    return synthetic.make_splits(seed=0, **HELDOUT)
+
+
+def _fact(d, by_id, stories):
+    """The answer's n-grams that only its gold story holds (the fact)."""
+    gold = by_id[d.gold_passage_ids[0]]
+    others = [p for p in stories if p.id != gold.id]
+    return [g for n in (1, 2) for g in _ngrams(d.answers[0], n)
+            if g in _ngrams(data.retriever_passage(gold), n)
+            and not any(g in _ngrams(data.retriever_passage(p), n) for p in others)
+            and g not in _ngrams(d.question, n)]
+
+
+def test_heldout_characters_never_appear_in_training(heldout):
+    d = heldout
+    assert (len(d.train), len(d.valid), len(d.test), len(d.stories)) == (300, 40, 40, 30)
+    parts = {k: set(v) for k, v in d.split_stories.items()}
+    assert len(parts["valid"]) == len(parts["test"]) == 5 and len(parts["train"]) == 20
+    assert parts["train"] | parts["valid"] | parts["test"] == {p.id for p in d.stories}
+    assert not parts["train"] & parts["valid"] and not parts["train"] & parts["test"]
+    assert not parts["valid"] & parts["test"]
+    for name, dialogues in (("train", d.train), ("valid", d.valid), ("test", d.test)):
+        assert {x.gold_passage_ids[0] for x in dialogues} <= parts[name]
+    # Each held-out character's persona (job, city, hobby) occurs in no training dialogue.
+    by_id = {p.id: p for p in d.stories}
+    train_personas = {x.question.split(" context:  ")[0] for x in d.train}
+    for x in d.valid + d.test:
+        story = by_id[x.gold_passage_ids[0]]
+        assert x.question.split(" context:  ")[0] not in train_personas
+        assert not any(story.id == t.gold_passage_ids[0] for t in d.train)
+
+
+def test_heldout_facts_are_in_no_training_answer(heldout):
+    d = heldout
+    by_id = {p.id: p for p in d.stories}
+    train_answers = [_ngrams(x.answers[0], 2) | _ngrams(x.answers[0], 1) for x in d.train]
+    for x in d.valid + d.test:
+        fact = _fact(x, by_id, d.stories)
+        assert fact, x  # the answer still needs its gold story
+        assert not any(g in a for g in fact for a in train_answers), (x, fact)
+    # whereas the shared split's valid facts are all training answers' (memorisable)
+    train, valid, stories = synthetic.make_dataset(seed=0, **{**HELDOUT, "split": "shared"})
+    by_id = {p.id: p for p in stories}
+    train_grams = set().union(*(_ngrams(x.answers[0], 1) | _ngrams(x.answers[0], 2)
+                                for x in train))
+    assert sum(all(g in train_grams for g in _fact(x, by_id, stories)) for x in valid) > 30
+
+
+def test_heldout_split_covers_every_topic(heldout):
+    d = heldout
+    chars = synthetic._characters(np.random.default_rng(0), len(d.stories))
+    topic = {p.id: c.topic.name for p, c in zip(d.stories, chars, strict=True)}
+    names = {t.name for t in synthetic.TOPICS}
+    for part in ("train", "valid", "test"):
+        assert {topic[i] for i in d.split_stories[part]} == names, part
+
+
+def test_shared_split_is_the_earlier_generator():
+    # Digest of make_dataset(seed=3, 50, 20, 30) written by the generator before the held-out
+    # split existed: the shared split (the default) keeps producing the same data.
+    import hashlib
+    import json
+
+    tr, va, st = synthetic.make_dataset(seed=3, num_train=50, num_valid=20, num_stories=30)
+    blob = json.dumps([[data.dialogue_record(x) for x in tr], [data.dialogue_record(x) for x in va],
+                       [data.passage_record(p) for p in st]], sort_keys=True)
+    assert hashlib.sha256(blob.encode()).hexdigest() == (
+        "3bf9b3156cc6e09fe0a0c95c8f0d730bf7d003588302d7f4135e760b267de370")
+
+
+def test_heldout_files_and_too_few_stories(tmp_path, heldout):
+    paths = synthetic.generate(str(tmp_path), seed=0, **HELDOUT)
+    ids = {p.id for p in heldout.stories}
+    assert data.read_dialogues(paths["test"], ids) == heldout.test
+    assert data.read_dialogues(paths["valid"], ids) == heldout.valid
+    assert baselines.split_name(str(tmp_path)) == "heldout"
+    # Rewriting the folder with the shared split removes the stale test file.
+    paths = synthetic.generate(str(tmp_path), seed=0, **{**HELDOUT, "split": "shared"})
+    assert "test" not in paths and not (tmp_path / synthetic.TEST_FILE).exists()
+    assert baselines.split_name(str(tmp_path)) == "shared"
+    with pytest.raises(ValueError, match="num_stories >= 2 \\* num_heldout \\+ 1"):
+        synthetic.make_splits(seed=0, **{**HELDOUT, "num_stories": 10})
+
+
+def test_config_picks_the_split_and_checks_its_size():
+    from lapdog_jax import config_lib
+
+    assert config_lib.CHOICES["data.synthetic.split"] == synthetic.SPLITS
+    c = config_lib.base_config("joint_grpo")
+    c.data.synthetic.split = "heldout"
+    config_lib.validate(c, num_devices=1)
+    c.data.synthetic.num_heldout = 24
+    with pytest.raises(config_lib.ConfigError,
+                       match="--config.data.synthetic.num_stories=48: .*at least 49 stories"):
+        config_lib.validate(c, num_devices=1)
+    c.data.synthetic.split = "halfway"
+    with pytest.raises(config_lib.ConfigError, match="data.synthetic.split"):
+        config_lib.validate(c, num_devices=1)

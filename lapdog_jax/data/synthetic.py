@@ -9,16 +9,26 @@ mostly through associated words (a nurse's story speaks of the hospital), and di
 share topic words and attributes, so bag-of-words retrieval is only partly right while a trained
 retriever can learn the associations.
 
-    python -m lapdog_jax.data.synthetic --out=DIR [--seed=0 --num_train=2000 ...]
+Two splits of the characters (`split`):
+  shared   train and valid dialogues are drawn from the same characters (a reader can answer
+           a valid dialogue from the facts it memorised in training, without reading);
+  heldout  `num_heldout` characters are valid-only and as many test-only: their stories are in
+           the corpus, but no training dialogue is theirs, so their facts are in no training
+           answer and only a reader that reads the retrieved story can answer them.
 
-writes train.jsonl, valid.jsonl and stories.jsonl (LAPDOG formats, with `gold_passage_ids`);
-`python -m lapdog_jax.baselines --data=DIR` prints what retrieval gets on it before training.
+    python -m lapdog_jax.data.synthetic --out=DIR [--split=heldout --seed=0 --num_train=2000 ...]
+
+writes train.jsonl, valid.jsonl (and test.jsonl for the held-out split) and stories.jsonl
+(LAPDOG formats, with `gold_passage_ids`) plus split.json (which stories' characters are in
+which split); `python -m lapdog_jax.baselines --data=DIR` prints what retrieval gets on it
+before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 
 import numpy as np
@@ -35,6 +45,8 @@ from lapdog_jax.data import (
 )
 
 TRAIN_FILE, VALID_FILE, STORIES_FILE = "train.jsonl", "valid.jsonl", "stories.jsonl"
+TEST_FILE, SPLIT_FILE = "test.jsonl", "split.json"
+SPLITS = ("shared", "heldout")
 
 # job -> words of its workplace that stories use instead of (or beside) the job itself.
 JOBS = {
@@ -216,30 +228,103 @@ def _dialogue(rng: np.random.Generator, c: Character, story_id: str) -> Dialogue
                     answers=(answer,), gold_passage_ids=(story_id,))
 
 
-def make_dataset(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
-                 num_stories: int = 200) -> tuple[list[Dialogue], list[Dialogue], list[Passage]]:
-    """Returns (train, valid, stories), deterministic in all arguments."""
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """The dialogues of each split, the story corpus, and the story ids of each split's
+    characters (`split_stories`: train / valid / test -> ids; all ids for every split when the
+    characters are shared)."""
+
+    train: list[Dialogue]
+    valid: list[Dialogue]
+    test: list[Dialogue]
+    stories: list[Passage]
+    split: str
+    split_stories: dict[str, tuple[str, ...]]
+
+
+def _heldout_characters(rng: np.random.Generator, chars: list[Character],
+                        num_heldout: int) -> tuple[list[int], list[int], list[int]]:
+    """(train, valid, test) character indices: `num_heldout` each for valid and test, spread
+    over the topics (a random order, taking each topic's k-th character before any topic's
+    k+1-th), the rest for training."""
+    rank, order = {}, []
+    for i in rng.permutation(len(chars)):
+        topic = chars[i].topic.name
+        order.append((rank.get(topic, 0), len(order), int(i)))
+        rank[topic] = rank.get(topic, 0) + 1
+    picked = [i for _, _, i in sorted(order)]
+    valid, test = picked[:num_heldout], picked[num_heldout:2 * num_heldout]
+    held = set(valid + test)
+    return [i for i in range(len(chars)) if i not in held], sorted(valid), sorted(test)
+
+
+def make_splits(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
+                num_stories: int = 200, split: str = "shared",
+                num_heldout: int = 8) -> Dataset:
+    """The dataset of `split` ('shared' or 'heldout'; SPLITS), deterministic in all arguments.
+
+    'shared' draws train and valid dialogues from all characters and has no test dialogues (the
+    split of earlier versions, unchanged). 'heldout' keeps `num_heldout` characters for valid
+    and as many for test: `num_valid` dialogues each, none of them in training.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if min(num_train, num_valid, num_stories) < 1:
         raise ValueError("num_train, num_valid and num_stories must be positive")
+    if split == "heldout" and (num_heldout < 1 or num_stories < 2 * num_heldout + 1):
+        raise ValueError(f"the held-out split needs num_heldout >= 1 and num_stories >= "
+                         f"2 * num_heldout + 1, got num_heldout={num_heldout}, "
+                         f"num_stories={num_stories}")
     rng = np.random.default_rng(seed)
     chars = _characters(rng, num_stories)
     stories = [_story(rng, c, i) for i, c in enumerate(chars)]
-    gold = rng.integers(num_stories, size=num_train + num_valid)
-    dialogues = [_dialogue(rng, chars[g], stories[g].id) for g in gold]
-    return dialogues[:num_train], dialogues[num_train:], stories
+    ids = tuple(p.id for p in stories)
+    if split == "shared":
+        gold = rng.integers(num_stories, size=num_train + num_valid)
+        dialogues = [_dialogue(rng, chars[g], stories[g].id) for g in gold]
+        return Dataset(dialogues[:num_train], dialogues[num_train:], [], stories, split,
+                       {"train": ids, "valid": ids, "test": ()})
+    parts = dict(zip(("train", "valid", "test"), _heldout_characters(rng, chars, num_heldout),
+                     strict=True))
+    sizes = {"train": num_train, "valid": num_valid, "test": num_valid}
+    out = {}
+    for name, members in parts.items():
+        gold = rng.choice(members, size=sizes[name])
+        out[name] = [_dialogue(rng, chars[g], stories[g].id) for g in gold]
+    return Dataset(out["train"], out["valid"], out["test"], stories, split,
+                   {name: tuple(ids[i] for i in members) for name, members in parts.items()})
+
+
+def make_dataset(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
+                 num_stories: int = 200, split: str = "shared",
+                 num_heldout: int = 8) -> tuple[list[Dialogue], list[Dialogue], list[Passage]]:
+    """Returns (train, valid, stories) of `make_splits`, deterministic in all arguments."""
+    d = make_splits(seed, num_train, num_valid, num_stories, split, num_heldout)
+    return d.train, d.valid, d.stories
 
 
 def generate(out_dir: str, seed: int = 0, num_train: int = 2000, num_valid: int = 200,
-             num_stories: int = 200) -> dict[str, str]:
-    """Writes train/valid/stories jsonl to `out_dir`; returns {'train','valid','passages'}."""
-    train, valid, stories = make_dataset(seed, num_train, num_valid, num_stories)
+             num_stories: int = 200, split: str = "shared",
+             num_heldout: int = 8) -> dict[str, str]:
+    """Writes train/valid(/test)/stories jsonl and split.json to `out_dir`; returns
+    {'train', 'valid', 'passages', 'split'} (+ 'test' for the held-out split)."""
+    d = make_splits(seed, num_train, num_valid, num_stories, split, num_heldout)
     os.makedirs(out_dir, exist_ok=True)
     paths = {"train": os.path.join(out_dir, TRAIN_FILE),
              "valid": os.path.join(out_dir, VALID_FILE),
-             "passages": os.path.join(out_dir, STORIES_FILE)}
-    write_jsonl(paths["train"], [dialogue_record(d) for d in train])
-    write_jsonl(paths["valid"], [dialogue_record(d) for d in valid])
-    write_jsonl(paths["passages"], [passage_record(p) for p in stories])
+             "passages": os.path.join(out_dir, STORIES_FILE),
+             "split": os.path.join(out_dir, SPLIT_FILE)}
+    write_jsonl(paths["train"], [dialogue_record(x) for x in d.train])
+    write_jsonl(paths["valid"], [dialogue_record(x) for x in d.valid])
+    write_jsonl(paths["passages"], [passage_record(p) for p in d.stories])
+    test_path = os.path.join(out_dir, TEST_FILE)
+    if d.test:
+        paths["test"] = test_path
+        write_jsonl(test_path, [dialogue_record(x) for x in d.test])
+    elif os.path.exists(test_path):  # left by an earlier held-out dataset in this folder
+        os.remove(test_path)
+    with open(paths["split"], "w") as f:
+        json.dump({"split": d.split, "seed": seed, "stories": d.split_stories}, f, indent=1)
     return paths
 
 
@@ -248,9 +333,14 @@ def main() -> None:
     f = flags.FLAGS
     if os.path.exists(f.out) and not os.path.isdir(f.out):
         raise ConfigError(f"--out={f.out}: is a file; expected a folder (new or existing)")
-    paths = generate(f.out, f.seed, f.num_train, f.num_valid, f.num_stories)
-    print(f"wrote {f.num_train} train, {f.num_valid} valid dialogues and {f.num_stories} "
-          f"stories to {f.out}: " + ", ".join(paths.values()))
+    if f.split == "heldout" and f.num_stories < 2 * f.num_heldout + 1:
+        raise ConfigError(f"--num_stories={f.num_stories}: the held-out split needs at least "
+                          f"2 * --num_heldout + 1 = {2 * f.num_heldout + 1} stories")
+    paths = generate(f.out, f.seed, f.num_train, f.num_valid, f.num_stories, f.split,
+                     f.num_heldout)
+    test = f", {f.num_valid} test" if "test" in paths else ""
+    print(f"wrote {f.num_train} train, {f.num_valid} valid{test} dialogues and "
+          f"{f.num_stories} stories ({f.split} split) to {f.out}: " + ", ".join(paths.values()))
     print(f"retrieval baselines on it: python -m lapdog_jax.baselines --data={f.out}")
 
 
@@ -260,4 +350,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_train", 2000, "train dialogues", lower_bound=1)
     flags.DEFINE_integer("num_valid", 200, "valid dialogues", lower_bound=1)
     flags.DEFINE_integer("num_stories", 200, "stories in the corpus", lower_bound=1)
+    flags.DEFINE_enum("split", "shared", list(SPLITS),
+                      "shared: valid dialogues reuse the training characters; heldout: valid "
+                      "and test characters never appear in training")
+    flags.DEFINE_integer("num_heldout", 8, "held-out split: characters kept for valid (and as "
+                         "many for test)", lower_bound=1)
     cli.run(main)
