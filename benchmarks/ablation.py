@@ -4,7 +4,7 @@ r"""Ablation on the embedded synthetic task: every method at the same seeds and 
         [--split=heldout] [--set total_steps=400 --set sft_warmup_steps=250] \
         [--methods=grpo,joint_grpo] [--force]
 
-Each run is `python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/seed-S/NAME` with
+Each run (in the order below) is `python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/seed-S/NAME` with
 `--config.seed=S --config.data.synthetic.seed=S --config.data.synthetic.split=SPLIT`, the
 method's own overrides and every `--set k=v` as `--config.k=v`. Methods:
   stage1_only       configs/joint_grpo.py with sft_warmup_steps=total_steps: supervised on the
@@ -18,6 +18,9 @@ method's own overrides and every `--set k=v` as `--config.k=v`. Methods:
                     passage embeddings in the index (re-embedded every refresh_index steps);
   joint_grpo_qside  the same, query-side: a trained query encoder against the frozen initial
                     passage encoder (model.shared_retriever=False).
+--suite=seq2seq runs configs/seq2seq_grpo.py (arithmetic word problems, no retrieval; the split
+does not apply) as seq2seq_grpo (its warm-up, then GRPO) and seq2seq_sft (supervised for the
+whole budget, the control); its report adds eval EM (accuracy) at every evaluated step.
 Runs go seed by seed (all methods of seed 0 first), so a partial ablation has whole seeds. It
 resumes: a run whose final `eval/metrics-step-<total_steps>.json` exists is skipped, an
 unfinished one continues from its workdir's last checkpoint (the trainer resumes), and each
@@ -60,22 +63,30 @@ class Method:
     config: str  # config file, relative to the repository root
     whole_budget_warmup: bool = False  # sft_warmup_steps = total_steps (never RL)
     overrides: tuple[tuple[str, str], ...] = ()  # the method's own --config.k=v (win over --set)
+    retrieval: bool = True  # a dialogue task with stories (False: seq2seq, no split)
 
 
-METHODS = (
+METHODS = (  # in run order: the cheapest and the headline comparisons first
     Method("stage1_only", "stage-1 only", "configs/joint_grpo.py", whole_budget_warmup=True),
     Method("grpo", "reader-only GRPO", "configs/grpo.py"),
+    Method("joint_grpo", "joint GRPO, shared encoder", "configs/joint_grpo.py"),
     Method("lapdog", "LAPDOG stage 2, demo scaling", "configs/lapdog.py"),
+    Method("joint_grpo_qside", "joint GRPO, query-side", "configs/joint_grpo.py",
+           overrides=(("model.shared_retriever", "False"),)),
     Method("lapdog_exact", "LAPDOG stage 2, LAPDOG's scaling", "configs/lapdog.py",
            overrides=(("retrieval.distill_scale", "sqrt_dim"),
                       ("retrieval.distill_reduction", "mean"),
                       ("retrieval.temperature_score", "0.8"),
                       ("retrieval.temperature_gold", "0.85"))),
-    Method("joint_grpo", "joint GRPO, shared encoder", "configs/joint_grpo.py"),
-    Method("joint_grpo_qside", "joint GRPO, query-side", "configs/joint_grpo.py",
-           overrides=(("model.shared_retriever", "False"),)),
 )
-BY_NAME = {m.name: m for m in METHODS}
+# --suite=seq2seq: the seq2seq demo (arithmetic word problems, no retrieval) and its control.
+SEQ2SEQ_METHODS = (
+    Method("seq2seq_grpo", "warm-up then GRPO", "configs/seq2seq_grpo.py", retrieval=False),
+    Method("seq2seq_sft", "supervised only", "configs/seq2seq_grpo.py",
+           whole_budget_warmup=True, retrieval=False),
+)
+SUITES = {"dialogue": METHODS, "seq2seq": SEQ2SEQ_METHODS}
+BY_NAME = {m.name: m for m in METHODS + SEQ2SEQ_METHODS}
 # (table header, metrics-file keys tried in order)
 COLUMNS = (("F1", ("f1",)), ("EM", ("em", "exact_match")), ("BLEU", ("bleu",)),
            ("ROUGE-L", ("rougeL",)), ("recall@1", ("recall@1",)))
@@ -111,7 +122,7 @@ def method_overrides(method: Method, overrides: dict[str, str], seed: int = 0,
                      split: str = "heldout") -> dict[str, str]:
     """The seed and split, the user's overrides, then the method's own (which win)."""
     merged = {"seed": str(seed), "data.synthetic.seed": str(seed),
-              "data.synthetic.split": split, **overrides}
+              **({"data.synthetic.split": split} if method.retrieval else {}), **overrides}
     if method.whole_budget_warmup:
         merged["sft_warmup_steps"] = str(config_total_steps(method.config, overrides))
     merged.update(method.overrides)
@@ -226,7 +237,7 @@ def collect(methods: list[Method], out: str, seeds: list[int],
                 "step": step, "finished": is_finished(workdir, total_steps[method.name]),
                 "metrics": final, "wall_s": info.get("wall_s"), "command": info.get("command"),
                 "attempts": len(info.get("attempts", [])),
-                "history": [[s, {k: m[k] for k in ("f1", "recall@1") if k in m}]
+                "history": [[s, {k: m[k] for k in ("f1", "em", "recall@1") if k in m}]
                             for s, m in history]}
         runs[method.name] = per_seed
     return runs
@@ -255,6 +266,25 @@ def format_table(methods: list[Method], runs: dict) -> str:
         seeds = ",".join(sorted(done, key=int)) or "-"
         wall = f"{np.mean(walls):.1f}" if walls else "-"
         lines.append("| " + " | ".join([method.label, *cells, seeds, wall]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_curve(methods: list[Method], runs: dict, key: str = "em") -> str:
+    """Markdown table of eval `key` at each step, mean ± std over the seeds evaluated there."""
+    steps = sorted({s for m in methods for r in runs.get(m.name, {}).values()
+                    for s, v in r["history"] if key in v})
+    if not steps:
+        return ""
+    lines = ["| " + " | ".join([f"eval {key} at step", *map(str, steps)]) + " |",
+             "|" + "|".join("---" for _ in range(len(steps) + 1)) + "|"]
+    for method in methods:
+        by_step = {}
+        for r in runs.get(method.name, {}).values():
+            for s, v in r["history"]:
+                if key in v:
+                    by_step.setdefault(s, []).append(v[key])
+        lines.append("| " + " | ".join([method.label, *(_mean_std(by_step.get(s, []))
+                                                        for s in steps)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -308,12 +338,13 @@ def plot(methods: list[Method], runs: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    keys = ("f1", "recall@1") if any(m.retrieval for m in methods) else ("em", "f1")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, method in enumerate(methods):
         color = colors[i % len(colors)]
         per_seed = runs.get(method.name, {})
-        for ax, key in zip(axes, ("f1", "recall@1"), strict=True):
+        for ax, key in zip(axes, keys, strict=True):
             curves = []
             for r in per_seed.values():
                 points = [(s, m[key]) for s, m in r["history"] if key in m]
@@ -325,9 +356,9 @@ def plot(methods: list[Method], runs: dict, path: str) -> None:
                 mean = [np.mean([c[s] for c in curves]) for s in steps]
                 ax.plot(steps, mean, color=color, lw=2, marker="o", ms=3,
                         label=f"{method.label} ({len(curves)} seeds)")
-    for ax, title in zip(axes, ("eval F1", "eval recall@1"), strict=True):
+    for ax, key in zip(axes, keys, strict=True):
         ax.set_xlabel("step")
-        ax.set_title(f"{title} (bold: mean over seeds; thin: each seed)")
+        ax.set_title(f"eval {key} (bold: mean over seeds; thin: each seed)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -354,6 +385,8 @@ def write_report(methods: list[Method], out: str, seeds: list[int], split: str,
     total = {m.name: config_total_steps(m.config, overrides) for m in methods}
     runs = collect(methods, out, seeds, total)
     table = format_table(methods, runs)
+    retrieval = any(m.retrieval for m in methods)
+    split = split if retrieval else "-"
     report = {"command": command_line, "host": host_line(), "split": split, "seeds": seeds,
               "overrides": overrides, "total_steps": total,
               "methods": {m.name: m.label for m in methods}, "runs": runs,
@@ -362,7 +395,9 @@ def write_report(methods: list[Method], out: str, seeds: list[int], split: str,
         json.dump(report, f, indent=1)
     parts = ["# Ablation", "", f"`{command_line}`" if command_line else "", report["host"],
              f"split {split}, seeds {','.join(map(str, seeds))}; mean ± sample std over the "
-             "finished seeds of the final eval", "", table, format_baselines(baselines or {})]
+             "finished seeds of the final eval", "", table,
+             format_curve(methods, runs, "em" if not retrieval else "f1"),
+             format_baselines(baselines or {})]
     with open(os.path.join(out, "ablation.md"), "w") as f:
         f.write("\n".join(p for p in parts if p is not None) + "\n")
     plot(methods, runs, os.path.join(out, "ablation.png"))
@@ -375,10 +410,13 @@ def main(argv: list[str]) -> None:
 
     del argv
     f = flags.FLAGS
-    unknown = [n for n in f.methods if n not in BY_NAME]
+    suite = {m.name: m for m in SUITES[f.suite]}
+    names = f.methods or list(suite)
+    unknown = [n for n in names if n not in suite]
     if unknown:
-        sys.exit(f"unknown --methods {unknown}; expected some of {sorted(BY_NAME)}")
-    methods = [BY_NAME[n] for n in f.methods]
+        sys.exit(f"unknown --methods {unknown} for --suite={f.suite}; expected some of "
+                 f"{list(suite)}")
+    methods = [suite[n] for n in names]
     try:
         seeds = [int(s) for s in f.seeds]
         overrides = parse_overrides(f.set)
@@ -397,7 +435,7 @@ def main(argv: list[str]) -> None:
         for method in methods:
             if not run_method(method, out, overrides, f.force, seed, f.split):
                 failed.append(f"seed {seed} {method.name}")
-            if f.baselines:
+            if f.baselines and method.retrieval:
                 known = seed_baselines(out, [seed], methods, known)
             write_report(methods, out, seeds, f.split, overrides, command_line, known)
     print(host_line())
@@ -418,7 +456,10 @@ def define_flags() -> None:
                       "Synthetic split: heldout (valid characters never in training) or "
                       "shared (valid dialogues reuse the training characters).")
     flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE for every run (repeatable).")
-    flags.DEFINE_list("methods", [m.name for m in METHODS], "Methods to run, comma-separated.")
+    flags.DEFINE_enum("suite", "dialogue", list(SUITES),
+                      "dialogue: the retrieval methods on the synthetic dialogues; seq2seq: the "
+                      "seq2seq demo (warm-up then GRPO) and its supervised-only control.")
+    flags.DEFINE_list("methods", [], "Methods to run, comma-separated (default: the suite's).")
     flags.DEFINE_bool("force", False, "Rerun (from scratch) runs that already finished.")
     flags.DEFINE_bool("baselines", True, "Add each seed's retrieval baselines (TF-IDF, MiniLM).")
 

@@ -93,8 +93,8 @@ def test_json_keeps_every_seed(tmp_path):
     assert report["total_steps"]["joint_grpo"] == TOTAL
     joint = report["runs"]["joint_grpo"]
     assert {s: r["metrics"]["f1"] for s, r in joint.items()} == {"0": 63.8, "1": 67.8}
-    assert joint["0"]["history"] == [[5, {"f1": 56.4, "recall@1": 37.5}],
-                                     [10, {"f1": 63.8, "recall@1": 50.0}]]
+    assert joint["0"]["history"] == [[5, {"f1": 56.4, "em": 25.0, "recall@1": 37.5}],
+                                     [10, {"f1": 63.8, "em": 30.0, "recall@1": 50.0}]]
     assert report["runs"]["grpo"]["1"]["finished"] is False
     assert report["runs"]["joint_grpo_qside"] == {}
     md = (tmp_path / "ablation.md").read_text()
@@ -186,3 +186,24 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(tmp_path, monkeypa
     assert len(info["attempts"]) == 2 and info["command"] == shlex.join(calls[0])
     assert info["wall_s"] == pytest.approx(240.0 + info["attempts"][1]["wall_s"])
     assert ablation.is_finished(ablation.run_dir(out, 1, grpo), TOTAL)
+
+
+def test_seq2seq_suite_has_no_split_and_reports_em_by_step(tmp_path):
+    grpo, sft = ablation.SUITES["seq2seq"]
+    cmd = ablation.command(grpo, "/w/g", {}, seed=1)
+    assert "--config=configs/seq2seq_grpo.py" in cmd and "--config.seed=1" in cmd
+    assert not any("synthetic.split" in c for c in cmd)
+    assert "--config.sft_warmup_steps=500" in ablation.command(sft, "/w/s", {})
+    for seed, ems in ((0, (70.0, 90.0)), (1, (74.0, 96.0))):
+        for method, em in zip((grpo, sft), ems, strict=True):
+            eval_dir = tmp_path / f"seed-{seed}" / method.name / "eval"
+            eval_dir.mkdir(parents=True)
+            for step, value in ((200, em - 10), (500, em)):
+                (eval_dir / f"metrics-step-{step}.json").write_text(
+                    json.dumps({"em": value, "f1": value}))
+    ablation.write_report([grpo, sft], str(tmp_path), [0, 1], "heldout", {})
+    md = (tmp_path / "ablation.md").read_text()
+    assert "split -," in md
+    assert "| eval em at step | 200 | 500 |" in md
+    assert "| warm-up then GRPO | 62.0 ± 2.8 | 72.0 ± 2.8 |" in md
+    assert "| supervised only | 83.0 ± 4.2 | 93.0 ± 4.2 |" in md
