@@ -7,14 +7,25 @@ counters). The optional index item holds the retriever params the passage index 
 from, when they are neither the initial nor the current ones (a resumed run rebuilds the very
 same index from them).
 
-A step whose files do not read whole (cut short, bad JSON) is skipped on restore for the newest
-one that does, and stays on disk until the run saves that step again.
+A step is written under `<step>.orbax-checkpoint-tmp` and renamed to `<step>` once whole, so a
+listed step is complete; a run cut short (SIGKILL, full disk) leaves only the temporary folder,
+which the next run removes. A step whose files do not read whole (cut short, bad JSON) is
+skipped on restore for the newest one that does, and stays on disk until the run saves that
+step again. Readers beside a training run (evaluate, predict, export) restore the newest step;
+one that the run deletes or replaces while they read it is read again from the new newest.
 """
 
 from __future__ import annotations
 
+import concurrent.futures.thread
+import contextlib
+import glob
+import logging as py_logging
 import os
+import shutil
 import sys
+import threading
+import time
 from typing import Any
 
 import jax
@@ -26,6 +37,16 @@ class CheckpointError(RuntimeError):
     """No checkpoint of a workdir reads whole."""
 
 
+class SaveError(RuntimeError):
+    """A checkpoint did not save (full disk, I/O error); the earlier ones are intact."""
+
+
+# The suffix of a step's folder while it is written (orbax's temporary-path naming).
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# Times a reader lists the steps again when the one it reads is deleted or replaced meanwhile.
+_READ_ATTEMPTS = 5
+
+
 # item -> (save args, restore args); the registry lets a fresh manager read any saved step.
 ITEMS = {"state": (ocp.args.StandardSave, ocp.args.StandardRestore),
          "host": (ocp.args.JsonSave, ocp.args.JsonRestore),
@@ -33,8 +54,9 @@ ITEMS = {"state": (ocp.args.StandardSave, ocp.args.StandardRestore),
 
 
 def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
-    """Returns a CheckpointManager over `workdir/checkpoints` keeping the last `keep` steps."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+    """Returns a CheckpointManager over `workdir/checkpoints` keeping the last `keep` steps;
+    `create=False` makes a reader's: read-only (it writes and deletes nothing)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, read_only=not create,
                                            enable_async_checkpointing=False)
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for item, arg_types in ITEMS.items():
@@ -50,10 +72,56 @@ def steps_on_disk(workdir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
 
 
+def unfinished(workdir: str) -> list[str]:
+    """The temporary folders under `workdir/checkpoints` of saves that did not finish."""
+    return sorted(glob.glob(os.path.join(glob.escape(os.path.join(workdir, "checkpoints")),
+                                         f"*{TMP_SUFFIX}*")))
+
+
+def remove_unfinished(workdir: str) -> list[str]:
+    """Removes the folders of saves cut short (a SIGKILL or a full disk mid-save); only the run
+    holding the workdir's lock may call it. Returns what it removed."""
+    removed = unfinished(workdir)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    if removed:
+        logging.warning("removed %d unfinished checkpoint folder(s) of saves cut short: %s",
+                        len(removed), ", ".join(os.path.basename(p) for p in removed))
+    return removed
+
+
+def nbytes(*trees: Any) -> int:
+    """Bytes of the arrays of `trees` (a checkpoint's size before compression)."""
+    return sum(int(x.size) * x.dtype.itemsize for t in trees for x in jax.tree.leaves(t)
+               if hasattr(x, "dtype"))
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def free_bytes(workdir: str) -> int:
+    """Free bytes on the filesystem of `workdir` (of its nearest existing parent)."""
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, host: dict,
          index: Any = None, replace: bool = False) -> None:
     """Saves `state` (pytree of arrays), `host` (JSON) and optionally `index` (retriever params)
-    at `step`; a step already saved is kept as it is, unless `replace` (it did not read)."""
+    at `step`; a step already saved is kept as it is, unless `replace` (it did not read).
+
+    A save that fails part-way (full disk, any I/O error) removes what it wrote and raises
+    SaveError naming the workdir, the space it needs and the space there is; the steps saved
+    before stay as they were.
+    """
     if step in manager.all_steps():
         if not replace:
             return
@@ -62,9 +130,88 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, host: dict,
     items = dict(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
     if index is not None:
         items["index"] = ocp.args.StandardSave(index)
-    manager.save(step, args=ocp.args.Composite(**items), force=True)
-    manager.wait_until_finished()
+    threads = set(threading.enumerate())
+    errors = []
+    try:
+        with _orbax_errors(errors):
+            manager.save(step, args=ocp.args.Composite(**items), force=True)
+            manager.wait_until_finished()
+    # The writers fail with OSError (json, folders) or ValueError (tensorstore's arrays).
+    except Exception as e:  # noqa: BLE001
+        _join_new_threads(threads)
+        raise _save_error(manager, step, nbytes(state, index), e) from e
+    for record in errors:  # (errors of a save that still went through: shown, one line each)
+        logging.warning("while saving step %d: %s", step, record.getMessage().splitlines()[0])
     logging.info("saved checkpoint at step %d", step)
+
+
+class _Collect(py_logging.Filter):
+    """Takes orbax's error records (each with a traceback) out of the log into a list."""
+
+    def __init__(self, into: list):
+        super().__init__()
+        self.into = into
+
+    def filter(self, record) -> bool:
+        """False (not logged) for an orbax error, which is kept."""
+        if record.levelno >= py_logging.ERROR and "orbax" in record.pathname:
+            self.into.append(record)
+            return False
+        return True
+
+
+class _DropOrphanTasks(py_logging.Filter):
+    """Drops asyncio's reports of the writes a failed save left behind in orbax's event loop
+    (their error is the save's, which SaveError reports)."""
+
+    def filter(self, record) -> bool:
+        """False for 'Task exception was never retrieved' / 'Task was destroyed' of orbax."""
+        text = record.getMessage()
+        return not (text.startswith(("Task exception was never retrieved",
+                                     "Task was destroyed but it is pending"))
+                    and "orbax" in text)
+
+
+@contextlib.contextmanager
+def _orbax_errors(into: list):
+    """Collects orbax's error logs into `into` for the block (the save reports them itself)."""
+    collect = _Collect(into)
+    absl_logger = py_logging.getLogger("absl")
+    absl_logger.addFilter(collect)
+    asyncio_logger = py_logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrphanTasks) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DropOrphanTasks())
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(collect)
+
+
+def _join_new_threads(before: set, timeout_s: float = 60.0) -> None:
+    """Waits for the writer threads a failed save started (not in `before`; thread pools'
+    idle workers aside) to end, so that nothing writes into the folder removed next."""
+    deadline = time.monotonic() + timeout_s
+    for thread in set(threading.enumerate()) - before:
+        if getattr(thread, "_target", None) is not concurrent.futures.thread._worker:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+
+
+def _save_error(manager, step: int, needed: int, error: BaseException) -> SaveError:
+    """Cleans up after a failed save at `step`; returns the error to raise."""
+    root = str(manager.directory)
+    workdir = os.path.dirname(root)
+    for path in glob.glob(os.path.join(glob.escape(root), f"{step}{TMP_SUFFIX}*")):
+        shutil.rmtree(path, ignore_errors=True)
+    manager.reload()
+    kept = [s for s in manager.all_steps() if s != step]
+    intact = (f"the checkpoint of step {max(kept)} is intact" if kept
+              else "no earlier checkpoint exists")
+    return SaveError(
+        f"{workdir}: saving the checkpoint of step {step} failed ({_one_line(error)}); it "
+        f"needs about {human(needed)} free on that filesystem, which has "
+        f"{human(free_bytes(root))} free; {intact}: free some space and rerun the same command "
+        f"to resume (--config.retry_failed_saves=True keeps training and retries at the next "
+        "save)")
 
 
 def _target(tree: Any) -> Any:
@@ -99,6 +246,15 @@ def _quiet_abandoned_reads() -> None:
     sys.unraisablehook = hook
 
 
+def _identity(manager, step: int):
+    """What tells a step's folder apart from a later one of the same step (None: none there)."""
+    try:
+        info = os.stat(os.path.join(str(manager.directory), str(step)))
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
 def _restore(manager, step: int, abstract_state: Any, abstract_index: Any):
     """(state, host, index or None) of the checkpoint at `step`."""
     items = dict(state=ocp.args.StandardRestore(_target(abstract_state)),
@@ -118,27 +274,49 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     `abstract_state`'s shapes and shardings; a newer one that does not read is skipped with a
     warning naming it (and nothing is deleted).
 
+    A step deleted or replaced while it is read (by the training run beside a reader) is not
+    taken for a damaged one: the steps are listed again and the newest read.
+
     Returns (state, host, index) with index None when that step saved none, or None when
     there is no checkpoint; raises CheckpointError when none reads.
     """
+    for _ in range(_READ_ATTEMPTS):
+        done, restored = _restore_listed(manager, abstract_state, abstract_index, step)
+        if done:
+            return restored
+        manager.reload()
+    raise CheckpointError(f"{manager.directory}: the checkpoints changed under each of "
+                          f"{_READ_ATTEMPTS} reads (is a run saving every step with keep=1?)")
+
+
+def _restore_listed(manager, abstract_state, abstract_index, step):
+    """(True, restore_latest's result) from the steps as listed, or (False, None) when the one
+    read was deleted or replaced meanwhile."""
     candidates = sorted(manager.all_steps(), reverse=True) if step is None else [step]
     skipped = []
     for s in candidates:
+        before = _identity(manager, s)
         try:
             restored = _restore(manager, s, abstract_state, abstract_index)
         # A damaged file fails in orbax, tensorstore or json with many exception types.
         except Exception as e:  # noqa: BLE001
             _quiet_abandoned_reads()
+            if before is None or _identity(manager, s) != before:
+                logging.info("checkpoint at step %d changed while read; listing again", s)
+                return False, None
             logging.warning("checkpoint at step %d does not read (%s); skipping it", s,
                             _one_line(e))
             skipped.append(f"step {s}: {_one_line(e)}")
             continue
+        if before is None or _identity(manager, s) != before:
+            logging.info("checkpoint at step %d changed while read; listing again", s)
+            return False, None
         if skipped:
             logging.warning("restored step %d, the newest checkpoint that reads whole "
                             "(skipped: %s)", s, "; ".join(skipped))
         else:
             logging.info("restored checkpoint at step %d", s)
-        return restored
+        return True, restored
     if skipped:
         hint = ("; their state's layout is not this version's (e.g. saved before the optimizer "
                 "dropped MultiSteps' accumulator at accumulation_steps=1): resume them with the "
@@ -146,4 +324,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                 if any("tree structures do not match" in x for x in skipped) else "")
         raise CheckpointError(f"{manager.directory}: no checkpoint reads whole "
                               f"({'; '.join(skipped)}){hint}")
-    return None
+    return True, None
+
+
+def restore_newest(workdir: str, abstract_state: Any, abstract_index: Any = None
+                   ) -> tuple[int, Any, dict, Any] | None:
+    """A reader's restore: (step, state, host, index) of the newest complete checkpoint of
+    `workdir` that reads whole, safe beside a run that is saving there (see restore_latest);
+    None when there is none."""
+    manager = make_manager(workdir, keep=1, create=False)
+    try:
+        restored = restore_latest(manager, abstract_state, abstract_index)
+    finally:
+        manager.close()
+    if restored is None:
+        return None
+    state, host, index = restored
+    return int(host.get("step", getattr(state, "step", 0))), state, host, index

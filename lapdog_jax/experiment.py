@@ -347,10 +347,12 @@ def build(config, workdir: str) -> Experiment:
 
 
 def save_config(config, workdir: str) -> None:
-    """Writes workdir/config.json."""
+    """Writes workdir/config.json (replaced whole: a reader beside the run never sees half)."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    path = os.path.join(workdir, "config.json")
+    with open(f"{path}.tmp-{os.getpid()}", "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(f"{path}.tmp-{os.getpid()}", path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

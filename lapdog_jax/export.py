@@ -33,16 +33,19 @@ _LORA = flags.DEFINE_enum("lora", "both", LORA_FORMATS,
 
 
 def export(workdir: str, out: str, lora_format: str = "both") -> dict[str, str]:
-    """Writes the latest checkpoint's reader and retriever as HF dirs (a LoRA run's reader as
-    `lora_format` says: 'merged', 'adapter' or 'both'); returns their paths."""
+    """Writes the newest complete checkpoint's reader and retriever as HF dirs (a LoRA run's
+    reader as `lora_format` says: 'merged', 'adapter' or 'both'); returns their paths, and the
+    checkpoint's as 'checkpoint' (safe beside a run saving in `workdir`)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise experiment.ConfigError(f"--out={out}: is a file; expected a folder (new or "
                                      "existing) to hold reader/ and retriever/")
     if lora_format not in LORA_FORMATS:
         raise experiment.ConfigError(f"--lora={lora_format}: expected one of {LORA_FORMATS}")
-    exp, _, state, _, _ = experiment.restore_workdir(workdir, "export")
+    exp, _, state, host, _ = experiment.restore_workdir(workdir, "export")
     params = state.params
-    paths = {"retriever": os.path.join(out, "retriever")}
+    paths = {"checkpoint": os.path.join(workdir, "checkpoints",
+                                        str(experiment.resumed_step(state, host))),
+             "retriever": os.path.join(out, "retriever")}
     adapted = lora.enabled(exp.config.lora)
     if not adapted or lora_format != "adapter":
         paths["reader"] = os.path.join(out, "reader")

@@ -321,7 +321,8 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr[-3000:]
     paths = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
-    assert set(paths) == {"reader", "reader_adapter", "reader_base", "retriever"}
+    assert set(paths) == {"checkpoint", "reader", "reader_adapter", "reader_base", "retriever"}
+    assert paths["checkpoint"] == os.path.join(workdir, "checkpoints", "6")  # the step used
     merged = transformers.T5ForConditionalGeneration.from_pretrained(paths["reader"]).eval()
     import peft
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -232,10 +233,13 @@ def read_passages(path: str) -> list[Passage]:
 
 
 def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
-    """Writes one JSON object a line (UTF-8, non-ASCII kept as is)."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Writes one JSON object a line (UTF-8, non-ASCII kept as is); the file is replaced whole,
+    so a reader beside the writer (evaluate beside a run) never sees half of it."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def dialogue_record(d: Dialogue) -> dict[str, Any]:

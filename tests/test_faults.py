@@ -1,0 +1,145 @@
+"""Faults a long run meets, each provoked: a save that fails part-way (full disk), a reader
+beside a run that saves and deletes, Ctrl-C, SIGKILLs in a row, a peer process that dies.
+
+The checkpoint-level cases run in-process on small pytrees; the trainer cases on test_train's
+tiny configs; the signal and peer cases as real processes with bounded waits.
+"""
+
+import errno
+import os
+
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+import pytest
+
+from lapdog_jax import checkpoint
+
+
+def _tree(value: float) -> dict:
+    """A small state whose arrays hold `value` (tells the steps apart)."""
+    return {"w": jnp.full((64, 64), value), "b": jnp.full((3,), value)}
+
+
+def _save(workdir, steps, keep=10):
+    """Saves `_tree(step)` at each of `steps`; returns the manager (open)."""
+    manager = checkpoint.make_manager(str(workdir), keep=keep)
+    for s in steps:
+        checkpoint.save(manager, s, _tree(float(s)), {"step": s})
+    return manager
+
+
+def _fail_json_writes(monkeypatch, error: OSError, times: int = 1) -> list:
+    """Makes the host item's writer fail `times` times part-way: it writes half a file, then
+    raises `error` (as a disk that fills up does). Returns the list of failed directories."""
+    failed = []
+    handler = ocp.handlers.JsonCheckpointHandler
+    original = handler.async_save
+
+    async def failing(self, directory, *args, **kwargs):
+        """Half a file, then the error; the original once `times` are spent."""
+        if len(failed) >= times:
+            return await original(self, directory, *args, **kwargs)
+        failed.append(str(directory))
+        with open(os.path.join(str(directory), "metadata"), "w") as f:
+            f.write('{"step": ')
+        raise error
+
+    monkeypatch.setattr(handler, "async_save", failing)
+    return failed
+
+
+# ------------------------------------------------------------------------- saves that fail
+
+def test_failed_save_leaves_the_previous_checkpoint_and_names_the_space(tmp_path, monkeypatch):
+    """A save whose writer runs out of space part-way: SaveError naming the workdir, the step,
+    the space needed and free; its temporary folder is removed, it is not listed as a step,
+    the previous one still restores, and the same manager saves the next step."""
+    manager = _save(tmp_path, [1, 2])
+    failed = _fail_json_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(checkpoint.SaveError) as info:
+        checkpoint.save(manager, 3, _tree(3.0), {"step": 3})
+    message = str(info.value)
+    assert failed and "3.orbax-checkpoint-tmp" in failed[0]  # it failed inside the save
+    assert message.startswith(f"{tmp_path}: saving the checkpoint of step 3 failed (OSError: "
+                              "[Errno 28] No space left on device)")
+    needed = checkpoint.human(checkpoint.nbytes(_tree(3.0)))
+    assert f"needs about {needed} free" in message and "the checkpoint of step 2 is intact" \
+        in message and "\n" not in message
+    assert checkpoint.nbytes(_tree(3.0)) == (64 * 64 + 3) * 4
+    assert checkpoint.steps_on_disk(str(tmp_path)) == [1, 2]
+    assert manager.all_steps() == [1, 2]
+    assert checkpoint.unfinished(str(tmp_path)) == []
+    checkpoint.save(manager, 4, _tree(4.0), {"step": 4})  # the next save goes through
+    manager.close()
+    step, state, host, _ = checkpoint.restore_newest(str(tmp_path), _tree(0.0))
+    assert step == 4 and host == {"step": 4} and float(state["w"][0, 0]) == 4.0
+    restored = checkpoint.make_manager(str(tmp_path), keep=10, create=False)
+    state, host, _ = checkpoint.restore_latest(restored, _tree(0.0), step=2)
+    restored.close()
+    assert float(state["w"][5, 5]) == 2.0
+
+
+def test_leftover_temporary_steps_are_removed(tmp_path, caplog):
+    """The folders of saves cut short (as a SIGKILL leaves them) are listed, never taken for
+    steps, and removed by the run that holds the workdir."""
+    _save(tmp_path, [1]).close()
+    root = tmp_path / "checkpoints"
+    for name in ("2.orbax-checkpoint-tmp", "3.orbax-checkpoint-tmp-1733150000"):
+        (root / name / "state").mkdir(parents=True)
+        (root / name / "state" / "half").write_bytes(b"\0" * 100)
+    assert [os.path.basename(p) for p in checkpoint.unfinished(str(tmp_path))] == [
+        "2.orbax-checkpoint-tmp", "3.orbax-checkpoint-tmp-1733150000"]
+    step, _, _, _ = checkpoint.restore_newest(str(tmp_path), _tree(0.0))
+    assert step == 1
+    assert len(checkpoint.remove_unfinished(str(tmp_path))) == 2
+    assert "removed 2 unfinished checkpoint folder(s)" in caplog.text
+    assert sorted(os.listdir(root)) == ["1"]
+
+
+# ------------------------------------------------------------------- reading while training
+
+def test_reader_skips_a_step_being_written(tmp_path):
+    """A step still in its temporary folder (half its files) is not read: the newest complete
+    one is, with its step; a reader's manager writes nothing."""
+    _save(tmp_path, [1, 2]).close()
+    partial = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp"
+    partial.mkdir()
+    (partial / "_CHECKPOINT_METADATA").write_text("{")
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    step, state, host, _ = checkpoint.restore_newest(str(tmp_path), _tree(0.0))
+    assert (step, host) == (2, {"step": 2}) and float(state["b"][0]) == 2.0
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    assert checkpoint.restore_newest(str(tmp_path / "none"), _tree(0.0)) is None
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_reader_reads_again_when_its_step_changes_meanwhile(change, tmp_path, monkeypatch,
+                                                            caplog):
+    """The run saves (keep=1: deleting the step a reader is reading) or replaces that step
+    while it is read: the reader lists again and returns the new newest, never a mix, and does
+    not call the step damaged."""
+    trainer = _save(tmp_path, [1, 2], keep=1 if change == "deleted" else 10)
+    original = checkpoint._restore
+    calls = []
+
+    def racing(manager, step, *args):
+        """The trainer acts once, after the reader has listed the steps."""
+        calls.append(step)
+        if len(calls) == 1:
+            if change == "deleted":
+                checkpoint.save(trainer, 3, _tree(3.0), {"step": 3})
+                assert checkpoint.steps_on_disk(str(tmp_path)) == [3]
+                return original(manager, step, *args)
+            out = original(manager, step, *args)  # read whole, then the folder is replaced
+            trainer.delete(2)
+            checkpoint.save(trainer, 2, _tree(20.0), {"step": 2})
+            return out
+        return original(manager, step, *args)
+
+    monkeypatch.setattr(checkpoint, "_restore", racing)
+    step, state, _, _ = checkpoint.restore_newest(str(tmp_path), _tree(0.0))
+    trainer.close()
+    want = (3, 3.0) if change == "deleted" else (2, 20.0)
+    assert (step, float(state["w"][0, 0])) == want
+    assert calls == ([2, 3] if change == "deleted" else [2, 2])
+    assert "does not read" not in caplog.text
