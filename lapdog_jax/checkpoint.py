@@ -32,6 +32,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from lapdog_jax import errors
+
 
 class CheckpointError(RuntimeError):
     """No checkpoint of a workdir reads whole."""
@@ -219,12 +221,6 @@ def _target(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception as one short line."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
-
-
 def _quiet_abandoned_reads() -> None:
     """Drops the 'Event loop is closed' errors of the reads a failed restore left running.
 
@@ -305,8 +301,8 @@ def _restore_listed(manager, abstract_state, abstract_index, step):
                 logging.info("checkpoint at step %d changed while read; listing again", s)
                 return False, None
             logging.warning("checkpoint at step %d does not read (%s); skipping it", s,
-                            _one_line(e))
-            skipped.append(f"step {s}: {_one_line(e)}")
+                            errors.one_line(e, 200))
+            skipped.append(f"step {s}: {errors.one_line(e, 200)}")
             continue
         if before is None or _identity(manager, s) != before:
             logging.info("checkpoint at step %d changed while read; listing again", s)

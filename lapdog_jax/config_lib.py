@@ -311,9 +311,11 @@ def check_data(config, num_train: int, num_passages: int, train: str, passages: 
                           f"{num_passages}")
 
 
-def check_mesh(config, num_devices: int) -> None:
-    """`config.mesh` against the devices there are, and the batch against its data axes."""
-    sizes = {a: config.mesh[a] for a in ("data", "fsdp", "tensor")}
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> dict[str, int]:
+    """{'data', 'fsdp', 'tensor'}: the mesh axis sizes on `num_devices` devices, the one axis
+    that may be -1 taking all remaining devices; a ConfigError naming the `--config.mesh.`
+    flag when they do not fit."""
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     free = [a for a, s in sizes.items() if s == -1]
     known = math.prod(s for s in sizes.values() if s != -1)
     if len(free) > 1:
@@ -327,6 +329,12 @@ def check_mesh(config, num_devices: int) -> None:
                           f"{num_devices}")
     if free:
         sizes[free[0]] = num_devices // known
+    return sizes
+
+
+def check_mesh(config, num_devices: int) -> None:
+    """`config.mesh` against the devices there are, and the batch against its data axes."""
+    sizes = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, num_devices)
     rows = sizes["data"] * sizes["fsdp"]
     if config.batch_size % rows:
         raise ConfigError(f"--config.batch_size={config.batch_size}: not divisible by the "

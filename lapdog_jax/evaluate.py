@@ -16,7 +16,6 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lapdog_jax import cli, distributed, experiment, metrics, sharding, steps
-from lapdog_jax.data import pipeline as pipe_lib
 
 RECALL_KS = (1, 5)
 
@@ -38,13 +37,9 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
     if retriever is not None:
         k = min(k, len(retriever.passages))
     pool_fn = retriever.pool_fn(params["retriever"], k) if k else None
-    tokenizers = pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer)
     batch_size = min(config.batch_size, len(dialogues))
-    pipeline = pipe_lib.Pipeline(
-        dialogues, retriever.by_id if retriever else None, tokenizers,
-        pipe_lib.Lengths.from_config(config.data), batch_size, seed=config.seed,
-        pool_fn=pool_fn, retriever_from=config.data.retriever_from, shuffle=False,
-        formats=experiment.formats(config))
+    pipeline = experiment.make_pipeline(exp, dialogues, retriever, batch_size, pool_fn,
+                                        shuffle=False)
     data = sharding.batch_sharding(mesh)
     local = distributed.host_local_batch_slice(batch_size, data)
     gen = steps.jit_generate(config, models, mesh)

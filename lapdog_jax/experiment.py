@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from lapdog_jax import checkpoint, config_lib, hub, lora, optim, rewards, sharding, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import arithmetic, synthetic
+from lapdog_jax.data import pipeline as pipe_lib
 from lapdog_jax.data import tokenizer as tok_lib
 from lapdog_jax.models import contriever as contriever_lib
 from lapdog_jax.models import hf
@@ -157,15 +158,12 @@ def formats(config) -> data_lib.Formats:
 
 
 def load_data(config, workdir: str):
-    """Returns (train, valid, passages); generates the synthetic dataset when data.train is ''."""
+    """Returns (train, valid, passages); generates the synthetic dataset when data.train is ''
+    (a preset without data is refused earlier, by `config_lib.validate`)."""
     if config_lib.mode_info(config).task == "seq2seq":
         return _load_seq2seq(config, workdir)
     train_path = _path_flag(config, "data.train")
     if not train_path:
-        if config.preset:
-            raise ConfigError(f"preset {config.preset!r} needs real data: set "
-                              "--config.data.train, --config.data.eval and "
-                              "--config.data.passages")
         paths = _synthetic(config, workdir)
         train_path, eval_path, passages_path = paths["train"], paths["valid"], paths["passages"]
     else:
@@ -189,9 +187,6 @@ def _load_seq2seq(config, workdir: str):
     d, s = config.data, config.data.synthetic
     train_path, eval_path = _path_flag(config, "data.train"), _path_flag(config, "data.eval")
     if not train_path:
-        if config.preset:
-            raise ConfigError(f"preset {config.preset!r} needs real data: set "
-                              "--config.data.train and --config.data.eval")
         out = os.path.join(workdir, "data")
         paths = arithmetic.generate(out, seed=s.seed, num_train=s.num_train,
                                     num_valid=s.num_valid)
@@ -389,11 +384,25 @@ def step_models(exp: Experiment) -> steps.Models:
     special = tuple(int(i) for i in tok_lib.special_ids(exp.reader_tokenizer))
     words = tuple(int(i) for i in tok_lib.word_start_ids(exp.reader_tokenizer))
     try:
-        rewards.make_reward_fn(exp.config.reward, special, word_start_ids=words)
+        rewards.gold_score(exp.config.reward, special, words)
         rewards.make_device_reward(exp.config.reward, special, words)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return steps.Models(exp.reader, exp.retriever, special, words)
+
+
+def make_pipeline(exp: Experiment, dialogues, retriever: Retriever | None, batch_size: int,
+                  pool_fn=None, **kw) -> pipe_lib.Pipeline:
+    """The input pipeline of `dialogues` as this run feeds them: its tokenizers, lengths, seed,
+    retriever query and task formats; `retriever` (None when closed-book) holds the passages.
+    `kw`: the Pipeline's shuffle, process_index, process_count and pool_embeddings."""
+    config = exp.config
+    return pipe_lib.Pipeline(
+        dialogues, retriever.by_id if retriever is not None else None,
+        pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer),
+        pipe_lib.Lengths.from_config(config.data), batch_size, seed=config.seed,
+        pool_fn=pool_fn, retriever_from=config.data.retriever_from, formats=formats(config),
+        **kw)
 
 
 def passage_retriever(exp: Experiment) -> Retriever:

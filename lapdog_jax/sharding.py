@@ -15,28 +15,20 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lapdog_jax import config_lib
+
 AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis
 LOGICAL_RULES = {"batch": "data", "embed": "fsdp", "mlp": "tensor", "heads": "tensor",
                  "vocab": "tensor", "joined_kv": "tensor"}
 
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     """Returns the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [data, fsdp, tensor]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {sizes}")
-    known = int(np.prod([s for s in sizes if s != -1]))
-    if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(
-                f"config.mesh {sizes}: {len(devices)} devices not divisible by {known}")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"config.mesh {sizes} needs {int(np.prod(sizes))} devices, "
-                         f"have {len(devices)}")
-    return Mesh(np.asarray(devices).reshape(sizes), AXES)
+    sizes = config_lib.mesh_shape(data, fsdp, tensor, len(devices))  # a ConfigError if unfit
+    return Mesh(np.asarray(devices).reshape([sizes[a] for a in AXES]), AXES)
 
 
 def _mesh_spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -273,8 +273,7 @@ def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
 def gold_score_fn(models: Models, config):
     """LAPDOG's gold score (`reward.gold_score_mode`) bound on device to the models' special
     and word-start ids."""
-    return rewards.make_reward_fn(config.reward, models.special_ids, "device",
-                                  word_start_ids=models.word_start_ids)
+    return rewards.gold_score(config.reward, models.special_ids, models.word_start_ids)
 
 
 def _loss_mask(ro: Rollout, g) -> jax.Array:

@@ -46,7 +46,6 @@ from lapdog_jax import (
     tb,
 )
 from lapdog_jax import rewards as rewards_lib
-from lapdog_jax.data import pipeline as pipe_lib
 from lapdog_jax.tb import MetricWriter
 
 # Metrics shown on the progress bar.
@@ -143,13 +142,10 @@ def _setup_retrieval(run: Run, host: dict, saved_index) -> None:
         pool_fn = run.retriever.pool_fn(lambda: run.state.params["retriever"], k)
         if config.model.passage_scores == "index":
             pool_embeddings = run.retriever.pool_embeddings
-    run.pipeline = pipe_lib.Pipeline(
-        exp.train, run.retriever.by_id if k else None,
-        pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer),
-        pipe_lib.Lengths.from_config(config.data), config.batch_size, seed=config.seed,
-        pool_fn=pool_fn, retriever_from=config.data.retriever_from,
+    run.pipeline = experiment.make_pipeline(
+        exp, exp.train, run.retriever, config.batch_size, pool_fn,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        pool_embeddings=pool_embeddings, formats=experiment.formats(config))
+        pool_embeddings=pool_embeddings)
     run.pipeline.set_state(host["pipeline"])
     run.pipeline.gold_pool = bool(run.warmup) and run.step < run.warmup and k > 0
     if k and (not trains_retriever or run.step < run.warmup):

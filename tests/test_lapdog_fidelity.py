@@ -97,14 +97,13 @@ def test_length_unit_binds_word_starts(tok):
     config.reward.length_penalty = 1.0
     special = tokenizer.special_ids(tok)
     with pytest.raises(ValueError, match="length_unit=words"):
-        rewards.make_reward_fn(config.reward, special, "device")
+        rewards.gold_score(config.reward, special)
     words = tokenizer.word_start_ids(tok)
     pred = tokenizer.encode(tok, ["i like to swim in the lake ."], 24)[0]
     ref = tokenizer.encode(tok, ["i like swimming ."], 24)[0]
-    by_words = float(rewards.make_reward_fn(config.reward, special, "device",
-                                            word_start_ids=words)(pred, ref)[0])
+    by_words = float(rewards.gold_score(config.reward, special, words)(pred, ref)[0])
     config.reward.length_unit = "tokens"
-    by_tokens = float(rewards.make_reward_fn(config.reward, special, "device")(pred, ref)[0])
+    by_tokens = float(rewards.gold_score(config.reward, special)(pred, ref)[0])
     stats = rewards.reward_stats(pred, ref, special)
     # One completion: its l2-normalised BLEU is 1 (or 0 when BLEU is 0).
     base = float(stats["f1"][0] + stats["rouge_l"][0] + (stats["bleu"][0] > 0))

@@ -78,12 +78,16 @@ def test_host_builtins_hand_computed():
 
 
 def test_default_reward_is_the_gold_score_bit_for_bit():
-    """reward.fn='f1rougebleu' (the default) is exactly make_reward_fn's f1rougebleu."""
+    """reward.fn='f1rougebleu' (the default) is exactly the gold score, `combined_reward` with
+    the config's weights, BLEU normalisation and length penalty."""
     rc = config_lib.base_config("grpo").reward
     assert rc.fn == "f1rougebleu" and rewards.make_host_reward(rc) is None
     pred = _ids([[5, 6, 7], [5, 9, 9, 6], [30, 8]])
     ref = _ids([[5, 6, 7, 8], [5, 6], [8]])
-    want = rewards.make_reward_fn(rc, SPECIAL, **KW)(pred, ref)
+    want = rewards.combined_reward(pred, ref, SPECIAL, tuple(rc.weights), rc.bleu_norm,
+                                   rc.length_penalty, **KW)
+    np.testing.assert_array_equal(np.asarray(rewards.gold_score(rc, SPECIAL, **KW)(pred, ref)),
+                                  np.asarray(want))
     got = rewards.make_device_reward(rc, SPECIAL, **KW)(pred, ref)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 

@@ -215,16 +215,19 @@ def test_host_text_reward_uses_lapdog_semantics():
     assert got == pytest.approx(0.5 * math.exp(-0.3 * 2 / 3))
 
 
-def test_make_reward_fn_from_config():
-    """config.reward picks the backend and its arguments."""
+def test_reward_factories_from_config():
+    """config.reward picks the backend and its arguments; the gold score stays on device."""
     cfg = config_lib.base_config("grpo").reward
-    fn = jax.jit(rewards.make_reward_fn(cfg, SPECIAL, **KW))
+    fn = jax.jit(rewards.make_device_reward(cfg, SPECIAL, **KW))
     pred, ref = _pad([[5, 6]], T), _pad([[5, 6, 7, 8]], R)
     want = rewards.combined_reward(pred, ref, SPECIAL, **KW)
     np.testing.assert_allclose(np.asarray(fn(pred, ref)), np.asarray(want))
     host_cfg = config_lib.base_config("grpo").reward
     host_cfg.backend = "host"
-    assert rewards.make_reward_fn(host_cfg)(["a b"], ["a b"])[0] == pytest.approx(3.0)
+    assert rewards.make_device_reward(host_cfg, SPECIAL, **KW) is None
+    assert rewards.make_host_reward(host_cfg)(["q"], ["a b"], ["a b"])[0] == pytest.approx(3.0)
+    gold = rewards.gold_score(host_cfg, SPECIAL, **KW)(pred, ref)
+    np.testing.assert_allclose(np.asarray(gold), np.asarray(want))
 
 
 def test_bad_bleu_norm_is_an_error():
