@@ -20,6 +20,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from lapdog_jax import checkpoint, config_lib, experiment, metrics, optim, steps, train
 from lapdog_jax.data import DataError
+from lapdog_jax.data import pipeline as pipe_lib
 from lapdog_jax.data import tokenizer as tok_lib
 
 # Overrides that make any mode tiny: 48 train / 8 valid dialogues, 16 stories, 1-layer models
@@ -327,7 +328,7 @@ def test_nonfinite_steps_abort_and_keep_checkpoints(shared_data, sft_run, tmp_pa
     the run aborts after max_bad_steps (2) with a clear error, and checkpoint 2 is intact."""
     _, config, _ = sft_run
     vocab = len(tok_lib.load_tokenizer(shared_data["data.tokenizer"]))
-    build = train.pipe_lib.Pipeline.__next__
+    build = pipe_lib.Pipeline.__next__
 
     def poisoned(self):
         batch, host = build(self)
@@ -335,7 +336,7 @@ def test_nonfinite_steps_abort_and_keep_checkpoints(shared_data, sft_run, tmp_pa
             batch = {**batch, "target_ids": batch["target_ids"] + vocab}
         return batch, host
 
-    monkeypatch.setattr(train.pipe_lib.Pipeline, "__next__", poisoned)
+    monkeypatch.setattr(pipe_lib.Pipeline, "__next__", poisoned)
     with pytest.raises(train.NonFiniteError,
                        match=r"step 4: 2 consecutive steps with a non-finite loss.*"
                              r"nothing was saved after step 2.*lr"):
