@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lapdog_jax import experiment, rewards, steps
-from lapdog_jax.data import pipeline as pipe_lib
 from lapdog_jax.data import synthetic
 
 
@@ -94,13 +93,9 @@ def measure(workdir: str, dialogues: int, group_size: int, pool: int, split: str
     retriever = experiment.indexed_retriever(exp, state, host, saved_index)
     chosen = (exp.valid if split == "valid" else exp.train)[:dialogues]
     k = min(pool, len(retriever.passages))
-    pipeline = pipe_lib.Pipeline(
-        chosen, retriever.by_id,
-        pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer),
-        pipe_lib.Lengths.from_config(config.data), min(config.batch_size, len(chosen)),
-        seed=config.seed, pool_fn=retriever.pool_fn(state.params["retriever"], k),
-        retriever_from=config.data.retriever_from, shuffle=False,
-        formats=experiment.formats(config))
+    pipeline = experiment.make_pipeline(
+        exp, chosen, retriever, min(config.batch_size, len(chosen)),
+        retriever.pool_fn(state.params["retriever"], k), shuffle=False)
     fn = story_rewards_fn(models, config, group_size)
     params = jax.device_get(state.params)
     titles = story_topics()

@@ -209,7 +209,8 @@ def _save_error(manager, step: int, needed: int, error: BaseException) -> SaveEr
     intact = (f"the checkpoint of step {max(kept)} is intact" if kept
               else "no earlier checkpoint exists")
     return SaveError(
-        f"{workdir}: saving the checkpoint of step {step} failed ({_one_line(error)}); it "
+        f"{workdir}: saving the checkpoint of step {step} failed "
+        f"({errors.one_line(error, 200)}); it "
         f"needs about {human(needed)} free on that filesystem, which has "
         f"{human(free_bytes(root))} free; {intact}: free some space and rerun the same command "
         f"to resume (--config.retry_failed_saves=True keeps training and retries at the next "
