@@ -4,7 +4,8 @@ r"""Our jitted GRPO rollout and update against transformers' PyTorch T5, same di
     PYTHONPATH=. python benchmarks/bench_peer.py --dims=small --dtypes=float32 --batches=4
 
 Points: T5 dims (small = T5 v1.0-small: d 512, ff 2048 relu, 6+6 layers, tied; base = T5
-v1.1-base: d 768, ff 2048 gated-gelu, 12+12 layers, untied; vocab 32128), dtype, B prompts,
+v1.1-base: d 768, ff 2048 gated-gelu, 12+12 layers, untied; vocab 32128; tiny = a toy for
+CPU checks), dtype, B prompts,
 G samples each, S source tokens, T new tokens. Both sides start from the same random weights
 (ours exported through `models.hf`), sample at temperature 1 with no top-k/top-p and run all
 T steps (HF: min_new_tokens=T; ours: a random model rarely emits EOS, and the steps taken are
@@ -54,6 +55,9 @@ DIMS = {
     # T5 v1.1-large (bench_compile.py; too large for a 24 GB CPU host next to the peer)
     "large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
                   feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    # a toy of base's kind with its own small vocab: the suites' CPU checks (gpu_suite --tiny)
+    "tiny": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=512),
 }
 VOCAB = 32128
 
@@ -61,8 +65,8 @@ VOCAB = 32128
 def t5_config(dims: str, dtype: str, remat: str = "none", attention: str = "einsum",
               scan_layers: bool = False) -> T5Config:
     """Our T5Config of a named size (random weights, no dropout)."""
-    return T5Config(vocab_size=VOCAB, dropout_rate=0.0, dtype=dtype, remat=remat,
-                    attention=attention, scan_layers=scan_layers, **DIMS[dims])
+    return T5Config(dropout_rate=0.0, dtype=dtype, remat=remat, attention=attention,
+                    scan_layers=scan_layers, **{"vocab_size": VOCAB, **DIMS[dims]})
 
 
 def useful_flops(cfg: T5Config, B: int, G: int, S: int, T: int) -> tuple[float, float]:
@@ -144,7 +148,7 @@ def ours(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int) ->
     state = train_state(params, optimizer)
     all_params = state.params
     rng = np.random.default_rng(0)
-    batch = {"reader_ids": rng.integers(3, VOCAB, (B, 1, S)).astype(np.int32),
+    batch = {"reader_ids": rng.integers(3, cfg.vocab_size, (B, 1, S)).astype(np.int32),
              "reader_mask": np.ones((B, 1, S), np.int32)}
     key = jax.random.PRNGKey(2)
     start = time.perf_counter()
@@ -176,7 +180,7 @@ def peer(cfg: T5Config, params, B: int, G: int, S: int, T: int, repeats: int,
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     model = model.to(device=device, dtype=dtype)
     rng = np.random.default_rng(0)
-    ids = torch.from_numpy(rng.integers(3, VOCAB, (B, S))).to(device)
+    ids = torch.from_numpy(rng.integers(3, cfg.vocab_size, (B, S))).to(device)
     mask = torch.ones_like(ids)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
