@@ -7,7 +7,7 @@ r"""Ablation on the embedded synthetic task: every method at the same seeds and 
 Each run (in the order below) is `python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/seed-S/NAME` with
 `--config.seed=S --config.data.synthetic.seed=S --config.data.synthetic.split=SPLIT`, the
 method's own overrides and every `--set k=v` as `--config.k=v`. Methods:
-  stage1_only       configs/joint_grpo.py with sft_warmup_steps=total_steps: supervised on the
+  stage1_only       configs/joint_grpo.py with sft_warmup_steps=-1 (the whole budget): supervised on the
                     gold story for the whole budget, never RL (eval reads retrieved stories);
   grpo              configs/grpo.py: reader-only GRPO, retrieval fixed;
   lapdog            configs/lapdog.py: LAPDOG stage 2 (reader CE + retriever distillation) with
@@ -61,7 +61,7 @@ class Method:
     name: str  # workdir name and --methods key
     label: str  # name in the table and the plot
     config: str  # config file, relative to the repository root
-    whole_budget_warmup: bool = False  # sft_warmup_steps = total_steps (never RL)
+    whole_budget_warmup: bool = False  # sft_warmup_steps = -1: the whole budget (never RL)
     overrides: tuple[tuple[str, str], ...] = ()  # the method's own --config.k=v (win over --set)
     retrieval: bool = True  # a dialogue task with stories (False: seq2seq, no split)
 
@@ -124,7 +124,7 @@ def method_overrides(method: Method, overrides: dict[str, str], seed: int = 0,
     merged = {"seed": str(seed), "data.synthetic.seed": str(seed),
               **({"data.synthetic.split": split} if method.retrieval else {}), **overrides}
     if method.whole_budget_warmup:
-        merged["sft_warmup_steps"] = str(config_total_steps(method.config, overrides))
+        merged["sft_warmup_steps"] = "-1"
     merged.update(method.overrides)
     return merged
 

@@ -99,8 +99,11 @@ def pool_size(config) -> int:
 
 
 def warmup_steps(config) -> int:
-    """Supervised warm-up steps before this mode's own steps (0 where it has none)."""
-    return config.sft_warmup_steps if mode_info(config).has_warmup else 0
+    """Supervised warm-up steps before this mode's own steps (0 where it has none; the whole
+    budget for `sft_warmup_steps=-1`, a warm-up-only run)."""
+    if not mode_info(config).has_warmup:
+        return 0
+    return config.total_steps if config.sft_warmup_steps == -1 else config.sft_warmup_steps
 
 
 # Fields with a fixed set of values (the registries they name: losses.LOSSES,
@@ -148,8 +151,7 @@ def _is_num(v) -> bool:
 
 # (fields, test, what is allowed): one range rule per group of fields.
 RANGES = (
-    (("total_steps", "eval_freq", "save_freq", "eval_size", "sft_warmup_steps",
-      "data.query_maxlength", "data.n_context", "optim.warmup_steps", "retrieval.refresh_index",
+    (("total_steps", "eval_freq", "save_freq", "eval_size", "data.query_maxlength", "data.n_context", "optim.warmup_steps", "retrieval.refresh_index",
       "grpo.top_k", "lora.rank"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     (("batch_size", "accumulation_steps", "log_freq", "keep", "max_bad_steps",
       "data.vocab_size", "data.text_maxlength", "data.target_maxlength",
@@ -158,6 +160,8 @@ RANGES = (
       "grpo.retriever_group_size", "grpo.num_iterations", "grpo.micro_batches",
       *_TINY_READER_INTS,
       *_TINY_RETRIEVER_INTS), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    (("sft_warmup_steps",), lambda v: _is_int(v) and v >= -1,
+     "an integer >= 0, or -1 (the whole budget: a warm-up-only run)"),
     (("optim.lr", "optim.lr_retriever", "optim.weight_decay", "optim.clip_norm",
       "grpo.kl_coeff", "grpo.kl_coeff_retriever", "grpo.clip_epsilon", "grpo.clip_epsilon_high",
       "reward.length_penalty"), lambda v: _is_num(v) and v >= 0, "a number >= 0"),
@@ -297,6 +301,18 @@ def _retriever(config) -> None:
                                   f"{r.max_position_embeddings}")
 
 
+def _budget(config) -> None:
+    """A mode with a supervised warm-up has steps of its own left after it (or says, with
+    `sft_warmup_steps=-1`, that it means to run none)."""
+    mode, warmup, total = mode_info(config), config.sft_warmup_steps, config.total_steps
+    if mode.has_warmup and warmup > 0 and total <= warmup:
+        raise ConfigError(f"--config.total_steps={total} <= --config.sft_warmup_steps={warmup}: "
+                          f"every step would be supervised warm-up and no {config.mode} step "
+                          f"would run; raise --config.total_steps above {warmup}, lower "
+                          "--config.sft_warmup_steps (0 = none), or set it to -1 for a "
+                          "warm-up-only run")
+
+
 def check_data(config, num_train: int, num_passages: int, train: str, passages: str) -> None:
     """The checks that need the data's size: a batch of distinct dialogues, a pool of
     distinct passages; `train` and `passages` say where the data came from."""
@@ -350,6 +366,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     (data given, devices for the mesh): for a command line written here to run elsewhere."""
     mode_info(config)
     _fields(config)
+    _budget(config)
     if settings_only:
         _retriever(config)
         return

@@ -34,7 +34,7 @@ def optimizer_updates(config, part: str = "reader") -> int:
     one batch per step; a warm-up step trains the reader once; an RL step calls `grpo_update`
     `num_iterations` times (a LAPDOG step once); `accumulation_steps` calls make one update."""
     mode = config_lib.mode_info(config)
-    warm = min(config.sft_warmup_steps, config.total_steps) if mode.has_warmup else 0
+    warm = min(config_lib.warmup_steps(config), config.total_steps)
     per_step = config.grpo.num_iterations if mode.is_rl else 1
     calls = (config.total_steps - warm) * per_step
     if part in READER_PARTS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import faiss
@@ -36,8 +37,8 @@ def embed_passages(model, params, input_ids: np.ndarray, attention_mask: np.ndar
     """Embeds token rows ids, mask [N, L] -> float32 [N, D] in fixed-shape batches."""
     n = len(input_ids)
     out = []
-    for start in tqdm(range(0, n, batch_size), desc="embed", unit="batch", disable=not progress,
-                      leave=False):
+    for start in tqdm(range(0, n, batch_size), desc="embed passages", unit="batch",
+                      disable=not progress, leave=False):
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
         pad = batch_size - len(ids)
         if pad:  # all-pad rows keep one shape for every batch (Contriever pools them to 0)
@@ -123,6 +124,7 @@ class Retriever:
 
     def rebuild(self, params) -> PassageIndex:
         """(Re-)embeds every passage with `params` and refreshes the index."""
+        start = time.perf_counter()
         # A corpus smaller than one batch is embedded in one batch of its own size.
         emb = embed_passages(self.model, params, self.input_ids, self.attention_mask,
                              min(self.batch_size, len(self.passages)), self.progress)
@@ -131,7 +133,9 @@ class Retriever:
         else:
             self.index.reset(emb)
         self.embeddings = emb
-        logging.info("indexed %d passages (D=%d)", len(self.index), self.index.dim)
+        took = time.perf_counter() - start
+        logging.info("indexed %d passages (D=%d) in %.1f s (%.0f passages/s)", len(self.index),
+                     self.index.dim, took, len(self.index) / max(took, 1e-9))
         return self.index
 
     def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

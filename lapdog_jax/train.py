@@ -19,6 +19,8 @@ with the next rollout would make the rewards one step off-policy.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import signal
 import threading
 import time
@@ -80,6 +82,10 @@ class Run:
     unreadable: frozenset = frozenset()  # newer checkpoint steps skipped on restore
     device_reward: bool = False  # reward.fn has built-ins on device (the jitted reward step)
     host_reward: Any = None  # f(prompts, completions, references) of the host rewards, or None
+    # Some training dialogue names its gold passages: recall metrics mean something (real
+    # LAPDOG data names none, and a recall against no gold would read 0).
+    has_gold: bool = False
+    compiled: set = dataclasses.field(default_factory=set)  # step functions dispatched so far
 
 
 @dataclasses.dataclass
@@ -120,6 +126,7 @@ def _setup(config, workdir: str) -> Run:
     run.device_reward = rewards_lib.make_device_reward(
         config.reward, models.special_ids, models.word_start_ids) is not None
     run.host_reward = rewards_lib.make_host_reward(config.reward)
+    run.has_gold = any(d.gold_passage_ids for d in exp.train)
     _setup_retrieval(run, host, saved_index)
     return run
 
@@ -150,7 +157,7 @@ def _setup_retrieval(run: Run, host: dict, saved_index) -> None:
     run.pipeline.gold_pool = bool(run.warmup) and run.step < run.warmup and k > 0
     if k and (not trains_retriever or run.step < run.warmup):
         # A retriever that is not training gives every dialogue the same pool each epoch:
-        # search them all once instead of embedding each batch's queries.
+        # each dialogue's pool is searched when its batch first comes, then reused.
         run.pipeline.freeze_pools()
 
 
@@ -176,6 +183,19 @@ def _host_rewards(run: Run, tokens_local, batch_host) -> np.ndarray:
                                                run.config.grpo.group_size)
 
 
+# What the first dispatch of each kind of step compiles, as the log says it.
+_COMPILES = {"sft": "the supervised step", "lapdog": "the LAPDOG stage-2 step",
+             "grpo_update": "the GRPO step (rollout, reward, update)"}
+
+
+def _announce_compile(run: Run, name: str) -> None:
+    """Logs, before a kind of step is first dispatched, that it compiles now (tens of seconds
+    on a CPU for real model sizes, during which nothing else is printed)."""
+    if name not in run.compiled:
+        run.compiled.add(name)
+        logging.info("step %d: compiling %s...", run.step + 1, _COMPILES.get(name, name))
+
+
 def _train_step(run: Run) -> StepOut:
     """Dispatches one training step on the next batch: supervised warm-up, the mode's own
     supervised step, or rollout + reward + `num_iterations` GRPO updates."""
@@ -185,8 +205,10 @@ def _train_step(run: Run) -> StepOut:
     mode = config_lib.mode_info(run.config)
     if run.step < run.warmup or not mode.is_rl:
         name = "sft" if run.step < run.warmup else mode.step
+        _announce_compile(run, name)
         run.state, m = run.fns[name](run.state, batch, rng)
         return StepOut(run.step + 1, m, host=host)
+    _announce_compile(run, "grpo_update")
     ro = run.fns["rollout"](run.state.params, batch, rng, run.state.ref_params)
     # The device rewards are dispatched first, so they run while the host waits for the
     # tokens and scores the decoded text; the update needs both, so it waits for the sum.
@@ -215,6 +237,8 @@ def _finish_step(run: Run, out: StepOut, timer: dict, bar) -> dict:
     `max_bad_steps`) and logs them on log steps; returns them."""
     config = run.config
     m = jax.device_get(out.metrics)
+    if not run.has_gold:  # no gold ids in the data: a recall would read 0, not "unknown"
+        m = {k: v for k, v in m.items() if not k.startswith("retriever/recall")}
     nonfinite = m.get("opt/nonfinite", 0.0) > 0 or not np.isfinite(m["train/loss"])
     run.bad = run.bad + 1 if nonfinite else 0
     if run.bad >= config.max_bad_steps:
@@ -325,14 +349,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
     distributed.initialize()
     config_lib.validate(config)
     experiment.check_paths(config)
-    with lock.workdir_lock(workdir, enabled=distributed.is_main_process()):
-        experiment.check_workdir(config, workdir)
-        return _train(config, workdir)
+    # A workdir this run creates is removed again if the run is refused before its first step
+    # (bad data, a setting the data contradicts): no empty or half-made workdir is left.
+    fresh = not os.path.exists(workdir) and distributed.is_main_process()
+    refused = False
+    try:
+        with lock.workdir_lock(workdir, enabled=distributed.is_main_process()):
+            experiment.check_workdir(config, workdir)
+            try:
+                run = _setup(config, workdir)
+            except Exception:
+                refused = fresh
+                raise
+            return _train(run)
+    finally:
+        if refused:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _train(config, workdir: str) -> dict:
+def _train(run: Run) -> dict:
     """The loop of `train_and_evaluate`, in a locked and checked workdir."""
-    run = _setup(config, workdir)
+    config = run.config
     startup_s = time.perf_counter() - lapdog_jax.IMPORT_TIME
     stop = {"now": False}
     previous_handler = _on_sigterm(stop)

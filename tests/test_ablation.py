@@ -124,7 +124,7 @@ def test_commands_set_seed_split_budget_and_method_overrides():
     assert stage1[:5] == [sys.executable, "-m", "lapdog_jax.main",
                           "--config=configs/joint_grpo.py", "--workdir=/w/s"]
     assert {"--config.seed=2", "--config.data.synthetic.seed=2",
-            "--config.data.synthetic.split=heldout", "--config.sft_warmup_steps=200",
+            "--config.data.synthetic.split=heldout", "--config.sft_warmup_steps=-1",
             "--config.init.retriever="} <= set(stage1)
     assert "--config.sft_warmup_steps=100" not in stage1
     joint = ablation.command(ablation.BY_NAME["joint_grpo"], "/w/j", overrides, 1, "shared")
@@ -135,9 +135,9 @@ def test_commands_set_seed_split_budget_and_method_overrides():
     exact = ablation.command(ablation.BY_NAME["lapdog_exact"], "/w/l", overrides)
     assert {"--config.retrieval.distill_scale=sqrt_dim", "--config.retrieval.temperature_gold=0.85",
             "--config.retrieval.distill_reduction=mean"} <= set(exact)
-    # Without a total_steps override the config file's default budget is used.
+    # -1 = the whole budget, whatever total_steps is (a warm-up-only run passes validation).
     default = ablation.command(ablation.BY_NAME["stage1_only"], "/w/s", {})
-    assert "--config.sft_warmup_steps=800" in default
+    assert "--config.sft_warmup_steps=-1" in default
     with pytest.raises(ValueError, match="KEY=VALUE"):
         ablation.parse_overrides(["total_steps"])
     with pytest.raises(ValueError, match="--seeds"):
@@ -193,7 +193,7 @@ def test_seq2seq_suite_has_no_split_and_reports_em_by_step(tmp_path):
     cmd = ablation.command(grpo, "/w/g", {}, seed=1)
     assert "--config=configs/seq2seq_grpo.py" in cmd and "--config.seed=1" in cmd
     assert not any("synthetic.split" in c for c in cmd)
-    assert "--config.sft_warmup_steps=500" in ablation.command(sft, "/w/s", {})
+    assert "--config.sft_warmup_steps=-1" in ablation.command(sft, "/w/s", {})
     for seed, ems in ((0, (70.0, 90.0)), (1, (74.0, 96.0))):
         for method, em in zip((grpo, sft), ems, strict=True):
             eval_dir = tmp_path / f"seed-{seed}" / method.name / "eval"

@@ -108,6 +108,16 @@ BAD_CONFIGS = [
      ""),
     ("joint_grpo", {"model.shared_retriever": False, "model.passage_scores": "live"},
      "--config.model.passage_scores=live needs --config.model.shared_retriever=True", ""),
+    # A budget the warm-up eats whole: no step of the mode would run.
+    ("joint_grpo", {"total_steps": 30, "sft_warmup_steps": 500}, "--config.total_steps=30 <= "
+     "--config.sft_warmup_steps=500: every step would be supervised warm-up",
+     "no joint_grpo step would run"),
+    ("grpo", {"total_steps": 6, "sft_warmup_steps": 6}, "--config.total_steps=6 <= "
+     "--config.sft_warmup_steps=6", "-1 for a warm-up-only run"),
+    ("lapdog", {"total_steps": 4, "sft_warmup_steps": 9}, "--config.total_steps=4 <= "
+     "--config.sft_warmup_steps=9", "no lapdog step"),
+    ("grpo", {"sft_warmup_steps": -2}, "--config.sft_warmup_steps=-2: expected an integer >= 0,"
+     " or -1", ""),
 ]
 
 
@@ -140,6 +150,11 @@ def test_save_freq_zero_and_good_configs_pass():
     """save_freq 0 means 'only at the end' (as eval_freq 0): valid; so is every shipped config;
     a paper preset first asks for real data."""
     config_lib.validate(config_with("sft", save_freq=0, eval_freq=0), num_devices=1)
+    # A warm-up-only run says so (-1: the whole budget); stage 1 has no warm-up to exceed.
+    whole = config_with("joint_grpo", total_steps=6, sft_warmup_steps=-1)
+    config_lib.validate(whole, num_devices=1)
+    assert config_lib.warmup_steps(whole) == 6
+    config_lib.validate(config_with("sft", total_steps=6, sft_warmup_steps=500), num_devices=1)
     for mode in config_lib.MODES:
         config_lib.validate(config_lib.mode_config(mode), num_devices=1)
         with pytest.raises(ConfigError, match=r"^preset 'base' needs real data: set "
@@ -217,7 +232,12 @@ def test_data_sizes_are_checked_once_loaded(shared_data, tmp_path):
     config = config_with("joint_grpo", data=shared_data, **{"retrieval.pool_size": 20})
     with pytest.raises(ConfigError, match=r"pool_size=20: a pool of 20 passages .* has 16"):
         train.train_and_evaluate(config, str(tmp_path / "w"))
-    assert not os.path.exists(tmp_path / "w" / "config.json")
+    assert not os.path.exists(tmp_path / "w")  # the refused run leaves no workdir behind
+    (tmp_path / "mine").mkdir()  # ... but never removes one it did not create
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(ConfigError, match=r"pool_size=20"):
+        train.train_and_evaluate(config, str(tmp_path / "mine"))
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
 
 
 # ---------------------------------------------------------------------------------- checkpoints

@@ -173,9 +173,10 @@ def _pool_by_query(query_ids, query_mask):
     return [[f"story-{(s + j) % 10:05d}" for j in range(3)] for s in sums]
 
 
-def test_frozen_pools_search_once_and_equal_live_pools(setup):
-    """freeze_pools searches every dialogue once (in large batches) and then gives the same
-    batches as searching each batch live; unfreeze_pools goes back to live search."""
+def test_frozen_pools_search_lazily_once_and_equal_live_pools(setup):
+    """freeze_pools searches nothing up front; a batch searches only while it holds a dialogue
+    with no cached pool, so after an epoch nothing is searched, and the batches equal those
+    of a live search; unfreeze_pools goes back to live search."""
     train, _, passages, toks = setup
     calls = []
 
@@ -186,17 +187,25 @@ def test_frozen_pools_search_once_and_equal_live_pools(setup):
     live = pipeline.Pipeline(train, passages, toks, LEN, batch_size=4, seed=3,
                              pool_fn=_pool_by_query)
     frozen = pipeline.Pipeline(train, passages, toks, LEN, batch_size=4, seed=3, pool_fn=counted)
-    frozen.freeze_pools(batch_size=16)
-    assert calls == [16, 6]  # 22 dialogues in two searches
-    for _ in range(7):  # crosses an epoch boundary (5 batches per epoch)
+    frozen.freeze_pools()
+    assert calls == []  # no pass over the training set
+    seen, expected = set(), []
+    for _ in range(3 * frozen.batches_per_epoch):  # three epochs (5 batches of 4 of 22)
+        epoch, index = frozen.epoch, frozen.index
+        rows = set(frozen.order(epoch)[index * 4:(index + 1) * 4].tolist())
+        expected.append(len(calls) + (not rows <= seen))  # a search only for a new dialogue
+        seen |= rows
         (want, want_host), (got, got_host) = next(live), next(frozen)
+        assert len(calls) == expected[-1]
         assert got_host["pool_passage_ids"] == want_host["pool_passage_ids"]
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
-    assert calls == [16, 6]
+    assert set(calls) == {4} and len(calls) < 3 * frozen.batches_per_epoch - 5
+    assert set(frozen.frozen_pools) == seen
+    searched = len(calls)
     frozen.unfreeze_pools()
     next(frozen)
-    assert calls == [16, 6, 4]
+    assert len(calls) == searched + 1
 
 
 def test_pool_embeddings_replace_passage_tokens(setup):

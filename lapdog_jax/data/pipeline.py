@@ -166,7 +166,8 @@ class Pipeline:
     slice of every global batch. `pool_fn(query_ids, query_mask)` gives the K passage ids per
     row (e.g. faiss search with the live retriever); None means closed-book batches. It may be
     replaced between batches (e.g. after an index refresh). While the retriever is frozen,
-    `freeze_pools()` searches every dialogue's pool once and reuses it.
+    `freeze_pools()` caches each dialogue's pool the first time a batch holds it (no pass
+    over the whole training set up front) and reuses it.
     `pool_embeddings` (query-side retriever training) puts the pool's indexed passage
     embeddings in the batch instead of passage tokens.
     """
@@ -191,7 +192,8 @@ class Pipeline:
         self.pool_fn, self.retriever_from = pool_fn, retriever_from
         self.pool_embeddings = pool_embeddings
         self.formats = formats
-        self.frozen_pools: list[list[str]] | None = None  # per dialogue, from freeze_pools
+        # dialogue index -> its pool, filled as batches come while pools are frozen (else None)
+        self.frozen_pools: dict[int, list[str]] | None = None
         self.local = slice(process_index * batch_size // process_count,
                            (process_index + 1) * batch_size // process_count)
         self.stats = TruncationStats()
@@ -241,14 +243,11 @@ class Pipeline:
             self.epoch, self.index = self.epoch + 1, 0
         return self._build([self.dialogues[i] for i in rows], picks, rows)
 
-    def freeze_pools(self, batch_size: int = 256) -> None:
-        """Searches every dialogue's pool once with the current `pool_fn` and reuses it for
-        training batches until `unfreeze_pools` (for a retriever that is not training)."""
-        pools = []
-        for start in range(0, len(self.dialogues), batch_size):
-            chunk = self.dialogues[start:start + batch_size]
-            pools += [list(p) for p in self.pool_fn(*self._query_tokens(chunk))]
-        self.frozen_pools = pools
+    def freeze_pools(self) -> None:
+        """From now until `unfreeze_pools`, a dialogue's pool is searched with `pool_fn` in
+        the first training batch that holds it and reused after (for a retriever that is not
+        training): a batch whose dialogues all have pools searches nothing."""
+        self.frozen_pools = {}
 
     def unfreeze_pools(self) -> None:
         """Back to searching each batch's pools with the live `pool_fn`."""
@@ -266,7 +265,12 @@ class Pipeline:
         query_tokens = self._query_tokens(dialogues, self.stats)
         if self.pool_fn is not None:
             if self.frozen_pools is not None and rows is not None:
-                pool = [self.frozen_pools[i] for i in rows]
+                if any(int(i) not in self.frozen_pools for i in rows):
+                    # (the whole batch, one search of the batch's shape: no new compile)
+                    found = self.pool_fn(*query_tokens)
+                    self.frozen_pools.update(
+                        (int(i), list(p)) for i, p in zip(rows, found, strict=True))
+                pool = [self.frozen_pools[int(i)] for i in rows]
             else:
                 pool = self.pool_fn(*query_tokens)
             if self.gold_pool:  # supervised warm-up: the gold story alone where it is known
