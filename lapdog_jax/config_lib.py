@@ -557,6 +557,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.synthetic.num_heldout = 8
 
     c.init = ml_collections.ConfigDict()
+    # A training workdir (e.g. stage 1's) whose latest checkpoint starts this run: its reader
+    # and tokenizer (and its retriever, when that run trained one) are written under
+    # workdir/init/ and used as init.reader / init.retriever (lapdog_jax/init_from.py).
+    c.init.from_workdir = ""
     c.init.reader = ""  # HF T5 folder (a stage-1 export) or hub id; '' = random tiny reader
     # HF BERT/Contriever folder or hub id (facebook/contriever); 'packaged:all-minilm-l6-v2' = the
     # pretrained all-MiniLM-L6-v2 installed by requirements.txt; '' = a random tiny BERT

@@ -364,6 +364,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raw["reward"]["fn_weights"] = tuple(raw["reward"].get("fn_weights", ()))
         raw["data"].setdefault("prompt_field", "prompt")
         raw["data"].setdefault("answer_field", "answer")
+        raw["init"].setdefault("from_workdir", "")  # (written before init.from_workdir)
         # (workdirs written before LoRA existed: adapters off)
         adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
         adapters["targets"] = tuple(adapters["targets"])

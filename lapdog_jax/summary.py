@@ -3,11 +3,13 @@ parameter counts, data sizes, where logs and checkpoints go, the TensorBoard com
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import jax
 
-from lapdog_jax import config_lib, tb
+from lapdog_jax import config_lib, init_from, tb
 
 
 def param_count(tree) -> int:
@@ -25,10 +27,12 @@ def _stored(config) -> str:
     return "" if config.model.param_dtype == "float32" else f"{config.model.param_dtype} "
 
 
-def _reader(config, exp) -> str:
+def _reader(config, exp, workdir: str) -> str:
     """The reader's shape, size and source."""
     c = exp.reader.config
     source = config.init.reader or "random init (model.reader)"
+    if init_from.describe(config, workdir):
+        source += f" = {init_from.describe(config, workdir)}"
     out = (f"T5 d_model={c.d_model} layers={c.num_layers}+{c.num_decoder_layers} "
            f"heads={c.num_heads} vocab={c.vocab_size} {c.dtype}: "
            f"{_millions(param_count(exp.params['reader']))} {_stored(config)}params from "
@@ -108,7 +112,7 @@ def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
         ("devices", f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}) in "
                     f"{jax.process_count()} process(es)"),
         ("mesh", " ".join(f"{k}={v}" for k, v in mesh.shape.items())),
-        ("reader", _reader(config, exp)),
+        ("reader", _reader(config, exp, workdir)),
         ("retriever", _retriever(config, exp)),
         ("reference", _reference(config)),
         ("reward", _reward(config)),
@@ -122,3 +126,56 @@ def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
     ]
     width = max(len(k) for k, _ in lines) + 1
     return "\n".join(["lapdog_jax run:"] + [f"  {k + ':':{width}} {v}" for k, v in lines])
+
+
+def eval_history(workdir: str) -> list[tuple[int, dict]]:
+    """[(step, metrics)] of the evaluations written under `workdir/eval/`, by step."""
+    out = []
+    folder = os.path.join(workdir, "eval")
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        match = re.fullmatch(r"metrics-step-(\d+)\.json", name)
+        if match:
+            with open(os.path.join(folder, name)) as f:
+                out.append((int(match.group(1)), json.load(f)))
+    return sorted(out, key=lambda x: x[0])
+
+
+def _figures(metrics: dict) -> str:
+    """'f1 12.3, em 4.5, ...' of an eval's headline metrics (those it has)."""
+    keys = ("f1", "em", "bleu", "rougeL", "recall@1", "recall@5")
+    return ", ".join(f"{k} {metrics[k]:.1f}" for k in keys if k in metrics)
+
+
+def end_summary(config, workdir: str, checkpoint_steps) -> str:
+    """The block logged when a run ends: its best evaluation (by F1; by EM for seq2seq
+    tasks), its last, where the checkpoints are, and the commands that come next with this
+    run's paths (evaluate, export, and after stage 1 the joint GRPO run that starts from it)."""
+    history = eval_history(workdir)
+    key = "em" if config_lib.mode_info(config).task == "seq2seq" else "f1"
+    lines = []
+    if history:
+        best_step, best = max(history, key=lambda h: (h[1].get(key, float("-inf")), -h[0]))
+        last_step, last = history[-1]
+        lines.append(("best eval", f"step {best_step} by {key}: {_figures(best)}"))
+        if last_step != best_step:
+            lines.append(("last eval", f"step {last_step}: {_figures(last)}"))
+        lines.append(("eval files", os.path.join(workdir, "eval", f"valid-step-N.jsonl, "
+                                                             f"metrics-step-N.json")))
+    kept = ", ".join(str(s) for s in checkpoint_steps) or "none"
+    lines.append(("checkpoints", f"{os.path.join(workdir, 'checkpoints')} (steps {kept}; "
+                                 "evaluate and export read the latest)"))
+    lines.append(("evaluate", f"python -m lapdog_jax.evaluate --workdir={workdir}"))
+    lines.append(("export", f"python -m lapdog_jax.export --workdir={workdir} "
+                            f"--out={os.path.join(workdir, 'hf')}"))
+    if config.mode == "sft":
+        data = " ".join(f"--config.{f}={config_lib.get(config, f)}"
+                        for f in ("data.train", "data.eval", "data.passages")
+                        if config_lib.get(config, f))
+        lines.append(("next stage", "python -m lapdog_jax.main --config=configs/joint_grpo.py"
+                                    f"{':' + config.preset if config.preset else ''} "
+                                    f"--workdir={workdir.rstrip('/')}_joint "
+                                    f"--config.init.from_workdir={workdir} "
+                                    f"--config.sft_warmup_steps=0 {data}".rstrip()))
+    width = max(len(k) for k, _ in lines) + 1
+    return "\n".join([f"lapdog_jax run done ({tb.run_name(config)}):"]
+                     + [f"  {k + ':':{width}} {v}" for k, v in lines])

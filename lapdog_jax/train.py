@@ -40,6 +40,7 @@ from lapdog_jax import (
     distributed,
     evaluate,
     experiment,
+    init_from,
     lock,
     optim,
     sharding,
@@ -351,12 +352,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     experiment.check_paths(config)
     # A workdir this run creates is removed again if the run is refused before its first step
     # (bad data, a setting the data contradicts): no empty or half-made workdir is left.
+    init_from.check(config, workdir)
     fresh = not os.path.exists(workdir) and distributed.is_main_process()
     refused = False
     try:
         with lock.workdir_lock(workdir, enabled=distributed.is_main_process()):
-            experiment.check_workdir(config, workdir)
             try:
+                config = init_from.resolve(config, workdir)
+                experiment.check_workdir(config, workdir)
                 run = _setup(config, workdir)
             except Exception:
                 refused = fresh
@@ -412,6 +415,10 @@ def _train(run: Run) -> dict:
             final = _evaluate(run)
             last.update(final)
             run.writer.hparams(_flat(config), final)
+            if distributed.is_main_process():
+                bar.close()  # (the summary comes after the bar's last line)
+                logging.info("%s", summary.end_summary(config, run.workdir,
+                                                       run.manager.all_steps()))
         else:
             logging.info("stopped at step %d (SIGTERM) after saving a checkpoint", run.step)
     finally:
