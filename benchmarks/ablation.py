@@ -7,8 +7,8 @@ r"""Ablation on the embedded synthetic task: every method at the same seeds and 
 Each run (in the order below) is `python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/seed-S/NAME` with
 `--config.seed=S --config.data.synthetic.seed=S --config.data.synthetic.split=SPLIT`, the
 method's own overrides and every `--set k=v` as `--config.k=v`. Methods:
-  stage1_only       configs/joint_grpo.py with sft_warmup_steps=-1 (the whole budget): supervised on the
-                    gold story for the whole budget, never RL (eval reads retrieved stories);
+  stage1_only       configs/joint_grpo.py with sft_warmup_steps=-1 (the whole budget):
+                    supervised on the gold story, never RL (eval reads retrieved stories);
   grpo              configs/grpo.py: reader-only GRPO, retrieval fixed;
   lapdog            configs/lapdog.py: LAPDOG stage 2 (reader CE + retriever distillation) with
                     the demo's scaling (raw cosines / 0.05 and 0.1, KL 'batchmean');

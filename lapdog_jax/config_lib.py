@@ -151,8 +151,9 @@ def _is_num(v) -> bool:
 
 # (fields, test, what is allowed): one range rule per group of fields.
 RANGES = (
-    (("total_steps", "eval_freq", "save_freq", "eval_size", "data.query_maxlength", "data.n_context", "optim.warmup_steps", "retrieval.refresh_index",
-      "grpo.top_k", "lora.rank"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    (("total_steps", "eval_freq", "save_freq", "eval_size", "data.query_maxlength",
+      "data.n_context", "optim.warmup_steps", "retrieval.refresh_index", "grpo.top_k",
+      "lora.rank"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     (("batch_size", "accumulation_steps", "log_freq", "keep", "max_bad_steps",
       "data.vocab_size", "data.text_maxlength", "data.target_maxlength",
       "data.retriever_maxlength", "data.synthetic.num_train", "data.synthetic.num_valid",

@@ -159,8 +159,8 @@ def end_summary(config, workdir: str, checkpoint_steps) -> str:
         lines.append(("best eval", f"step {best_step} by {key}: {_figures(best)}"))
         if last_step != best_step:
             lines.append(("last eval", f"step {last_step}: {_figures(last)}"))
-        lines.append(("eval files", os.path.join(workdir, "eval", f"valid-step-N.jsonl, "
-                                                             f"metrics-step-N.json")))
+        lines.append(("eval files", os.path.join(workdir, "eval", "valid-step-N.jsonl, "
+                                                             "metrics-step-N.json")))
     kept = ", ".join(str(s) for s in checkpoint_steps) or "none"
     lines.append(("checkpoints", f"{os.path.join(workdir, 'checkpoints')} (steps {kept}; "
                                  "evaluate and export read the latest)"))
