@@ -153,7 +153,8 @@ def test_method_overrides_are_valid_config_fields():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config = module.get_config()
-        for key, value in ablation.method_overrides(method, {"total_steps": "10"}).items():
+        budget = {"total_steps": "10", "sft_warmup_steps": "5"}  # (a warm-up within budget)
+        for key, value in ablation.method_overrides(method, budget).items():
             node = config
             *parents, leaf = key.split(".")
             for p in parents:

@@ -9,16 +9,19 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from lapdog_jax import config_lib, evaluate, export, init_from, train
+from lapdog_jax import config_lib, evaluate, init_from, train
 from lapdog_jax.data import FORMATS, Passage, reader_segment, synthetic
 from tests import test_train
 from tests.test_train import read_events
 
 compile_cache = test_train.compile_cache  # the session's persistent compilation cache
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The whole chain's sizes: 1-layer reader and retriever, 4 prompts a step.
 SIZES = {"batch_size": 4, "eval_size": 4, "log_freq": 1, "eval_freq": 0, "save_freq": 3,
          "data.target_maxlength": 8, "data.text_maxlength": 64, "optim.warmup_steps": 0,
@@ -97,8 +100,13 @@ def test_stage1_to_joint_grpo_to_evaluate_to_export_to_transformers(lapdog_files
     assert again == pytest.approx({k: v for k, v in last.items() if k.startswith("eval/")})
     assert not [k for k in again if "recall" in k]
 
-    # 4. Export; 5. the exported readers generate in transformers what we generated.
-    paths = export.export(joint, hf_out)
+    # 4. Export (its command: the module defines absl flags that others define too);
+    # 5. the exported readers generate in transformers what we generated.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "lapdog_jax.export", f"--workdir={joint}",
+                           f"--out={hf_out}"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    paths = {"reader": f"{hf_out}/reader"}
     import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
