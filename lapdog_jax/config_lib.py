@@ -155,12 +155,14 @@ RANGES = (
       "data.n_context", "optim.warmup_steps", "retrieval.refresh_index", "grpo.top_k",
       "lora.rank"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     (("batch_size", "accumulation_steps", "log_freq", "keep", "max_bad_steps",
-      "data.vocab_size", "data.text_maxlength", "data.target_maxlength",
+      "data.vocab_size",
       "data.retriever_maxlength", "data.synthetic.num_train", "data.synthetic.num_valid",
       "data.synthetic.num_stories", "data.synthetic.num_heldout", "retrieval.pool_size", "grpo.group_size",
       "grpo.retriever_group_size", "grpo.num_iterations", "grpo.micro_batches",
       *_TINY_READER_INTS,
       *_TINY_RETRIEVER_INTS), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    (("data.text_maxlength", "data.target_maxlength"), lambda v: _is_int(v) and v >= 0,
+     "an integer >= 1, or 0 (automatic: the 99th percentile of the training data's lengths)"),
     (("sft_warmup_steps",), lambda v: _is_int(v) and v >= -1,
      "an integer >= 0, or -1 (the whole budget: a warm-up-only run)"),
     (("optim.lr", "optim.lr_retriever", "optim.weight_decay", "optim.clip_norm",
@@ -532,8 +534,11 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.passages = ""  # story corpus jsonl
     c.data.tokenizer = ""  # HF tokenizer folder or hub id; '' = init.reader's, else a SentencePiece
     c.data.vocab_size = 1000  # SentencePiece vocab when training one from scratch
-    c.data.text_maxlength = 160  # reader source tokens per segment (LAPDOG --text_maxlength)
-    c.data.target_maxlength = 16  # reader target tokens (LAPDOG --target_maxlength)
+    # Reader source tokens per segment (LAPDOG --text_maxlength) and target tokens (LAPDOG
+    # --target_maxlength); 0 = automatic: the 99th percentile of a sample of the training
+    # data, rounded up to a multiple of 16 (data/lengths.py; the start-up log reports them).
+    c.data.text_maxlength = 160
+    c.data.target_maxlength = 16
     c.data.retriever_maxlength = 64  # retriever tokens per passage (and per query by default)
     # Retriever tokens per query; 0 = retriever_maxlength. The demo's persona queries are at
     # most 36 MiniLM tokens: 40 spares the trained query encoder a third of its work.

@@ -70,8 +70,8 @@ BAD_CONFIGS = [
     ("sft", {"keep": 0}, "--config.keep=0: expected an integer >= 1", ""),
     ("sft", {"eval_freq": -1}, "--config.eval_freq=-1: expected an integer >= 0", ""),
     ("sft", {"accumulation_steps": 0}, "--config.accumulation_steps=0: expected an integer", ""),
-    ("sft", {"data.target_maxlength": 0}, "--config.data.target_maxlength=0: expected an "
-     "integer >= 1", ""),
+    ("sft", {"data.target_maxlength": -1}, "--config.data.target_maxlength=-1: expected an "
+     "integer >= 1, or 0 (automatic", ""),
     ("sft", {"optim.lr": -1e-3}, "--config.optim.lr=-0.001: expected a number >= 0", ""),
     ("sft", {"optim.lr": float("nan")}, "--config.optim.lr=nan: expected a number >= 0", ""),
     ("sft", {"optim.b2": 1.0}, "--config.optim.b2=1.0: expected a number in [0, 1)", ""),

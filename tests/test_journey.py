@@ -66,11 +66,32 @@ def test_stage1_to_joint_grpo_to_evaluate_to_export_to_transformers(lapdog_files
     caplog.set_level(logging.INFO)
     stage1, joint, hf_out = (str(tmp_path / n) for n in ("stage1", "joint", "hf"))
 
-    # 1. Stage 1: closed-book reader; its end-of-run summary names the next commands.
-    train.train_and_evaluate(_config("sft", lapdog_files, total_steps=3), stage1)
+    # 1. Stage 1: closed-book reader with automatic lengths; its end-of-run summary names the
+    # next commands.
+    train.train_and_evaluate(_config("sft", lapdog_files, total_steps=3, **{
+        "data.text_maxlength": 0, "data.target_maxlength": 0}), stage1)
     assert f"--config.init.from_workdir={stage1}" in caplog.text
     assert f"python -m lapdog_jax.export --workdir={stage1}" in caplog.text
     stage1_rows = [json.loads(r) for r in open(f"{stage1}/eval/valid-step-3.jsonl")]
+    # The automatic lengths are the 99th percentiles of the training data under the run's
+    # tokenizer (counted here by transformers), rounded up to 16; config.json keeps them.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(f"{stage1}/tokenizer")
+    dialogues = [json.loads(r) for r in open(lapdog_files["data.train"])]
+    query = FORMATS["dialogue"].query
+
+    def auto(texts):
+        n = [len(ids) for ids in tok(texts)["input_ids"]]
+        return int(np.ceil(np.percentile(n, 99, method="inverted_cdf") / 16) * 16)
+
+    stage1_data = json.load(open(f"{stage1}/config.json"))["data"]
+    assert stage1_data["text_maxlength"] == auto([query.format(question=d["question"])
+                                                   for d in dialogues])
+    assert stage1_data["target_maxlength"] == auto([FORMATS["dialogue"].target.format(answer=a)
+                                                     for d in dialogues for a in d["answers"]])
+    assert re.search(r"reader inputs: +[\d /]+; --config\.data\.text_maxlength="
+                     rf"{stage1_data['text_maxlength']}: 0\.0 % cut", caplog.text)  # the report
 
     # 2. Joint GRPO from the stage-1 workdir, no export step in between.
     caplog.clear()
@@ -108,29 +129,60 @@ def test_stage1_to_joint_grpo_to_evaluate_to_export_to_transformers(lapdog_files
     assert done.returncode == 0, done.stderr[-2000:]
     paths = {"reader": f"{hf_out}/reader"}
     import torch
-    from transformers import AutoTokenizer, T5ForConditionalGeneration
+    from transformers import T5ForConditionalGeneration
 
-    def hf_generate(folder: str, text: str) -> str:
+    def hf_generate(folder: str, text: str, data: dict) -> str:
         tok = AutoTokenizer.from_pretrained(folder)
         model = T5ForConditionalGeneration.from_pretrained(folder).eval()
-        ids = tok(text, truncation=True, max_length=SIZES["data.text_maxlength"],
+        ids = tok(text, truncation=True, max_length=data["data.text_maxlength"],
                   return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**ids, do_sample=False, num_beams=1,
-                                 max_new_tokens=SIZES["data.target_maxlength"])
+                                 max_new_tokens=data["data.target_maxlength"])
         return tok.decode(out[0], skip_special_tokens=True).strip()
 
-    query = FORMATS["dialogue"].query
     # The joint run's start is stage 1's reader itself: closed-book, as stage 1 evaluated it.
     row = stage1_rows[0]
-    assert hf_generate(source["reader"], reader_segment(query.format(question=row["query"]))) \
-        == row["generation"]
+    stage1_lengths = {f"data.{k}": stage1_data[k] for k in ("text_maxlength", "target_maxlength")}
+    assert hf_generate(source["reader"], reader_segment(query.format(question=row["query"])),
+                       stage1_lengths) == row["generation"]
     # The exported joint reader answers an eval dialogue from its first retrieved story as our
     # evaluation did.
     rows = [json.loads(r) for r in open(f"{joint}/eval/valid-step-2.jsonl")]
     for row in rows[:2]:
         story = Passage(**row["passages"][0])
         got = hf_generate(paths["reader"], reader_segment(query.format(question=row["query"]),
-                                                          story))
+                                                          story), SIZES)
         assert got == row["generation"]
     assert np.isfinite(list(again.values())).all()
+
+
+class _Words:
+    """A tokenizer whose tokens are the words of a text plus one end token (hand-countable)."""
+
+    def __call__(self, texts, truncation=False):
+        return {"input_ids": [t.split() + ["</s>"] for t in texts]}
+
+
+def test_lengths_report_names_the_flag_and_the_value_keeping_99_percent():
+    """Percentiles by hand: 100 targets of 2..101 tokens (1..100 words and an end token) and
+    reader inputs of 4; 85 targets are cut at 16 (warned, with 112 = 100 rounded up to 16,
+    which keeps 99 of the 100), no reader input; 0 = automatic resolves to those values."""
+    from lapdog_jax.data import Dialogue, lengths
+
+    dialogues = [Dialogue(question="a b c", answers=(" ".join(["w"] * n),))
+                 for n in range(1, 101)]
+    data = config_lib.mode_config("sft").data
+    fields = lengths.measure(data, dialogues, [], _Words(), _Words(), FORMATS["seq2seq"],
+                             closed_book=True, retrieval=False)
+    reader, target = fields
+    assert list(reader.lengths) == [4] * 100 and sorted(target.lengths) == list(range(2, 102))
+    assert target.percentile(99) == 100 and target.auto() == 112 and reader.auto() == 16
+    text, warnings = lengths.report(data, fields, len(dialogues))
+    assert "targets:             51 / 96 / 100 / 101; --config.data.target_maxlength=16: " \
+        "85.0 % cut" in text
+    assert warnings == ["85 % of targets are longer than --config.data.target_maxlength=16 "
+                        "tokens and will be cut; --config.data.target_maxlength=112 keeps 99 % "
+                        "(0 = automatic)"]
+    data.target_maxlength = 0
+    assert lengths.resolve(data, fields) == {"data.target_maxlength": 112}

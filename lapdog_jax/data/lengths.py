@@ -37,13 +37,13 @@ MULTIPLE = 16  # automatic lengths are rounded up to a multiple of this
 class Field:
     """One measured field: its flag, the tokens of each sampled text."""
 
-    name: str  # 'reader input', 'target', 'retriever query', 'retriever passage'
+    name: str  # 'reader inputs', 'targets', 'retriever queries', 'retriever passages'
     flag: str  # the config field that caps it, e.g. 'data.text_maxlength'
     lengths: np.ndarray  # int [N] tokens per sampled text, untruncated
 
     def percentile(self, q: float) -> int:
-        """Tokens at the q-th percentile (the higher value between two)."""
-        return int(np.percentile(self.lengths, q, method="higher"))
+        """The fewest tokens that q % of the sampled texts fit in."""
+        return int(np.percentile(self.lengths, q, method="inverted_cdf"))
 
     def cut(self, limit: int) -> float:
         """Share of the sampled texts longer than `limit` tokens."""
@@ -84,17 +84,17 @@ def measure(data_config, dialogues, passages: Sequence[Passage], reader_tok, ret
         gold = [by_id[g] for g in d.gold_passage_ids if g in by_id]
         story = gold[0] if gold else passages[int(rng.integers(len(passages)))]
         segments.append(reader_segment(query, story))
-    fields = [Field("reader input", "data.text_maxlength", _lengths(reader_tok, segments)),
-              Field("target", "data.target_maxlength", _lengths(
+    fields = [Field("reader inputs", "data.text_maxlength", _lengths(reader_tok, segments)),
+              Field("targets", "data.target_maxlength", _lengths(
                   reader_tok, [formats.target.format(answer=a) for d in sample
                                for a in d.answers]))]
     if retrieval and not closed_book and passages:
         query_flag = "data.query_maxlength" if data_config.query_maxlength \
             else "data.retriever_maxlength"
-        fields.append(Field("retriever query", query_flag, _lengths(
+        fields.append(Field("retriever queries", query_flag, _lengths(
             retriever_tok, [retriever_query(d.question, data_config.retriever_from)
                             for d in sample])))
-        fields.append(Field("retriever passage", "data.retriever_maxlength", _lengths(
+        fields.append(Field("retriever passages", "data.retriever_maxlength", _lengths(
             retriever_tok, [retriever_passage(p) for p in _sample(passages, n, seed)])))
     return fields
 
@@ -120,13 +120,13 @@ def report(data_config, fields: Sequence[Field], num_dialogues: int) -> tuple[st
     for f in fields:
         cap = limit(data_config, f)
         cut = f.cut(cap)
-        lines.append(f"  {f.name + ':':19} {f.percentile(50)} / {f.percentile(95)} / "
+        lines.append(f"  {f.name + ':':20} {f.percentile(50)} / {f.percentile(95)} / "
                      f"{f.percentile(KEEP)} / {int(f.lengths.max())}; "
                      f"--config.{f.flag}={cap}: {100 * cut:.1f} % cut")
         if cut > WARN_FRACTION:
             auto = (" (0 = automatic)" if f.flag in ("data.text_maxlength",
                                                      "data.target_maxlength") else "")
-            warnings.append(f"{100 * cut:.0f} % of {f.name}s are longer than "
+            warnings.append(f"{100 * cut:.0f} % of {f.name} are longer than "
                             f"--config.{f.flag}={cap} tokens and will be cut; "
                             f"--config.{f.flag}={f.auto()} keeps {KEEP:.0f} %{auto}")
     return "\n".join(lines), warnings

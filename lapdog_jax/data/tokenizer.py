@@ -158,6 +158,11 @@ def special_ids(tok) -> np.ndarray:
     return np.array(sorted(i for i in ids if i is not None), dtype=np.int32)
 
 
+# The config field that caps each truncated field (named in the truncation warning).
+LENGTH_FLAGS = {"reader": "data.text_maxlength", "target": "data.target_maxlength",
+                "query": "data.query_maxlength", "passage": "data.retriever_maxlength"}
+
+
 class TruncationStats:
     """Counts sequences seen and truncated per field, and logs truncations."""
 
@@ -173,8 +178,8 @@ class TruncationStats:
         self.truncated[field] += n_trunc
         if n_trunc:
             args = ("truncated %d/%d %s sequences so far to %d tokens (longest in this "
-                    "batch: %d)", self.truncated[field], self.seen[field], field, max_length,
-                    int(lengths.max()))
+                    "batch: %d; --config.%s)", self.truncated[field], self.seen[field], field,
+                    max_length, int(lengths.max()), LENGTH_FLAGS.get(field, "data.*maxlength"))
             if self.truncated[field] == n_trunc:  # the first time: always say so
                 logging.warning(*args)
             else:
