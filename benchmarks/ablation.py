@@ -191,7 +191,7 @@ def run_method(method: Method, out: str, overrides: dict[str, str], force: bool,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)}
     print(f"[ablation] seed {seed} {method.name}: {shlex.join(cmd)}", flush=True)
-    attempt = {"started": _now(), "load_before": os.getloadavg()[0]}
+    attempt = {"started": _now(), "commit": code_commit(), "load_before": os.getloadavg()[0]}
     start = time.perf_counter()
     with open(os.path.join(workdir, "train.log"), "a") as log:
         rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -254,14 +254,16 @@ def _mean_std(values: list[float]) -> str:
 
 def format_table(methods: list[Method], runs: dict) -> str:
     """The markdown table: per method, mean ± std over its finished seeds of the final eval
-    metrics, the seeds counted, and the mean wall minutes per run."""
-    header = ["method", *(name for name, _ in COLUMNS), "seeds", "wall (min)"]
+    metrics (F1 and EM alone for the seq2seq suite), the seeds counted, and the mean wall
+    minutes per run."""
+    columns = COLUMNS if any(m.retrieval for m in methods) else COLUMNS[:2]
+    header = ["method", *(name for name, _ in columns), "seeds", "wall (min)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for method in methods:
         done = {s: r for s, r in runs.get(method.name, {}).items() if r["finished"]}
         cells = [_mean_std([v for r in done.values()
                             if (v := _value(r["metrics"], keys)) is not None])
-                 for _, keys in COLUMNS]
+                 for _, keys in columns]
         walls = [r["wall_s"] / 60 for r in done.values() if r.get("wall_s")]
         seeds = ",".join(sorted(done, key=int)) or "-"
         wall = f"{np.mean(walls):.1f}" if walls else "-"
@@ -367,15 +369,29 @@ def plot(methods: list[Method], runs: dict, path: str) -> None:
     plt.close(fig)
 
 
-def host_line() -> str:
-    """Host, date and commit of this report."""
+def code_commit() -> str:
+    """The commit of this code: from git, or from a COMMIT file beside it when it runs from an
+    exported snapshot ('unknown' otherwise)."""
     try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return (f"host {platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or '?'}), "
-            f"{_now()}, commit {commit}")
+        path = os.path.join(ROOT, "COMMIT")
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read().strip()
+        return "unknown"
+
+
+def host_line() -> str:
+    """Host, CPU, date and commit of this report."""
+    commit = code_commit()
+    cpu = platform.processor() or "?"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"host {platform.node()} ({os.cpu_count()} CPUs, {cpu}), {_now()}, commit {commit}"
 
 
 def write_report(methods: list[Method], out: str, seeds: list[int], split: str,
@@ -431,7 +447,7 @@ def main(argv: list[str]) -> None:
         with open(os.path.join(out, "ablation.json")) as fh:
             known = json.load(fh).get("baselines", {})
     failed = []
-    for seed in seeds:
+    for seed in [] if f.report_only else seeds:
         for method in methods:
             if not run_method(method, out, overrides, f.force, seed, f.split):
                 failed.append(f"seed {seed} {method.name}")
@@ -461,6 +477,7 @@ def define_flags() -> None:
                       "seq2seq demo (warm-up then GRPO) and its supervised-only control.")
     flags.DEFINE_list("methods", [], "Methods to run, comma-separated (default: the suite's).")
     flags.DEFINE_bool("force", False, "Rerun (from scratch) runs that already finished.")
+    flags.DEFINE_bool("report_only", False, "Run nothing: rewrite the report from OUT.")
     flags.DEFINE_bool("baselines", True, "Add each seed's retrieval baselines (TF-IDF, MiniLM).")
 
 

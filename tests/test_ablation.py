@@ -204,7 +204,7 @@ def test_seq2seq_suite_has_no_split_and_reports_em_by_step(tmp_path):
                     json.dumps({"em": value, "f1": value}))
     ablation.write_report([grpo, sft], str(tmp_path), [0, 1], "heldout", {})
     md = (tmp_path / "ablation.md").read_text()
-    assert "split -," in md
+    assert "split -," in md and "| method | F1 | EM | seeds | wall (min) |" in md
     assert "| eval em at step | 200 | 500 |" in md
     assert "| warm-up then GRPO | 62.0 ± 2.8 | 72.0 ± 2.8 |" in md
     assert "| supervised only | 83.0 ± 4.2 | 93.0 ± 4.2 |" in md
