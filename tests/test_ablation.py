@@ -168,12 +168,15 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(tmp_path, monkeypa
     out = _fake_out(tmp_path)
     grpo = ablation.BY_NAME["grpo"]
     overrides = {"total_steps": str(TOTAL)}
+    real_run = ablation.subprocess.run
     monkeypatch.setattr(ablation.subprocess, "run",
                         lambda *a, **k: pytest.fail("a finished run was started again"))
     assert ablation.run_method(grpo, out, overrides, False, seed=0)
     calls = []
 
     def fake_run(cmd, **kwargs):
+        if cmd[0] == "git":  # the code's commit, recorded with the attempt
+            return real_run(cmd, **kwargs)
         calls.append(cmd)  # the trainer resumes in the same workdir and finishes
         eval_dir = os.path.join(ablation.run_dir(out, 1, grpo), "eval")
         with open(os.path.join(eval_dir, f"metrics-step-{TOTAL}.json"), "w") as f:
@@ -185,6 +188,7 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(tmp_path, monkeypa
     assert len(calls) == 1 and f"--workdir={ablation.run_dir(out, 1, grpo)}" in calls[0]
     info = ablation.run_info(ablation.run_dir(out, 1, grpo))
     assert len(info["attempts"]) == 2 and info["command"] == shlex.join(calls[0])
+    assert info["attempts"][1]["commit"] == ablation.code_commit() != "unknown"
     assert info["wall_s"] == pytest.approx(240.0 + info["attempts"][1]["wall_s"])
     assert ablation.is_finished(ablation.run_dir(out, 1, grpo), TOTAL)
 
