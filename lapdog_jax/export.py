@@ -21,7 +21,8 @@ import os
 
 from absl import flags
 
-from lapdog_jax import cli, experiment, lora, steps
+from lapdog_jax import cli, experiment, lora, run_spec, steps
+from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (has config.json).")
@@ -41,12 +42,12 @@ def export(workdir: str, out: str, lora_format: str = "both") -> dict[str, str]:
                                      "existing) to hold reader/ and retriever/")
     if lora_format not in LORA_FORMATS:
         raise experiment.ConfigError(f"--lora={lora_format}: expected one of {LORA_FORMATS}")
-    exp, _, state, host, _ = experiment.restore_workdir(workdir, "export")
+    exp, _, state, host_state, _ = workdir_lib.restore_workdir(workdir, "export")
     params = state.params
     paths = {"checkpoint": os.path.join(workdir, "checkpoints",
-                                        str(experiment.resumed_step(state, host))),
+                                        str(workdir_lib.resumed_step(state, host_state))),
              "retriever": os.path.join(out, "retriever")}
-    adapted = lora.enabled(exp.config.lora)
+    adapted = run_spec.resolve(exp.config).lora
     if not adapted or lora_format != "adapter":
         paths["reader"] = os.path.join(out, "reader")
         hf.save_t5(paths["reader"], exp.reader.config, steps.policy_reader(params, exp.config),

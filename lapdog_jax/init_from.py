@@ -20,7 +20,8 @@ import os
 
 from absl import logging
 
-from lapdog_jax import checkpoint, config_lib, experiment, steps
+from lapdog_jax import checkpoint, config_lib, experiment, run_spec, steps
+from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
 
 INIT_DIR = "init"
@@ -52,14 +53,13 @@ def check(config, workdir: str) -> None:
 
 def _write_start(src: str, out: str) -> dict:
     """Writes the latest checkpoint of `src` as HF folders under `out`; returns source.json."""
-    exp, _, state, host, _ = experiment.restore_workdir(src, "start from")
-    step = experiment.resumed_step(state, host)
+    exp, _, state, host_state, _ = workdir_lib.restore_workdir(src, "start from")
+    step = workdir_lib.resumed_step(state, host_state)
     source = {"workdir": src, "step": step, "mode": exp.config.mode,
               "reader": os.path.join(out, "reader")}
     hf.save_t5(source["reader"], exp.reader.config,
                steps.policy_reader(state.params, exp.config), exp.reader_tokenizer)
-    trained = (config_lib.mode_info(exp.config).trains_retriever
-               and config_lib.pool_size(exp.config) > 0)
+    trained = run_spec.resolve(exp.config).trains_retriever  # (never when closed-book)
     if trained:
         source["retriever"] = os.path.join(out, "retriever")
         hf.save_contriever(source["retriever"], exp.retriever.config, state.params["retriever"],

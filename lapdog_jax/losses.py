@@ -1,4 +1,6 @@
-"""Pure loss functions for GRPO / REINFORCE / LAPDOG (reader and retriever). DESIGN §5.
+"""Pure loss functions for GRPO / REINFORCE / LAPDOG (reader and retriever).
+
+The formulas are in docs/design.md, "Algorithms".
 
 Every function is jit-friendly: string and numeric options are static Python values, and no
 Python branch depends on a traced value. Masks are 0/1 (bool or float) arrays.
@@ -35,7 +37,7 @@ def _std(x: jax.Array, axis) -> jax.Array:
 
 def group_advantages(rewards_BxG: jax.Array, scale_rewards: str = "group",
                      eps: float = 1e-4) -> jax.Array:
-    """Group-relative advantages A = (r - mean_G(r)) / (std(r) + eps) [B, G] (GRPO, DESIGN §5).
+    """Group-relative advantages A = (r - mean_G(r)) / (std(r) + eps) [B, G] (GRPO).
 
     The mean is always per group (last axis). std is per group ('group'), over the whole batch
     ('batch') or not used ('none', Dr. GRPO: A = r - mean_G(r)). std is the unbiased sample
@@ -86,7 +88,7 @@ LOSSES = {
 def policy_loss(logp_NxT: jax.Array, old_logp_NxT: jax.Array | None, adv_N: jax.Array,
                 mask_NxT: jax.Array, loss_type: str = "grpo_clip", clip_eps_low: float = 0.2,
                 clip_eps_high: float = 0.2) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per-token policy loss [N, T] and clip statistics (DESIGN §5 `loss_type`).
+    """Per-token policy loss [N, T] and clip statistics (`grpo.loss_type`).
 
     'grpo_clip': -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = exp(logπ - logπ_old);
     'reinforce_with_baseline': -A·logπ; 'no_baseline': -r·logπ (adv_N holds the raw reward).
@@ -166,7 +168,7 @@ def aggregation_count(mask_NxT: jax.Array, loss_agg: str) -> jax.Array:
 
 def aggregate(per_token_NxT: jax.Array, mask_NxT: jax.Array, loss_agg: str = "seq_mean_token_mean",
               max_length: int | None = None) -> jax.Array:
-    """Reduces a per-token loss [N, T] to a scalar (DESIGN §5 `loss_agg`).
+    """Reduces a per-token loss [N, T] to a scalar (`grpo.loss_agg`).
 
     'seq_mean_token_mean' (GRPO): mean_n (Σ_t m·x / Σ_t m); 'token_mean' (DAPO):
     Σ m·x / Σ m; 'seq_mean_token_sum_norm' (Dr. GRPO): Σ m·x / (N · max_length), max_length
@@ -255,7 +257,7 @@ def grpo_reader_loss(
     logits_NxTxV: jax.Array | None = None,
     temperature: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """GRPO reader loss aggregate(policy_loss(A) + kl_coeff·KL(π‖π_ref)) (DESIGN §5), + metrics.
+    """GRPO reader loss aggregate(policy_loss(A) + kl_coeff·KL(π‖π_ref)), + metrics.
 
     adv_N from `reader_advantages` (computed once per rollout); mask_NxT already passed through
     `mask_truncated` when truncated completions are to be left out. old_logp_NxT=None means one
@@ -319,7 +321,7 @@ def retriever_loss(
     eps: float = 1e-4,
     scale_rewards: str = "group",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Retriever policy loss over the sampled docs (DESIGN §5, joint mode), plus metrics.
+    """Retriever policy loss over the sampled docs (joint mode), plus metrics.
 
     A = group_advantages(doc rewards across the Gr docs of a prompt, `scale_rewards` as for the
     reader: with 'none' the reward gap survives, with 'group' and Gr=2 every A is ±0.707); per doc

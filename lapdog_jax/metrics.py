@@ -1,4 +1,4 @@
-"""Evaluation metrics on text, computed as LAPDOG computes them (DESIGN §5).
+"""Evaluation metrics on text, computed as LAPDOG computes them (docs/design.md).
 
 Matches LAPDOG's `compute_metrics.py` and `src/evaluation.py` (github.com/hqsiswiliam/LAPDOG):
 - every generation and the first answer get `.replace('R:', '').strip()` (all occurrences of

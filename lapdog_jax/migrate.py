@@ -22,7 +22,7 @@ import shlex
 import sys
 from typing import Any
 
-from lapdog_jax import config_lib
+from lapdog_jax import config_lib, validation
 
 
 class MigrateError(ValueError):
@@ -457,7 +457,7 @@ def migrate(argv: list[str]) -> Migration:
         if node[leaf] != value:
             node[leaf] = value
             overrides.append(_render(key, value))
-    config_lib.validate(config, settings_only=True)  # it may run on another machine
+    validation.validate(config, settings_only=True)  # it may run on another machine
     _no_equivalent(given, notes)
     workdir = f"{opts['checkpoint_dir'].rstrip('/')}/{opts['name']}"
     file = config_lib.CONFIG_FILES[mode]

@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules: one AdamW per trained part, as LAPDOG/Atlas have.
 
 The reader always trains; the retriever has an optimizer only in the modes that train it
-(`config_lib.MODE_TABLE`). Each part clips its own gradient norm, keeps its own schedule and
+(`RunSpec.trained_parts`). Each part clips its own gradient norm, keeps its own schedule and
 counts its own updates (Atlas clips and steps `reader` and `retriever` separately), so a step
 that trains only the reader (the supervised warm-up) never touches the retriever's optimizer
 state, and the retriever's schedule spans the steps that train it.
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lapdog_jax import config_lib
+from lapdog_jax import run_spec
 
 
 def schedule(lr: float, warmup: int, total: int, kind: str) -> optax.Schedule:
@@ -33,9 +33,9 @@ def optimizer_updates(config, part: str = "reader") -> int:
     """Optimizer updates of `part` in a whole run (its schedule's horizon): the trainer takes
     one batch per step; a warm-up step trains the reader once; an RL step calls `grpo_update`
     `num_iterations` times (a LAPDOG step once); `accumulation_steps` calls make one update."""
-    mode = config_lib.mode_info(config)
-    warm = min(config_lib.warmup_steps(config), config.total_steps)
-    per_step = config.grpo.num_iterations if mode.is_rl else 1
+    spec = run_spec.resolve(config)
+    warm = min(spec.warmup_steps, config.total_steps)
+    per_step = config.grpo.num_iterations if spec.is_rl else 1
     calls = (config.total_steps - warm) * per_step
     if part in READER_PARTS:
         calls += warm
@@ -45,19 +45,6 @@ def optimizer_updates(config, part: str = "reader") -> int:
 # The reader's trained part: its own params, or with LoRA (config.lora.rank > 0) the adapters
 # (params['lora']; the base reader, params['reader'], is frozen and has no optimizer state).
 READER_PARTS = ("reader", "lora")
-
-
-def reader_part(config) -> str:
-    """'lora' when LoRA adapters train instead of the reader, else 'reader'."""
-    return "lora" if config.lora.rank > 0 else "reader"
-
-
-def trained_parts(config) -> tuple[str, ...]:
-    """The parts this mode trains: (reader part,) or (reader part, 'retriever'), the reader
-    part being 'reader' or, with LoRA, 'lora' (`reader_part`)."""
-    reader = reader_part(config)
-    return (reader, "retriever") if config_lib.mode_info(config).trains_retriever \
-        else (reader,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +96,13 @@ def make_optimizer(config) -> Optimizer:
 
     A retriever trained from scratch keeps its token-type embedding at its zero init: every
     input token has type 0, so that vector is a bias shared by all tokens, which mean pooling
-    keeps whole; trained, it regrows within ~20 steps at lr 1e-3 until all embeddings point
-    the same way again and the pool policy is uniform (`contriever.init_retriever_params`).
+    keeps whole; trained, it soon regrows until all embeddings point the same way again and
+    the pool policy is uniform (`contriever.init_retriever_params`).
     """
     o = config.optim
     lrs = {"reader": o.lr, "lora": o.lr, "retriever": o.lr_retriever}
     parts, schedules = {}, {}
-    for part in trained_parts(config):
+    for part in run_spec.resolve(config).trained_parts:
         schedules[part] = schedule(lrs[part], o.warmup_steps, optimizer_updates(config, part),
                                    o.schedule)
         tx = optax.adamw(schedules[part], b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)

@@ -11,13 +11,15 @@ the example. The kernels themselves are `lapdog_jax.reward_kernels` (re-exported
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lapdog_jax import config_lib, errors, metrics
+from lapdog_jax import errors, metrics, run_spec
+from lapdog_jax.config_lib import ConfigError
 from lapdog_jax.reward_kernels import (  # noqa: F401 - re-exported: the kernels' public names
     BLEU_NORMS,
     EOS_ID,
@@ -96,7 +98,7 @@ def make_device_reward(reward_config, special_ids, word_start_ids=(), fns=None, 
     if fns is None:
         if reward_config.backend != "device":
             return None
-        fns = config_lib.reward_fns(reward_config)
+        fns = run_spec.reward_fns(reward_config)
     parts = [(n, w) for n, w in fns if n in DEVICE_REWARDS]
     if not parts:
         return None
@@ -163,6 +165,24 @@ def call_host_reward(name: str, fn, prompts, completions, references) -> np.ndar
     return out
 
 
+def load_host_reward(name: str):
+    """The function `module:function` names (imported), or a ConfigError naming
+    `--config.reward.fn` that says why it cannot be had."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--config.reward.fn={name}: unknown reward; expected one of "
+                          f"{', '.join(BUILTINS)} or module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's to fix
+        raise ConfigError(f"--config.reward.fn={name}: cannot import {module_name} "
+                          f"({type(e).__name__}: {e})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"--config.reward.fn={name}: {module_name} has no function {attr}")
+    return fn
+
+
 def make_host_reward(reward_config):
     """The weighted sum Σ w_i r_i of `reward.fn`'s host rewards as
     f(prompts, completions, references) -> [N] float64 (lists of N strings), or None when
@@ -170,13 +190,13 @@ def make_host_reward(reward_config):
     reward_funcs: called on the whole batch, once per step) and, with
     `reward.backend='host'`, the built-ins on decoded text."""
     fns = []
-    for name, w in config_lib.reward_fns(reward_config):
+    for name, w in run_spec.reward_fns(reward_config):
         if name in HOST_BUILTINS:
             if reward_config.backend == "host":
                 fns.append((name, functools.partial(
                     lambda f, _p, c, r: f(reward_config, c, r), HOST_BUILTINS[name]), w))
         else:
-            fns.append((name, config_lib.load_host_reward(name), w))
+            fns.append((name, load_host_reward(name), w))
     if not fns:
         return None
 

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lapdog_jax import config_lib
+from lapdog_jax import validation
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -27,7 +27,7 @@ LOGICAL_RULES = {"batch": "data", "embed": "fsdp", "mlp": "tensor", "heads": "te
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     """Returns the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = config_lib.mesh_shape(data, fsdp, tensor, len(devices))  # a ConfigError if unfit
+    sizes = validation.mesh_shape(data, fsdp, tensor, len(devices))  # a ConfigError if unfit
     return Mesh(np.asarray(devices).reshape([sizes[a] for a in AXES]), AXES)
 
 

@@ -23,7 +23,6 @@ once per source (the G samples' positions attend as extra query positions; see t
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -31,9 +30,19 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lapdog_jax import config_lib, lora, losses, optim, rewards, sampling, sharding
-from lapdog_jax.models.contriever import Contriever
-from lapdog_jax.models.t5 import T5, encode_passages, shift_right
+from lapdog_jax import losses, optim, rewards, run_spec, sharding
+from lapdog_jax.passes import (  # noqa: F401 - re-exported: the passes' public names
+    Models,
+    decode_logits,
+    dropout_rngs,
+    encode_sources,
+    policy_reader,
+    pool_similarity,
+    reference_reader,
+    retriever_scores,
+    sample_completions,
+    select_sources,
+)
 
 
 @struct.dataclass
@@ -90,126 +99,6 @@ class Rollout:
     truncated: jax.Array  # [N] bool: no EOS within T
 
 
-@dataclasses.dataclass(frozen=True)
-class Models:
-    """The two modules and the static facts the steps need."""
-
-    reader: T5
-    retriever: Contriever
-    special_ids: tuple[int, ...]  # token ids rewards ignore (pad, eos, <extra_id_*>)
-    # ids of the vocabulary's pieces that start a word (reward.length_unit='words')
-    word_start_ids: tuple[int, ...] = ()
-
-
-# --------------------------------------------------------------------------------------------
-# Building blocks
-# --------------------------------------------------------------------------------------------
-
-
-def policy_reader(params, config):
-    """The reader params the policy runs: params['reader'], or with LoRA the frozen base with
-    the adapters params['lora'] merged into its targeted kernels (lora.merge)."""
-    if not lora.enabled(config.lora):
-        return params["reader"]
-    return lora.merge(params["reader"], params["lora"], lora.scaling(config.lora))
-
-
-def reference_reader(params, ref_params):
-    """The KL reference's reader: ref_params['reader'], or where the reference holds none
-    (LoRA) the base params['reader'] with the adapters off."""
-    return ref_params["reader"] if "reader" in ref_params else params["reader"]
-
-
-def _with_trained(state: TrainState, trained: dict) -> dict:
-    """The state's params with the parts being differentiated replaced by `trained`."""
-    return {**state.params, **trained}
-
-
-def retriever_scores(models: Models, params, batch, config, rng=None) -> jax.Array:
-    """Pool scores s = q·p / τ [B,K] with the live encoder (the policy's logits)."""
-    return (pool_similarity(models, params, batch, config, rng)
-            / config.retrieval.temperature_score)
-
-
-def pool_similarity(models: Models, params, batch, config, rng=None) -> jax.Array:
-    """Inner products q·p [B,K] of the live query encoder's embeddings with the pool's.
-
-    `model.passage_scores='index'`: p = the passage embeddings stored in the index
-    (`batch['passage_emb']`: the frozen passage encoder's in query-side training, the shared
-    encoder's as of the last refresh otherwise), so no passage is encoded. 'live': p = the live
-    encoder on the pool's passage tokens, frozen unless `model.train_passage_encoder`.
-    With `rng`, the live encoder runs with dropout.
-    """
-    drop = dict(deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
-    q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"],
-                                   **drop)
-    if config.model.passage_scores == "index":
-        p_BxKxD = jax.lax.stop_gradient(batch["passage_emb"])
-        return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD.astype(q_BxD.dtype))
-    B, K, Lp = batch["passage_ids"].shape
-    p = models.retriever.apply({"params": params}, batch["passage_ids"].reshape(B * K, Lp),
-                               batch["passage_mask"].reshape(B * K, Lp), **drop)
-    p_BxKxD = p.reshape(B, K, -1)
-    if not config.model.train_passage_encoder:
-        p_BxKxD = jax.lax.stop_gradient(p_BxKxD)
-    return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD)
-
-
-def encode_sources(models: Models, params, src_ids, src_mask, config, rng=None):
-    """Encoder output [M,n*S,D] and mask [M,n*S] of M reader inputs of n segments each
-    (with dropout when `rng` is given)."""
-    return encode_passages(models.reader, params, src_ids, src_mask, config.data.fusion,
-                           deterministic=rng is None,
-                           rngs=None if rng is None else {"dropout": rng})
-
-
-def _decode_logits(models: Models, params, enc, enc_mask, tokens, mask, rng=None):
-    """Teacher-forced decoder logits [N,T,V] for `tokens` given the encoder output [M,S,D]
-    (N = G·M: G adjacent rows per source, sharing its encoding; with dropout when `rng` is
-    given)."""
-    dec_in = shift_right(tokens, models.reader.config.decoder_start_token_id,
-                         models.reader.config.pad_token_id)
-    return models.reader.apply({"params": params}, dec_in, enc, enc_mask, mask, rng is None,
-                               method=T5.decode,
-                               rngs=None if rng is None else {"dropout": rng})
-
-
-def dropout_rngs(config, step_kind: str, rng, n: int) -> list:
-    """`n` dropout keys for a step of kind 'supervised' or 'rl' when `model.dropout` turns
-    dropout on there, else `n` Nones (deterministic)."""
-    on = config.model.dropout in ("all", step_kind)
-    return list(jax.random.split(rng, n)) if on else [None] * n
-
-
-def sample_completions(models: Models, params, enc, enc_mask, rng, config, *, greedy: bool,
-                       group_size: int = 1):
-    """Samples `group_size` completions per encoder row (adjacent rows) with the KV-cached
-    while-loop sampler; the encoder output is shared, not repeated."""
-    T = config.data.target_maxlength
-    n = enc.shape[0] * group_size
-    cache = models.reader.apply({"params": params}, enc, enc_mask, T, n, method=T5.init_cache)
-
-    def tokens_to_logits(ids, cache, step):
-        return models.reader.apply({"params": params}, ids, cache, step, method=T5.decode_step)
-
-    g = config.grpo
-    rc = models.reader.config
-    return sampling.sample(tokens_to_logits, cache, rng, batch_size=n, max_length=T,
-                           start_id=rc.decoder_start_token_id, eos_id=rc.eos_token_id,
-                           pad_id=rc.pad_token_id, temperature=g.temperature, top_k=g.top_k,
-                           top_p=g.top_p, greedy=greedy)
-
-
-def _select_sources(batch, doc_idx_BxGr, n: int):
-    """Reader inputs per (prompt, doc): [B*Gr,n,S]; with n>1 the n docs fuse into one input."""
-    ids, mask = batch["reader_ids"], batch["reader_mask"]
-    B, _, S = ids.shape
-    take = lambda x: jnp.take_along_axis(x, doc_idx_BxGr[:, :, None], axis=1)
-    if n > 1:  # fixed retrieval: one input of the top-n passages
-        return ids[:, :n], mask[:, :n]
-    return take(ids).reshape(-1, 1, S), take(mask).reshape(-1, 1, S)
-
-
 # --------------------------------------------------------------------------------------------
 # GRPO: rollout, reward, update
 # --------------------------------------------------------------------------------------------
@@ -221,7 +110,7 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     g = config.grpo
     B, K, _ = batch["reader_ids"].shape
     rng_doc, rng_tok = jax.random.split(rng)
-    if config_lib.mode_info(config).samples_pool:
+    if run_spec.resolve(config).samples_pool:
         scores = retriever_scores(models, params["retriever"], batch, config)
         pool_logp = jax.nn.log_softmax(scores, axis=-1)
         ref_pool_logp = jnp.zeros_like(pool_logp)
@@ -233,8 +122,8 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     else:
         pool_logp = ref_pool_logp = jnp.zeros((B, K), jnp.float32)
         doc_idx = jnp.zeros((B, 1), jnp.int32)
-        n = max(config.data.n_context, 1)
-    src_ids, src_mask = _select_sources(batch, doc_idx, n)
+        n = run_spec.resolve(config).n_passages
+    src_ids, src_mask = select_sources(batch, doc_idx, n)
     G = g.group_size
     reader = policy_reader(params, config)
     enc, enc_mask = encode_sources(models, reader, src_ids, src_mask, config)
@@ -244,13 +133,13 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     if g.num_iterations > 1 or g.top_k or g.top_p < 1.0:
         # The loss uses the full (unfiltered) temperature softmax, so the stored old log-probs
         # must too: otherwise the ratio would not be 1 at the first iteration.
-        logits = _decode_logits(models, reader, enc, enc_mask, s.tokens, s.mask)
+        logits = decode_logits(models, reader, enc, enc_mask, s.tokens, s.mask)
         logp_old = losses.token_logprobs(logits, s.tokens, g.temperature) * s.mask
     logp_ref = jnp.zeros_like(logp_old)
     if g.kl_coeff:
         ref_reader = reference_reader(params, ref_params)
         ref_enc, ref_mask = encode_sources(models, ref_reader, src_ids, src_mask, config)
-        ref_logits = _decode_logits(models, ref_reader, ref_enc, ref_mask, s.tokens, s.mask)
+        ref_logits = decode_logits(models, ref_reader, ref_enc, ref_mask, s.tokens, s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
     return Rollout(doc_idx=doc_idx, pool_logp=jax.lax.stop_gradient(pool_logp),
                    ref_pool_logp=jax.lax.stop_gradient(ref_pool_logp),
@@ -261,7 +150,7 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
 
 def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
     """Rewards [B,Gr,G] of every completion against its prompt's gold answer: the weighted
-    device built-ins of `reward.fn` (DESIGN §5; host rewards are added by the trainer)."""
+    device built-ins of `reward.fn` (host rewards are added by the trainer; docs/design.md)."""
     B = batch["target_ids"].shape[0]
     N = ro.tokens.shape[0]
     ref = jnp.repeat(batch["target_ids"], N // B, axis=0)
@@ -288,7 +177,7 @@ def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, r
     enc_rng, dec_rng = jax.random.split(rng) if rng is not None else (None, None)
     enc, enc_mask = encode_sources(models, reader_params, ro.src_ids, ro.src_mask, config,
                                    enc_rng)
-    logits = _decode_logits(models, reader_params, enc, enc_mask, ro.tokens, ro.mask, dec_rng)
+    logits = decode_logits(models, reader_params, enc, enc_mask, ro.tokens, ro.mask, dec_rng)
     logp = losses.token_logprobs(logits, ro.tokens, g.temperature)
     mask = _loss_mask(ro, g)
     # One update per rollout: the old policy is the current one, so ρ = exp(logπ - sg(logπ))
@@ -305,7 +194,7 @@ def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, r
 
 def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, models, config,
                     rng=None):
-    """Retriever policy-gradient loss over the Gr sampled docs of each prompt (DESIGN §5)."""
+    """Retriever policy-gradient loss over the Gr sampled docs of each prompt (docs/design.md)."""
     g = config.grpo
     scores = retriever_scores(models, retriever_params, batch, config, rng)
     logp_pool = jax.nn.log_softmax(scores, axis=-1)
@@ -331,8 +220,9 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
 
     (loss, m), reader_grads = _reader_grads(state, ro, adv, reader_rng, models=models,
                                             config=config)
-    grads = {optim.reader_part(config): reader_grads}
-    if "retriever" in optim.trained_parts(config):  # (the losses share no params)
+    spec = run_spec.resolve(config)
+    grads = {spec.reader_part: reader_grads}
+    if spec.trains_retriever:  # (the losses share no params)
         (r_loss, rm), grads["retriever"] = jax.value_and_grad(
             lambda r: _retriever_loss(r, ro, batch, rewards_BxGrxG, models=models,
                                       config=config, rng=retriever_rng),
@@ -378,7 +268,7 @@ def _reader_grads(state: TrainState, ro: Rollout, adv_N, rng, *, models: Models,
     aggregation's normaliser (`losses.aggregation_count`), so the summed loss and gradients
     are the unsplit ones up to rounding; the metrics are then the mean over parts."""
     g = config.grpo
-    name = optim.reader_part(config)
+    name = run_spec.resolve(config).reader_part
 
     def loss_fn(reader_part, ro, adv, rng, share=1.0):
         reader = policy_reader(_with_trained(state, {name: reader_part}), config)
@@ -404,10 +294,15 @@ def _reader_grads(state: TrainState, ro: Rollout, adv_N, rng, *, models: Models,
     return (jnp.sum(losses_c), jax.tree.map(lambda x: jnp.mean(x, axis=0), ms)), grads
 
 
+def _with_trained(state: TrainState, trained: dict) -> dict:
+    """The state's params with the parts being differentiated replaced by `trained`."""
+    return {**state.params, **trained}
+
+
 def _trained(state: TrainState, config, parts=None) -> dict:
     """The params to differentiate: {part: params} of `parts` (default: all this mode trains;
     the reader's part is 'lora' with LoRA, so the base reader gets no gradient)."""
-    return {part: state.params[part] for part in parts or optim.trained_parts(config)}
+    return {part: state.params[part] for part in parts or run_spec.resolve(config).trained_parts}
 
 
 def _apply(state: TrainState, grads: dict, optimizer: optim.Optimizer
@@ -427,7 +322,7 @@ def _reader_ce(reader_params, src_ids, src_mask, batch, models, config, rng=None
     when `rng` is given)."""
     enc_rng, dec_rng = jax.random.split(rng) if rng is not None else (None, None)
     enc, enc_mask = encode_sources(models, reader_params, src_ids, src_mask, config, enc_rng)
-    logits = _decode_logits(models, reader_params, enc, enc_mask, batch["target_ids"],
+    logits = decode_logits(models, reader_params, enc, enc_mask, batch["target_ids"],
                             batch["target_mask"], dec_rng)
     return losses.sft_loss(logits, batch["target_ids"], batch["target_mask"])
 
@@ -435,7 +330,7 @@ def _reader_ce(reader_params, src_ids, src_mask, batch, models, config, rng=None
 def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
              ) -> tuple[TrainState, dict]:
     """Supervised reader step on the top-n segments (closed-book when n_context == 0)."""
-    n = max(config.data.n_context, 1)
+    n = run_spec.resolve(config).n_passages
     (drop_rng,) = dropout_rngs(config, "supervised", rng, 1)
 
     def loss_fn(trained):
@@ -445,7 +340,7 @@ def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
 
     # Only the reader: a warm-up step leaves the retriever and its optimizer state alone.
     loss, grads = jax.value_and_grad(loss_fn)(
-        _trained(state, config, (optim.reader_part(config),)))
+        _trained(state, config, (run_spec.resolve(config).reader_part,)))
     state, m = _apply(state, grads, optimizer)
     return state, {**m, "train/loss": loss}
 
@@ -480,7 +375,7 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
                 ) -> tuple[TrainState, dict]:
     """Original LAPDOG stage 2: reader cross-entropy with the top-n passages plus the
     retriever's KL distillation towards the gold scores of the pool passages."""
-    n = max(config.data.n_context, 1)
+    n = run_spec.resolve(config).n_passages
     gold_rng, drop_rng = jax.random.split(rng)
     gold = gold_scores(state.params, batch, gold_rng, models=models, config=config)
     reader_rng, retriever_rng = dropout_rngs(config, "supervised", drop_rng, 2)
@@ -502,7 +397,7 @@ def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimi
 
 def generate(params, batch, rng, *, models: Models, config) -> jax.Array:
     """Greedy answers [B,T] from the top-n pool passages (evaluation)."""
-    n = max(config.data.n_context, 1)
+    n = run_spec.resolve(config).n_passages
     reader = policy_reader(params, config)
     enc, enc_mask = encode_sources(models, reader, batch["reader_ids"][:, :n],
                                    batch["reader_mask"][:, :n], config)

@@ -9,7 +9,7 @@ import re
 
 import jax
 
-from lapdog_jax import config_lib, init_from, tb
+from lapdog_jax import config_lib, init_from, run_spec, tb
 
 
 def param_count(tree) -> int:
@@ -45,55 +45,54 @@ def _reader(config, exp, workdir: str) -> str:
     return out
 
 
-def _retriever(config, exp) -> str:
+def _retriever(config, spec, exp) -> str:
     """The retriever's shape, size and source ('none' when closed-book)."""
-    if not config_lib.pool_size(config):
+    if not spec.pool_size:
         return "none (closed-book)"
     c = exp.retriever.config
     source = config.init.retriever or "random init (model.retriever)"
-    trains = "trained" if config_lib.mode_info(config).trains_retriever else "frozen"
+    trains = "trained" if spec.trains_retriever else "frozen"
     return (f"BERT hidden={c.hidden_size} layers={c.num_hidden_layers} "
             f"vocab={c.vocab_size}: {_millions(param_count(exp.params['retriever']))} "
             f"{_stored(config)}params from {source}, {trains}")
 
 
-def _reference(config) -> str:
+def _reference(config, spec) -> str:
     """What the KL reference is."""
-    mode = config_lib.mode_info(config)
-    if not mode.is_rl or not config.grpo.kl_coeff:
+    if not spec.is_rl or not config.grpo.kl_coeff:
         return "none (no KL term)"
     if config.init.reference:
         return config.init.reference
-    warmup = config_lib.warmup_steps(config)
-    if warmup:
-        return f"the reader after the {warmup}-step warm-up"
-    return "the base reader (LoRA adapters off)" if config.lora.rank else "the initial reader"
+    if spec.warmup_steps:
+        return f"the reader after the {spec.warmup_steps}-step warm-up"
+    return "the base reader (LoRA adapters off)" if spec.lora else "the initial reader"
 
 
-def _reward(config) -> str:
+def _reward(config, spec) -> str:
     """The RL reward: reward.fn's names with their weights, and where each runs."""
-    mode = config_lib.mode_info(config)
-    if mode.step == "lapdog":
+    if spec.step == "lapdog":
         return f"none; the retriever's gold scores are {config.reward.gold_score_mode} (device)"
-    if not mode.is_rl:
+    if not spec.is_rl:
         return "none (supervised)"
     on = "host" if config.reward.backend == "host" else "device"
     return " + ".join(
         f"{'' if w == 1 else f'{w:g} x '}{name} "
         f"({on if name in config_lib.REWARD_BUILTINS else 'host'})"
-        for name, w in config_lib.reward_fns(config.reward))
+        for name, w in spec.reward_fns)
 
 
-def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
-    """The block logged before the first step, one `key: value` line each."""
-    if config_lib.mode_info(config).task == "seq2seq":
+def startup_summary(config, workdir: str, exp, mesh, step: int, spec=None) -> str:
+    """The block logged before the first step, one `key: value` line each (`spec`: the
+    config's `run_spec.resolve`, worked out here when not given)."""
+    spec = spec or run_spec.resolve(config)
+    if spec.task == "seq2seq":
         data = f"{len(exp.train)} train / {len(exp.valid)} eval examples"
     else:
         data = (f"{len(exp.train)} train / {len(exp.valid)} eval dialogues, "
                 f"{len(exp.passages)} passages")
     data += (f" (synthetic, under {os.path.join(workdir, 'data')})" if not config.data.train
              else f" ({config.data.train})")
-    warmup = config_lib.warmup_steps(config)
+    warmup = spec.warmup_steps
     steps = (f"{config.total_steps}" + (f" ({warmup} supervised warm-up first)" if warmup else "")
              + f", batch {config.batch_size}, "
              + (f"eval every {config.eval_freq} and " if config.eval_freq else "eval ")
@@ -113,9 +112,9 @@ def startup_summary(config, workdir: str, exp, mesh, step: int) -> str:
                     f"{jax.process_count()} process(es)"),
         ("mesh", " ".join(f"{k}={v}" for k, v in mesh.shape.items())),
         ("reader", _reader(config, exp, workdir)),
-        ("retriever", _retriever(config, exp)),
-        ("reference", _reference(config)),
-        ("reward", _reward(config)),
+        ("retriever", _retriever(config, spec, exp)),
+        ("reference", _reference(config, spec)),
+        ("reward", _reward(config, spec)),
         ("data", data),
         ("tokenizer", config.data.tokenizer or config.init.reader
          or f"SentencePiece trained on the training text ({os.path.join(workdir, 'tokenizer')})"),
@@ -151,7 +150,7 @@ def end_summary(config, workdir: str, checkpoint_steps) -> str:
     tasks), its last, where the checkpoints are, and the commands that come next with this
     run's paths (evaluate, export, and after stage 1 the joint GRPO run that starts from it)."""
     history = eval_history(workdir)
-    key = "em" if config_lib.mode_info(config).task == "seq2seq" else "f1"
+    key = "em" if run_spec.resolve(config).task == "seq2seq" else "f1"
     lines = []
     if history:
         best_step, best = max(history, key=lambda h: (h[1].get(key, float("-inf")), -h[0]))

@@ -1,9 +1,10 @@
 """The trainer: reads straight down (setup, retrieval and data, loop), with each section in a
 named helper.
 
-Modes (`config_lib.MODE_TABLE`): 'sft' (stage 1), 'lapdog' (original stage 2), 'reinforce',
-'grpo' (reader only), 'joint_grpo' (reader + retriever), 'seq2seq_grpo' (prompt -> answer
-pairs, no retrieval). With `sft_warmup_steps > 0` a run first
+Modes (`config_lib.MODE_TABLE`, resolved with the rest of the config into a
+`run_spec.RunSpec`): 'sft' (stage 1), 'lapdog' (original stage 2), 'reinforce', 'grpo' (reader
+only), 'joint_grpo' (reader + retriever), 'seq2seq_grpo' (prompt -> answer pairs, no
+retrieval). With `sft_warmup_steps > 0` a run first
 trains the reader with cross-entropy on the gold story (stage 1 inside the run), then takes
 that reader as the frozen KL reference: the reference is the policy at the start of RL, never a
 raw init.
@@ -37,19 +38,22 @@ from tqdm.auto import tqdm
 import lapdog_jax
 from lapdog_jax import (
     checkpoint,
-    config_lib,
     distributed,
     evaluate,
     experiment,
     init_from,
     lock,
     optim,
+    paths,
+    run_spec,
     sharding,
     steps,
     summary,
     tb,
+    validation,
 )
 from lapdog_jax import rewards as rewards_lib
+from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.data import lengths as lengths_lib
 from lapdog_jax.tb import MetricWriter
 
@@ -62,10 +66,23 @@ class NonFiniteError(RuntimeError):
 
 
 @dataclasses.dataclass
-class Run:
-    """What the loop works with: built once by `_setup`, then mutated step by step."""
+class Progress:
+    """What the loop changes step by step (and a checkpoint saves)."""
+
+    state: steps.TrainState
+    step: int  # training steps (batches) taken
+    bad: int  # consecutive non-finite steps
+    index_step: int = 0  # step whose retriever params the passage index holds
+    saved_index: Any = None  # own copy of those params while the index is stale
+    compiled: set = dataclasses.field(default_factory=set)  # step kinds dispatched so far
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What the loop works with and never replaces: built once by `_setup`."""
 
     config: Any
+    spec: run_spec.RunSpec  # what the config means (mode facts, pool, warm-up, rewards)
     workdir: str
     exp: experiment.Experiment
     mesh: Any
@@ -73,22 +90,13 @@ class Run:
     fns: dict  # the jitted step functions (steps.jit_steps)
     writer: MetricWriter
     manager: Any  # orbax CheckpointManager
-    state: steps.TrainState
-    step: int  # training steps (batches) taken
-    bad: int  # consecutive non-finite steps
-    warmup: int  # supervised warm-up steps
-    retriever: Any = None  # retrieval.Retriever, None when closed-book
-    pipeline: Any = None  # data.pipeline.Pipeline
-    refresh: int = 0  # steps between index rebuilds (0 = never)
-    index_step: int = 0  # step whose retriever params the index holds
-    saved_index: Any = None  # own copy of those params while the index is stale
-    unreadable: frozenset = frozenset()  # newer checkpoint steps skipped on restore
-    device_reward: bool = False  # reward.fn has built-ins on device (the jitted reward step)
+    pipeline: Any  # data.pipeline.Pipeline (its position and pools live inside it)
+    retriever: Any = None  # retrieval.Retriever (its index rebuilt in place), None closed-book
     host_reward: Any = None  # f(prompts, completions, references) of the host rewards, or None
     # Some training dialogue names its gold passages: recall metrics mean something (real
     # LAPDOG data names none, and a recall against no gold would read 0).
     has_gold: bool = False
-    compiled: set = dataclasses.field(default_factory=set)  # step functions dispatched so far
+    unreadable: frozenset = frozenset()  # newer checkpoint steps skipped on restore
 
 
 @dataclasses.dataclass
@@ -99,52 +107,50 @@ class StepOut:
     metrics: dict
     rollout: steps.Rollout | None = None
     rewards: Any = None
-    host: dict | None = None
+    texts: dict | None = None  # the batch's strings (questions, targets) from the pipeline
 
 
-def _setup(config, workdir: str) -> Run:
+def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     """Experiment, mesh, models, optimizer, state (restored from the newest checkpoint that
-    reads whole), steps; config.json is written once the data has passed its checks."""
+    reads whole), steps, passage index and input pipeline; config.json is written once the
+    data has passed its checks."""
     logdir = tb.logdir(workdir, config)  # checks config.name before any work
+    spec = run_spec.resolve(config)
     exp = experiment.build(config, workdir)
-    config = exp.config = _data_lengths(exp)
+    config = exp.config = _data_lengths(exp, spec)
     if distributed.is_main_process():
-        experiment.save_config(config, workdir)
+        workdir_lib.save_config(config, workdir)
     mesh = experiment.make_mesh(config)
     models = experiment.step_models(exp)
     optimizer = optim.make_optimizer(config)
     state, state_sh = experiment.initial_state(exp, mesh, optimizer)
     manager = checkpoint.make_manager(workdir, config.keep)
-    state, host, saved_index = experiment.restore(manager, exp, state, state_sh)
+    state, host_state, saved_index = workdir_lib.restore(manager, exp, state, state_sh)
+    step = workdir_lib.resumed_step(state, host_state)
     if distributed.is_main_process():
-        logging.info("%s", summary.startup_summary(config, workdir, exp, mesh,
-                                                   experiment.resumed_step(state, host)))
-    run = Run(config=config, workdir=workdir, exp=exp, mesh=mesh, models=models,
-              fns=steps.jit_steps(config, models, optimizer, mesh, state_sh),
-              writer=MetricWriter(logdir, enabled=distributed.is_main_process()),
-              manager=manager, state=state, step=experiment.resumed_step(state, host),
-              bad=host["bad_steps"], warmup=config_lib.warmup_steps(config),
-              index_step=host.get("index_step", 0),
-              unreadable=frozenset(s for s in manager.all_steps()
-                                   if s > experiment.resumed_step(state, host)))
-    run.device_reward = rewards_lib.make_device_reward(
-        config.reward, models.special_ids, models.word_start_ids) is not None
-    run.host_reward = rewards_lib.make_host_reward(config.reward)
-    run.has_gold = any(d.gold_passage_ids for d in exp.train)
-    _setup_retrieval(run, host, saved_index)
-    return run
+        logging.info("%s", summary.startup_summary(config, workdir, exp, mesh, step, spec))
+    progress = Progress(state=state, step=step, bad=host_state["bad_steps"],
+                        index_step=host_state.get("index_step", 0))
+    retriever, pipeline = _setup_retrieval(config, spec, exp, progress, host_state, saved_index)
+    setup = Setup(config=config, spec=spec, workdir=workdir, exp=exp, mesh=mesh, models=models,
+                  fns=steps.jit_steps(config, models, optimizer, mesh, state_sh),
+                  writer=MetricWriter(logdir, enabled=distributed.is_main_process()),
+                  manager=manager, pipeline=pipeline, retriever=retriever,
+                  host_reward=rewards_lib.make_host_reward(config.reward),
+                  has_gold=any(d.gold_passage_ids for d in exp.train),
+                  unreadable=frozenset(s for s in manager.all_steps() if s > step))
+    return setup, progress
 
 
-def _data_lengths(exp) -> Any:
+def _data_lengths(exp, spec) -> Any:
     """Measures the token lengths of a sample of the training data, logs them (with a warning
     naming the flag and the value that keeps 99 % for each field cut more than a few percent)
     and returns the config with its automatic lengths (0) resolved from them."""
     config = exp.config
-    k = config_lib.pool_size(config)
     fields = lengths_lib.measure(
         config.data, exp.train, exp.passages, exp.reader_tokenizer, exp.retriever_tokenizer,
-        experiment.formats(config), closed_book=k == 0,
-        retrieval=config_lib.mode_info(config).task == "dialogue", seed=config.seed)
+        experiment.formats(config), closed_book=spec.pool_size == 0,
+        retrieval=spec.task == "dialogue", seed=config.seed)
     auto = lengths_lib.resolve(config.data, fields)
     if auto:
         config = copy.deepcopy(config)
@@ -160,34 +166,31 @@ def _data_lengths(exp) -> Any:
     return config
 
 
-def _setup_retrieval(run: Run, host: dict, saved_index) -> None:
-    """The passage index (as the run at this step was searching it) and the input pipeline."""
-    config, exp = run.config, run.exp
-    k = config_lib.pool_size(config)
-    trains_retriever = k > 0 and config_lib.mode_info(config).trains_retriever
-    # Query-side training never changes the passage encoder, so its index never goes stale.
-    run.refresh = (config.retrieval.refresh_index
-                   if trains_retriever and config.model.shared_retriever else 0)
-    pool_fn = pool_embeddings = None
+def _setup_retrieval(config, spec, exp, progress: Progress, host_state: dict, saved_index):
+    """(retriever, pipeline): the passage index as the run at this step was searching it
+    (None when closed-book), and the input pipeline at the checkpoint's position."""
+    k, warmup = spec.pool_size, spec.warmup_steps
+    retriever = pool_fn = pool_embeddings = None
     if k:
-        run.retriever = experiment.indexed_retriever(exp, run.state, host, saved_index)
-        if run.refresh:  # kept (own buffers: the state's are donated) to save while stale
-            run.saved_index = steps.freeze_copy(experiment.index_params(
-                exp, run.state, run.step, run.index_step, saved_index))
+        retriever = workdir_lib.indexed_retriever(exp, progress.state, host_state, saved_index)
+        if spec.refresh_index:  # kept (own buffers: the state's are donated) to save while stale
+            progress.saved_index = steps.freeze_copy(workdir_lib.index_params(
+                exp, progress.state, progress.step, progress.index_step, saved_index))
         # Top-K search with the current retriever params (read when each batch is built).
-        pool_fn = run.retriever.pool_fn(lambda: run.state.params["retriever"], k)
+        pool_fn = retriever.pool_fn(lambda: progress.state.params["retriever"], k)
         if config.model.passage_scores == "index":
-            pool_embeddings = run.retriever.pool_embeddings
-    run.pipeline = experiment.make_pipeline(
-        exp, exp.train, run.retriever, config.batch_size, pool_fn,
+            pool_embeddings = retriever.pool_embeddings
+    pipeline = experiment.make_pipeline(
+        exp, exp.train, retriever, config.batch_size, pool_fn,
         process_index=jax.process_index(), process_count=jax.process_count(),
         pool_embeddings=pool_embeddings)
-    run.pipeline.set_state(host["pipeline"])
-    run.pipeline.gold_pool = bool(run.warmup) and run.step < run.warmup and k > 0
-    if k and (not trains_retriever or run.step < run.warmup):
+    pipeline.set_state(host_state["pipeline"])
+    pipeline.gold_pool = bool(warmup) and progress.step < warmup and k > 0
+    if k and (not spec.trains_retriever or progress.step < warmup):
         # A retriever that is not training gives every dialogue the same pool each epoch:
         # each dialogue's pool is searched when its batch first comes, then reused.
-        run.pipeline.freeze_pools()
+        pipeline.freeze_pools()
+    return retriever, pipeline
 
 
 def _local_rows(x: jax.Array, mesh) -> np.ndarray:
@@ -198,18 +201,19 @@ def _local_rows(x: jax.Array, mesh) -> np.ndarray:
         x, mesh, sharding.batch_sharding(mesh).spec))
 
 
-def _host_rewards(run: Run, tokens_local, batch_host) -> np.ndarray:
+def _host_rewards(s: Setup, tokens_local, texts) -> np.ndarray:
     """Host rewards [B,Gr,G] of this process's rows on decoded text (`reward.fn`'s
     'module:function' names, and the built-ins with `reward.backend='host'`): prompts are the
-    data's questions / prompts, references the answers trained on."""
-    preds = run.exp.reader_tokenizer.batch_decode(tokens_local, skip_special_tokens=True)
+    data's questions / prompts (`texts`, the batch's strings), references the answers trained
+    on."""
+    preds = s.exp.reader_tokenizer.batch_decode(tokens_local, skip_special_tokens=True)
     preds = [p.strip() for p in preds]
-    per_prompt = len(tokens_local) // len(batch_host["targets"])
-    refs = [t for t in batch_host["targets"] for _ in range(per_prompt)]
-    prompts = [q for q in batch_host["questions"] for _ in range(per_prompt)]
-    out = run.host_reward(prompts, preds, refs)
-    return np.asarray(out, np.float32).reshape(len(batch_host["targets"]), -1,
-                                               run.config.grpo.group_size)
+    per_prompt = len(tokens_local) // len(texts["targets"])
+    refs = [t for t in texts["targets"] for _ in range(per_prompt)]
+    prompts = [q for q in texts["questions"] for _ in range(per_prompt)]
+    out = s.host_reward(prompts, preds, refs)
+    return np.asarray(out, np.float32).reshape(len(texts["targets"]), -1,
+                                               s.config.grpo.group_size)
 
 
 # What the first dispatch of each kind of step compiles, as the log says it.
@@ -217,129 +221,154 @@ _COMPILES = {"sft": "the supervised step", "lapdog": "the LAPDOG stage-2 step",
              "grpo_update": "the GRPO step (rollout, reward, update)"}
 
 
-def _announce_compile(run: Run, name: str) -> None:
-    """Logs, before a kind of step is first dispatched, that it compiles now (tens of seconds
-    on a CPU for real model sizes, during which nothing else is printed)."""
-    if name not in run.compiled:
-        run.compiled.add(name)
-        logging.info("step %d: compiling %s...", run.step + 1, _COMPILES.get(name, name))
+def _announce_compile(p: Progress, name: str) -> None:
+    """Logs, before a kind of step is first dispatched, that it compiles now (for real model
+    sizes on a CPU a long pause, during which nothing else is printed)."""
+    if name not in p.compiled:
+        p.compiled.add(name)
+        logging.info("step %d: compiling %s...", p.step + 1, _COMPILES.get(name, name))
 
 
-def _train_step(run: Run) -> StepOut:
+def _train_step(s: Setup, p: Progress) -> StepOut:
     """Dispatches one training step on the next batch: supervised warm-up, the mode's own
     supervised step, or rollout + reward + `num_iterations` GRPO updates."""
-    batch, host = next(run.pipeline)
-    batch = distributed.global_batch(batch, sharding.batch_sharding(run.mesh))
-    rng = jax.random.fold_in(run.state.rng, run.step)
-    mode = config_lib.mode_info(run.config)
-    if run.step < run.warmup or not mode.is_rl:
-        name = "sft" if run.step < run.warmup else mode.step
-        _announce_compile(run, name)
-        run.state, m = run.fns[name](run.state, batch, rng)
-        return StepOut(run.step + 1, m, host=host)
-    _announce_compile(run, "grpo_update")
-    ro = run.fns["rollout"](run.state.params, batch, rng, run.state.ref_params)
+    batch, texts = next(s.pipeline)
+    batch = distributed.global_batch(batch, sharding.batch_sharding(s.mesh))
+    rng = jax.random.fold_in(p.state.rng, p.step)
+    warmup = p.step < s.spec.warmup_steps
+    if warmup or not s.spec.is_rl:
+        name = "sft" if warmup else s.spec.step
+        _announce_compile(p, name)
+        p.state, m = s.fns[name](p.state, batch, rng)
+        return StepOut(p.step + 1, m, texts=texts)
+    _announce_compile(p, "grpo_update")
+    ro = s.fns["rollout"](p.state.params, batch, rng, p.state.ref_params)
     # The device rewards are dispatched first, so they run while the host waits for the
     # tokens and scores the decoded text; the update needs both, so it waits for the sum.
-    rewards = run.fns["reward"](ro, batch) if run.device_reward else None
-    if run.host_reward is not None:
-        local = _host_rewards(run, _local_rows(ro.tokens, run.mesh), host)
-        on_host = distributed.global_batch(local, sharding.batch_sharding(run.mesh))
+    rewards = s.fns["reward"](ro, batch) if s.spec.device_reward else None
+    if s.host_reward is not None:
+        local = _host_rewards(s, _local_rows(ro.tokens, s.mesh), texts)
+        on_host = distributed.global_batch(local, sharding.batch_sharding(s.mesh))
         rewards = on_host if rewards is None else rewards + on_host
-    for _ in range(run.config.grpo.num_iterations):
-        run.state, m = run.fns["grpo_update"](run.state, ro, rewards, batch)
-    return StepOut(run.step + 1, m, ro, rewards, host)
+    for _ in range(s.config.grpo.num_iterations):
+        p.state, m = s.fns["grpo_update"](p.state, ro, rewards, batch)
+    return StepOut(p.step + 1, m, ro, rewards, texts)
 
 
-def _samples_text(tokens_local, rewards_local, host, tokenizer) -> str:
+def _samples_text(tokens_local, rewards_local, texts, tokenizer) -> str:
     """Markdown of the first prompt's sampled completions and their rewards."""
     n = rewards_local[0].size  # Gr*G completions of the first prompt
-    texts = tokenizer.batch_decode(tokens_local[:n], skip_special_tokens=True)
-    lines = [f"**Q:** {host['questions'][0][-300:]}  ", f"**gold:** {host['targets'][0]}  "]
+    decoded = tokenizer.batch_decode(tokens_local[:n], skip_special_tokens=True)
+    lines = [f"**Q:** {texts['questions'][0][-300:]}  ", f"**gold:** {texts['targets'][0]}  "]
     lines += [f"{i}. ({r:.3f}) {t.strip()}  "
-              for i, (t, r) in enumerate(zip(texts, rewards_local[0].ravel(), strict=True))]
+              for i, (t, r) in enumerate(zip(decoded, rewards_local[0].ravel(), strict=True))]
     return "\n".join(lines)
 
 
-def _finish_step(run: Run, out: StepOut, timer: dict, bar) -> dict:
+class _Fetcher:
+    """The dispatched step whose metrics are not fetched yet (the host never waits on a step
+    it has just dispatched) and the last metrics fetched; `flush` fetches, checks and logs
+    the pending step's."""
+
+    def __init__(self, s: Setup, p: Progress, bar):
+        self.s, self.p, self.bar = s, p, bar
+        self.pending: StepOut | None = None
+        self.last: dict = {}
+        self.timer = {"t0": time.time(), "steps": 0}
+
+    def push(self, out: StepOut) -> None:
+        """Fetches the previous pending step (`out` now runs) and makes `out` pending."""
+        self.flush()
+        self.pending = out
+        self.timer["steps"] += 1
+
+    def flush(self) -> None:
+        """Fetches the pending step's metrics, if one is pending."""
+        if self.pending is not None:
+            self.last = _finish_step(self.s, self.p, self.pending, self.timer, self.bar)
+            self.pending = None
+
+
+def _finish_step(s: Setup, p: Progress, out: StepOut, timer: dict, bar) -> dict:
     """Fetches a dispatched step's metrics, counts non-finite steps (raising after
     `max_bad_steps`) and logs them on log steps; returns them."""
-    config = run.config
+    config = s.config
     m = jax.device_get(out.metrics)
-    if not run.has_gold:  # no gold ids in the data: a recall would read 0, not "unknown"
+    if not s.has_gold:  # no gold ids in the data: a recall would read 0, not "unknown"
         m = {k: v for k, v in m.items() if not k.startswith("retriever/recall")}
     nonfinite = m.get("opt/nonfinite", 0.0) > 0 or not np.isfinite(m["train/loss"])
-    run.bad = run.bad + 1 if nonfinite else 0
-    if run.bad >= config.max_bad_steps:
-        run.writer.scalars(out.step, m)
-        saved = run.manager.latest_step()
+    p.bad = p.bad + 1 if nonfinite else 0
+    if p.bad >= config.max_bad_steps:
+        s.writer.scalars(out.step, m)
+        saved = s.manager.latest_step()
         kept = (f"nothing was saved after step {saved}, so the checkpoints in "
-                f"{run.workdir}/checkpoints are intact" if saved is not None
+                f"{s.workdir}/checkpoints are intact" if saved is not None
                 else "no checkpoint was written")
         raise NonFiniteError(
-            f"step {out.step}: {run.bad} consecutive steps with a non-finite loss or gradient "
+            f"step {out.step}: {p.bad} consecutive steps with a non-finite loss or gradient "
             f"(last loss {m.get('train/loss')}); their updates were skipped and {kept}. "
             "Lower --config.optim.lr or check the data.")
     if out.step % config.log_freq == 0 or out.step == config.total_steps:
         now = time.time()
         m["perf/steps_per_sec"] = timer["steps"] / max(now - timer["t0"], 1e-9)
         timer.update(t0=now, steps=0)
-        if "grpo/clip_frac_low" in m:  # DESIGN §6 tag: both sides of the clip
+        if "grpo/clip_frac_low" in m:  # the clip fraction on both sides (docs/design.md)
             m.setdefault("grpo/clip_frac", m["grpo/clip_frac_low"] + m["grpo/clip_frac_high"])
-        m.update(run.pipeline.stats.as_dict())
-        run.writer.scalars(out.step, m)
+        m.update(s.pipeline.stats.as_dict())
+        s.writer.scalars(out.step, m)
         if out.rollout is not None and distributed.is_main_process():
-            run.writer.text(out.step, "grpo/samples", _samples_text(
-                _local_rows(out.rollout.tokens, run.mesh), _local_rows(out.rewards, run.mesh),
-                out.host, run.exp.reader_tokenizer))
+            s.writer.text(out.step, "grpo/samples", _samples_text(
+                _local_rows(out.rollout.tokens, s.mesh), _local_rows(out.rewards, s.mesh),
+                out.texts, s.exp.reader_tokenizer))
         bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in m.items()
                          if k in _BAR_KEYS})
     return m
 
 
-def _log_startup(run: Run, startup_s: float, compile_s: float) -> None:
+def _log_startup(s: Setup, step: int, startup_s: float, compile_s: float) -> None:
     """Logs how long the run took to start: `perf/startup_s` from the package import to the
     first step's dispatch, `perf/compile_s` that step's dispatch (its jitted functions
     compile then; a cached compile makes it short)."""
     logging.info("start-up %.1f s (import to first step), first step dispatched in %.1f s "
                  "(compile)", startup_s, compile_s)
-    run.writer.scalars(run.step, {"perf/startup_s": startup_s, "perf/compile_s": compile_s})
+    s.writer.scalars(step, {"perf/startup_s": startup_s, "perf/compile_s": compile_s})
 
 
-def _after_step(run: Run) -> None:
+def _after_step(s: Setup, p: Progress) -> None:
     """Host work at a step boundary: the end of the warm-up (the reference becomes this
     reader) and index refreshes."""
-    if run.warmup and run.step == run.warmup:
+    warmup, refresh = s.spec.warmup_steps, s.spec.refresh_index
+    if warmup and p.step == warmup:
         # (With LoRA: the base with the warmed-up adapters merged, placed like the reference.)
-        reader = steps.policy_reader(run.state.params, run.config)
-        run.state = run.state.replace(ref_params={**run.state.ref_params, "reader": jax.tree.map(
+        reader = steps.policy_reader(p.state.params, s.config)
+        p.state = p.state.replace(ref_params={**p.state.ref_params, "reader": jax.tree.map(
             lambda x, old: jax.device_put(jnp.copy(x), old.sharding), reader,
-            run.state.ref_params["reader"])})
-        run.pipeline.gold_pool = False
-        if config_lib.mode_info(run.config).trains_retriever:
-            run.pipeline.unfreeze_pools()
-        logging.info("warm-up done at step %d: reference = current reader", run.step)
-    if run.refresh and run.step % run.refresh == 0 and run.step > run.warmup:
+            p.state.ref_params["reader"])})
+        s.pipeline.gold_pool = False
+        if s.spec.trains_retriever:
+            s.pipeline.unfreeze_pools()
+        logging.info("warm-up done at step %d: reference = current reader", p.step)
+    if refresh and p.step % refresh == 0 and p.step > warmup:
         # (The warm-up does not train the retriever: its index stays as it was built.)
-        run.retriever.rebuild(run.state.params["retriever"])
+        s.retriever.rebuild(p.state.params["retriever"])
         # Own buffers: the state's are donated to the next step.
-        run.index_step = run.step
-        run.saved_index = steps.freeze_copy(run.state.params["retriever"])
+        p.index_step = p.step
+        p.saved_index = steps.freeze_copy(p.state.params["retriever"])
 
 
-def _evaluate(run: Run) -> dict:
+def _evaluate(s: Setup, p: Progress) -> dict:
     """Evaluates the current params (eval files, scalars); returns {'eval/...': value}."""
-    return evaluate.run(run.exp, run.models, run.state.params, run.retriever, run.mesh, run.step,
-                        run.workdir, run.writer)
+    return evaluate.run(s.exp, s.models, p.state.params, s.retriever, s.mesh, p.step,
+                        s.workdir, s.writer)
 
 
-def _save(run: Run) -> None:
+def _save(s: Setup, p: Progress) -> None:
     """Checkpoints the state with the host state (data position, counters, index step)."""
-    host = {"step": run.step, "pipeline": run.pipeline.get_state(), "bad_steps": run.bad,
-            "index_step": run.index_step}
-    stale = run.index_step not in (0, run.step)
-    checkpoint.save(run.manager, run.step, experiment.checkpointed(run.state, run.config), host,
-                    index=run.saved_index if stale else None, replace=run.step in run.unreadable)
+    host_state = {"step": p.step, "pipeline": s.pipeline.get_state(), "bad_steps": p.bad,
+                  "index_step": p.index_step}
+    stale = p.index_step not in (0, p.step)
+    checkpoint.save(s.manager, p.step, workdir_lib.checkpointed(p.state, s.config), host_state,
+                    index=p.saved_index if stale else None, replace=p.step in s.unreadable)
 
 
 def _any_process(flag: bool) -> bool:
@@ -372,12 +401,12 @@ def _on_sigterm(stop: dict):
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics.
 
-    The config is checked whole, the workdir locked and its checkpoints' shapes compared
-    with the config's before anything in the workdir is written.
+    The config is checked whole (once), the workdir locked and its checkpoints' shapes
+    compared with the config's before anything in the workdir is written.
     """
     distributed.initialize()
-    config_lib.validate(config)
-    experiment.check_paths(config)
+    validation.validate(config)
+    paths.check_paths(config)
     # A workdir this run creates is removed again if the run is refused before its first step
     # (bad data, a setting the data contradicts): no empty or half-made workdir is left.
     init_from.check(config, workdir)
@@ -387,72 +416,69 @@ def train_and_evaluate(config, workdir: str) -> dict:
         with lock.workdir_lock(workdir, enabled=distributed.is_main_process()):
             try:
                 config = init_from.resolve(config, workdir)
-                experiment.check_workdir(config, workdir)
-                run = _setup(config, workdir)
+                workdir_lib.check_workdir(config, workdir)
+                s, p = _setup(config, workdir)
             except Exception:
                 refused = fresh
                 raise
-            return _train(run)
+            return _train(s, p)
     finally:
         if refused:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _train(run: Run) -> dict:
+def _train(s: Setup, p: Progress) -> dict:
     """The loop of `train_and_evaluate`, in a locked and checked workdir."""
-    config = run.config
+    config = s.config
     startup_s = time.perf_counter() - lapdog_jax.IMPORT_TIME
     stop = {"now": False}
     previous_handler = _on_sigterm(stop)
-    last, pending = {}, None
-    timer = {"t0": time.time(), "steps": 0}
-    bar = tqdm(total=config.total_steps, initial=run.step, desc=config.mode, unit="step",
+    bar = tqdm(total=config.total_steps, initial=p.step, desc=config.mode, unit="step",
                disable=not distributed.is_main_process())
+    fetch = _Fetcher(s, p, bar)
     try:
         stopping = False
-        while run.step < config.total_steps and not stopping:
+        while p.step < config.total_steps and not stopping:
             first = time.perf_counter()
-            out = _train_step(run)
+            out = _train_step(s, p)
             if startup_s is not None:  # the first step's functions compile as it dispatches
-                _log_startup(run, startup_s, time.perf_counter() - first)
+                _log_startup(s, p.step, startup_s, time.perf_counter() - first)
                 startup_s = None
-            if pending is not None:  # the previous step's numbers, fetched once this one runs
-                last = _finish_step(run, pending, timer, bar)
-            run.step, pending = out.step, out
-            timer["steps"] += 1
+            fetch.push(out)  # the previous step's numbers, fetched once this one runs
+            p.step = out.step
             bar.update(1)
-            _after_step(run)
-            step = run.step
+            _after_step(s, p)
+            step = p.step
             evals = config.eval_freq and step % config.eval_freq == 0 and step < config.total_steps
             saves = (config.save_freq and step % config.save_freq == 0) \
                 or step == config.total_steps
             if evals or saves or step % config.log_freq == 0:
-                last, pending = _finish_step(run, pending, timer, bar), None
+                fetch.flush()
             if evals:
-                _evaluate(run)
+                _evaluate(s, p)
             # One agreed decision per step: a process that got SIGTERM must not save or leave
             # the loop alone (the others would wait for it in their next collective).
             stopping = _any_process(stop["now"])
-            if stopping and pending is not None:
-                last, pending = _finish_step(run, pending, timer, bar), None
+            if stopping:
+                fetch.flush()
             if saves or stopping:
-                _save(run)
-        if pending is not None:
-            last = _finish_step(run, pending, timer, bar)
-        if run.step >= config.total_steps:
-            final = _evaluate(run)
+                _save(s, p)
+        fetch.flush()
+        last = fetch.last
+        if p.step >= config.total_steps:
+            final = _evaluate(s, p)
             last.update(final)
-            run.writer.hparams(_flat(config), final)
+            s.writer.hparams(_flat(config), final)
             if distributed.is_main_process():
                 bar.close()  # (the summary comes after the bar's last line)
-                logging.info("%s", summary.end_summary(config, run.workdir,
-                                                       run.manager.all_steps()))
+                logging.info("%s", summary.end_summary(config, s.workdir,
+                                                       s.manager.all_steps()))
         else:
-            logging.info("stopped at step %d (SIGTERM) after saving a checkpoint", run.step)
+            logging.info("stopped at step %d (SIGTERM) after saving a checkpoint", p.step)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
-        run.writer.close()
-        run.manager.close()
+        s.writer.close()
+        s.manager.close()
     return {k: float(v) for k, v in last.items()}

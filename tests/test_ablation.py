@@ -145,7 +145,7 @@ def test_commands_set_seed_split_budget_and_method_overrides():
 
 
 def test_method_overrides_are_valid_config_fields():
-    from lapdog_jax import config_lib
+    from lapdog_jax import validation
 
     for method in ablation.METHODS:
         spec = importlib.util.spec_from_file_location("cfg", os.path.join(ablation.ROOT,
@@ -161,7 +161,7 @@ def test_method_overrides_are_valid_config_fields():
                 node = node[p]
             old = node[leaf]
             node[leaf] = type(old)(value == "True") if isinstance(old, bool) else type(old)(value)
-        config_lib.validate(config, num_devices=1)
+        validation.validate(config, num_devices=1)
 
 
 def test_finished_runs_are_skipped_and_unfinished_ones_resume(tmp_path, monkeypatch):

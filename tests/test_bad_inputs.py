@@ -22,9 +22,13 @@ from lapdog_jax import (
     experiment,
     lock,
     losses,
+    paths,
     rewards,
+    run_spec,
     train,
+    validation,
 )
+from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.data import DataError
 from lapdog_jax.models import t5
 from tests import test_train
@@ -45,7 +49,7 @@ def config_with(name: str, /, mode: str | None = None, **overrides):
     return config
 
 
-# (mode, overrides, the message's start, what else it says): config_lib.validate on 1 device.
+# (mode, overrides, the message's start, what else it says): validation.validate on 1 device.
 BAD_CONFIGS = [
     # The issue's trials.
     ("joint_grpo", {"batch_size": 0}, "--config.batch_size=0: expected an integer >= 1", ""),
@@ -129,7 +133,7 @@ def test_bad_config_is_one_line_naming_the_flag(mode, overrides, start, also):
     its value and says what is allowed."""
     config = config_with(mode, **overrides)
     with pytest.raises(ConfigError) as e:
-        config_lib.validate(config, num_devices=1)
+        validation.validate(config, num_devices=1)
     message = str(e.value)
     assert message.startswith(start), message
     assert also in message and "\n" not in message
@@ -138,28 +142,28 @@ def test_bad_config_is_one_line_naming_the_flag(mode, overrides, start, also):
 def test_mesh_and_batch_against_devices():
     """-1 takes the devices left; the batch must split over the data-parallel shards."""
     config = config_with("sft", batch_size=6, **{"mesh.data": -1})
-    config_lib.validate(config_with("sft", batch_size=8), num_devices=4)
+    validation.validate(config_with("sft", batch_size=8), num_devices=4)
     with pytest.raises(ConfigError, match=r"^--config\.batch_size=6: not divisible by the 4 "
                                           r"batch shards"):
-        config_lib.validate(config, num_devices=4)
+        validation.validate(config, num_devices=4)
     with pytest.raises(ConfigError, match=r"needs a multiple of 3 devices; this run has 4"):
-        config_lib.validate(config_with("sft", **{"mesh.tensor": 3}), num_devices=4)
+        validation.validate(config_with("sft", **{"mesh.tensor": 3}), num_devices=4)
 
 
 def test_save_freq_zero_and_good_configs_pass():
     """save_freq 0 means 'only at the end' (as eval_freq 0): valid; so is every shipped config;
     a paper preset first asks for real data."""
-    config_lib.validate(config_with("sft", save_freq=0, eval_freq=0), num_devices=1)
+    validation.validate(config_with("sft", save_freq=0, eval_freq=0), num_devices=1)
     # A warm-up-only run says so (-1: the whole budget); stage 1 has no warm-up to exceed.
     whole = config_with("joint_grpo", total_steps=6, sft_warmup_steps=-1)
-    config_lib.validate(whole, num_devices=1)
-    assert config_lib.warmup_steps(whole) == 6
-    config_lib.validate(config_with("sft", total_steps=6, sft_warmup_steps=500), num_devices=1)
+    validation.validate(whole, num_devices=1)
+    assert run_spec.resolve(whole).warmup_steps == 6
+    validation.validate(config_with("sft", total_steps=6, sft_warmup_steps=500), num_devices=1)
     for mode in config_lib.MODES:
-        config_lib.validate(config_lib.mode_config(mode), num_devices=1)
+        validation.validate(config_lib.mode_config(mode), num_devices=1)
         with pytest.raises(ConfigError, match=r"^preset 'base' needs real data: set "
                                               r"--config\.data\.train"):
-            config_lib.validate(config_lib.mode_config(mode, "base"), num_devices=8)
+            validation.validate(config_lib.mode_config(mode, "base"), num_devices=8)
 
 
 def test_choices_match_the_registries():
@@ -213,10 +217,10 @@ def test_init_and_tokenizer_folders_must_hold_a_model(tmp_path):
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):
-            experiment.check_paths(config_with("grpo", **overrides))
-    experiment.check_paths(config_with(  # a model folder with a tokenizer passes
+            paths.check_paths(config_with("grpo", **overrides))
+    paths.check_paths(config_with(  # a model folder with a tokenizer passes
         "grpo", **{"init.reader": _model_folder(tmp_path / "ok", tokenizer=True)}))
-    experiment.check_paths(config_lib.mode_config("joint_grpo"))  # the packaged MiniLM
+    paths.check_paths(config_lib.mode_config("joint_grpo"))  # the packaged MiniLM
 
 
 def test_data_sizes_are_checked_once_loaded(shared_data, tmp_path):
@@ -307,17 +311,17 @@ def test_trainer_resumes_from_the_previous_checkpoint(shared_data, tmp_path, cap
 
 def test_evaluate_on_a_damaged_config_json(tmp_path):
     """A cut config.json names its file and line; a JSON that is no config says so."""
-    experiment.save_config(config_with("sft"), str(tmp_path))
+    workdir_lib.save_config(config_with("sft"), str(tmp_path))
     path = tmp_path / "config.json"
     text = path.read_text()
     path.write_text(text[:len(text) // 2])
     with pytest.raises(DataError, match=rf"^{path}:\d+: malformed JSON: "):
-        experiment.load_config(str(tmp_path))
+        workdir_lib.load_config(str(tmp_path))
     path.write_text("[]")
     with pytest.raises(DataError, match=rf"^{path}: not a config written by lapdog_jax.main"):
-        experiment.load_config(str(tmp_path))
+        workdir_lib.load_config(str(tmp_path))
     with pytest.raises(ConfigError, match=r"^--workdir=.*nope: no config.json"):
-        experiment.load_config(str(tmp_path / "nope"))
+        workdir_lib.load_config(str(tmp_path / "nope"))
 
 
 # ----------------------------------------------------------------------------------- workdirs
@@ -368,7 +372,7 @@ def test_lock_held_by_another_process(tmp_path):
 def test_other_model_dims_refused_before_writing(tmp_path):
     """A config with other model shapes than the workdir's checkpoints is refused naming the
     flag, and the workdir's config.json stays as it was."""
-    experiment.save_config(config_with("sft"), str(tmp_path))
+    workdir_lib.save_config(config_with("sft"), str(tmp_path))
     (tmp_path / "checkpoints" / "2").mkdir(parents=True)
     before = (tmp_path / "config.json").read_text()
     cases = [({"model.reader.d_model": 128}, r"^--config\.model\.reader\.d_model=128: the "
@@ -380,9 +384,9 @@ def test_other_model_dims_refused_before_writing(tmp_path):
             train.train_and_evaluate(config_with("sft", **overrides), str(tmp_path))
         assert (tmp_path / "config.json").read_text() == before
     with pytest.raises(ConfigError, match=r"^--config\.mode=grpo: the checkpoints"):
-        experiment.check_workdir(config_with("grpo"), str(tmp_path))
+        workdir_lib.check_workdir(config_with("grpo"), str(tmp_path))
     # What does not change a shape may change on resume.
-    experiment.check_workdir(config_with("sft", total_steps=9, **{"optim.lr": 0.5}),
+    workdir_lib.check_workdir(config_with("sft", total_steps=9, **{"optim.lr": 0.5}),
                              str(tmp_path))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lapdog_jax import experiment
+from lapdog_jax import workdir as workdir_lib
 from tests.test_train import (
     JOINT,
     METRIC_KEYS,
@@ -170,7 +171,7 @@ def test_export_cli_loads_in_transformers(trained, commands):
     hf_dir = out / "hf"
     assert f"reader: {hf_dir}/reader" in done["export"].stdout
 
-    config = experiment.load_config(str(workdir))
+    config = workdir_lib.load_config(str(workdir))
     exp = experiment.build(config, str(workdir))
     state, _ = restore(workdir, config, exp=exp)
     reader, info = T5ForConditionalGeneration.from_pretrained(hf_dir / "reader",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import transformers
 
-from lapdog_jax import config_lib, experiment, hub
+from lapdog_jax import config_lib, experiment, hub, paths
 from lapdog_jax.data import tokenizer as tok_lib
 from lapdog_jax.models import hf
 
@@ -72,8 +72,8 @@ def test_hub_ids_resolve_to_the_cached_snapshot(offline_cache, tmp_path):
     config = _config(init__reader="tiny-org/tiny-t5", init__retriever="tiny-org/tiny-bert",
                      init__reference="tiny-org/tiny-t5", data__tokenizer="tiny-org/tiny-t5")
     for flag in ("init.reader", "init.reference", "data.tokenizer"):
-        assert experiment._path_flag(config, flag) == str(t5_dir), flag
-    assert experiment._path_flag(config, "init.retriever") == str(bert_dir)
+        assert paths.resolve(config, flag) == str(t5_dir), flag
+    assert paths.resolve(config, "init.retriever") == str(bert_dir)
 
     reader_tok, retriever_tok = experiment.load_tokenizers(config, str(tmp_path), [], [])
     assert reader_tok.encode("i like cats") and retriever_tok.convert_tokens_to_ids("cat") == 5
@@ -101,8 +101,8 @@ def test_folders_and_packaged_names_still_work(offline_cache):
     """A folder wins over the hub; 'packaged:' names are untouched."""
     _, t5_dir, _ = offline_cache
     config = _config(init__reader=str(t5_dir), init__retriever=config_lib.PACKAGED_RETRIEVER)
-    assert experiment._path_flag(config, "init.reader") == str(t5_dir)
-    assert experiment._path_flag(config, "init.retriever") == experiment.packaged_path(
+    assert paths.resolve(config, "init.reader") == str(t5_dir)
+    assert paths.resolve(config, "init.retriever") == paths.packaged_path(
         config_lib.PACKAGED_RETRIEVER)
 
 
@@ -111,7 +111,7 @@ def test_missing_hub_id_is_one_clear_line(offline_cache):
     cache, _, _ = offline_cache
     config = _config(init__retriever="facebook/contriever-not-cached")
     with pytest.raises(config_lib.ConfigError) as e:
-        experiment._path_flag(config, "init.retriever")
+        paths.resolve(config, "init.retriever")
     message = str(e.value)
     assert message.startswith("--config.init.retriever=facebook/contriever-not-cached: no such "
                               "folder, and no Hugging Face hub snapshot in the cache")
@@ -122,7 +122,7 @@ def test_data_paths_are_not_hub_ids(offline_cache):
     """A missing data file is still 'no such file', never a hub lookup."""
     config = _config(data__train="data/convai2/train.jsonl")
     with pytest.raises(config_lib.ConfigError, match="no such file or directory"):
-        experiment._path_flag(config, "data.train")
+        paths.resolve(config, "data.train")
     assert hub.is_hub_id("google/flan-t5-base") and hub.is_hub_id("t5-base")
     assert not hub.is_hub_id("ckpt/stage1/checkpoint/step-12000")
     assert not hub.is_hub_id("/models/contriever") and not hub.is_hub_id("./ckpt")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapdog_jax import config_lib, rewards, steps
+from lapdog_jax import config_lib, rewards, steps, validation
 from lapdog_jax.data import synthetic, tokenizer
 
 
@@ -111,4 +111,4 @@ def test_length_unit_binds_word_starts(tok):
     assert by_tokens != pytest.approx(by_words, rel=1e-3)
     config.reward.backend = "host"
     with pytest.raises(config_lib.ConfigError, match="length_unit=tokens"):
-        config_lib.validate(config, settings_only=True)
+        validation.validate(config, settings_only=True)

@@ -14,7 +14,8 @@ import pytest
 import transformers
 from safetensors.numpy import load_file
 
-from lapdog_jax import config_lib, experiment, lora, optim, sharding, steps, train
+from lapdog_jax import config_lib, experiment, lora, optim, sharding, steps, train, validation
+from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
 from lapdog_jax.models.t5 import T5
 from tests.test_steps import (
@@ -115,8 +116,8 @@ def test_targets_and_dropout_are_checked():
                        ("lora.alpha", 0.0)):
         config = make_config("grpo", **{key: value})
         with pytest.raises(config_lib.ConfigError, match=f"--config.{key}="):
-            config_lib.validate(config, num_devices=1)
-    config_lib.validate(make_config("grpo", **{"lora.rank": 8, "lora.targets": ALL}), 1)
+            validation.validate(config, num_devices=1)
+    validation.validate(make_config("grpo", **{"lora.rank": 8, "lora.targets": ALL}), 1)
     base = init_params(make_models(), 0)["reader"]  # gated: wi_0 / wi_1, no wi
     with pytest.raises(ValueError, match="lora.targets"):
         lora.init(base, lora_config(targets=("wi",)), jax.random.PRNGKey(0))
@@ -128,20 +129,20 @@ def test_targets_and_dropout_are_checked():
 def test_resume_refuses_another_rank_and_reads_old_configs(tmp_path):
     """lora.rank and (with LoRA on) lora.targets fix the checkpoints' shapes; a config.json
     from before LoRA existed reads back with adapters off."""
-    experiment.save_config(make_config("grpo", **{"lora.rank": 4}), str(tmp_path))
+    workdir_lib.save_config(make_config("grpo", **{"lora.rank": 4}), str(tmp_path))
     (tmp_path / "checkpoints" / "2").mkdir(parents=True)
     with pytest.raises(config_lib.ConfigError, match=r"^--config\.lora\.rank=8: the check"):
-        experiment.check_workdir(make_config("grpo", **{"lora.rank": 8}), str(tmp_path))
+        workdir_lib.check_workdir(make_config("grpo", **{"lora.rank": 8}), str(tmp_path))
     with pytest.raises(config_lib.ConfigError, match=r"^--config\.lora\.targets="):
-        experiment.check_workdir(make_config("grpo", **{"lora.rank": 4,
+        workdir_lib.check_workdir(make_config("grpo", **{"lora.rank": 4,
                                                         "lora.targets": ("q", "v")}),
                                  str(tmp_path))
-    experiment.check_workdir(make_config("grpo", **{"lora.rank": 4, "lora.alpha": 32.0}),
+    workdir_lib.check_workdir(make_config("grpo", **{"lora.rank": 4, "lora.alpha": 32.0}),
                              str(tmp_path))
     raw = json.loads((tmp_path / "config.json").read_text())
     del raw["lora"]
     (tmp_path / "config.json").write_text(json.dumps(raw))
-    old = experiment.load_config(str(tmp_path))
+    old = workdir_lib.load_config(str(tmp_path))
     assert old.lora.rank == 0 and old.lora.targets == ("q", "k", "v", "o")
 
 
@@ -299,7 +300,7 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
     at = {}
     for step in (2, 4):
         saved, _, _ = experiment.checkpoint.restore_latest(
-            manager, experiment.checkpointed(full, config), step=step)
+            manager, workdir_lib.checkpointed(full, config), step=step)
         at[step] = saved
     manager.close()
     assert set(at[4].opt_state) == {"lora"}
@@ -309,7 +310,7 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
 
     config.total_steps = 6  # resume from step 4
     train.train_and_evaluate(config, workdir)
-    _, _, state, host, _ = experiment.restore_workdir(workdir, "export")
+    _, _, state, host, _ = workdir_lib.restore_workdir(workdir, "export")
     assert host["step"] == 6
     jax.tree.map(np.testing.assert_array_equal, state.params["reader"], exp.params["reader"])
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lapdog_jax import config_lib, steps
+from lapdog_jax import steps, validation
 from lapdog_jax.config_lib import ConfigError
 from tests.test_steps import (
     B,
@@ -77,7 +77,7 @@ def test_micro_batches_must_divide_the_batch():
     c = make_config("grpo", **{"grpo.micro_batches": 3})
     with pytest.raises(ConfigError, match=r"--config\.grpo\.micro_batches=3: does not divide "
                                           r"--config\.batch_size=2"):
-        config_lib.validate(c)
+        validation.validate(c)
 
 
 def test_startup_summary_names_the_memory_settings(env, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from lapdog_jax import config_lib, migrate
+from lapdog_jax import migrate, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +94,7 @@ def test_documented_command_lines_translate_to_valid_configs(name, capsys):
     assert migrate.main(["--", *shlex.split(SEEDS[name])]) == 0
     out = capsys.readouterr().out.splitlines()
     config, workdir = load_printed(out[0])
-    config_lib.validate(config, settings_only=True)
+    validation.validate(config, settings_only=True)
     want, want_workdir = EXPECTED[name]
     assert workdir == want_workdir
     for key, value in want.items():

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from lapdog_jax import config_lib, rewards
+from lapdog_jax import config_lib, rewards, validation
 from lapdog_jax.config_lib import ConfigError
 
 SPECIAL = np.array([0, 1, 2], np.int32)  # pad, eos, unk
@@ -96,7 +96,7 @@ def test_weighted_device_and_host_rewards():
     """Several rewards with weights: Σ w_i r_i, device built-ins and a host module:function."""
     rc = _reward_config(f"exact_match,length,{HERE}:mentions_prompt", (2.0, 0.5, 3.0),
                         length_unit="tokens")
-    config_lib.validate(_config_with(rc), num_devices=1)
+    validation.validate(_config_with(rc), num_devices=1)
     pred, ref = _ids([[5, 6], [5, 6, 7, 8]]), _ids([[5, 6], [5, 6]])
     device = np.asarray(jax.jit(rewards.make_device_reward(rc, SPECIAL, **KW))(pred, ref))
     np.testing.assert_allclose(device, [2.0 * 1 + 0.5 * 1, 2.0 * 0 + 0.5 * 0.5])
@@ -142,7 +142,7 @@ def _config_with(reward_config):
 def test_bad_reward_names_are_config_errors(fn, weights, message):
     """validate() names --config.reward.fn for an unknown or unimportable reward."""
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate(_config_with(_reward_config(fn, weights)), num_devices=1)
+        validation.validate(_config_with(_reward_config(fn, weights)), num_devices=1)
 
 
 def test_registry_matches_config_choices():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lapdog_jax import baselines, data
+from lapdog_jax import baselines, data, validation
 from lapdog_jax.data import synthetic, tokenizer
 
 SIZES = dict(num_train=300, num_valid=60, num_stories=40)
@@ -185,11 +185,11 @@ def test_config_picks_the_split_and_checks_its_size():
     assert config_lib.CHOICES["data.synthetic.split"] == synthetic.SPLITS
     c = config_lib.base_config("joint_grpo")
     c.data.synthetic.split = "heldout"
-    config_lib.validate(c, num_devices=1)
+    validation.validate(c, num_devices=1)
     c.data.synthetic.num_heldout = 24
     with pytest.raises(config_lib.ConfigError,
                        match="--config.data.synthetic.num_stories=48: .*at least 49 stories"):
-        config_lib.validate(c, num_devices=1)
+        validation.validate(c, num_devices=1)
     c.data.synthetic.split = "halfway"
     with pytest.raises(config_lib.ConfigError, match="data.synthetic.split"):
-        config_lib.validate(c, num_devices=1)
+        validation.validate(c, num_devices=1)

@@ -18,7 +18,18 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from lapdog_jax import checkpoint, config_lib, experiment, metrics, optim, steps, train
+from lapdog_jax import (
+    checkpoint,
+    config_lib,
+    experiment,
+    metrics,
+    optim,
+    paths,
+    steps,
+    train,
+    validation,
+)
+from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.data import DataError
 from lapdog_jax.data import pipeline as pipe_lib
 from lapdog_jax.data import tokenizer as tok_lib
@@ -158,9 +169,10 @@ def restore(workdir, config, step=None, exp=None):
 
 
 def check_run(workdir, mode: str, config) -> dict:
-    """Asserts the files a finished run leaves (DESIGN §6); returns the final eval metrics."""
+    """Asserts the files a finished run leaves (docs/design.md, "Run files"); returns the
+    final eval metrics."""
     n = config.total_steps
-    saved = experiment.load_config(str(workdir))
+    saved = workdir_lib.load_config(str(workdir))
     assert (saved.mode, saved.total_steps, saved.grpo.kl_coeff) == (
         mode, n, config.grpo.kl_coeff)
     assert n in saved_steps(workdir)
@@ -376,7 +388,7 @@ def test_embedded_default_starts_from_the_packaged_minilm():
     config = config_lib.mode_config("joint_grpo")
     assert config.init.retriever == config_lib.PACKAGED_RETRIEVER
     assert config.model.passage_scores == "index"  # no passage encoded per step
-    path = experiment.packaged_path(config.init.retriever)
+    path = paths.packaged_path(config.init.retriever)
     assert os.path.isfile(os.path.join(path, "model.safetensors"))
     tok = tok_lib.load_tokenizer(path)
     model, params = experiment.build_retriever(config, tok, jax.random.PRNGKey(0))
@@ -388,11 +400,11 @@ def test_embedded_default_starts_from_the_packaged_minilm():
         experiment.build_retriever(config, tok, jax.random.PRNGKey(0))
     config.init.retriever, config.model.train_passage_encoder = "", True
     with pytest.raises(experiment.ConfigError, match="model.passage_scores=live"):
-        config_lib.validate(config)
+        validation.validate(config)
     config.model.train_passage_encoder, config.model.passage_scores = False, "live"
     config.model.shared_retriever = False
     with pytest.raises(experiment.ConfigError, match="model.shared_retriever=True"):
-        config_lib.validate(config)
+        validation.validate(config)
     config.model.shared_retriever, config.model.passage_scores = True, "cached"
     with pytest.raises(experiment.ConfigError, match="passage_scores=cached"):
-        config_lib.validate(config)
+        validation.validate(config)

@@ -38,7 +38,7 @@ class ParamSpecs:
     def __init__(self, init_boxed):
         self._init_boxed = init_boxed
         # Traced once per config: start-up asks for the shapes several times (HF loading,
-        # sharding axes, the init's size check) and a base-size trace takes ~0.5 s.
+        # sharding axes, the init's size check) and a base-size trace is not free.
         self._abstract = functools.lru_cache(maxsize=16)(self._trace)
 
     def _trace(self, config):
