@@ -25,6 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
+
+from lapdog_jax import sharding
 
 ENV_COORDINATOR = "LAPDOG_COORDINATOR"
 ENV_NUM_PROCESSES = "LAPDOG_NUM_PROCESSES"
@@ -194,3 +197,11 @@ def global_array_from_host(host_batch: Any, sharding: jax.sharding.Sharding,
 
 # The trainer and evaluator's name for `global_array_from_host`.
 global_batch = global_array_from_host
+
+
+def local_rows(x: jax.Array, mesh) -> np.ndarray:
+    """This process's rows of a batch-sharded global array (all rows when single-process)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.global_array_to_host_local_array(
+        x, mesh, sharding.batch_sharding(mesh).spec))

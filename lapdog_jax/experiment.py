@@ -6,6 +6,7 @@ rebuilt from its `config.json` alone.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -19,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from lapdog_jax import (
     config_lib,
+    distributed,
     lora,
     optim,
     paths,
@@ -30,6 +32,7 @@ from lapdog_jax import (
 )
 from lapdog_jax import data as data_lib
 from lapdog_jax.data import arithmetic, synthetic
+from lapdog_jax.data import lengths as lengths_lib
 from lapdog_jax.data import pipeline as pipe_lib
 from lapdog_jax.data import tokenizer as tok_lib
 from lapdog_jax.models import contriever as contriever_lib
@@ -263,6 +266,30 @@ def build(config, workdir: str) -> Experiment:
             del ref["reader"]  # the base itself, adapters off (steps.reference_reader)
     return Experiment(config, train, valid, passages, reader_tok, retriever_tok, reader,
                       retriever, params, ref)
+
+
+def resolve_lengths(exp: Experiment, spec) -> ml_collections.ConfigDict:
+    """Measures the token lengths of a sample of the training data, logs them (with a warning
+    naming the flag and the value that keeps 99 % for each field cut more than a few percent)
+    and returns the config with its automatic lengths (0) resolved from them."""
+    config = exp.config
+    fields = lengths_lib.measure(
+        config.data, exp.train, exp.passages, exp.reader_tokenizer, exp.retriever_tokenizer,
+        formats(config), closed_book=spec.pool_size == 0,
+        retrieval=spec.task == "dialogue", seed=config.seed)
+    auto = lengths_lib.resolve(config.data, fields)
+    if auto:
+        config = copy.deepcopy(config)
+        for flag, value in auto.items():
+            config.data[flag.removeprefix("data.")] = value
+        logging.info("automatic lengths (the 99th percentile, rounded up to a multiple of "
+                     "16): %s", ", ".join(f"--config.{f}={v}" for f, v in auto.items()))
+    if distributed.is_main_process():
+        text, warnings = lengths_lib.report(config.data, fields, len(exp.train))
+        logging.info("%s", text)
+        for warning in warnings:
+            logging.warning("%s", warning)
+    return config
 
 
 def step_models(exp: Experiment) -> steps.Models:

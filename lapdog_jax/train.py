@@ -19,7 +19,6 @@ with the next rollout would make the rewards one step off-policy.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import shutil
@@ -54,7 +53,6 @@ from lapdog_jax import (
 )
 from lapdog_jax import rewards as rewards_lib
 from lapdog_jax import workdir as workdir_lib
-from lapdog_jax.data import lengths as lengths_lib
 from lapdog_jax.tb import MetricWriter
 
 # Metrics shown on the progress bar.
@@ -117,7 +115,7 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     logdir = tb.logdir(workdir, config)  # checks config.name before any work
     spec = run_spec.resolve(config)
     exp = experiment.build(config, workdir)
-    config = exp.config = _data_lengths(exp, spec)
+    config = exp.config = experiment.resolve_lengths(exp, spec)
     if distributed.is_main_process():
         workdir_lib.save_config(config, workdir)
     mesh = experiment.make_mesh(config)
@@ -140,30 +138,6 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
                   has_gold=any(d.gold_passage_ids for d in exp.train),
                   unreadable=frozenset(s for s in manager.all_steps() if s > step))
     return setup, progress
-
-
-def _data_lengths(exp, spec) -> Any:
-    """Measures the token lengths of a sample of the training data, logs them (with a warning
-    naming the flag and the value that keeps 99 % for each field cut more than a few percent)
-    and returns the config with its automatic lengths (0) resolved from them."""
-    config = exp.config
-    fields = lengths_lib.measure(
-        config.data, exp.train, exp.passages, exp.reader_tokenizer, exp.retriever_tokenizer,
-        experiment.formats(config), closed_book=spec.pool_size == 0,
-        retrieval=spec.task == "dialogue", seed=config.seed)
-    auto = lengths_lib.resolve(config.data, fields)
-    if auto:
-        config = copy.deepcopy(config)
-        for flag, value in auto.items():
-            config.data[flag.removeprefix("data.")] = value
-        logging.info("automatic lengths (the 99th percentile, rounded up to a multiple of "
-                     "16): %s", ", ".join(f"--config.{f}={v}" for f, v in auto.items()))
-    if distributed.is_main_process():
-        text, warnings = lengths_lib.report(config.data, fields, len(exp.train))
-        logging.info("%s", text)
-        for warning in warnings:
-            logging.warning("%s", warning)
-    return config
 
 
 def _setup_retrieval(config, spec, exp, progress: Progress, host_state: dict, saved_index):
@@ -191,14 +165,6 @@ def _setup_retrieval(config, spec, exp, progress: Progress, host_state: dict, sa
         # each dialogue's pool is searched when its batch first comes, then reused.
         pipeline.freeze_pools()
     return retriever, pipeline
-
-
-def _local_rows(x: jax.Array, mesh) -> np.ndarray:
-    """This process's rows of a batch-sharded global array (all rows when single-process)."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.global_array_to_host_local_array(
-        x, mesh, sharding.batch_sharding(mesh).spec))
 
 
 def _host_rewards(s: Setup, tokens_local, texts) -> np.ndarray:
@@ -247,7 +213,7 @@ def _train_step(s: Setup, p: Progress) -> StepOut:
     # tokens and scores the decoded text; the update needs both, so it waits for the sum.
     rewards = s.fns["reward"](ro, batch) if s.spec.device_reward else None
     if s.host_reward is not None:
-        local = _host_rewards(s, _local_rows(ro.tokens, s.mesh), texts)
+        local = _host_rewards(s, distributed.local_rows(ro.tokens, s.mesh), texts)
         on_host = distributed.global_batch(local, sharding.batch_sharding(s.mesh))
         rewards = on_host if rewards is None else rewards + on_host
     for _ in range(s.config.grpo.num_iterations):
@@ -317,9 +283,9 @@ def _finish_step(s: Setup, p: Progress, out: StepOut, timer: dict, bar) -> dict:
         m.update(s.pipeline.stats.as_dict())
         s.writer.scalars(out.step, m)
         if out.rollout is not None and distributed.is_main_process():
+            rows = [distributed.local_rows(x, s.mesh) for x in (out.rollout.tokens, out.rewards)]
             s.writer.text(out.step, "grpo/samples", _samples_text(
-                _local_rows(out.rollout.tokens, s.mesh), _local_rows(out.rewards, s.mesh),
-                out.texts, s.exp.reader_tokenizer))
+                *rows, out.texts, s.exp.reader_tokenizer))
         bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in m.items()
                          if k in _BAR_KEYS})
     return m
