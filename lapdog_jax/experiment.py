@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import functools
 import os
+import time
 from typing import Any
 
 import jax
@@ -99,10 +100,15 @@ def load_data(config, workdir: str):
         for flag, value in (("data.eval", eval_path), ("data.passages", passages_path)):
             if not value and (flag == "data.eval" or config.mode != "sft"):
                 raise ConfigError(f"--config.{flag} is required when --config.data.train is set")
+    start = time.perf_counter()
     passages = data_lib.read_passages(passages_path) if passages_path else []
     ids = {p.id for p in passages} if passages else None
     train = data_lib.read_dialogues(train_path, ids)
     valid = data_lib.read_dialogues(eval_path, ids) if eval_path else []
+    took = time.perf_counter() - start
+    logging.info("read %d train / %d eval dialogues and %d passages in %.1f s (%.0f lines/s)",
+                 len(train), len(valid), len(passages), took,
+                 (len(train) + len(valid) + len(passages)) / max(took, 1e-9))
     validation.check_data(config, len(train), len(passages), train_path,
                           passages_path or "--config.data.passages=")
     return train, valid, passages
@@ -158,9 +164,14 @@ def load_tokenizers(config, workdir: str, train, passages):
         if os.path.exists(os.path.join(out, "tokenizer_config.json")):
             reader_tok = tok_lib.load_tokenizer(out)
         else:
+            start = time.perf_counter()
             texts = tok_lib.corpus_texts(train, passages, formats(config))
             reader_tok = tok_lib.train_sentencepiece(texts, out, config.data.vocab_size,
                                                      seed=config.seed)
+            took = time.perf_counter() - start
+            logging.info("trained a SentencePiece tokenizer (vocab %d) on %d texts in %.1f s "
+                         "(%.0f texts/s)", config.data.vocab_size, len(texts), took,
+                         len(texts) / max(took, 1e-9))
     retriever_path = paths.resolve(config, "init.retriever")
     retriever_tok = tok_lib.load_tokenizer(retriever_path) if retriever_path else reader_tok
     return reader_tok, retriever_tok

@@ -83,7 +83,14 @@ def test_truncation_is_counted_logged_and_keeps_eos(setup, caplog):
     np.testing.assert_array_equal(batch["reader_ids"][:, 0, -1], toks.reader.eos_token_id)
     assert stats.as_dict() == {"data/truncated_reader": 1.0}  # no all-zero target scalar
     assert "truncated 4/4 reader sequences so far to 8 tokens" in caplog.text
+    assert "--config.data.text_maxlength" in caplog.text  # the warning names the flag
     assert "target" not in caplog.text
+    # A closed-book pipeline never feeds its retriever queries to a retriever: however short
+    # the query length, they are not counted (or warned about) as truncated.
+    closed = pipeline.Pipeline(train, None, toks, pipeline.Lengths(160, 16, 64, query=2),
+                               batch_size=4)
+    next(closed)
+    assert "query" not in closed.stats.seen and not closed.stats.as_dict()
 
 
 def test_bad_pool(setup):

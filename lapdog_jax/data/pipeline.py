@@ -262,7 +262,9 @@ class Pipeline:
                rows: Sequence[int] | None = None):
         """Tokenizes `dialogues` (at `rows` of self.dialogues, when known) with their pools."""
         pool = None
-        query_tokens = self._query_tokens(dialogues, self.stats)
+        # (queries only count towards truncation where a retriever reads them)
+        query_tokens = self._query_tokens(dialogues,
+                                          self.stats if self.pool_fn is not None else None)
         if self.pool_fn is not None:
             if self.frozen_pools is not None and rows is not None:
                 if any(int(i) not in self.frozen_pools for i in rows):
