@@ -170,6 +170,10 @@ def end_summary(config, workdir: str, checkpoint_steps) -> str:
         data = " ".join(f"--config.{f}={config_lib.get(config, f)}"
                         for f in ("data.train", "data.eval", "data.passages")
                         if config_lib.get(config, f))
+        if config.data.train:  # user data: the stories it reads, and lengths from the data
+            if not config.data.passages:
+                data += " --config.data.passages=STORIES.jsonl"
+            data += " --config.data.text_maxlength=0 --config.data.target_maxlength=0"
         lines.append(("next stage", "python -m lapdog_jax.main --config=configs/joint_grpo.py"
                                     f"{':' + config.preset if config.preset else ''} "
                                     f"--workdir={workdir.rstrip('/')}_joint "

@@ -70,7 +70,9 @@ def test_stage1_to_joint_grpo_to_evaluate_to_export_to_transformers(lapdog_files
     # next commands.
     train.train_and_evaluate(_config("sft", lapdog_files, total_steps=3, **{
         "data.text_maxlength": 0, "data.target_maxlength": 0}), stage1)
-    assert f"--config.init.from_workdir={stage1}" in caplog.text
+    assert (f"--config.init.from_workdir={stage1} --config.sft_warmup_steps=0 "
+            f"--config.data.train={lapdog_files['data.train']}") in caplog.text
+    assert "--config.data.text_maxlength=0 --config.data.target_maxlength=0" in caplog.text
     assert f"python -m lapdog_jax.export --workdir={stage1}" in caplog.text
     stage1_rows = [json.loads(r) for r in open(f"{stage1}/eval/valid-step-3.jsonl")]
     # The automatic lengths are the 99th percentiles of the training data under the run's
