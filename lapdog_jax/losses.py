@@ -132,6 +132,14 @@ def _seq_mean_token_mean(x_NxT, mask_NxT, max_length):
     return jnp.sum(per_seq * _seq_weights(mask_NxT))
 
 
+def _seq_mean_token_mean_all_rows(x_NxT, mask_NxT, max_length):
+    """TRL's 'grpo': mean over each sequence's tokens, then over all N rows (a row with no valid
+    token adds 0 but still counts)."""
+    del max_length
+    per_seq = jnp.sum(x_NxT, axis=1) / jnp.maximum(jnp.sum(mask_NxT, axis=1), 1.0)
+    return jnp.mean(per_seq)
+
+
 def _token_mean(x_NxT, mask_NxT, max_length):
     """DAPO: sum over all tokens / number of tokens."""
     del max_length
@@ -147,6 +155,7 @@ def _seq_mean_token_sum_norm(x_NxT, mask_NxT, max_length):
 
 AGGREGATIONS = {
     "seq_mean_token_mean": _seq_mean_token_mean,
+    "seq_mean_token_mean_all_rows": _seq_mean_token_mean_all_rows,
     "token_mean": _token_mean,
     "seq_mean_token_sum_norm": _seq_mean_token_sum_norm,
 }
@@ -154,14 +163,15 @@ AGGREGATIONS = {
 
 def aggregation_count(mask_NxT: jax.Array, loss_agg: str) -> jax.Array:
     """What `aggregate` divides by, up to a constant: valid rows ('seq_mean_token_mean'),
-    valid tokens ('token_mean') or rows ('seq_mean_token_sum_norm'). A split of the rows into
-    parts aggregates exactly as Σ_part aggregate(part) · count(part) / count(all)."""
+    valid tokens ('token_mean') or rows ('seq_mean_token_mean_all_rows',
+    'seq_mean_token_sum_norm'). A split of the rows into parts aggregates exactly as
+    Σ_part aggregate(part) · count(part) / count(all)."""
     mask = mask_NxT.astype(jnp.float32)
     if loss_agg == "seq_mean_token_mean":
         return jnp.sum((jnp.sum(mask, axis=1) > 0).astype(jnp.float32))
     if loss_agg == "token_mean":
         return jnp.sum(mask)
-    if loss_agg == "seq_mean_token_sum_norm":
+    if loss_agg in ("seq_mean_token_mean_all_rows", "seq_mean_token_sum_norm"):
         return jnp.asarray(mask.shape[0], jnp.float32)
     raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {tuple(AGGREGATIONS)}")
 
@@ -170,11 +180,13 @@ def aggregate(per_token_NxT: jax.Array, mask_NxT: jax.Array, loss_agg: str = "se
               max_length: int | None = None) -> jax.Array:
     """Reduces a per-token loss [N, T] to a scalar (`grpo.loss_agg`).
 
-    'seq_mean_token_mean' (GRPO): mean_n (Σ_t m·x / Σ_t m); 'token_mean' (DAPO):
-    Σ m·x / Σ m; 'seq_mean_token_sum_norm' (Dr. GRPO): Σ m·x / (N · max_length), max_length
-    defaulting to T, a constant even when rows are masked out. The GRPO sequence mean runs over
-    the rows with at least one valid token, so rows masked out entirely (e.g. truncated ones
-    under `mask_truncated`) are left out.
+    'seq_mean_token_mean' (GRPO): mean_n (Σ_t m·x / Σ_t m) over the N_valid rows with at
+    least one valid token, so rows masked out entirely (e.g. truncated ones under
+    `mask_truncated`) are left out; 'seq_mean_token_mean_all_rows' (TRL's 'grpo'): the same
+    sum over all N rows / N, so it is N_valid / N times the former when rows are masked out;
+    'token_mean' (DAPO): Σ m·x / Σ m; 'seq_mean_token_sum_norm' (Dr. GRPO): Σ m·x /
+    (N · max_length), max_length defaulting to T, a constant even when rows are masked out.
+    docs/grpo_loss.md compares them.
     """
     if loss_agg not in AGGREGATIONS:
         raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {tuple(AGGREGATIONS)}")
@@ -198,7 +210,8 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3",
 
     k3 = exp(δ) - δ - 1 with δ = logπ_ref - logπ (>= 0, and 0 iff equal); δ is clamped to
     [-clamp, clamp] first so that a far-off token cannot overflow exp (outside the band the
-    gradient is 0). k1 = logπ - logπ_ref (unbiased, can be negative).
+    gradient is 0). TRL's k3 has no clamp: the two agree wherever |δ| <= clamp
+    (docs/grpo_loss.md). k1 = logπ - logπ_ref (unbiased, can be negative).
     """
     if estimator == "k3":
         delta = jnp.clip(ref_logp - logp, -clamp, clamp)

@@ -129,6 +129,25 @@ def test_aggregate_by_hand():
         losses.aggregate(x, m, "sum")
 
 
+def test_aggregations_with_a_fully_masked_row_match_trl():
+    """A row masked out entirely (a truncated completion under `mask_truncated`): our GRPO mean
+    leaves it out (mean over the N_valid rows), TRL's 'grpo' loss counts it as 0 (mean over all
+    N rows): N_valid / N apart. 'seq_mean_token_mean_all_rows' is TRL's, as its torch code
+    computes it."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 5)).astype(np.float32)
+    m = (rng.random((4, 5)) < 0.7).astype(np.float32)
+    m[0, 0] = m[1, 0] = m[3, 0] = 1.0
+    m[2] = 0.0  # row 2 truncated: no token counts
+    per_token, mask = torch.from_numpy(x), torch.from_numpy(m)
+    trl_grpo = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    ours_trl = losses.aggregate(jnp.asarray(x), jnp.asarray(m), "seq_mean_token_mean_all_rows")
+    np.testing.assert_allclose(float(ours_trl), float(trl_grpo), rtol=1e-6)
+    ours = losses.aggregate(jnp.asarray(x), jnp.asarray(m), "seq_mean_token_mean")
+    np.testing.assert_allclose(float(ours_trl), float(ours) * 3 / 4, rtol=1e-6)
+    assert float(losses.aggregation_count(jnp.asarray(m), "seq_mean_token_mean_all_rows")) == 4
+
+
 def test_mask_truncated():
     m = jnp.ones((3, 2))
     out = losses.mask_truncated(m, jnp.array([False, True, False]))

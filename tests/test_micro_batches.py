@@ -34,8 +34,8 @@ def _params(models):
     return init_params(models, 1)
 
 
-@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "token_mean",
-                                      "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "seq_mean_token_mean_all_rows",
+                                      "token_mean", "seq_mean_token_sum_norm"])
 def test_micro_batched_update_equals_whole_batch(env, loss_agg):
     models, params, batch = env
     overrides = {"grpo.kl_coeff": 0.05, "grpo.loss_agg": loss_agg, "grpo.mask_truncated": True,
