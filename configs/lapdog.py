@@ -2,8 +2,9 @@
 retriever distilled towards each pool story's gold score (KL, LAPDOG's `--gold_score_mode`).
 
 What differs: the retriever trains by distillation, with LAPDOG's one shared query/passage
-encoder and the index rebuilt every `retrieval.refresh_index` steps; the embedded default
-warms the reader up on the gold story first (500 of 800 steps).
+encoder (trained through both the queries and the pool passages in the presets, as LAPDOG's)
+and the index rebuilt every `retrieval.refresh_index` steps; the embedded default warms the
+reader up on the gold story first (500 of 800 steps) and keeps the passage side frozen.
 
 Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/lapdog.py --workdir=runs/lapdog
@@ -27,5 +28,11 @@ def get_config(arg: str | None = None):
         # are 0.01 / 0.01), applied to q·p/√d (retrieval.distill_scale).
         config.retrieval.temperature_score = 0.8
         config.retrieval.temperature_gold = 0.85
+        # That command builds LAPDOG's shared DualEncoderRetriever (no
+        # --query_side_retriever_training) and encodes the pool passages with gradient, so the
+        # distillation trains the encoder through queries and passages alike. The embedded demo
+        # keeps the passages under stop-gradient: back-propagating through its B·K pool
+        # passages is most of its step (benchmarks/bench_lapdog_step.py).
+        config.model.train_passage_encoder = True
     demo_warmup(config)
     return config

@@ -112,7 +112,8 @@ CHOICES = {
     "model.passage_scores": PASSAGE_SCORES,
     "optim.schedule": ("linear", "cosine", "constant"),
     "grpo.loss_type": ("grpo_clip", "reinforce_with_baseline", "no_baseline"),
-    "grpo.loss_agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+    "grpo.loss_agg": ("seq_mean_token_mean", "seq_mean_token_mean_all_rows", "token_mean",
+                      "seq_mean_token_sum_norm"),
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.kl_estimator": ("k3", "k1"),
     "reward.gold_score_mode": ("f1rougebleu",),
@@ -351,8 +352,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # for fidelity); 'live' encodes K passages per prompt every step, 'index' none.
     c.model.passage_scores = "index"
     c.model.normalize_embeddings = True  # L2-normalise retriever embeddings (cosine scores)
-    # 'live' passage scores only: the passage side gets gradients too (the index goes stale
-    # between refreshes); False puts it under stop-gradient as LAPDOG does.
+    # 'live' passage scores only: True = the passage side gets gradients too, as in LAPDOG's
+    # shared-encoder stage 2 (configs/lapdog.py's presets; the index goes stale between
+    # refreshes); False = the pool passages under stop-gradient, only the query side trains.
     c.model.train_passage_encoder = False
     # Where dropout acts, at each module's own rate (model.reader/retriever.dropout_rate for
     # fresh modules, the checkpoint's config.json otherwise; T5 and BERT ship 0.1):
@@ -406,14 +408,21 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # accumulation_steps, the rollout still samples the whole batch at once.
     c.grpo.micro_batches = 1
     c.grpo.loss_type = "grpo_clip"  # grpo_clip | reinforce_with_baseline | no_baseline
-    c.grpo.loss_agg = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum_norm
+    # Reader loss over tokens and rows (losses.aggregate, docs/grpo_loss.md): 'seq_mean_token_mean'
+    # (rows with a valid token), 'seq_mean_token_mean_all_rows' (all rows: TRL's 'grpo'),
+    # 'token_mean' (DAPO) or 'seq_mean_token_sum_norm' (Dr. GRPO).
+    c.grpo.loss_agg = "seq_mean_token_mean"
     c.grpo.scale_rewards = "group"  # std used in advantages: group | batch | none
     c.grpo.kl_coeff = 0.02  # reader KL weight to the frozen reference (0 = no ref pass)
     c.grpo.kl_coeff_retriever = 0.0  # retriever KL weight to the reference pool distribution
-    c.grpo.kl_estimator = "k3"  # k3 | k1
+    # k3 = exp(δ)-δ-1 on δ = logπ_ref - logπ clamped to |δ| <= 20 (no overflow; TRL's k3 has
+    # no clamp and agrees inside it: docs/grpo_loss.md) | k1 = logπ - logπ_ref
+    c.grpo.kl_estimator = "k3"
     c.grpo.clip_epsilon = 0.2  # ε_low
     c.grpo.clip_epsilon_high = 0.2  # ε_high (DAPO clip-higher when > ε_low)
-    c.grpo.mask_truncated = False  # leave completions with no EOS out of the loss
+    # Leave completions with no EOS out of the loss (their rows fully masked: loss_agg says
+    # whether they still count in the row mean)
+    c.grpo.mask_truncated = False
     c.grpo.temperature = 1.0  # sampling (and loss log-prob) temperature
     c.grpo.top_k = 0  # 0 = off
     c.grpo.top_p = 1.0  # 1.0 = off

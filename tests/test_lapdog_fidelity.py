@@ -43,6 +43,16 @@ def test_lapdog_preset_loss_equals_lapdog_code(preset):
                - want) > 10 * abs(want) * 1e-2
 
 
+@pytest.mark.parametrize("preset", config_lib.PRESETS)
+def test_lapdog_preset_trains_the_shared_encoder_on_both_sides(preset):
+    """LAPDOG README's stage-2 command builds the shared DualEncoderRetriever (no
+    --query_side_retriever_training) and encodes the pool passages with gradient: the presets
+    re-encode them live every step and train through them (the step-level gradient is
+    tests/test_steps.py::test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width)."""
+    m = config_lib.mode_config("lapdog", preset).model
+    assert (m.shared_retriever, m.passage_scores, m.train_passage_encoder) == (True, "live", True)
+
+
 def test_distill_reduction_batchmean_is_k_times_mean():
     config = config_lib.mode_config("lapdog", "base")
     s = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)

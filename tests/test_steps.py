@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from lapdog_jax import config_lib, optim, steps
+from lapdog_jax import config_lib, losses, optim, steps
 from lapdog_jax import rewards as rewards_lib
 from lapdog_jax.models import contriever
 from lapdog_jax.models import t5 as t5_lib
@@ -143,6 +143,10 @@ class Setup:
         "reinforce": ("reinforce", {}),
         "sft": ("sft", {}),
         "lapdog": ("lapdog", {"optim.lr_retriever": 1e-2}),
+        # As the LAPDOG presets: the passage side trained too, scores q·p/√d, torch's 'mean'.
+        "lapdog_presets": ("lapdog", {"model.train_passage_encoder": True,
+                                      "retrieval.distill_scale": "sqrt_dim",
+                                      "retrieval.distill_reduction": "mean"}),
         # Query-side retriever training (pool scores from the indexed passage embeddings).
         "joint_query_side": ("joint_grpo", {"grpo.kl_coeff": 0.05,
                                             "grpo.kl_coeff_retriever": 0.05,
@@ -568,6 +572,40 @@ def test_lapdog_step_distills_gold_scores_into_the_retriever(setup):
     assert tree_max_diff(state.params["retriever"], setup.params["retriever"]) > 1e-4
     # Distillation moves the pool distribution towards the gold passage 0.
     assert (p0(state.params) > p0(setup.params)).all()
+
+
+def test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width(setup):
+    """As the presets run LAPDOG stage 2 (`model.train_passage_encoder`, q·p/√d): the step's
+    retriever loss divides by √32, the tiny retriever's own width (not a fixed d), and its
+    gradient is that of the loss with queries and pool passages both encoded live — not the
+    query side's alone."""
+    f = setup.fns("lapdog_presets")
+    rng = jax.random.PRNGKey(3)
+    gold = steps.gold_scores(setup.params, setup.batch, jax.random.split(rng)[0],
+                             models=setup.models, config=f.config)
+    rc = f.config.retrieval
+    embed = functools.partial(setup.models.retriever.apply)
+
+    def loss(retriever_params, d: float, passages_trained: bool):
+        """LAPDOG's distillation written out from the encoder calls."""
+        q = embed({"params": retriever_params}, setup.batch["query_ids"],
+                  setup.batch["query_mask"])
+        p = embed({"params": retriever_params}, setup.batch["passage_ids"].reshape(-1, L),
+                  setup.batch["passage_mask"].reshape(-1, L)).reshape(B, K, -1)
+        p = p if passages_trained else jax.lax.stop_gradient(p)
+        return losses.lapdog_retriever_kl(jnp.einsum("bd,bkd->bk", q, p) / jnp.sqrt(d), gold,
+                                          rc.temperature_score, rc.temperature_gold, "mean")
+
+    rp = setup.params["retriever"]
+    _, m = f.lapdog(setup.state("lapdog_presets"), setup.batch, rng)
+    np.testing.assert_allclose(float(m["retriever/loss"]), float(loss(rp, 32.0, True)),
+                               rtol=1e-5)
+    assert abs(float(loss(rp, 768.0, True)) / float(loss(rp, 32.0, True)) - 1) > 0.05
+    both = optax.global_norm(jax.grad(loss)(rp, 32.0, True))
+    query_only = optax.global_norm(jax.grad(loss)(rp, 32.0, False))
+    got = float(m["opt/grad_norm_retriever"])
+    np.testing.assert_allclose(got, float(both), rtol=1e-4)
+    assert abs(got / float(query_only) - 1) > 2e-3  # 20x the tolerance above
 
 
 def test_toy_task_grpo_raises_reward(setup):

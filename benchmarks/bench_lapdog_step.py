@@ -1,0 +1,101 @@
+r"""What training the passage side costs in a LAPDOG stage-2 step (`model.train_passage_encoder`).
+
+    PYTHONPATH=. python benchmarks/bench_lapdog_step.py --repeats=5 \
+        [--preset=small] [--set batch_size=2 --set retrieval.pool_size=6]
+
+Builds `configs/lapdog.py`'s config (the embedded default, or `--preset`'s shapes with random
+weights: a T5 v1.1 reader and a BERT-base retriever), `--set key=value` overrides, and jits the
+trainer's own `lapdog` step twice: with the pool passages under stop-gradient
+(`train_passage_encoder=False`) and with gradients through them (True, LAPDOG's shared
+encoder). The two run interleaved, step for step on the same batch, so a busy machine slows
+both alike; it prints each one's compile time and median step time and their ratio.
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_steps import _Vocab, make_batch, timed  # noqa: E402
+
+from lapdog_jax import config_lib, experiment, optim, sharding, steps  # noqa: E402
+
+
+def _parse(value: str, like):
+    """`value` as the type of the field it overrides (bools from true/false)."""
+    if isinstance(like, bool):
+        return value.lower() in ("1", "true", "yes")
+    return type(like)(value)
+
+
+def lapdog_step(config, vocab, batch_rng):
+    """(jitted lapdog step, its state, its batch) of `config` on a 1-device mesh."""
+    rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(0))
+    reader, reader_params = experiment.build_reader(config, vocab, rng_reader)
+    retriever, retriever_params = experiment.build_retriever(config, vocab, rng_retriever)
+    models = steps.Models(reader, retriever, (0, 1, 2))
+    params = {"reader": reader_params, "retriever": retriever_params}
+    optimizer = optim.make_optimizer(config)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    state = steps.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                             opt_state=optimizer.init(params),
+                             ref_params=steps.freeze_copy(params), rng=jax.random.PRNGKey(1))
+    state_sh = sharding.param_shardings(
+        state, mesh, sharding.model_axes(reader.config, retriever.config))
+    state = jax.device_put(state, state_sh)
+    fn = steps.jit_steps(config, models, optimizer, mesh, state_sh)["lapdog"]
+    batch = jax.device_put(make_batch(config, len(vocab), retriever.config.hidden_size),
+                           sharding.batch_sharding(mesh))
+    start = time.perf_counter()
+    fn = fn.lower(state, batch, batch_rng).compile()
+    return fn, state, batch, time.perf_counter() - start, retriever.config
+
+
+def main():
+    """Times the lapdog step with the passage side frozen and trained, interleaved."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="", choices=("", "small", "base", "large", "xl"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. retrieval.pool_size=6 (repeatable)")
+    args = parser.parse_args()
+    runs = {}
+    for trained in (False, True):
+        config = config_lib.mode_config("lapdog", args.preset or None)
+        for item in args.set:
+            key, value = item.split("=", 1)
+            *path, leaf = key.split(".")
+            node = functools.reduce(getattr, path, config)
+            setattr(node, leaf, _parse(value, getattr(node, leaf)))
+        config.model.train_passage_encoder = trained
+        config_lib.validate(config, settings_only=True)
+        vocab = _Vocab(config.data.vocab_size)
+        runs[trained] = lapdog_step(config, vocab, jax.random.PRNGKey(2))
+    times = {False: [], True: []}
+    for i in range(args.repeats + 1):
+        for trained, (fn, state, batch, *rest) in runs.items():
+            (state, _), t = timed(fn, state, batch, jax.random.PRNGKey(i))
+            runs[trained] = (fn, state, batch, *rest)
+            if i:  # the first call after compiling can still pay one-off costs
+                times[trained].append(t)
+    d, r = config.data, runs[True][4]
+    print(f"lapdog{':' + args.preset if args.preset else ''} B={config.batch_size} "
+          f"K={config.retrieval.pool_size} n={d.n_context} S={d.text_maxlength} "
+          f"T={d.target_maxlength} Lp={d.retriever_maxlength} retriever hidden={r.hidden_size} "
+          f"x{r.num_hidden_layers} | {jax.devices()[0].platform} x{os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.1f}, jax {jax.__version__}")
+    print(f"{'passage side':14s} {'compile s':>10s} {'median s':>9s} {'min s':>7s}")
+    for trained, label in ((False, "stop-gradient"), (True, "trained")):
+        print(f"{label:14s} {runs[trained][3]:10.1f} {statistics.median(times[trained]):9.3f} "
+              f"{min(times[trained]):7.3f}")
+    ratio = statistics.median(times[True]) / statistics.median(times[False])
+    print(f"trained / stop-gradient (median step): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
