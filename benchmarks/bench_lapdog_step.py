@@ -23,7 +23,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_steps import _Vocab, make_batch, timed  # noqa: E402
 
-from lapdog_jax import config_lib, experiment, optim, sharding, steps  # noqa: E402
+from lapdog_jax import config_lib, experiment, optim, sharding, steps, validation  # noqa: E402
 
 
 def _parse(value: str, like):
@@ -73,7 +73,7 @@ def main():
             node = functools.reduce(getattr, path, config)
             setattr(node, leaf, _parse(value, getattr(node, leaf)))
         config.model.train_passage_encoder = trained
-        config_lib.validate(config, settings_only=True)
+        validation.validate(config, settings_only=True)
         vocab = _Vocab(config.data.vocab_size)
         runs[trained] = lapdog_step(config, vocab, jax.random.PRNGKey(2))
     times = {False: [], True: []}
