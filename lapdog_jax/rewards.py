@@ -2,21 +2,31 @@
 on host, the one factory that binds a config to them, and the calls of users' host functions.
 
 Built-ins (`BUILTINS`) run on token ids inside the jitted reward step (`reward.backend=
-'device'`) or on decoded text (`'host'`); any other name is a host function 'module:function'
-f(prompts, completions, references) -> floats (as TRL's reward_funcs), called once per step
-on the whole batch, whose failures become a one-line `RewardError` naming the function and
-the example. The kernels themselves are `lapdog_jax.reward_kernels` (re-exported here).
+'device'`) or on decoded text (`'host'`); any other name is a host function 'module:function',
+called once per step on this process's rows, whose failures become a one-line `RewardError`
+naming the function and the example. It is called one of two ways:
+  - ours: f(prompts, completions, references) -> N floats (positional lists of N strings);
+  - TRL's, for a function with a `**kwargs` parameter (as TRL's documented reward functions):
+    f(prompts=..., completions=..., references=..., **fields) -> N floats or None, where
+    `references` holds each completion's reference answer (the one trained on) and `fields`
+    every other field of the data records, by name (a LAPDOG dialogue's `answers`, any
+    extra field of a seq2seq jsonl such as `ground_truth` or `task`), one value per
+    completion. As in TRL, None marks an example the function does not apply to: it adds 0 to
+    the weighted sum (TRL's nansum), and a row no host function applies to is warned about.
+The kernels themselves are `lapdog_jax.reward_kernels` (re-exported here).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from lapdog_jax import errors, metrics, run_spec
 from lapdog_jax.config_lib import ConfigError
@@ -138,27 +148,64 @@ def _example(prompts, completions, references, i: int) -> str:
             f"reference {short(references[i])})")
 
 
-def call_host_reward(name: str, fn, prompts, completions, references) -> np.ndarray:
-    """fn(prompts, completions, references) as [N] float64, or a one-line RewardError naming
-    `name` and the first example it fails on (found by calling it again one example at a
-    time) or returns a non-finite value for."""
-    n = len(completions)
+# Keywords a TRL-style host reward gets from us; data fields of these names are not passed.
+RESERVED_KEYWORDS = ("prompts", "completions", "references")
+
+
+def trl_style(fn) -> bool:
+    """Whether `fn` takes TRL's keyword call (it has a `**kwargs` parameter)."""
     try:
-        out = np.asarray(fn(list(prompts), list(completions), list(references)), np.float64)
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: our positional call
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _call(fn, trl: bool, prompts, completions, references, fields: Mapping[str, Sequence]):
+    """One call of a host reward, ours (positional) or TRL's (keywords)."""
+    if not trl:
+        return fn(list(prompts), list(completions), list(references))
+    extra = {k: list(v) for k, v in fields.items() if k not in RESERVED_KEYWORDS}
+    return fn(prompts=list(prompts), completions=list(completions),
+              references=list(references), **extra)
+
+
+def completion_fields(records: Sequence[Mapping], per_prompt: int) -> dict[str, list]:
+    """{field: one value per completion} of the prompts' data records (each repeated for its
+    `per_prompt` adjacent completions; None where a record lacks the field)."""
+    names = sorted({k for r in records for k in r})
+    return {k: [r.get(k) for r in records for _ in range(per_prompt)] for k in names}
+
+
+def call_host_reward(name: str, fn, prompts, completions, references,
+                     fields: Mapping[str, Sequence] | None = None) -> np.ndarray:
+    """fn's rewards as [N] float64 (NaN where a TRL-style function returned None), called our
+    way or TRL's (`trl_style`; `fields`: {name: N values} of the data records' other fields),
+    or a one-line RewardError naming `name` and the first example it fails on (found by
+    calling it again one example at a time) or returns a non-finite value for."""
+    n, fields, trl = len(completions), dict(fields or {}), trl_style(fn)
+    try:
+        raw = _call(fn, trl, prompts, completions, references, fields)
     except Exception as e:  # noqa: BLE001 - a user's function may raise anything
         for i in range(n):
             try:
-                fn([prompts[i]], [completions[i]], [references[i]])
+                _call(fn, trl, [prompts[i]], [completions[i]], [references[i]],
+                      {k: [v[i]] for k, v in fields.items()})
             except Exception as e_i:  # noqa: BLE001
                 raise RewardError(f"reward {name} failed on "
                                   f"{_example(prompts, completions, references, i)}: "
                                   f"{errors.one_line(e_i)}") from e_i
         raise RewardError(f"reward {name} failed on a batch of {n} examples (on none alone): "
                           f"{errors.one_line(e)}") from e
+    none = np.zeros((n,), bool)
+    if trl and isinstance(raw, list | tuple) and len(raw) == n:
+        none = np.array([v is None for v in raw])
+        raw = [np.nan if v is None else v for v in raw]
+    out = np.asarray(raw, np.float64)
     if out.shape != (n,):
         raise RewardError(f"reward {name} returned shape {out.shape} for {n} completions; "
                           "expected one float per completion")
-    bad = np.flatnonzero(~np.isfinite(out))
+    bad = np.flatnonzero(~np.isfinite(out) & ~none)
     if bad.size:
         raise RewardError(f"reward {name} returned {out[bad[0]]} for "
                           f"{_example(prompts, completions, references, int(bad[0]))}")
@@ -185,7 +232,8 @@ def load_host_reward(name: str):
 
 def make_host_reward(reward_config):
     """The weighted sum Σ w_i r_i of `reward.fn`'s host rewards as
-    f(prompts, completions, references) -> [N] float64 (lists of N strings), or None when
+    f(prompts, completions, references, fields=None) -> [N] float64 (lists of N strings;
+    `fields` {name: N values} for TRL-style functions), or None when
     every reward runs on device. Host rewards are the 'module:function' names (TRL's
     reward_funcs: called on the whole batch, once per step) and, with
     `reward.backend='host'`, the built-ins on decoded text."""
@@ -200,11 +248,19 @@ def make_host_reward(reward_config):
     if not fns:
         return None
 
-    def total(prompts, completions, references) -> np.ndarray:
-        """Σ w_i r_i of the host rewards."""
+    def total(prompts, completions, references, fields=None) -> np.ndarray:
+        """Σ w_i r_i of the host rewards, a None (NaN) adding 0 (TRL's nansum)."""
         out = np.zeros((len(completions),), np.float64)
+        applies = np.zeros((len(completions),), bool)
         for name, fn, w in fns:
-            out += w * call_host_reward(name, fn, prompts, completions, references)
+            r = call_host_reward(name, fn, prompts, completions, references, fields)
+            applies |= ~np.isnan(r)
+            out += w * np.nan_to_num(r, nan=0.0)
+        if not applies.all():
+            i = int(np.flatnonzero(~applies)[0])
+            logging.log_first_n(logging.WARNING, "every host reward returned None for %s: "
+                                "it adds 0 (as in TRL)", 1,
+                                _example(prompts, completions, references, i))
         return out
 
     return total

@@ -171,15 +171,15 @@ def _host_rewards(s: Setup, tokens_local, texts) -> np.ndarray:
     """Host rewards [B,Gr,G] of this process's rows on decoded text (`reward.fn`'s
     'module:function' names, and the built-ins with `reward.backend='host'`): prompts are the
     data's questions / prompts (`texts`, the batch's strings), references the answers trained
-    on."""
+    on, fields the records' other fields (None where a record lacks one), one per completion."""
     preds = s.exp.reader_tokenizer.batch_decode(tokens_local, skip_special_tokens=True)
     preds = [p.strip() for p in preds]
     per_prompt = len(tokens_local) // len(texts["targets"])
     refs = [t for t in texts["targets"] for _ in range(per_prompt)]
     prompts = [q for q in texts["questions"] for _ in range(per_prompt)]
-    out = s.host_reward(prompts, preds, refs)
-    return np.asarray(out, np.float32).reshape(len(texts["targets"]), -1,
-                                               s.config.grpo.group_size)
+    out = s.host_reward(prompts, preds, refs,
+                        rewards_lib.completion_fields(texts.get("fields") or [], per_prompt))
+    return np.asarray(out, np.float32).reshape(len(texts["targets"]), -1, s.config.grpo.group_size)
 
 
 # What the first dispatch of each kind of step compiles, as the log says it.

@@ -1,11 +1,15 @@
 """The reward registry (`config.reward.fn`): built-ins against hand-computed values, host
 `module:function` rewards defined here, weighted sums, one-line errors, config validation."""
 
+import re
+import types
+
 import jax
 import numpy as np
 import pytest
 
-from lapdog_jax import config_lib, rewards, validation
+from lapdog_jax import config_lib, rewards, train, validation
+from lapdog_jax import data as data_lib
 from lapdog_jax.config_lib import ConfigError
 
 SPECIAL = np.array([0, 1, 2], np.int32)  # pad, eos, unk
@@ -37,6 +41,35 @@ def fails_on_seven(prompts, completions, references):
 def returns_nan(prompts, completions, references):
     """A host reward with a NaN for the second example."""
     return [0.0, float("nan")][:len(completions)]
+
+
+# Two host rewards written exactly as TRL's GRPOTrainer documents them: keyword arguments,
+# dataset columns by name, **kwargs for the rest, None where a function does not apply.
+def reward_func(completions, ground_truth, **kwargs):
+    # Regular expression to capture content inside \boxed{}
+    matches = [re.search(r"\\boxed\{(.*?)\}", completion) for completion in completions]
+    contents = [match.group(1) if match else "" for match in matches]
+    # Reward 1 if the content is the same as the ground truth, 0 otherwise
+    return [1.0 if c == gt else 0.0 for c, gt in zip(contents, ground_truth)]  # noqa: B905
+
+
+def check_math_solution(prompt, completion):
+    """The sum the prompt asks for appears in the completion."""
+    return str(sum(int(x) for x in prompt.split("+"))) in completion
+
+
+def math_reward_func(prompts, completions, task, **kwargs):
+    rewards = []
+    for prompt, completion, t in zip(prompts, completions, task):  # noqa: B905
+        if t == "math":
+            # Calculate math-specific reward
+            correct = check_math_solution(prompt, completion)
+            reward = 1.0 if correct else -1.0
+            rewards.append(reward)
+        else:
+            # Return None for non-math tasks
+            rewards.append(None)
+    return rewards
 
 
 def _reward_config(fn, weights=(), **overrides):
@@ -148,3 +181,46 @@ def test_bad_reward_names_are_config_errors(fn, weights, message):
 def test_registry_matches_config_choices():
     """config_lib's built-in names are the registry's, on both backends."""
     assert config_lib.REWARD_BUILTINS == rewards.BUILTINS == tuple(rewards.HOST_BUILTINS)
+
+
+TRL_JSONL = ('{"prompt": "2+2", "answer": "4", "ground_truth": "4", "task": "math"}\n'
+             '{"prompt": "say hi", "answer": "hi", "ground_truth": "hi", "task": "chat"}\n')
+
+
+def test_trl_style_reward_functions_run_unchanged(tmp_path):
+    """TRL's documented reward functions, unchanged: called with keywords (the data records'
+    other fields by name, one value per completion), a None adding 0 to the weighted sum (TRL's
+    nansum); our positional functions keep their call."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(TRL_JSONL)
+    records = data_lib.read_seq2seq(str(path))
+    assert records[1].fields == {"answer": "hi", "ground_truth": "hi", "task": "chat"}
+    assert rewards.trl_style(reward_func) and not rewards.trl_style(mentions_prompt)
+    rc = _reward_config(f"{HERE}:reward_func,{HERE}:math_reward_func,{HERE}:mentions_prompt",
+                        (1.0, 2.0, 0.5))
+    fields = rewards.completion_fields([r.fields for r in records], 2)
+    prompts = ["2+2", "2+2", "say hi", "say hi"]
+    completions = ["\\boxed{4}", "5", "\\boxed{hi}", "say hello"]
+    out = rewards.make_host_reward(rc)(prompts, completions, ["4", "4", "hi", "hi"], fields)
+    # reward_func [1, 0, 1, 0]; math_reward_func [1, -1, None, None] x 2; mentions_prompt
+    # [0, 0, 0, 1] x 0.5
+    np.testing.assert_allclose(out, [3.0, -2.0, 1.0, 0.5])
+
+
+def test_trainer_passes_the_records_fields(tmp_path):
+    """train's host-reward call hands each completion its record's fields and reference."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(TRL_JSONL)
+    records = data_lib.read_seq2seq(str(path))
+    texts = {"questions": [r.question for r in records], "targets": ["4", "hi"],
+             "fields": [dict(r.fields) for r in records]}
+    decode = {1: "\\boxed{4}", 2: "5", 3: "\\boxed{hi}", 4: "bye"}
+    tok = types.SimpleNamespace(batch_decode=lambda rows, skip_special_tokens: [
+        decode[int(r[0])] for r in rows])
+    setup = types.SimpleNamespace(
+        exp=types.SimpleNamespace(reader_tokenizer=tok),
+        host_reward=rewards.make_host_reward(
+            _reward_config(f"{HERE}:reward_func,{HERE}:math_reward_func")),
+        config=types.SimpleNamespace(grpo=types.SimpleNamespace(group_size=2)))
+    out = train._host_rewards(setup, np.array([[1], [2], [3], [4]]), texts)
+    np.testing.assert_allclose(out.reshape(-1), [2.0, -1.0, 1.0, 0.0])

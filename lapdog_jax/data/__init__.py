@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from absl import logging
@@ -48,6 +48,9 @@ class Dialogue:
     question: str
     answers: tuple[str, ...]
     gold_passage_ids: tuple[str, ...] = ()
+    # The record's other JSON fields as read (all but the question / prompt): TRL-style host
+    # rewards get them as keyword arguments (lapdog_jax.rewards).
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +177,8 @@ def _dialogue(obj: dict[str, Any], where: str,
         for g in gold:
             if g not in passage_ids:
                 raise DataError(f"{where}: unknown gold passage id {g!r}")
-    return Dialogue(question=question, answers=answers, gold_passage_ids=gold)
+    return Dialogue(question=question, answers=answers, gold_passage_ids=gold,
+                    fields={k: v for k, v in obj.items() if k != "question"})
 
 
 def read_dialogues(path: str, passage_ids: Collection[str] | None = None) -> list[Dialogue]:
@@ -205,7 +209,8 @@ def read_seq2seq(path: str, prompt_field: str = "prompt", answer_field: str = "a
             obj, answer_field, where, required=True)
         if not answers or not all(a.strip() for a in answers):
             raise DataError(f"{where}: empty {answer_field!r}")
-        out.append(Dialogue(question=prompt, answers=answers))
+        out.append(Dialogue(question=prompt, answers=answers,
+                            fields={k: v for k, v in obj.items() if k != prompt_field}))
     if not out:
         raise DataError(f"{path}: no examples")
     return out

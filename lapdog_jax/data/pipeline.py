@@ -16,8 +16,9 @@ Device dict (numpy arrays, leading batch dimension B, so it can be sharded on 'd
                                  retriever training: instead of passage tokens)
   pool_gold    bool  [B, K]     pool passage is a gold passage (all False when unknown)
 Host dict (never sent to devices): questions, answers (all references per row), targets (the
-answer trained on), pool_passage_ids [B][K], gold_passage_ids, num_valid (real rows; eval
-batches are padded by repeating the last dialogue).
+answer trained on), pool_passage_ids [B][K], gold_passage_ids, fields (each record's other
+JSON fields, for TRL-style host rewards), num_valid (real rows; eval batches are padded by
+repeating the last dialogue).
 
 Sequences longer than their length are truncated on the right (LAPDOG's `truncation=True`);
 every truncation is counted per field in `TruncationStats` and logged, never silent.
@@ -140,7 +141,7 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
             "answers": [list(d.answers) for d in dialogues], "targets": targets,
             "pool_passage_ids": pool_ids,
             "gold_passage_ids": [list(d.gold_passage_ids) for d in dialogues],
-            "num_valid": b}
+            "fields": [dict(d.fields) for d in dialogues], "num_valid": b}
     return batch, host
 
 
