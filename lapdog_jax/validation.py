@@ -49,6 +49,24 @@ def _rewards(config) -> None:
             rewards.load_host_reward(name)
 
 
+def _gold_score_rewards(config, spec) -> None:
+    """LAPDOG stage 2 distils towards `reward.gold_score_mode` alone: the RL reward's list
+    (`reward.fn`, `reward.fn_weights`) would be ignored there, so it is refused unless left at
+    its default."""
+    if spec.step != "lapdog":
+        return
+    default = config_lib.base_config(config.mode).reward
+    given = {"fn": config.reward.fn, "fn_weights": tuple(config.reward.fn_weights)}
+    for field, value in given.items():
+        if value != default[field]:
+            raise ConfigError(
+                f"--config.reward.{field}={config.reward[field]}: not used in {config.mode} "
+                "mode, whose retriever distils towards the gold score --config.reward."
+                f"gold_score_mode={config.reward.gold_score_mode} (with reward.weights, "
+                "bleu_norm, length_penalty); leave it at its default "
+                f"{default[field]!r}")
+
+
 def _lora(lora) -> None:
     """`config.lora`: known, distinct targets; dropout 0 (no merged form exists)."""
     targets = lora.targets
@@ -166,6 +184,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     _fields(config)
     spec = run_spec.resolve(config)  # (an unknown mode or a malformed reward.fn list)
     _budget(config, spec)
+    _gold_score_rewards(config, spec)
     if settings_only:
         _retriever(config)
         return

@@ -122,6 +122,11 @@ BAD_CONFIGS = [
      "--config.sft_warmup_steps=9", "no lapdog step"),
     ("grpo", {"sft_warmup_steps": -2}, "--config.sft_warmup_steps=-2: expected an integer >= 0,"
      " or -1", ""),
+    # LAPDOG stage 2 distils towards reward.gold_score_mode: the RL reward list is refused.
+    ("lapdog", {"reward.fn": "exact_match"}, "--config.reward.fn=exact_match: not used in "
+     "lapdog mode", "gold_score_mode=f1rougebleu"),
+    ("lapdog", {"reward.fn_weights": (2.0,)}, "--config.reward.fn_weights=(2.0,): not used in "
+     "lapdog mode", "its default ()"),
 ]
 
 
