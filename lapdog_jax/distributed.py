@@ -205,3 +205,11 @@ def local_rows(x: jax.Array, mesh) -> np.ndarray:
         return np.asarray(x)
     return np.asarray(multihost_utils.global_array_to_host_local_array(
         x, mesh, sharding.batch_sharding(mesh).spec))
+
+
+def sum_over_processes(x: float) -> float:
+    """Σ of `x` over all processes (each passes its own; every process must call it): what
+    a host-side statistic of the global batch needs from the processes' local rows."""
+    if jax.process_count() == 1:
+        return float(x)
+    return float(np.sum(multihost_utils.process_allgather(np.float64(x))))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -340,13 +340,15 @@ def count_ratio(pred_len: int, ref_len: int) -> float:
 
 
 def host_combine(scores: dict[str, np.ndarray], weights, bleu_norm: str,
-                  length_penalty: float) -> np.ndarray:
-    """The combination in float64 numpy (see `combined_reward`)."""
+                  length_penalty: float, total: Callable[[float], float] = float) -> np.ndarray:
+    """The combination in float64 numpy (see `combined_reward`). The l2 norm of BLEU spans
+    the global batch, as on device: `total` sums this process's Σ BLEU² over the processes
+    whose rows make the batch (`distributed.sum_over_processes`; the default: this one)."""
     bleu = scores["bleu"]
     if bleu_norm == "scale":
         bleu_n = bleu / 100.0
     elif bleu_norm == "l2":
-        norm = math.sqrt(float(np.sum(bleu * bleu)))
+        norm = math.sqrt(total(float(np.sum(bleu * bleu))))
         bleu_n = bleu / norm if norm > 0 else np.zeros_like(bleu)
     else:
         raise ValueError(f"unknown bleu_norm {bleu_norm!r}; expected one of {BLEU_NORMS}")
@@ -359,10 +361,12 @@ def host_combine(scores: dict[str, np.ndarray], weights, bleu_norm: str,
 
 def host_combined_reward(predictions: Sequence[str], references: Sequence[str],
                          weights: Sequence[float] = (1.0, 1.0, 1.0), bleu_norm: str = "scale",
-                         length_penalty: float = 0.0, squad_normalize: bool = False) -> np.ndarray:
-    """`combined_reward` on decoded text with LAPDOG's metric semantics -> [N] float64."""
+                         length_penalty: float = 0.0, squad_normalize: bool = False,
+                         total: Callable[[float], float] = float) -> np.ndarray:
+    """`combined_reward` on decoded text with LAPDOG's metric semantics -> [N] float64
+    (`total`: see `host_combine`)."""
     scores = host_text_scores(predictions, references, squad_normalize)
-    return host_combine(scores, weights, bleu_norm, length_penalty)
+    return host_combine(scores, weights, bleu_norm, length_penalty, total)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lapdog_jax import errors, metrics, run_spec
+from lapdog_jax import distributed, errors, metrics, run_spec
 from lapdog_jax.config_lib import ConfigError
 from lapdog_jax.reward_kernels import (  # noqa: F401 - re-exported: the kernels' public names
     BLEU_NORMS,
@@ -76,7 +76,8 @@ DEVICE_REWARDS: dict[str, Callable[..., jax.Array]] = {
 # normalised text (as evaluation's em), length counts whitespace words.
 HOST_BUILTINS: dict[str, Callable[..., np.ndarray]] = {
     "f1rougebleu": lambda rc, c, r: host_combined_reward(
-        c, r, tuple(rc.weights), rc.bleu_norm, rc.length_penalty),
+        c, r, tuple(rc.weights), rc.bleu_norm, rc.length_penalty,
+        total=distributed.sum_over_processes),
     "exact_match": lambda rc, c, r: np.array(
         [metrics.exact_match(x, y) for x, y in zip(c, r, strict=True)], np.float64),
     "contains_answer": lambda rc, c, r: host_contains(c, r),

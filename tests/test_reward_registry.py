@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from lapdog_jax import config_lib, rewards, train, validation
+from lapdog_jax import config_lib, distributed, rewards, train, validation
 from lapdog_jax import data as data_lib
 from lapdog_jax.config_lib import ConfigError
 
@@ -224,3 +224,28 @@ def test_trainer_passes_the_records_fields(tmp_path):
         config=types.SimpleNamespace(grpo=types.SimpleNamespace(group_size=2)))
     out = train._host_rewards(setup, np.array([[1], [2], [3], [4]]), texts)
     np.testing.assert_allclose(out.reshape(-1), [2.0, -1.0, 1.0, 0.0])
+
+
+def test_host_l2_bleu_spans_the_global_batch(monkeypatch):
+    """reward.bleu_norm='l2' on host divides by the l2 norm of BLEU over the global batch, as
+    the device path does: two processes with two rows each (their Σ BLEU² summed by
+    `distributed.sum_over_processes`) give the whole batch's rewards, not each half's own."""
+    c = ["a b c d", "a b x y", "q r s t u", "a b c"]
+    r = ["a b c d", "a b c d", "q r s t", "a b c d"]
+    rc = _reward_config("f1rougebleu", backend="host", bleu_norm="l2")
+    whole = rewards.make_host_reward(rc)(["q"] * 4, c, r)
+    sq = [float(np.sum(rewards.host_text_scores(c[i:i + 2], r[i:i + 2])["bleu"] ** 2))
+          for i in (0, 2)]
+    assert distributed.sum_over_processes(sq[0]) == sq[0]  # one process: its own sum
+    parts, alone = [], []
+    for i, mine in ((0, sq[0]), (2, sq[1])):
+        def both(x, mine=mine):
+            """The all-reduce of two processes, seen from the one holding `mine`."""
+            assert x == pytest.approx(mine)
+            return sum(sq)
+        monkeypatch.setattr(distributed, "sum_over_processes", both)
+        parts.append(rewards.make_host_reward(rc)(["q"] * 2, c[i:i + 2], r[i:i + 2]))
+        monkeypatch.setattr(distributed, "sum_over_processes", float)
+        alone.append(rewards.make_host_reward(rc)(["q"] * 2, c[i:i + 2], r[i:i + 2]))
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-12)
+    assert not np.allclose(np.concatenate(alone), whole)  # each half normalised alone
