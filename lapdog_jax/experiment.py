@@ -21,7 +21,6 @@ from jax.experimental import multihost_utils
 
 from lapdog_jax import (
     config_lib,
-    distributed,
     lora,
     optim,
     paths,
@@ -279,28 +278,29 @@ def build(config, workdir: str) -> Experiment:
                       retriever, params, ref)
 
 
-def resolve_lengths(exp: Experiment, spec) -> ml_collections.ConfigDict:
-    """Measures the token lengths of a sample of the training data, logs them (with a warning
-    naming the flag and the value that keeps 99 % for each field cut more than a few percent)
-    and returns the config with its automatic lengths (0) resolved from them."""
+def resolve_lengths(exp: Experiment, spec) -> tuple[ml_collections.ConfigDict, list]:
+    """Measures the token lengths of a sample of the training data; returns the config with
+    its automatic lengths (0) resolved from them, and what to log about them as
+    [(absl level, message)]: the report, and a warning naming the flag and the value that
+    keeps 99 % for each field cut more than a few percent (logged after the start-up
+    summary, which comes first)."""
     config = exp.config
     fields = lengths_lib.measure(
         config.data, exp.train, exp.passages, exp.reader_tokenizer, exp.retriever_tokenizer,
         formats(config), closed_book=spec.pool_size == 0,
         retrieval=spec.task == "dialogue", seed=config.seed)
     auto = lengths_lib.resolve(config.data, fields)
+    notes = []
     if auto:
         config = copy.deepcopy(config)
         for flag, value in auto.items():
             config.data[flag.removeprefix("data.")] = value
-        logging.info("automatic lengths (the 99th percentile, rounded up to a multiple of "
-                     "16): %s", ", ".join(f"--config.{f}={v}" for f, v in auto.items()))
-    if distributed.is_main_process():
-        text, warnings = lengths_lib.report(config.data, fields, len(exp.train))
-        logging.info("%s", text)
-        for warning in warnings:
-            logging.warning("%s", warning)
-    return config
+        notes.append((logging.INFO, "automatic lengths (the 99th percentile, rounded up to a "
+                      "multiple of 16): " + ", ".join(f"--config.{f}={v}"
+                                                      for f, v in auto.items())))
+    text, warnings = lengths_lib.report(config.data, fields, len(exp.train))
+    notes += [(logging.INFO, text)] + [(logging.WARNING, w) for w in warnings]
+    return config, notes
 
 
 def step_models(exp: Experiment) -> steps.Models:

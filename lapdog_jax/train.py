@@ -115,7 +115,8 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     logdir = tb.logdir(workdir, config)  # checks config.name before any work
     spec = run_spec.resolve(config)
     exp = experiment.build(config, workdir)
-    config = exp.config = experiment.resolve_lengths(exp, spec)
+    config, length_notes = experiment.resolve_lengths(exp, spec)
+    exp.config = config
     if distributed.is_main_process():
         workdir_lib.save_config(config, workdir)
     mesh = experiment.make_mesh(config)
@@ -127,6 +128,8 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     step = workdir_lib.resumed_step(state, host_state)
     if distributed.is_main_process():
         logging.info("%s", summary.startup_summary(config, workdir, exp, mesh, step, spec))
+        for level, note in length_notes:
+            logging.log(level, "%s", note)
     progress = Progress(state=state, step=step, bad=host_state["bad_steps"],
                         index_step=host_state.get("index_step", 0))
     retriever, pipeline = _setup_retrieval(config, spec, exp, progress, host_state, saved_index)
