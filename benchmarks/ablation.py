@@ -412,7 +412,8 @@ def write_report(methods: list[Method], out: str, seeds: list[int], split: str,
     parts = ["# Ablation", "", f"`{command_line}`" if command_line else "", report["host"],
              f"split {split}, seeds {','.join(map(str, seeds))}; mean ± sample std over the "
              "finished seeds of the final eval", "", table,
-             format_curve(methods, runs, "em" if not retrieval else "f1"),
+             *([format_curve(methods, runs, "f1"), format_curve(methods, runs, "recall@1")]
+               if retrieval else [format_curve(methods, runs, "em")]),
              format_baselines(baselines or {})]
     with open(os.path.join(out, "ablation.md"), "w") as f:
         f.write("\n".join(p for p in parts if p is not None) + "\n")

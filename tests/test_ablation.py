@@ -81,6 +81,10 @@ def test_table_is_mean_and_std_over_finished_seeds(tmp_path):
     assert rows["joint GRPO, query-side"] == ["-"] * 7
     md = (tmp_path / "ablation.md").read_text()
     assert "`python benchmarks/ablation.py`" in md and "split heldout" in md
+    # the curves at each step, over the seeds evaluated there (unfinished runs too)
+    assert "| eval recall@1 at step | 5 | 10 |" in md
+    assert "| joint GRPO, shared encoder | 37.5 | 60.0 ± 14.1 |" in md
+    assert "| reader-only GRPO | 45.0 | 61.0 |" in md
     assert _report(out) in md
 
 
