@@ -41,14 +41,21 @@ def reference_reader(params, ref_params):
     return ref_params["reader"] if "reader" in ref_params else params["reader"]
 
 
-def retriever_scores(models: Models, params, batch, config, rng=None) -> jax.Array:
+def retriever_scores(models: Models, params, batch, config, rng=None, *,
+                     searched_queries: bool = False) -> jax.Array:
     """Pool scores s = q·p / τ [B,K] with the live encoder (the policy's logits)."""
-    return (pool_similarity(models, params, batch, config, rng)
+    return (pool_similarity(models, params, batch, config, rng,
+                            searched_queries=searched_queries)
             / config.retrieval.temperature_score)
 
 
-def pool_similarity(models: Models, params, batch, config, rng=None) -> jax.Array:
+def pool_similarity(models: Models, params, batch, config, rng=None, *,
+                    searched_queries: bool = False) -> jax.Array:
     """Inner products q·p [B,K] of the live query encoder's embeddings with the pool's.
+
+    `searched_queries` (no gradient, no dropout): q = `batch['query_emb']` when the batch
+    carries it, the embeddings the pool search computed with these params, instead of
+    encoding the queries again.
 
     `model.passage_scores='index'`: p = the passage embeddings stored in the index
     (`batch['passage_emb']`: the frozen passage encoder's in query-side training, the shared
@@ -57,8 +64,11 @@ def pool_similarity(models: Models, params, batch, config, rng=None) -> jax.Arra
     With `rng`, the live encoder runs with dropout.
     """
     drop = dict(deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
-    q_BxD = models.retriever.apply({"params": params}, batch["query_ids"], batch["query_mask"],
-                                   **drop)
+    if searched_queries and "query_emb" in batch:
+        q_BxD = batch["query_emb"]
+    else:
+        q_BxD = models.retriever.apply({"params": params}, batch["query_ids"],
+                                       batch["query_mask"], **drop)
     if config.model.passage_scores == "index":
         p_BxKxD = jax.lax.stop_gradient(batch["passage_emb"])
         return jnp.einsum("bd,bkd->bk", q_BxD, p_BxKxD.astype(q_BxD.dtype))

@@ -21,6 +21,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from lapdog_jax.data import Passage, retriever_passage
+from lapdog_jax.data.pipeline import Pool
 from lapdog_jax.data.tokenizer import TruncationStats, encode
 
 INDEX_FILE, IDS_FILE = "index.faiss", "passage_ids.json"
@@ -144,11 +145,17 @@ class Retriever:
             raise RuntimeError("Retriever.search before rebuild(params)")
         return self.index.search(query_emb, k)
 
-    def pool_fn(self, params, k: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def pool_fn(self, params, k: int, with_queries: bool = False
+                ) -> Callable[[np.ndarray, np.ndarray], np.ndarray | Pool]:
         """A pipeline pool function: query tokens [B, L] -> top-k ids [B, k] under `params`
-        (read when called, so a callable `params` follows a live state)."""
-        return lambda ids, mask: self.search(
-            self.embed(params() if callable(params) else params, ids, mask), k)[0]
+        (read when called, so a callable `params` follows a live state); `with_queries`: a
+        `Pool` of the ids and the query embeddings [B, D] searched with (the batch then
+        carries them, and the rollout does not embed the queries again)."""
+        def search(ids, mask):
+            emb = self.embed(params() if callable(params) else params, ids, mask)
+            found = self.search(emb, k)[0]
+            return Pool(found, emb) if with_queries else found
+        return search
 
     def pool_embeddings(self, pool_ids: Sequence[Sequence[str]]) -> np.ndarray:
         """The indexed embeddings of pool passages: ids [B][K] -> float32 [B, K, D]."""

@@ -14,6 +14,9 @@ Batch contract (host numpy dict, leading dim B; see lapdog_jax.data.pipeline):
   passage_emb [B,K,D]              the pool passages' embeddings stored in the index
                                    (model.passage_scores='index')
   pool_gold [B,K]                  whether each pool passage is gold (False when unknown)
+  query_emb [B,D]                  optional: the live query encoder's embeddings of query_ids
+                                   under the params the rollout runs (the trainer's pool search
+                                   computed them): the rollout's pool scores use them
 
 Each (prompt, doc) source is encoded once and its encoder output serves its G samples, in the
 rollout and in the update (the gradient flows back through the shared encoding): the encoder
@@ -111,7 +114,8 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     B, K, _ = batch["reader_ids"].shape
     rng_doc, rng_tok = jax.random.split(rng)
     if run_spec.resolve(config).samples_pool:
-        scores = retriever_scores(models, params["retriever"], batch, config)
+        scores = retriever_scores(models, params["retriever"], batch, config,
+                                  searched_queries=True)
         pool_logp = jax.nn.log_softmax(scores, axis=-1)
         ref_pool_logp = jnp.zeros_like(pool_logp)
         if g.kl_coeff_retriever:  # 'live' scores: the reference re-encodes B*K passages

@@ -154,7 +154,9 @@ def _setup_retrieval(config, spec, exp, progress: Progress, host_state: dict, sa
             progress.saved_index = steps.freeze_copy(workdir_lib.index_params(
                 exp, progress.state, progress.step, progress.index_step, saved_index))
         # Top-K search with the current retriever params (read when each batch is built).
-        pool_fn = retriever.pool_fn(lambda: progress.state.params["retriever"], k)
+        # (RL modes: with the query embeddings, which the rollout then reuses.)
+        pool_fn = retriever.pool_fn(lambda: progress.state.params["retriever"], k,
+                                    with_queries=spec.is_rl)
         if config.model.passage_scores == "index":
             pool_embeddings = retriever.pool_embeddings
     pipeline = experiment.make_pipeline(

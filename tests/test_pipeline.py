@@ -231,3 +231,32 @@ def test_pool_embeddings_replace_passage_tokens(setup):
     assert next(short)[0]["query_ids"].shape == (4, 48)
     for b, row in enumerate(host["pool_passage_ids"]):
         np.testing.assert_array_equal(batch["passage_emb"][b], [emb[p] for p in row])
+
+
+def test_a_pool_with_query_embeddings_puts_them_in_the_batch(setup):
+    """A pool_fn returning a Pool (the trainer's live search) gives the same batch plus the
+    query embeddings it searched with; the frozen search and the gold pool of the warm-up
+    carry none (the rollout then encodes the queries itself)."""
+    train, _, passages, toks = setup
+
+    def with_queries(query_ids, query_mask):
+        emb = (query_ids * query_mask)[:, :2].astype(np.float32)
+        return pipeline.Pool(_pool_by_query(query_ids, query_mask), emb)
+
+    plain = pipeline.Pipeline(train, passages, toks, LEN, batch_size=4, seed=3,
+                              pool_fn=_pool_by_query)
+    pipe = pipeline.Pipeline(train, passages, toks, LEN, batch_size=4, seed=3,
+                             pool_fn=with_queries)
+    (want, want_host), (got, got_host) = next(plain), next(pipe)
+    assert got_host["pool_passage_ids"] == want_host["pool_passage_ids"]
+    assert set(got) == set(want) | {"query_emb"}
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    np.testing.assert_array_equal(
+        got["query_emb"], (got["query_ids"] * got["query_mask"])[:, :2].astype(np.float32))
+    pipe.gold_pool = True
+    assert "query_emb" not in next(pipe)[0]
+    pipe.gold_pool = False
+    pipe.freeze_pools()
+    batch, host = next(pipe)  # (searched now: its dialogues have no frozen pool yet)
+    assert "query_emb" not in batch and len(host["pool_passage_ids"][0]) == 3

@@ -7,6 +7,7 @@ import pytest
 
 from lapdog_jax import data, retrieval
 from lapdog_jax.data import synthetic, tokenizer
+from lapdog_jax.data.pipeline import Pool
 from lapdog_jax.models.contriever import Contriever, ContrieverConfig, init_params
 
 CFG = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
@@ -100,3 +101,8 @@ def test_retriever_pool_and_refresh(tmp_path):
     live["params"] = params2
     assert [row[0] for row in search(ids, mask)] == [stories[i].id for i in (3, 7, 0)]
     np.testing.assert_array_equal(first, r.search(r.embed(params, ids, mask), 1)[0])
+    # with_queries: the same ids, and the query embeddings searched with.
+    found = r.pool_fn(params, k=4, with_queries=True)(ids, mask)
+    assert isinstance(found, Pool)
+    np.testing.assert_array_equal(found.ids, r.pool_fn(params, k=4)(ids, mask))
+    np.testing.assert_array_equal(found.query_emb, r.embed(params, ids, mask))

@@ -383,6 +383,24 @@ def test_rollout_layout_and_logprobs(setup):
     np.testing.assert_allclose(ro.pool_logp, want, atol=1e-4)
 
 
+def test_rollout_scores_the_pool_with_the_searched_query_embeddings(setup):
+    """A batch carrying `query_emb` (the trainer's pool search computed it with the same
+    params) gives the rollout's pool scores from it, unencoded: equal to encoding the queries
+    when they are the encoder's, and following them when they are not."""
+    f = setup.fns("joint")
+    rng = jax.random.PRNGKey(3)
+    plain = f.rollout(setup.params, setup.batch, rng, setup.params)
+    q = setup.models.retriever.apply({"params": setup.params["retriever"]},
+                                     setup.batch["query_ids"], setup.batch["query_mask"])
+    searched = f.rollout(setup.params, {**setup.batch, "query_emb": np.asarray(q)}, rng,
+                         setup.params)
+    np.testing.assert_allclose(searched.pool_logp, plain.pool_logp, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(searched.doc_idx, plain.doc_idx)
+    other = f.rollout(setup.params, {**setup.batch, "query_emb": -np.asarray(q)}, rng,
+                      setup.params)
+    assert np.abs(np.asarray(other.pool_logp) - np.asarray(plain.pool_logp)).max() > 0.1
+
+
 def test_reward_layout(setup):
     """reward[b, gr, g] scores completion (b*Gr + gr)*G + g against prompt b's target."""
     f = setup.fns("joint")
@@ -757,3 +775,4 @@ def test_from_scratch_retriever_keeps_token_types_at_zero(from_scratch):
     moved = lambda name: tree_max_diff(new["retriever"][name], params["retriever"][name])
     assert moved("word_embeddings") > 0 and moved("position_embeddings") > 0
     assert (moved("token_type_embeddings") == 0) == from_scratch
+

@@ -15,6 +15,9 @@ Device dict (numpy arrays, leading batch dimension B, so it can be sharded on 'd
   passage_emb  float32 [B, K, D] indexed embeddings of the pool passages (query-side
                                  retriever training: instead of passage tokens)
   pool_gold    bool  [B, K]     pool passage is a gold passage (all False when unknown)
+  query_emb    float32 [B, D]   the query embeddings the pool was searched with (only when
+                                 `pool_fn` returns a `Pool`: the trainer's live search, whose
+                                 params the rollout then runs, so it need not embed them again)
 Host dict (never sent to devices): questions, answers (all references per row), targets (the
 answer trained on), pool_passage_ids [B][K], gold_passage_ids, fields (each record's other
 JSON fields, for TRL-style host rewards), num_valid (real rows; eval batches are padded by
@@ -45,8 +48,16 @@ from lapdog_jax.data import (
 )
 from lapdog_jax.data.tokenizer import TruncationStats, encode
 
-# (query_ids [B, Lq], query_mask [B, Lq]) -> K passage ids per row.
-PoolFn = Callable[[np.ndarray, np.ndarray], Sequence[Sequence[str]]]
+
+class Pool(NamedTuple):
+    """A search's K passage ids per row and the query embeddings [B, D] it searched with."""
+
+    ids: Sequence[Sequence[str]]
+    query_emb: np.ndarray
+
+
+# (query_ids [B, Lq], query_mask [B, Lq]) -> K passage ids per row, or a Pool.
+PoolFn = Callable[[np.ndarray, np.ndarray], "Sequence[Sequence[str]] | Pool"]
 # K passage ids per row -> their indexed embeddings float32 [B, K, D].
 PoolEmbeddingsFn = Callable[[Sequence[Sequence[str]]], np.ndarray]
 
@@ -94,13 +105,15 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
                stats: TruncationStats | None = None,
                query_tokens: tuple[np.ndarray, np.ndarray] | None = None,
                pool_embeddings: PoolEmbeddingsFn | None = None,
-               formats: Formats = FORMATS["dialogue"]) -> tuple[dict[str, np.ndarray], dict]:
+               formats: Formats = FORMATS["dialogue"],
+               query_emb: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Builds (device batch, host info) for dialogues and their pools (None = closed-book).
 
     `query_tokens` are the retriever query ids, mask [B, Lq] when already tokenized;
     `pool_embeddings` (query-side retriever training) gives the pool's indexed passage
     embeddings `passage_emb` [B, K, D] instead of passage tokens; `formats` the reader's
-    input and target strings (LAPDOG's dialogue ones, or seq2seq's).
+    input and target strings (LAPDOG's dialogue ones, or seq2seq's); `query_emb` [B, D] the
+    query embeddings the pool was searched with (kept in the batch as `query_emb`).
     """
     b = len(dialogues)
     answer_index = answer_index if answer_index is not None else [0] * b
@@ -129,6 +142,8 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
     batch = {"reader_ids": r_ids.reshape(b, k, -1), "reader_mask": r_mask.reshape(b, k, -1),
              "target_ids": t_ids, "target_mask": t_mask, "query_ids": q_ids,
              "query_mask": q_mask, "pool_gold": gold.reshape(b, k)}
+    if query_emb is not None:
+        batch["query_emb"] = np.asarray(query_emb, np.float32)
     if not closed_book and pool_embeddings is not None:
         batch["passage_emb"] = np.asarray(pool_embeddings(pool_ids), np.float32)
     elif not closed_book:
@@ -143,6 +158,11 @@ def make_batch(dialogues: Sequence[Dialogue], pool_ids: Sequence[Sequence[str]] 
             "gold_passage_ids": [list(d.gold_passage_ids) for d in dialogues],
             "fields": [dict(d.fields) for d in dialogues], "num_valid": b}
     return batch, host
+
+
+def _pool_ids(found) -> Sequence[Sequence[str]]:
+    """The passage ids of a `pool_fn` result (ids, or a Pool)."""
+    return found.ids if isinstance(found, Pool) else found
 
 
 def _check_pool(pool_ids: list[list[str]], passages: Mapping[str, Passage], b: int) -> int:
@@ -262,7 +282,7 @@ class Pipeline:
     def _build(self, dialogues: list[Dialogue], picks: Sequence[int] | None,
                rows: Sequence[int] | None = None):
         """Tokenizes `dialogues` (at `rows` of self.dialogues, when known) with their pools."""
-        pool = None
+        pool = query_emb = None
         # (queries only count towards truncation where a retriever reads them)
         query_tokens = self._query_tokens(dialogues,
                                           self.stats if self.pool_fn is not None else None)
@@ -270,18 +290,21 @@ class Pipeline:
             if self.frozen_pools is not None and rows is not None:
                 if any(int(i) not in self.frozen_pools for i in rows):
                     # (the whole batch, one search of the batch's shape: no new compile)
-                    found = self.pool_fn(*query_tokens)
+                    found = _pool_ids(self.pool_fn(*query_tokens))
                     self.frozen_pools.update(
                         (int(i), list(p)) for i, p in zip(rows, found, strict=True))
                 pool = [self.frozen_pools[int(i)] for i in rows]
             else:
-                pool = self.pool_fn(*query_tokens)
+                found = self.pool_fn(*query_tokens)
+                pool = _pool_ids(found)
+                query_emb = found.query_emb if isinstance(found, Pool) else None
             if self.gold_pool:  # supervised warm-up: the gold story alone where it is known
                 pool = [list(d.gold_passage_ids[:1]) or [p[0]]
                         for d, p in zip(dialogues, pool, strict=True)]
+                query_emb = None
         return make_batch(dialogues, pool, self.passages, self.tokenizers, self.lengths,
                           picks, self.retriever_from, self.stats, query_tokens,
-                          self.pool_embeddings, self.formats)
+                          self.pool_embeddings, self.formats, query_emb)
 
     def eval_batches(self, dialogues: Sequence[Dialogue] | None = None
                      ) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
