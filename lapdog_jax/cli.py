@@ -2,12 +2,14 @@
 
 Exit codes: 2 for a usage error (a bad flag or config value; the message names the flag), 1
 for a failure (a bad file, named with its line; no readable checkpoint; a busy workdir; a run
-that diverged). Either is one line `error: ...` on stderr, with no traceback unless
-`--verbose`.
+that diverged; a save that failed; a lost peer process). Either is one line `error: ...` on
+stderr, with no traceback unless `--verbose`. A run stopped by SIGINT (Ctrl-C) or SIGTERM ends
+in one line `stopped: ...` and exits with 128 + the signal's number (130, 143).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags
@@ -20,10 +22,10 @@ USAGE_ERRORS = (ConfigError, app.UsageError, flags.Error)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show its traceback.")
 
 
-def fail(message: str, code: int) -> None:
-    """Exits with `code` after writing `error: message` as one line to stderr."""
+def fail(message: str, code: int, prefix: str = "error") -> None:
+    """Exits with `code` after writing `prefix: message` as one line to stderr."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    sys.stderr.write(f"error: {' '.join(lines)}\n")
+    sys.stderr.write(f"{prefix}: {' '.join(lines)}\n")
     sys.exit(code)
 
 
@@ -74,9 +76,15 @@ def run(main) -> None:
             fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)", USAGE)
         try:
             main()
+        except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves first)
+            if _VERBOSE.value:
+                raise
+            fail("SIGINT (Ctrl-C)", 128 + signal.SIGINT, prefix="stopped")
         except Exception as e:  # noqa: BLE001 - the one place every error ends
             if _VERBOSE.value:
                 raise
+            if hasattr(e, "exit_code"):  # a run stopped by a signal (interrupt.Interrupted)
+                fail(str(e), e.exit_code, prefix="stopped")
             ours = (type(e).__module__.startswith(("lapdog_jax", "__main__"))
                     or isinstance(e, USAGE_ERRORS))
             message = str(e) if ours else f"{type(e).__name__}: {e}"

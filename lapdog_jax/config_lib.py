@@ -261,6 +261,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.eval_freq = 100  # steps between evaluations (0 = only at the end)
     c.save_freq = 100  # steps between checkpoints
     c.keep = 3  # checkpoints kept
+    # A save that fails (full disk): False stops the run with one line naming the space needed;
+    # True logs that line and trains on, trying again at the next save.
+    c.retry_failed_saves = False
     c.eval_size = 128  # eval examples per evaluation (0 = all)
     c.max_bad_steps = 5  # consecutive non-finite steps before aborting
     # RL/lapdog modes: supervised reader steps on the gold story before RL (stage 1 inside the

@@ -9,7 +9,7 @@ import re
 
 import jax
 
-from lapdog_jax import config_lib, init_from, run_spec, tb
+from lapdog_jax import checkpoint, config_lib, init_from, run_spec, tb
 
 
 def param_count(tree) -> int:
@@ -81,9 +81,30 @@ def _reward(config, spec) -> str:
         for name, w in spec.reward_fns)
 
 
-def startup_summary(config, workdir: str, exp, mesh, step: int, spec=None) -> str:
+def disk_use(path: str) -> int:
+    """Bytes of the files under `path` (0 when there is no such folder)."""
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path)
+               for f in files)
+
+
+def _checkpoints(config, workdir: str, size: int) -> str:
+    """A checkpoint's size, the disk `keep` of them need and the space there is."""
+    need = (config.keep + 1) * size  # the one being written before the oldest goes
+    free = checkpoint.free_bytes(workdir)
+    have = free + disk_use(os.path.join(workdir, "checkpoints"))
+    out = (f"{checkpoint.human(size)} each (arrays, uncompressed), keep {config.keep}: up to "
+           f"{checkpoint.human(need)} on disk while saving; {checkpoint.human(free)} free")
+    if have < need:
+        out += (f" -- NOT ENOUGH: a save will fail; free {checkpoint.human(need - have)} or "
+                "lower --config.keep")
+    return out
+
+
+def startup_summary(config, workdir: str, exp, mesh, step: int, spec=None,
+                    checkpoint_bytes: int | None = None) -> str:
     """The block logged before the first step, one `key: value` line each (`spec`: the
-    config's `run_spec.resolve`, worked out here when not given)."""
+    config's `run_spec.resolve`, worked out here when not given; `checkpoint_bytes`: the size
+    of the checkpointed state, for the checkpoints' size and the disk they need)."""
     spec = spec or run_spec.resolve(config)
     if spec.task == "seq2seq":
         data = f"{len(exp.train)} train / {len(exp.valid)} eval examples"
@@ -120,6 +141,8 @@ def startup_summary(config, workdir: str, exp, mesh, step: int, spec=None) -> st
          or f"SentencePiece trained on the training text ({os.path.join(workdir, 'tokenizer')})"),
         ("steps", steps + (f"; resuming at step {step}" if step else "")),
         ("workdir", f"{workdir} (config.json, checkpoints/, eval/)"),
+        *([("checkpoints", _checkpoints(config, workdir, checkpoint_bytes))]
+          if checkpoint_bytes is not None else []),
         ("logs", tb.logdir(workdir, config)),
         ("tensorboard", f"tensorboard --logdir={workdir}"),
     ]

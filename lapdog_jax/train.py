@@ -23,7 +23,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import threading
 import time
 from typing import Any
 
@@ -41,6 +40,7 @@ from lapdog_jax import (
     evaluate,
     experiment,
     init_from,
+    interrupt,
     lock,
     optim,
     paths,
@@ -123,11 +123,15 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     models = experiment.step_models(exp)
     optimizer = optim.make_optimizer(config)
     state, state_sh = experiment.initial_state(exp, mesh, optimizer)
+    if distributed.is_main_process():  # (the lock is ours: no other run is saving here)
+        checkpoint.remove_unfinished(workdir)
     manager = checkpoint.make_manager(workdir, config.keep)
     state, host_state, saved_index = workdir_lib.restore(manager, exp, state, state_sh)
     step = workdir_lib.resumed_step(state, host_state)
     if distributed.is_main_process():
-        logging.info("%s", summary.startup_summary(config, workdir, exp, mesh, step, spec))
+        logging.info("%s", summary.startup_summary(
+            config, workdir, exp, mesh, step, spec,
+            checkpoint_bytes=checkpoint.nbytes(workdir_lib.checkpointed(state, config))))
         for level, note in length_notes:
             logging.log(level, "%s", note)
     progress = Progress(state=state, step=step, bad=host_state["bad_steps"],
@@ -333,13 +337,22 @@ def _evaluate(s: Setup, p: Progress) -> dict:
                         s.workdir, s.writer)
 
 
-def _save(s: Setup, p: Progress) -> None:
-    """Checkpoints the state with the host state (data position, counters, index step)."""
+def _save(s: Setup, p: Progress, last: bool = False) -> None:
+    """Checkpoints the state with the host state (data position, counters, index step).
+
+    A save that fails (full disk) stops the run with checkpoint.SaveError, or with
+    `retry_failed_saves` is logged and retried at the next save (unless it is the `last`)."""
     host_state = {"step": p.step, "pipeline": s.pipeline.get_state(), "bad_steps": p.bad,
                   "index_step": p.index_step}
     stale = p.index_step not in (0, p.step)
-    checkpoint.save(s.manager, p.step, workdir_lib.checkpointed(p.state, s.config), host_state,
-                    index=p.saved_index if stale else None, replace=p.step in s.unreadable)
+    try:
+        checkpoint.save(s.manager, p.step, workdir_lib.checkpointed(p.state, s.config),
+                        host_state, index=p.saved_index if stale else None,
+                        replace=p.step in s.unreadable)
+    except checkpoint.SaveError as e:
+        if last or not s.config.retry_failed_saves:
+            raise
+        logging.warning("%s; training on (retry_failed_saves): the next save tries again", e)
 
 
 def _any_process(flag: bool) -> bool:
@@ -360,15 +373,6 @@ def _flat(config, prefix: str = "") -> dict:
     return out
 
 
-def _on_sigterm(stop: dict):
-    """Installs a SIGTERM handler that asks the loop to save and stop; returns the previous
-    handler (None when signals cannot be handled here: not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    return signal.SIG_DFL if previous is None else previous
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics.
 
@@ -383,6 +387,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     init_from.check(config, workdir)
     fresh = not os.path.exists(workdir) and distributed.is_main_process()
     refused = False
+    # SIGINT (Ctrl-C) and SIGTERM: before the loop they stop the run at once; in it, the
+    # first saves and stops (interrupt.Interrupted, exit 128 + signal), a second exits at once.
+    stop = interrupt.StopRequest(f"{workdir}/checkpoints")
+    stop.install()
     try:
         with lock.workdir_lock(workdir, enabled=distributed.is_main_process()):
             try:
@@ -392,18 +400,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
             except Exception:
                 refused = fresh
                 raise
-            return _train(s, p)
+            return _train(s, p, stop)
     finally:
+        stop.uninstall()
         if refused:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _train(s: Setup, p: Progress) -> dict:
+def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
     """The loop of `train_and_evaluate`, in a locked and checked workdir."""
     config = s.config
     startup_s = time.perf_counter() - lapdog_jax.IMPORT_TIME
-    stop = {"now": False}
-    previous_handler = _on_sigterm(stop)
+    stop.in_loop = True  # from here a signal saves and stops at the next step boundary
     bar = tqdm(total=config.total_steps, initial=p.step, desc=config.mode, unit="step",
                disable=not distributed.is_main_process())
     fetch = _Fetcher(s, p, bar)
@@ -429,11 +437,11 @@ def _train(s: Setup, p: Progress) -> dict:
                 _evaluate(s, p)
             # One agreed decision per step: a process that got SIGTERM must not save or leave
             # the loop alone (the others would wait for it in their next collective).
-            stopping = _any_process(stop["now"])
+            stopping = _any_process(stop.requested)
             if stopping:
                 fetch.flush()
             if saves or stopping:
-                _save(s, p)
+                _save(s, p, last=stopping or step == config.total_steps)
         fetch.flush()
         last = fetch.last
         if p.step >= config.total_steps:
@@ -445,10 +453,14 @@ def _train(s: Setup, p: Progress) -> dict:
                 logging.info("%s", summary.end_summary(config, s.workdir,
                                                        s.manager.all_steps()))
         else:
-            logging.info("stopped at step %d (SIGTERM) after saving a checkpoint", p.step)
+            signum = stop.signum or signal.SIGTERM  # (or another process's signal)
+            stopped = interrupt.Interrupted(
+                f"{interrupt.name(signum)} at step {p.step}: saved the checkpoint of step "
+                f"{p.step} in {s.workdir}/checkpoints; rerun the same command to resume",
+                signum)
+            stopped.metrics = {k: float(v) for k, v in last.items()}
+            raise stopped
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
         s.writer.close()
         s.manager.close()

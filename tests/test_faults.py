@@ -6,13 +6,23 @@ tiny configs; the signal and peer cases as real processes with bounded waits.
 """
 
 import errno
+import logging
 import os
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lapdog_jax import checkpoint
+from lapdog_jax import checkpoint, train
+from tests import test_train
+from tests.test_train import restore, saved_steps, tiny_config
+
+# test_train's module fixtures: its small synthetic data and tokenizer, the compile cache and
+# the finished tiny stage-1 run (4 steps) that resumed runs must reproduce.
+compile_cache, shared_data, sft_run = (test_train.compile_cache, test_train.shared_data,
+                                       test_train.sft_run)
 
 
 def _tree(value: float) -> dict:
@@ -28,16 +38,18 @@ def _save(workdir, steps, keep=10):
     return manager
 
 
-def _fail_json_writes(monkeypatch, error: OSError, times: int = 1) -> list:
-    """Makes the host item's writer fail `times` times part-way: it writes half a file, then
-    raises `error` (as a disk that fills up does). Returns the list of failed directories."""
-    failed = []
+def _fail_json_writes(monkeypatch, error: OSError, times: int = 1, at=None) -> list:
+    """Makes the host item's writer fail part-way, `times` times or at the saves numbered
+    `at` (1 = the first from now): it writes half a file, then raises `error` (as a disk that
+    fills up does). Returns the list of failed directories."""
+    failed, calls = [], []
     handler = ocp.handlers.JsonCheckpointHandler
     original = handler.async_save
 
     async def failing(self, directory, *args, **kwargs):
-        """Half a file, then the error; the original once `times` are spent."""
-        if len(failed) >= times:
+        """Half a file, then the error; else the original."""
+        calls.append(directory)
+        if (len(calls) not in at) if at is not None else len(failed) >= times:
             return await original(self, directory, *args, **kwargs)
         failed.append(str(directory))
         with open(os.path.join(str(directory), "metadata"), "w") as f:
@@ -94,6 +106,65 @@ def test_leftover_temporary_steps_are_removed(tmp_path, caplog):
     assert len(checkpoint.remove_unfinished(str(tmp_path))) == 2
     assert "removed 2 unfinished checkpoint folder(s)" in caplog.text
     assert sorted(os.listdir(root)) == ["1"]
+
+
+def _leaves_equal(a, b) -> bool:
+    """Whether two pytrees hold bit-identical arrays."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                      for x, y in zip(la, lb, strict=True))
+
+
+def test_run_stops_on_a_full_disk_then_resumes_exactly(shared_data, sft_run, tmp_path,
+                                                       monkeypatch, caplog):
+    """The trainer's third save runs out of space part-way: the run stops with SaveError (one
+    line: workdir, space needed and free), checkpoints 1 and 2 stay and no temporary folder;
+    the rerun resumes from step 2 and ends where the uninterrupted run ended, bit for bit. The
+    start-up summary states the checkpoint's size and the disk `keep` copies need."""
+    full_dir, config, _ = sft_run
+    config = tiny_config("sft", shared_data, save_freq=1)
+    failed = _fail_json_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"),
+                               at={3})
+    with pytest.raises(checkpoint.SaveError, match=rf"^{tmp_path}: saving the checkpoint of "
+                       r"step 3 failed \(OSError: \[Errno 28\] No space left on device\); it "
+                       r"needs about \d.* free .* the checkpoint of step 2 is intact: "):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert len(failed) == 1 and saved_steps(tmp_path) == [1, 2]
+    assert checkpoint.unfinished(str(tmp_path)) == [] and not (tmp_path / "lock").exists()
+    monkeypatch.undo()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert "resuming at step 2" in caplog.text and saved_steps(tmp_path) == [2, 3, 4]
+    done, _ = restore(tmp_path, config)
+    want, _ = restore(full_dir, config)
+    assert _leaves_equal(done.params, want.params) and _leaves_equal(done.opt_state,
+                                                                     want.opt_state)
+    size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(want))
+    line = next(x for x in caplog.text.splitlines() if "  checkpoints: " in x)
+    assert (f"checkpoints: {checkpoint.human(size)} each (arrays, uncompressed), keep 3: up to "
+            f"{checkpoint.human(4 * size)} on disk while saving; ") in line, line
+    on_disk = sum(os.path.getsize(os.path.join(r, f))
+                  for r, _, fs in os.walk(tmp_path / "checkpoints" / "4") for f in fs)
+    assert 0.5 * size < on_disk < 1.1 * size + 100_000  # the estimate is the real size
+
+
+def test_retry_failed_saves_trains_on(shared_data, sft_run, tmp_path, monkeypatch, caplog):
+    """With retry_failed_saves the failed save of step 2 is logged and training goes on (step
+    3 saves); the last save failing still stops the run, since nothing later would retry."""
+    full_dir, _, _ = sft_run
+    config = tiny_config("sft", shared_data, save_freq=1, retry_failed_saves=True)
+    _fail_json_writes(monkeypatch, OSError(errno.EIO, "Input/output error"), at={2, 4})
+    with pytest.raises(checkpoint.SaveError, match="saving the checkpoint of step 4 failed"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "saving the checkpoint of step 2 failed (OSError: [Errno 5] Input/output error)" \
+        in caplog.text and "training on (retry_failed_saves)" in caplog.text
+    assert saved_steps(tmp_path) == [1, 3] and checkpoint.unfinished(str(tmp_path)) == []
+    monkeypatch.undo()
+    train.train_and_evaluate(config, str(tmp_path))
+    done, _ = restore(tmp_path, config)
+    want, _ = restore(full_dir, config)
+    assert int(done.step) == 4 and _leaves_equal(done.params, want.params)
 
 
 # ------------------------------------------------------------------- reading while training

@@ -22,6 +22,7 @@ from lapdog_jax import (
     checkpoint,
     config_lib,
     experiment,
+    interrupt,
     metrics,
     optim,
     paths,
@@ -301,7 +302,11 @@ def test_sigterm_saves_and_resume_is_exact(shared_data, tmp_path, monkeypatch):
     handler = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as patch:
         patch.setattr(train, "MetricWriter", _SigtermAt(train.MetricWriter, at=5))
-        stopped = train.train_and_evaluate(config, str(cut_dir))
+        with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM at step 5: saved the "
+                                                        r"checkpoint of step 5 in ") as info:
+            train.train_and_evaluate(config, str(cut_dir))
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    stopped = info.value.metrics
     assert signal.getsignal(signal.SIGTERM) is handler  # the trainer's handler is removed
     assert saved_steps(cut_dir) == [5]  # saved on SIGTERM, although save_freq is 100
     assert not os.path.exists(cut_dir / "eval")  # no final evaluation of a stopped run
