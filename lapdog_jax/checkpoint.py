@@ -133,16 +133,16 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, host: dict,
     if index is not None:
         items["index"] = ocp.args.StandardSave(index)
     threads = set(threading.enumerate())
-    errors = []
+    logged = []
     try:
-        with _orbax_errors(errors):
+        with _orbax_errors(logged):
             manager.save(step, args=ocp.args.Composite(**items), force=True)
             manager.wait_until_finished()
     # The writers fail with OSError (json, folders) or ValueError (tensorstore's arrays).
     except Exception as e:  # noqa: BLE001
         _join_new_threads(threads)
         raise _save_error(manager, step, nbytes(state, index), e) from e
-    for record in errors:  # (errors of a save that still went through: shown, one line each)
+    for record in logged:  # (errors of a save that still went through: shown, one line each)
         logging.warning("while saving step %d: %s", step, record.getMessage().splitlines()[0])
     logging.info("saved checkpoint at step %d", step)
 
