@@ -22,6 +22,7 @@ import contextlib
 import glob
 import logging as py_logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -132,6 +133,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, host: dict,
     items = dict(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
     if index is not None:
         items["index"] = ocp.args.StandardSave(index)
+    _quiet_abandoned_reads()  # (a write that fails leaves the others failing on a closed loop)
     threads = set(threading.enumerate())
     logged = []
     try:
@@ -167,11 +169,11 @@ class _DropOrphanTasks(py_logging.Filter):
     (their error is the save's, which SaveError reports)."""
 
     def filter(self, record) -> bool:
-        """False for 'Task exception was never retrieved' / 'Task was destroyed' of orbax."""
+        """False for '... exception was never retrieved' / '... was destroyed but it is
+        pending' of orbax's tasks and futures."""
         text = record.getMessage()
-        return not (text.startswith(("Task exception was never retrieved",
-                                     "Task was destroyed but it is pending"))
-                    and "orbax" in text)
+        return not (("exception was never retrieved" in text
+                     or "was destroyed but it is pending" in text) and "orbax" in text)
 
 
 @contextlib.contextmanager
@@ -198,6 +200,18 @@ def _join_new_threads(before: set, timeout_s: float = 60.0) -> None:
             thread.join(max(deadline - time.monotonic(), 0.0))
 
 
+def _reason(error: BaseException) -> str:
+    """Why a write failed, in short: the system's reason first (tensorstore's errors bury it
+    at the end of a long message, as [os_error_code='28'])."""
+    text = errors.one_line(error, 160)
+    if isinstance(error, OSError):
+        return text
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    if code is None:
+        return text
+    return f"{os.strerror(int(code.group(1)))}, errno {code.group(1)}: {text}"
+
+
 def _save_error(manager, step: int, needed: int, error: BaseException) -> SaveError:
     """Cleans up after a failed save at `step`; returns the error to raise."""
     root = str(manager.directory)
@@ -209,8 +223,7 @@ def _save_error(manager, step: int, needed: int, error: BaseException) -> SaveEr
     intact = (f"the checkpoint of step {max(kept)} is intact" if kept
               else "no earlier checkpoint exists")
     return SaveError(
-        f"{workdir}: saving the checkpoint of step {step} failed "
-        f"({errors.one_line(error, 200)}); it "
+        f"{workdir}: saving the checkpoint of step {step} failed ({_reason(error)}); it "
         f"needs about {human(needed)} free on that filesystem, which has "
         f"{human(free_bytes(root))} free; {intact}: free some space and rerun the same command "
         f"to resume (--config.retry_failed_saves=True keeps training and retries at the next "
@@ -223,24 +236,39 @@ def _target(tree: Any) -> Any:
 
 
 def _quiet_abandoned_reads() -> None:
-    """Drops the 'Event loop is closed' errors of the reads a failed restore left running.
+    """Drops the 'Event loop is closed' errors of the reads (or writes) a failed restore (or
+    save) left running.
 
-    When one array of a checkpoint does not read, orbax's event loop ends while tensorstore
-    still reads the others; their completion callbacks then fail on the closed loop and reach
-    `sys.unraisablehook`, which would print a traceback per array. Any other error passes on.
+    When one array of a checkpoint does not read (or write), orbax's event loop ends while
+    tensorstore still works on the others; their completion callbacks then fail on the closed
+    loop and reach `sys.unraisablehook` or `sys.excepthook` (printed from tensorstore's
+    threads), each of which would print a traceback per array. Any other error passes on.
     """
-    previous = sys.unraisablehook
-    if getattr(previous, "quiets_abandoned_reads", False):
-        return
+    if not getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
+        previous_unraisable = sys.unraisablehook
 
-    def hook(unraisable):
-        """Passes every error but a closed event loop's."""
-        if not (unraisable.exc_type is RuntimeError
-                and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
+        def unraisable_hook(unraisable):
+            """Passes every error but a closed event loop's."""
+            if not _closed_loop(unraisable.exc_type, unraisable.exc_value):
+                previous_unraisable(unraisable)
 
-    hook.quiets_abandoned_reads = True
-    sys.unraisablehook = hook
+        unraisable_hook.quiets_abandoned_reads = True
+        sys.unraisablehook = unraisable_hook
+    if not getattr(sys.excepthook, "quiets_abandoned_reads", False):
+        previous_except = sys.excepthook
+
+        def except_hook(exc_type, value, traceback):
+            """Passes every error but a closed event loop's."""
+            if not _closed_loop(exc_type, value):
+                previous_except(exc_type, value, traceback)
+
+        except_hook.quiets_abandoned_reads = True
+        sys.excepthook = except_hook
+
+
+def _closed_loop(exc_type, value) -> bool:
+    """Whether an error is a closed event loop's."""
+    return exc_type is RuntimeError and str(value) == "Event loop is closed"
 
 
 def _identity(manager, step: int):

@@ -25,6 +25,9 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show its traceback.
 def fail(message: str, code: int, prefix: str = "error") -> None:
     """Exits with `code` after writing `prefix: message` as one line to stderr."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    cluster = sys.modules.get("lapdog_jax.distributed")  # (imported by commands that use jax)
+    if cluster is not None:  # a multi-process run ends here at once (names a lost peer)
+        cluster.on_error(" ".join(lines), code, prefix)
     sys.stderr.write(f"{prefix}: {' '.join(lines)}\n")
     sys.exit(code)
 
@@ -76,6 +79,9 @@ def run(main) -> None:
             fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)", USAGE)
         try:
             main()
+            cluster = sys.modules.get("lapdog_jax.distributed")
+            if cluster is not None:  # the peers' watchdogs: this process ends normally
+                cluster.finished()
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves first)
             if _VERBOSE.value:
                 raise

@@ -13,12 +13,24 @@ for or detected, and is a no-op in a plain single-process run:
 
 Each process then feeds its own rows of a global batch (`host_local_batch_slice`) and
 `global_array_from_host` assembles them into one jax.Array sharded over the mesh.
+
+A process that dies (killed, out of memory) would leave the others waiting in their next
+collective. So each process beats once a second in the cluster's key-value store, and a
+watchdog thread ends the process with one line naming a peer that has not beaten for
+LAPDOG_PEER_TIMEOUT seconds (default 30), wherever the main thread is waiting. A collective
+that fails because its peer is gone (gloo: connection reset) is reported the same way. When
+process 0 dies, the coordination service dies with it and JAX itself ends the others at once
+(its 'Terminating process because the JAX distributed service detected fatal errors').
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import socket
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +44,10 @@ from lapdog_jax import sharding
 ENV_COORDINATOR = "LAPDOG_COORDINATOR"
 ENV_NUM_PROCESSES = "LAPDOG_NUM_PROCESSES"
 ENV_PROCESS_ID = "LAPDOG_PROCESS_ID"
+ENV_PEER_TIMEOUT = "LAPDOG_PEER_TIMEOUT"
+PEER_TIMEOUT_S = 30  # default seconds without a beat before a peer counts as gone
+_BEAT_S = 1.0
+_KEY = "lapdog_jax/alive"
 
 # The variables jax's own SLURM detection needs (they are set inside an `srun` step).
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
@@ -134,14 +150,140 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         logging.info("joining a JAX cluster (%s): coordinator=%s num_processes=%s process_id=%s",
                      how, coordinator_address, num_processes, process_id)
+        peer_timeout = _env_int(ENV_PEER_TIMEOUT) or PEER_TIMEOUT_S
+        # (JAX's own heartbeat timeout, after which it aborts every process, comes later than
+        # the watchdog's, which names the process that is gone.)
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id,
-                                   local_device_ids=local_device_ids)
+                                   local_device_ids=local_device_ids,
+                                   heartbeat_timeout_seconds=max(100, 3 * peer_timeout))
+        if jax.process_count() > 1:
+            _start_watchdog(peer_timeout)
     if jax.process_count() > 1:  # (a single process's devices are in the start-up summary)
         logging.info("process %d of %d; %d local devices, %d global devices (%s)",
                      jax.process_index(), jax.process_count(), jax.local_device_count(),
                      jax.device_count(), jax.default_backend())
     return how != "single"
+
+
+class _Watchdog:
+    """Beats for this process and watches the others' beats (see the module docstring)."""
+
+    def __init__(self, client, timeout_s: float):
+        self.client, self.timeout_s = client, timeout_s
+        self.me, self.count = jax.process_index(), jax.process_count()
+        self.done = False
+        self.beats = 0
+        self._put(f"0 pid {os.getpid()} on host {socket.gethostname()}")
+        self.who: dict[int, str] = {}
+        self.seen: dict[int, tuple[str, float]] = {}
+
+    def _put(self, value: str) -> None:
+        """Writes this process's beat."""
+        self.client.key_value_set(f"{_KEY}/{self.me}", value, allow_overwrite=True)
+
+    def lost(self) -> list[tuple[int, float]]:
+        """[(process, seconds since its last beat)] of the peers gone quiet; reads the beats."""
+        now = time.monotonic()
+        values = dict(self.client.key_value_dir_get(f"{_KEY}/"))
+        out = []
+        for p in range(self.count):
+            if p == self.me:
+                continue
+            value = values.get(f"{_KEY}/{p}", values.get(f"{_KEY}/{p}".lstrip("/"), ""))
+            beat, _, who = value.partition(" ")
+            if who:
+                self.who[p] = who
+            last = self.seen.get(p)
+            if last is None or last[0] != beat:
+                self.seen[p] = (beat, now)
+            elif beat != "done" and now - last[1] > self.timeout_s:
+                out.append((p, now - last[1]))
+        return out
+
+    def message(self, lost: list[tuple[int, float]]) -> str:
+        """The one line naming the processes that are gone."""
+        names = ", ".join(f"process {p} of {self.count} ({self.who.get(p, 'unknown pid')}, "
+                          f"silent for {age:.0f} s)" for p, age in lost)
+        return (f"lost {names}: it was killed or crashed; stopping process {self.me} too. "
+                "The checkpoints already written are complete: rerun all processes with the "
+                "same command to resume")
+
+    def run(self) -> None:
+        """Beats, and ends the process when a peer is gone."""
+        while True:
+            time.sleep(_BEAT_S)
+            try:
+                self.beats += 1
+                if not self.done:
+                    self._put(f"{self.beats} pid {os.getpid()} on host {socket.gethostname()}")
+                lost = self.lost()
+            except Exception as e:  # noqa: BLE001 - the coordinator's store is unreachable
+                if self.done:
+                    return
+                exit_now(f"lost process 0 of {self.count} (the coordinator: "
+                         f"{self.who.get(0, 'unknown pid')}): {str(e).splitlines()[0][:200]}; "
+                         f"stopping process {self.me} too. Rerun all processes with the same "
+                         "command to resume")
+            if lost and not self.done:
+                exit_now(self.message(lost))
+
+
+_watchdog: _Watchdog | None = None
+
+
+def _start_watchdog(timeout_s: float) -> None:
+    """Starts the beats and the watchdog thread of this process."""
+    global _watchdog
+    from jax._src import distributed as jax_distributed  # the cluster's client (no public API)
+
+    client = getattr(jax_distributed.global_state, "client", None)
+    if client is None or not hasattr(client, "key_value_dir_get"):
+        logging.warning("this jax has no key-value client: a lost peer process is not watched")
+        return
+    _watchdog = _Watchdog(client, timeout_s)
+    threading.Thread(target=_watchdog.run, name="lapdog-peers", daemon=True).start()
+
+
+def exit_now(message: str, code: int = 1, prefix: str = "error") -> None:
+    """Writes `prefix: message` and ends the process at once: a multi-process run must not wait
+    in JAX's shutdown barrier for peers that are gone (it would abort after its heartbeat
+    timeout, with a C++ stack trace)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.write(2, f"{prefix}: {message}\n".encode())
+    os._exit(code)
+
+
+def finished() -> None:
+    """Tells the peers' watchdogs that this process ends normally (its beats stop)."""
+    if _watchdog is not None:
+        _watchdog.done = True
+        try:
+            _watchdog._put("done")
+        except Exception:  # noqa: BLE001 - the store may be gone already
+            pass
+
+
+# Texts of a collective that failed because a peer process is gone.
+_PEER_ERRORS = ("Gloo", "Connection reset by peer", "Connection closed by peer", "Socket closed",
+                "heartbeat timeout", "UNAVAILABLE")
+
+
+def on_error(message: str, code: int, prefix: str = "error") -> None:
+    """The command lines' exit in a multi-process run (cli.fail): a failed collective waits
+    for the watchdog to name the peer that is gone (it then ends the process); any error ends
+    the process at once, past JAX's shutdown barrier. A no-op in a single process."""
+    if _watchdog is None:
+        return
+    if any(text in message for text in _PEER_ERRORS):
+        deadline = time.monotonic() + _watchdog.timeout_s + 5 * _BEAT_S
+        while time.monotonic() < deadline:  # (the watchdog exits the process when it knows)
+            time.sleep(_BEAT_S / 4)
+    exit_now(message, code, prefix)
 
 
 def is_main_process() -> bool:
