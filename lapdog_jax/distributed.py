@@ -279,7 +279,9 @@ def on_error(message: str, code: int, prefix: str = "error") -> None:
     the process at once, past JAX's shutdown barrier. A no-op in a single process."""
     if _watchdog is None:
         return
-    if any(text in message for text in _PEER_ERRORS):
+    if prefix == "stopped":  # a signal stops every process at the same step: none is lost
+        finished()
+    elif any(text in message for text in _PEER_ERRORS):
         deadline = time.monotonic() + _watchdog.timeout_s + 5 * _BEAT_S
         while time.monotonic() < deadline:  # (the watchdog exits the process when it knows)
             time.sleep(_BEAT_S / 4)

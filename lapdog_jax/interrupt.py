@@ -109,6 +109,7 @@ class StopRequest:
             return
         if not self.in_loop:
             return  # the first one is already stopping the run
-        os.write(2, (f"stopped: a second {name(signum)}, exiting at once without saving; the "
+        # (On a line of its own: the progress bar's line may be unfinished.)
+        os.write(2, (f"\nstopped: a second {name(signum)}, exiting at once without saving; the "
                      f"complete checkpoints in {self.where} are kept\n").encode())
         os._exit(128 + signum)

@@ -400,7 +400,7 @@ def test_ctrl_c_saves_and_a_second_exits_at_once(shared_data, cli_env, tmp_path)
     assert rc == 130 and run.lines[-1].startswith(
         "stopped: a second SIGINT (Ctrl-C), exiting at once without saving"), run.lines[-5:]
     assert not any("Traceback" in line for line in run.lines)
-    assert saved_steps(workdir) == [] and len(checkpoint.unfinished(str(workdir))) == 1
+    assert saved_steps(workdir) == [] and len(checkpoint.unfinished(str(workdir))) <= 1
 
     run = _Running(cli_env, config, workdir)
     run.wait_for("start-up ")
