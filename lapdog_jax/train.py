@@ -304,9 +304,13 @@ def _log_startup(s: Setup, step: int, startup_s: float, compile_s: float) -> Non
     """Logs how long the run took to start: `perf/startup_s` from the package import to the
     first step's dispatch, `perf/compile_s` that step's dispatch (its jitted functions
     compile then; a cached compile makes it short)."""
+    # The process's CPU time so far: on a machine shared with other jobs, closer than the
+    # wall time to what an idle one would take.
+    cpu_s = time.process_time()
     logging.info("start-up %.1f s (import to first step), first step dispatched in %.1f s "
-                 "(compile)", startup_s, compile_s)
-    s.writer.scalars(step, {"perf/startup_s": startup_s, "perf/compile_s": compile_s})
+                 "(compile); %.1f s of CPU time until then", startup_s, compile_s, cpu_s)
+    s.writer.scalars(step, {"perf/startup_s": startup_s, "perf/compile_s": compile_s,
+                            "perf/first_step_cpu_s": cpu_s})
 
 
 def _after_step(s: Setup, p: Progress) -> None:

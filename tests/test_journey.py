@@ -108,12 +108,15 @@ def test_stage1_to_joint_grpo_to_evaluate_to_export_to_transformers(lapdog_files
     assert saved["init"]["reader"] == f"{joint}/init/reader"
     assert saved["init"]["from_workdir"] == stage1
     assert "compiling the GRPO step" in caplog.text
+    assert re.search(r"first step dispatched in [\d.]+ s \(compile\); [\d.]+ s of CPU time",
+                     caplog.text)
     assert f"= {stage1} (its step-3 sft checkpoint)" in caplog.text  # start-up summary
     assert re.search(r"best eval: +step 2 by f1: f1 ", caplog.text)  # end-of-run summary
     assert "next stage" not in caplog.text  # (stage 1 only)
     # RL ran, and with no gold ids no recall metric is made up (a 0 would look like a result).
     scalars, _ = read_events(f"{joint}/tb")
-    assert {"grpo/reward_mean", "grpo/kl", "retriever/loss"} <= set(scalars)
+    assert {"grpo/reward_mean", "grpo/kl", "retriever/loss", "perf/first_step_cpu_s"} \
+        <= set(scalars)
     assert scalars["grpo/kl"][1] == pytest.approx(0.0, abs=1e-6)  # reference = stage-1 reader
     assert not [t for t in scalars if "recall" in t]
     assert not [k for k in last if "recall" in k]
