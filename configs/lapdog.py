@@ -4,7 +4,8 @@ retriever distilled towards each pool story's gold score (KL, LAPDOG's `--gold_s
 What differs: the retriever trains by distillation, with LAPDOG's one shared query/passage
 encoder (trained through both the queries and the pool passages in the presets, as LAPDOG's)
 and the index rebuilt every `retrieval.refresh_index` steps; the embedded default warms the
-reader up on the gold story first (500 of 800 steps) and keeps the passage side frozen.
+reader up on the gold story first (500 of 800 steps), keeps the passage side frozen and
+scores gold answers on token ids (the presets: on decoded text, as LAPDOG).
 
 Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/lapdog.py --workdir=runs/lapdog
@@ -34,5 +35,9 @@ def get_config(arg: str | None = None):
         # keeps the passages under stop-gradient: back-propagating through its B·K pool
         # passages is most of its step (benchmarks/bench_lapdog_step.py).
         config.model.train_passage_encoder = True
+        # LAPDOG's gold scores on decoded text (whitespace F1, ROUGE-L, sacrebleu 13a BLEU),
+        # not on token ids: the two rank a pool differently often enough to matter
+        # (benchmarks/gold_rank_correlation.py).
+        config.reward.backend = "host"
     demo_warmup(config)
     return config

@@ -443,10 +443,13 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # LAPDOG-GRPO reward counts them; on device, SentencePiece pieces that start a word) or
     # 'tokens' (token ids; device backend only). Only used when length_penalty != 0.
     c.reward.length_unit = "words"
-    c.reward.backend = "device"  # 'device' (token ids, jitted) or 'host' (decoded text)
+    # 'device' (token ids, jitted) or 'host' (decoded text): where the built-ins of reward.fn
+    # run, and in lapdog mode where the gold scores are computed (host: as LAPDOG's).
+    c.reward.backend = "device"
     # The RL reward: comma-separated names, each a built-in (f1rougebleu = the gold score
     # above; exact_match; contains_answer; length) or a host function 'module:function'
-    # f(prompts, completions, references) -> floats on decoded text (as TRL's reward_funcs).
+    # on decoded text: f(prompts, completions, references) -> floats, or in TRL's style (a
+    # **kwargs function: the data's fields as keywords, None where it does not apply).
     c.reward.fn = "f1rougebleu"
     c.reward.fn_weights = ()  # one weight per name of reward.fn (TRL reward_weights); () = 1s
 

@@ -142,6 +142,19 @@ def gold_score(reward_config, special_ids, word_start_ids=(), **kw):
                               fns=((reward_config.gold_score_mode, 1.0),), **kw)
 
 
+def host_gold_scores(reward_config, tokenizer, tokens_local, targets: Sequence[str]
+                     ) -> np.ndarray:
+    """LAPDOG's gold scores [B_local, K] on decoded text (`reward.backend='host'` in lapdog
+    mode), as its `f1rougebleu_score`: the greedy answers `tokens_local` [B_local*K, T] (K per
+    prompt, adjacent) decoded, scored against their prompt's `targets` with whitespace F1,
+    ROUGE-L and sacrebleu 13a BLEU (l2-normalised over the global batch)."""
+    preds = [p.strip() for p in tokenizer.batch_decode(tokens_local, skip_special_tokens=True)]
+    k = len(preds) // len(targets)
+    refs = [t for t in targets for _ in range(k)]
+    gold = HOST_BUILTINS[reward_config.gold_score_mode](reward_config, preds, refs)
+    return gold.reshape(len(targets), k).astype(np.float32)
+
+
 def _example(prompts, completions, references, i: int) -> str:
     """Example `i` for an error message: index and (shortened) texts."""
     short = lambda t: repr(t if len(t) <= 80 else t[:77] + "...")

@@ -349,16 +349,23 @@ def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
     return state, {**m, "train/loss": loss}
 
 
-def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
-    """LAPDOG gold score g [B,K]: the reward of the greedy answer produced with each pool
-    passage alone (`gold_score_mode='f1rougebleu'`)."""
+def gold_answers(params, batch, rng, *, models: Models, config) -> jax.Array:
+    """The greedy answer [B*K,T] the reader gives with each pool passage alone (what LAPDOG's
+    gold scores score; row b*K + k: prompt b, passage k)."""
     B, K, S = batch["reader_ids"].shape
     src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
     reader = policy_reader(params, config)
     enc, enc_mask = encode_sources(models, reader, *src, config)
-    s = sample_completions(models, reader, enc, enc_mask, rng, config, greedy=True)
-    score = gold_score_fn(models, config)
-    g = score(s.tokens, jnp.repeat(batch["target_ids"], K, axis=0))
+    return sample_completions(models, reader, enc, enc_mask, rng, config, greedy=True).tokens
+
+
+def gold_scores(params, batch, rng, *, models: Models, config) -> jax.Array:
+    """LAPDOG gold score g [B,K] on token ids: the reward of the greedy answer produced with
+    each pool passage alone (`gold_score_mode='f1rougebleu'`; `reward.backend='host'` scores
+    the decoded answers instead, in the trainer)."""
+    B, K, _ = batch["reader_ids"].shape
+    tokens = gold_answers(params, batch, rng, models=models, config=config)
+    g = gold_score_fn(models, config)(tokens, jnp.repeat(batch["target_ids"], K, axis=0))
     return jax.lax.stop_gradient(g.reshape(B, K))
 
 
@@ -377,12 +384,20 @@ def distill_loss(similarity_BxK, gold_BxK, dim: int, config) -> jax.Array:
 
 def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
                 ) -> tuple[TrainState, dict]:
-    """Original LAPDOG stage 2: reader cross-entropy with the top-n passages plus the
-    retriever's KL distillation towards the gold scores of the pool passages."""
-    n = run_spec.resolve(config).n_passages
+    """Original LAPDOG stage 2 with gold scores on token ids (`lapdog_update`)."""
     gold_rng, drop_rng = jax.random.split(rng)
     gold = gold_scores(state.params, batch, gold_rng, models=models, config=config)
-    reader_rng, retriever_rng = dropout_rngs(config, "supervised", drop_rng, 2)
+    return lapdog_update(state, batch, gold, drop_rng, models=models, config=config,
+                         optimizer=optimizer)
+
+
+def lapdog_update(state: TrainState, batch, gold_BxK, rng, *, models: Models, config,
+                  optimizer) -> tuple[TrainState, dict]:
+    """Original LAPDOG stage 2: reader cross-entropy with the top-n passages plus the
+    retriever's KL distillation towards the gold scores [B,K] of the pool passages."""
+    n = run_spec.resolve(config).n_passages
+    gold = jax.lax.stop_gradient(gold_BxK)
+    reader_rng, retriever_rng = dropout_rngs(config, "supervised", rng, 2)
 
     def loss_fn(trained):
         ce = _reader_ce(policy_reader(_with_trained(state, trained), config),
@@ -427,7 +442,8 @@ def jit_key(config, models: Models, mesh) -> tuple:
 
 def jit_steps(config, models: Models, optimizer: optim.Optimizer, mesh, state_shardings
               ) -> dict[str, Any]:
-    """The jitted rollout, reward, grpo_update, sft and lapdog steps of `config` with explicit
+    """The jitted rollout, reward, grpo_update, sft, lapdog (and its two halves for gold
+    scores on text: gold_answers, lapdog_update) steps of `config` with explicit
     shardings (the state is donated); compiled lazily, once per `jit_key`."""
     key = ("steps", *jit_key(config, models, mesh))
     if key not in _JITTED:
@@ -448,6 +464,10 @@ def jit_steps(config, models: Models, optimizer: optim.Optimizer, mesh, state_sh
                     out_shardings=(sh, rep)),
             lapdog=jit(functools.partial(lapdog_step, **opt_kw), in_shardings=(sh, data, rep),
                        out_shardings=(sh, rep)),
+            gold_answers=jax.jit(functools.partial(gold_answers, **kw),
+                                 in_shardings=(sh.params, data, rep), out_shardings=data),
+            lapdog_update=jit(functools.partial(lapdog_update, **opt_kw),
+                              in_shardings=(sh, data, data, rep), out_shardings=(sh, rep)),
         )
     return _JITTED[key]
 

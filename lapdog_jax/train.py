@@ -214,7 +214,15 @@ def _train_step(s: Setup, p: Progress) -> StepOut:
     if warmup or not s.spec.is_rl:
         name = "sft" if warmup else s.spec.step
         _announce_compile(p, name)
-        p.state, m = s.fns[name](p.state, batch, rng)
+        if name == "lapdog" and s.config.reward.backend == "host":  # gold scores on text
+            gold_rng, rng = jax.random.split(rng)
+            gold = rewards_lib.host_gold_scores(s.config.reward, s.exp.reader_tokenizer, (
+                distributed.local_rows(s.fns["gold_answers"](p.state.params, batch, gold_rng),
+                                       s.mesh)), texts["targets"])
+            gold = distributed.global_batch(gold, sharding.batch_sharding(s.mesh))
+            p.state, m = s.fns["lapdog_update"](p.state, batch, gold, rng)
+        else:
+            p.state, m = s.fns[name](p.state, batch, rng)
         return StepOut(p.step + 1, m, texts=texts)
     _announce_compile(p, "grpo_update")
     ro = s.fns["rollout"](p.state.params, batch, rng, p.state.ref_params)

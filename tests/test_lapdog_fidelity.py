@@ -1,6 +1,8 @@
 """LAPDOG / LAPDOG-GRPO fidelity of the presets: stage 2's retriever loss against a
 transcription of LAPDOG's own code, and the seed's reward conventions (l2 BLEU, word counts)."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -48,9 +50,63 @@ def test_lapdog_preset_trains_the_shared_encoder_on_both_sides(preset):
     """LAPDOG README's stage-2 command builds the shared DualEncoderRetriever (no
     --query_side_retriever_training) and encodes the pool passages with gradient: the presets
     re-encode them live every step and train through them (the step-level gradient is
-    tests/test_steps.py::test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width)."""
-    m = config_lib.mode_config("lapdog", preset).model
+    tests/test_steps.py::test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width),
+    and score the gold answers on decoded text, as LAPDOG's f1rougebleu_score."""
+    config = config_lib.mode_config("lapdog", preset)
+    m = config.model
     assert (m.shared_retriever, m.passage_scores, m.train_passage_encoder) == (True, "live", True)
+    assert config.reward.backend == "host"
+
+
+def lapdog_f1rougebleu_transcription(outputs, labels, bsz, total_context):
+    """hqsiswiliam/LAPDOG src/lapdog.py Lapdog.f1rougebleu_score on decoded text (its
+    src/evaluation.py f1_score with the identity normaliser and rouge_score), line for line."""
+    from collections import Counter
+
+    from rouge import Rouge
+    from sacrebleu import BLEU
+
+    def f1(prediction, ground_truth):
+        prediction_tokens, ground_truth_tokens = prediction.split(), ground_truth.split()
+        common = Counter(prediction_tokens) & Counter(ground_truth_tokens)
+        num_same = sum(common.values())
+        if num_same == 0:
+            return 0
+        precision = 1.0 * num_same / len(prediction_tokens)
+        recall = 1.0 * num_same / len(ground_truth_tokens)
+        return (2 * precision * recall) / (precision + recall)
+
+    def rouge_l(prediction, ground_truth):
+        if len(prediction) == 0 or len(ground_truth) == 0:
+            return 0.0
+        try:
+            return Rouge().get_scores(prediction, ground_truth, avg=True)["rouge-l"]["f"]
+        except Exception:  # noqa: BLE001 - as its rouge_wrapper's bare except
+            return 0.0
+
+    pt_f1 = torch.tensor([f1(o, lab) for o, lab in zip(outputs, labels, strict=True)])
+    pt_rouge = torch.tensor([rouge_l(o, lab) for o, lab in zip(outputs, labels, strict=True)])
+    gold_score = pt_f1.view(bsz, total_context) + pt_rouge.view(bsz, total_context)
+    bleu = BLEU(effective_order=True)
+    pt_bleu_scores = torch.tensor([bleu.sentence_score(o, [lab]).score
+                                   for o, lab in zip(outputs, labels, strict=True)])
+    pt_bleu_normed = pt_bleu_scores / pt_bleu_scores.norm()
+    return (pt_bleu_normed.view(bsz, total_context) + gold_score).numpy()
+
+
+def test_lapdog_preset_gold_scores_on_text_equal_lapdogs():
+    """The presets' text-level gold scores (`reward.backend='host'`): the greedy answers of
+    the B x K pool decoded and scored as LAPDOG's f1rougebleu_score does."""
+    config = config_lib.mode_config("lapdog", "base")
+    answers = ["i like to read books .", "i read , a lot", "", "books are fun to read",
+               "i am a stunt double .", "stunt double , yes", "i eat kosher food", "hello"]
+    targets = ["i read twenty books a year .", "i am a stunt double ."]
+    tok = types.SimpleNamespace(batch_decode=lambda rows, skip_special_tokens: [
+        f" {answers[int(r[0])]} " for r in rows])
+    got = rewards.host_gold_scores(config.reward, tok, np.arange(8)[:, None], targets)
+    want = lapdog_f1rougebleu_transcription(answers, [t for t in targets for _ in range(4)],
+                                            2, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_distill_reduction_batchmean_is_k_times_mean():

@@ -30,6 +30,7 @@ from lapdog_jax import (
     train,
     validation,
 )
+from lapdog_jax import rewards as rewards_lib
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.data import DataError
 from lapdog_jax.data import pipeline as pipe_lib
@@ -241,16 +242,28 @@ def sft_run(shared_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["sft", "lapdog", "reinforce", "grpo", "joint_grpo"])
-def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_path):
+def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_path,
+                                                monkeypatch):
     """A few real steps of each mode leave config.json, checkpoints, TensorBoard scalars, text
     and hparams, and eval files."""
+    gold_calls = []
     if mode == "sft":
         workdir, config, last = sft_run
     else:
         # joint_grpo trains query-side here; the resume test covers the shared encoder.
         extra = {"model.shared_retriever": False} if mode == "joint_grpo" else {}
+        if mode == "lapdog":  # LAPDOG's gold scores on decoded text (token ids: test_steps)
+            extra = {"reward.backend": "host"}
+            host_gold = rewards_lib.host_gold_scores
+            monkeypatch.setattr(rewards_lib, "host_gold_scores",
+                                lambda *a: gold_calls.append(host_gold(*a)) or gold_calls[-1])
         workdir, config = tmp_path / mode, tiny_config(mode, shared_data, **extra)
         last = train.train_and_evaluate(config, str(workdir))
+    if mode == "lapdog":  # every step distilled towards the text-level gold scores
+        assert [g.shape for g in gold_calls] == [(4, 4)] * config.total_steps
+        scalars, _ = read_events(str(workdir))
+        np.testing.assert_allclose(scalars["lapdog/gold_mean"][config.total_steps],
+                                   gold_calls[-1].mean(), rtol=1e-5)
     m = check_run(workdir, mode, config)
     assert saved_steps(workdir) == list(range(2, config.total_steps + 1, 2))  # save_freq 2
     assert last["eval/f1"] == pytest.approx(m["f1"])
