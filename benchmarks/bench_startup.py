@@ -7,7 +7,7 @@ r"""Start-up time of a run up to its first compile of a training step, phase by 
 Times, as the trainer runs them: the package import, `experiment.build` (data, tokenizers,
 the reader and the retriever, each timed on its own) and `experiment.initial_state` (the
 jitted optimizer moments and reference copy placed by their shardings), each waited on.
-The trainer logs the same span plus the first step's compile as `perf/startup_s`.
+The trainer logs the same span plus the first step's compile (returned as `perf/startup_s`).
 """
 
 from __future__ import annotations

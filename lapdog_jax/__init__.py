@@ -4,7 +4,7 @@ import logging as _logging
 import os as _os
 import time as _time
 
-# When the package was first imported: the trainer's `perf/startup_s` counts from here.
+# When the package was first imported: the trainer's start-up time counts from here.
 IMPORT_TIME = _time.perf_counter()
 
 # Quiet start-ups. transformers says "PyTorch was not found" on every import without torch; we

@@ -1,25 +1,33 @@
-"""What every command line shares: flag parsing, one-line errors, exit codes, `--verbose`.
+"""What every command line shares: flag parsing, `--help`, one-line errors, exit codes,
+`--verbose`, quiet logs.
 
 Exit codes: 2 for a usage error (a bad flag or config value; the message names the flag), 1
 for a failure (a bad file, named with its line; no readable checkpoint; a busy workdir; a run
 that diverged; a save that failed; a lost peer process). Either is one line `error: ...` on
 stderr, with no traceback unless `--verbose`. A run stopped by SIGINT (Ctrl-C) or SIGTERM ends
 in one line `stopped: ...` and exits with 128 + the signal's number (130, 143).
+`--help` prints the command's flags and exits 0; `--helpfull` adds every config field
+(`--config.FIELD=VALUE`) with its default and comment.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import signal
 import sys
 
 from absl import app, flags
 
+from lapdog_jax import config_lib, logs
 from lapdog_jax.config_lib import ConfigError
 
 USAGE, FAILURE = 2, 1
 USAGE_ERRORS = (ConfigError, app.UsageError, flags.Error)
 
-_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show its traceback.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show library INFO logs (orbax, JAX's backend "
+                             "set-up, sacrebleu) and, on an error, its traceback.")
+HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "-helpfull"}
 
 
 def fail(message: str, code: int, prefix: str = "error") -> None:
@@ -61,8 +69,78 @@ def _flag_message(error: BaseException, argv: list[str]) -> str:
     return str(error)
 
 
+def field_comments() -> dict[str, str]:
+    """{'a.b': comment} of the config fields, from the comments beside and above each
+    `c.a.b = ...` line of config_lib (the one place fields are defined and explained)."""
+    out, pending = {}, []
+    for line in inspect.getsource(config_lib).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text[1:].strip())
+            continue
+        match = re.match(r"c\.([\w.]+)\s*=\s*(.*)$", text)
+        if match:
+            comment = match.group(2).partition("  # ")[2]
+            words = " ".join(pending + [comment]).strip()
+            if words:
+                out.setdefault(match.group(1), words)
+        pending = []
+    return out
+
+
+def _flat_fields(config, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted name, value) of every leaf field of a config."""
+    out = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out += _flat_fields(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _help_config(argv: list[str]):
+    """The config whose fields --helpfull lists: --config's, else the embedded joint_grpo."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    path, _, arg = spec.partition(":")
+    try:
+        return config_lib.from_file(path, arg or None) if path else \
+            config_lib.mode_config("joint_grpo")
+    except Exception:  # noqa: BLE001 - help for a config that does not load: the schema's
+        return config_lib.base_config("joint_grpo")
+
+
+def help_text(argv: list[str], full: bool) -> str:
+    """The command's help: its docstring, its flags and, for commands that take --config,
+    a pointer to (with `full`, the list of) every config field."""
+    main = sys.modules.get("__main__")
+    parts = [(main.__doc__ or "").strip(), "flags:",
+             flags.FLAGS.main_module_help().strip() or "  (none)",
+             flags.FLAGS.module_help(__name__).strip()]
+    if "config" in flags.FLAGS:
+        if not full:
+            parts.append("Every field of the config can be set with --config.FIELD=VALUE: "
+                         "--helpfull lists them with their defaults and comments (defined in "
+                         "lapdog_jax/config_lib.py).")
+        else:
+            config = _help_config(argv)
+            comments = field_comments()
+            lines = [f"config fields (--config.FIELD=VALUE; defaults of "
+                     f"{config.mode}{'-' + config.preset if config.preset else ''}):"]
+            for name, value in _flat_fields(config):
+                lines.append(f"  --config.{name}={value!r}" + (
+                    f"\n      {comments[name]}" if name in comments else ""))
+            parts.append("\n".join(lines))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with any error a one-line usage error (exit 2)."""
+    """absl's flag parsing, with any error a one-line usage error (exit 2); --help and
+    --helpfull print the help and exit 0."""
+    asked = {a.split("=", 1)[0] for a in argv[1:]} & HELP_FLAGS
+    if asked:
+        sys.stdout.write(help_text(argv, full=bool(asked & {"--helpfull", "-helpfull"})))
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
@@ -78,7 +156,8 @@ def run(main) -> None:
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)", USAGE)
         try:
-            main()
+            with logs.console(verbose=_VERBOSE.value):
+                main()
             cluster = sys.modules.get("lapdog_jax.distributed")
             if cluster is not None:  # the peers' watchdogs: this process ends normally
                 cluster.finished()

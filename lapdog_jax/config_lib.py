@@ -251,7 +251,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c = ml_collections.ConfigDict()
     c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo | seq2seq_grpo
     c.preset = preset or ""  # '' = embedded default (synthetic data, tiny models)
-    # Run name: the TensorBoard run (event files under workdir/tb/<name>); '' = mode[-preset].
+    # Run name: the TensorBoard run (event files under workdir/<name>); '' = mode[-preset].
     c.name = ""
     c.seed = 0  # seeds params, data order, sampling
     c.total_steps = 500  # training steps (one batch each)

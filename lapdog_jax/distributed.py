@@ -293,6 +293,12 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def bar_disabled() -> bool | None:
+    """tqdm's `disable` for a progress bar: off on other processes, and (None) wherever
+    stderr is not a terminal, so log files hold no bar redraws or cursor escapes."""
+    return None if is_main_process() else True
+
+
 def host_local_batch_slice(global_batch_size: int, sharding: jax.sharding.Sharding | None = None,
                            *, process_index: int | None = None,
                            process_count: int | None = None) -> slice:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging as py_logging
-
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from lapdog_jax import cli
@@ -15,17 +13,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, logs, eval files and config.json go here "
     "(default: runs/<mode>).")
-
-
-class _QuietLibraries:
-    """Keeps INFO chatter of checkpointing internals and of JAX's backend probing ("Unable to
-    initialize backend 'tpu'") out of the run's log, so the start-up summary comes first."""
-
-    def filter(self, record) -> bool:
-        """Passes warnings and anything not from orbax or jax's backend set-up."""
-        # Python's level numbers: absl.logging.WARNING is absl's verbosity (-1), not 30.
-        return record.levelno >= py_logging.WARNING or not any(
-            name in record.pathname for name in ("orbax", "xla_bridge"))
 
 
 def main():
@@ -39,7 +26,6 @@ def main():
                           ) from None
     from lapdog_jax import train  # after flag parsing: keeps `--help` fast
 
-    logging.get_absl_handler().addFilter(_QuietLibraries())
     workdir = _WORKDIR.value or f"runs/{mode}"
     train.train_and_evaluate(config, workdir)
 

@@ -11,7 +11,7 @@ Matches LAPDOG's `compute_metrics.py` and `src/evaluation.py` (github.com/hqsisw
 - ROUGE-1/2/L: `rouge.Rouge().get_scores(generation, reference)` f-scores (rouge 1.0.1), each 0
   when the generation or the reference is empty or when the package rejects the text (e.g. a
   generation made only of '.', which it splits into no sentence); mean over examples ×100.
-Added here: Distinct-1/2 (distinct word n-grams / word n-grams over all generations, 0..1),
+Added here: Distinct-1/2 (distinct word n-grams / word n-grams over all generations, ×100),
 len_ratio (generated words / reference words, whitespace words) and recall@k (0..100).
 """
 
@@ -107,7 +107,7 @@ def compute_metrics(generations: Sequence[str], answers: Sequence[Sequence[str] 
                     ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """LAPDOG's evaluation of generations against answers[0]; see the module docstring for keys.
 
-    Returns f1, em, bleu, rouge1, rouge2, rougeL (0..100), dist1, dist2 (0..1), len_ratio, n,
+    Returns f1, em, bleu, rouge1, rouge2, rougeL, dist1, dist2 (0..100), len_ratio, n,
     and recall@k (0..100) for each k when both gold_ids and retrieved_ids are given.
     """
     if len(generations) != len(answers):
@@ -129,8 +129,8 @@ def compute_metrics(generations: Sequence[str], answers: Sequence[Sequence[str] 
         "rouge1": float(rouge[0]),
         "rouge2": float(rouge[1]),
         "rougeL": float(rouge[2]),
-        "dist1": distinct_n(preds, 1),
-        "dist2": distinct_n(preds, 2),
+        "dist1": 100.0 * distinct_n(preds, 1),
+        "dist2": 100.0 * distinct_n(preds, 2),
         "len_ratio": sum(len(p.split()) for p in preds) / ref_words if ref_words else 0.0,
         "n": len(preds),
     }

@@ -19,14 +19,16 @@ from lapdog_jax import run_spec
 
 
 def schedule(lr: float, warmup: int, total: int, kind: str) -> optax.Schedule:
-    """Linear warmup from 0 to `lr`, then 'linear' to 0, 'cosine' to 0, or 'constant'."""
+    """Linear warmup from 0 to `lr`, then 'linear' to 0, 'cosine' to 0, or 'constant'; never
+    below 0."""
     decay_steps = max(total - warmup, 1)
     decay = {"linear": optax.linear_schedule(lr, 0.0, decay_steps),
              "cosine": optax.cosine_decay_schedule(lr, decay_steps),
              "constant": optax.constant_schedule(lr)}[kind]
-    if warmup <= 0:  # a one-step warmup would make the first step a no-op (lr 0)
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+    if warmup > 0:  # (a one-step warmup would make the first step a no-op: lr 0)
+        decay = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+    # Compiled, the decay's end rounds to a few 1e-11 below zero: a negative step size.
+    return lambda count: jnp.maximum(decay(count), 0.0)
 
 
 def optimizer_updates(config, part: str = "reader") -> int:

@@ -39,7 +39,7 @@ def embed_passages(model, params, input_ids: np.ndarray, attention_mask: np.ndar
     n = len(input_ids)
     out = []
     for start in tqdm(range(0, n, batch_size), desc="embed passages", unit="batch",
-                      disable=not progress, leave=False):
+                      leave=False, disable=None if progress else True):  # None: terminals only
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
         pad = batch_size - len(ids)
         if pad:  # all-pad rows keep one shape for every batch (Contriever pools them to 0)

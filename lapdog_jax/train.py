@@ -42,6 +42,7 @@ from lapdog_jax import (
     init_from,
     interrupt,
     lock,
+    logs,
     optim,
     paths,
     run_spec,
@@ -139,11 +140,13 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     retriever, pipeline = _setup_retrieval(config, spec, exp, progress, host_state, saved_index)
     setup = Setup(config=config, spec=spec, workdir=workdir, exp=exp, mesh=mesh, models=models,
                   fns=steps.jit_steps(config, models, optimizer, mesh, state_sh),
-                  writer=MetricWriter(logdir, enabled=distributed.is_main_process()),
+                  writer=MetricWriter(logdir, enabled=distributed.is_main_process(),
+                                      hidden=tb.hidden_tags(config)),
                   manager=manager, pipeline=pipeline, retriever=retriever,
                   host_reward=rewards_lib.make_host_reward(config.reward),
                   has_gold=any(d.gold_passage_ids for d in exp.train),
                   unreadable=frozenset(s for s in manager.all_steps() if s > step))
+    setup.writer.layout(tb.first_screen(config, any(d.gold_passage_ids for d in exp.valid)))
     return setup, progress
 
 
@@ -238,16 +241,6 @@ def _train_step(s: Setup, p: Progress) -> StepOut:
     return StepOut(p.step + 1, m, ro, rewards, texts)
 
 
-def _samples_text(tokens_local, rewards_local, texts, tokenizer) -> str:
-    """Markdown of the first prompt's sampled completions and their rewards."""
-    n = rewards_local[0].size  # Gr*G completions of the first prompt
-    decoded = tokenizer.batch_decode(tokens_local[:n], skip_special_tokens=True)
-    lines = [f"**Q:** {texts['questions'][0][-300:]}  ", f"**gold:** {texts['targets'][0]}  "]
-    lines += [f"{i}. ({r:.3f}) {t.strip()}  "
-              for i, (t, r) in enumerate(zip(decoded, rewards_local[0].ravel(), strict=True))]
-    return "\n".join(lines)
-
-
 class _Fetcher:
     """The dispatched step whose metrics are not fetched yet (the host never waits on a step
     it has just dispatched) and the last metrics fetched; `flush` fetches, checks and logs
@@ -298,27 +291,35 @@ def _finish_step(s: Setup, p: Progress, out: StepOut, timer: dict, bar) -> dict:
         if "grpo/clip_frac_low" in m:  # the clip fraction on both sides (docs/design.md)
             m.setdefault("grpo/clip_frac", m["grpo/clip_frac_low"] + m["grpo/clip_frac_high"])
         m.update(s.pipeline.stats.as_dict())
+        m = tb.as_logged(m)
         s.writer.scalars(out.step, m)
         if out.rollout is not None and distributed.is_main_process():
             rows = [distributed.local_rows(x, s.mesh) for x in (out.rollout.tokens, out.rewards)]
-            s.writer.text(out.step, "grpo/samples", _samples_text(
-                *rows, out.texts, s.exp.reader_tokenizer))
+            doc_idx = (distributed.local_rows(out.rollout.doc_idx, s.mesh)
+                       if s.spec.samples_pool else None)
+            s.writer.text(out.step, "grpo/samples", tb.samples_markdown(
+                *rows, out.texts, s.exp.reader_tokenizer, doc_idx, s.retriever,
+                s.spec.n_passages))
         bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in m.items()
                          if k in _BAR_KEYS})
     return m
 
 
-def _log_startup(s: Setup, step: int, startup_s: float, compile_s: float) -> None:
-    """Logs how long the run took to start: `perf/startup_s` from the package import to the
-    first step's dispatch, `perf/compile_s` that step's dispatch (its jitted functions
+def _log_startup(s: Setup, step: int, startup_s: float, compile_s: float) -> dict:
+    """Logs how long the run took to start (the text card `perf/startup`): from the package
+    import to the first step's dispatch, and that step's dispatch (its jitted functions
     compile then; a cached compile makes it short)."""
     # The process's CPU time so far: on a machine shared with other jobs, closer than the
     # wall time to what an idle one would take.
     cpu_s = time.process_time()
     logging.info("start-up %.1f s (import to first step), first step dispatched in %.1f s "
                  "(compile); %.1f s of CPU time until then", startup_s, compile_s, cpu_s)
-    s.writer.scalars(step, {"perf/startup_s": startup_s, "perf/compile_s": compile_s,
-                            "perf/first_step_cpu_s": cpu_s})
+    # One value each: a text card, not a one-point scalar card; returned with the metrics.
+    s.writer.text(step, "perf/startup", f"start-up {startup_s:.1f} s (import to the first "
+                  f"step's dispatch), first step dispatched in {compile_s:.1f} s (compile), "
+                  f"{cpu_s:.1f} s of CPU time until then")
+    return {"perf/startup_s": startup_s, "perf/compile_s": compile_s,
+            "perf/first_step_cpu_s": cpu_s}
 
 
 def _after_step(s: Setup, p: Progress) -> None:
@@ -404,7 +405,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     stop = interrupt.StopRequest(f"{workdir}/checkpoints")
     stop.install()
     try:
-        with lock.workdir_lock(workdir, enabled=distributed.is_main_process()):
+        with lock.workdir_lock(workdir, enabled=distributed.is_main_process()), \
+                logs.to_file(os.path.join(workdir, logs.LOG_FILE),
+                             enabled=distributed.is_main_process()):
             try:
                 config = init_from.resolve(config, workdir)
                 workdir_lib.check_workdir(config, workdir)
@@ -425,15 +428,16 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
     startup_s = time.perf_counter() - lapdog_jax.IMPORT_TIME
     stop.in_loop = True  # from here a signal saves and stops at the next step boundary
     bar = tqdm(total=config.total_steps, initial=p.step, desc=config.mode, unit="step",
-               disable=not distributed.is_main_process())
+               disable=distributed.bar_disabled())
     fetch = _Fetcher(s, p, bar)
+    started = {}  # the start-up times, returned with the last metrics
     try:
         stopping = False
         while p.step < config.total_steps and not stopping:
             first = time.perf_counter()
             out = _train_step(s, p)
             if startup_s is not None:  # the first step's functions compile as it dispatches
-                _log_startup(s, p.step, startup_s, time.perf_counter() - first)
+                started = _log_startup(s, p.step, startup_s, time.perf_counter() - first)
                 startup_s = None
             fetch.push(out)  # the previous step's numbers, fetched once this one runs
             p.step = out.step
@@ -455,7 +459,7 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
             if saves or stopping:
                 _save(s, p, last=stopping or step == config.total_steps)
         fetch.flush()
-        last = fetch.last
+        last = {**fetch.last, **started}
         if p.step >= config.total_steps:
             final = _evaluate(s, p)
             last.update(final)

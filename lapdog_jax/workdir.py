@@ -84,6 +84,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raw["data"].setdefault("prompt_field", "prompt")
         raw["data"].setdefault("answer_field", "answer")
         raw["init"].setdefault("from_workdir", "")  # (written before init.from_workdir)
+        raw["data"]["synthetic"].setdefault("split", "shared")  # (written before the split)
+        raw["data"]["synthetic"].setdefault("num_heldout", 8)
         # (workdirs written before LoRA existed: adapters off)
         adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
         adapters["targets"] = tuple(adapters["targets"])
@@ -142,11 +144,12 @@ def checkpointed(state, config):
     return state.replace(params={k: v for k, v in state.params.items() if k != "reader"})
 
 
-def restore(manager, exp: experiment.Experiment, state, state_sh):
-    """(state, host_state, saved index params or None) of the latest checkpoint, or the step-0
-    ones when there is none yet (host_state: the checkpoint's JSON item)."""
+def restore(manager, exp: experiment.Experiment, state, state_sh, step: int | None = None):
+    """(state, host_state, saved index params or None) of the latest checkpoint (or the one at
+    `step`), or the step-0 ones when there is none yet (host_state: the checkpoint's JSON
+    item)."""
     restored = checkpoint.restore_latest(manager, checkpointed(state, exp.config),
-                                         state.params["retriever"])
+                                         state.params["retriever"], step=step)
     if restored is None:
         return state, {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
                        "index_step": 0}, None
@@ -156,20 +159,24 @@ def restore(manager, exp: experiment.Experiment, state, state_sh):
     return jax.device_put(saved, state_sh), host_state, saved_index
 
 
-def restore_workdir(workdir: str, purpose: str):
-    """Rebuilds a training workdir and restores its latest checkpoint for `purpose`
-    ('evaluate', 'export'); returns (exp, mesh, state, host_state, saved_index params or None)."""
+def restore_workdir(workdir: str, purpose: str, step: int | None = None):
+    """Rebuilds a training workdir and restores its latest checkpoint (or the one at `step`)
+    for `purpose` ('evaluate', 'export', 'chat', 'predict'); returns (exp, mesh, state,
+    host_state, saved_index params or None)."""
     config = load_config(workdir)
     manager = checkpoint.make_manager(workdir, config.keep, create=False)
     try:
         if manager.latest_step() is None:
             raise ConfigError(f"--workdir={workdir}: no checkpoint to {purpose}")
+        if step is not None and step not in manager.all_steps():
+            raise ConfigError(f"--step={step}: {workdir} has no checkpoint at that step "
+                              f"(saved steps: {', '.join(map(str, manager.all_steps()))})")
         validation.validate(config)
         paths.check_paths(config)
         exp = experiment.build(config, workdir)
         mesh = experiment.make_mesh(config)
-        state, host_state, saved_index = restore(manager, exp,
-                                                 *experiment.initial_state(exp, mesh))
+        state, host_state, saved_index = restore(
+            manager, exp, *experiment.initial_state(exp, mesh), step=step)
     finally:
         manager.close()
     return exp, mesh, state, host_state, saved_index

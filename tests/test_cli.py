@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lapdog_jax import experiment
+from lapdog_jax import compute_metrics, evaluate, experiment
 from lapdog_jax import workdir as workdir_lib
 from tests.test_train import (
     JOINT,
@@ -22,6 +22,7 @@ from tests.test_train import (
     check_run,
     compile_cache_dir,
     enable_compile_cache,
+    read_events,
     restore,
     restore_compile_cache,
     saved_steps,
@@ -48,10 +49,11 @@ def cli_env(tmp_path_factory):
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
 
-def start(env, module: str, *args: str) -> subprocess.Popen:
+def start(env, module: str, *args: str, stdin=None) -> subprocess.Popen:
     """Starts `python -m module args` from the repository root."""
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
@@ -90,8 +92,22 @@ def commands(trained, cli_env, tmp_path_factory):
     names = (f"metrics-step-{config.total_steps}.json", f"valid-step-{config.total_steps}.jsonl")
     before = {name: (workdir / "eval" / name).read_text() for name in names}
     shutil.copy(workdir / "eval" / names[1], out / "predictions.jsonl")
+    # The chat's first turn is the first one-turn valid dialogue, typed: its answer and
+    # stories must be what predict gives that dialogue.
+    row = next(json.loads(line) for line in open(workdir / "data" / "valid.jsonl")
+               if json.loads(line)["question"].count(" Q: ") + json.loads(line)[
+                   "question"].count(" R: ") == 1)
+    persona, _, message = row["question"].removeprefix("persona: ").partition(" context:  Q: ")
+    (out / "chat.txt").write_text(f"{persona}\n\n{message}\nwhere do you live ?\n")
     procs = {
         "evaluate": start(cli_env, "lapdog_jax.evaluate", f"--workdir={workdir}"),
+        "evaluate_step": start(cli_env, "lapdog_jax.evaluate", f"--workdir={workdir}",
+                               "--step=4", "--eval_size=3"),
+        "predict": start(cli_env, "lapdog_jax.predict", f"--workdir={workdir}",
+                         f"--data={workdir}/data/valid.jsonl", f"--out={out}/pred.jsonl",
+                         "--step=4"),
+        "chat": start(cli_env, "lapdog_jax.chat", f"--workdir={workdir}", "--k=2",
+                      "--step=4", stdin=open(out / "chat.txt")),
         "export": start(cli_env, "lapdog_jax.export", f"--workdir={workdir}",
                         f"--out={out}/hf"),
         "compute_metrics": start(cli_env, "lapdog_jax.compute_metrics",
@@ -115,6 +131,39 @@ def test_main_trains_from_the_command_line(trained):
     assert "atomicity.py" not in done.stderr  # an orbax module that logs every save at INFO
 
 
+def test_logs_are_quiet_plain_and_kept_in_the_workdir(trained, commands):
+    """No orbax, JAX-backend or sacrebleu chatter in any command's log by default; no bar
+    redraws or escape codes when stderr is a file; the run's log is also in WORKDIR/log.txt;
+    the logged learning rates never go below 0."""
+    workdir, _, done = trained
+    outputs = [done.stderr] + [p.stderr for p in commands[0].values()]
+    for text in outputs:
+        assert "\x1b" not in text and "\r" not in text
+        assert not [line for line in text.splitlines()
+                    if "orbax" in line or "xla_bridge" in line or "libtpu" in line]
+        assert "detokenize" not in text  # sacrebleu's warning on tokenized text
+        assert "read only" not in text and "read_only" not in text  # orbax, to readers
+    log = (workdir / "log.txt").read_text()
+    assert "] lapdog_jax run:" in log and "saved checkpoint at step 6" in log
+    assert "\x1b" not in log
+    scalars, _ = read_events(str(workdir))
+    assert min(v for tag in ("opt/lr", "opt/lr_retriever")
+               for v in scalars[tag].values()) >= 0.0
+
+
+def test_help_exits_0_and_lists_the_config_fields(cli_env):
+    """`--help` shows the command's flags and points to --helpfull, which lists every config
+    field with its default and comment; both exit 0."""
+    short = start(cli_env, "lapdog_jax.main", "--help")
+    full = start(cli_env, "lapdog_jax.main", "--config=configs/grpo.py", "--helpfull")
+    short, full = finish(short), finish(full)
+    assert short.returncode == 0 and full.returncode == 0, short.stderr + full.stderr
+    assert "--workdir" in short.stdout and "--helpfull" in short.stdout
+    assert "--config.grpo.kl_coeff=" in full.stdout and "--config.optim.lr=" in full.stdout
+    assert "reader learning rate" in full.stdout  # the field's comment in config_lib
+    assert "defaults of grpo" in full.stdout
+
+
 def test_the_first_thing_logged_is_the_startup_summary(trained):
     """No library chatter before it (faiss' loader, transformers' PyTorch notice); it names
     the devices, mesh, models with parameter counts, data sizes, logdir and TensorBoard."""
@@ -125,7 +174,7 @@ def test_the_first_thing_logged_is_the_startup_summary(trained):
     for key in ("devices:", "mesh:", "reader:", "retriever:", "data:", "workdir:", "logs:"):
         assert f"  {key}" in block, key
     assert " params from " in block and "48 train / 8 eval dialogues, 16 passages" in block
-    assert f"logs:        {workdir}/tb/joint_grpo" in block
+    assert f"logs:        {workdir}/joint_grpo" in block
     assert f"tensorboard --logdir={workdir}" in block
     assert "faiss" not in done.stderr.split("lapdog_jax run:")[0]
     assert "PyTorch was not found" not in done.stderr
@@ -143,6 +192,89 @@ def test_evaluate_cli_reproduces_the_training_eval(trained, commands):
     printed = dict(line.split() for line in done["evaluate"].stdout.splitlines()
                    if line.startswith("eval/"))
     assert float(printed["eval/f1"]) == pytest.approx(m["f1"], abs=1e-4)
+
+
+def _rows(path) -> list[dict]:
+    """The objects of a jsonl file."""
+    return [json.loads(line) for line in open(path)]
+
+
+def test_evaluate_takes_step_data_size_and_names_its_files(trained, commands):
+    """`evaluate --step=4 --eval_size=3` scores step 4's checkpoint on the first 3 valid
+    dialogues into files named by data, size and step, beside (not over) the run's own; its
+    answers are predict's at that step."""
+    workdir, config, _ = trained
+    done, before, out = commands
+    assert done["evaluate_step"].returncode == 0, done["evaluate_step"].stderr[-4000:]
+    rows = _rows(workdir / "eval" / "valid-first3-step-4.jsonl")
+    m = json.loads((workdir / "eval" / "metrics-valid-first3-step-4.json").read_text())
+    assert len(rows) == 3 and m["n"] == 3
+    predicted = _rows(out / "pred.jsonl")
+    assert [r["generation"] for r in rows] == [r["generation"] for r in predicted[:3]]
+    for name, text in before.items():  # the run's step-6 files are untouched
+        assert (workdir / "eval" / name).read_text() == text
+
+
+def test_evaluate_refuses_a_step_it_does_not_have(trained):
+    """--step names a saved checkpoint; another is a usage error listing those saved."""
+    workdir, _, _ = trained
+    with pytest.raises(workdir_lib.ConfigError,
+                       match=r"--step=5: .* \(saved steps: 2, 4, 6\)"):
+        evaluate.evaluate_workdir(str(workdir), step=5)
+
+
+def test_eval_results_are_never_overwritten(tmp_path):
+    """The same result again keeps its files; a different one goes to the next numbered
+    names, together, and the earlier files stay as they were."""
+    paths = [str(tmp_path / "valid-step-4.jsonl"), str(tmp_path / "metrics-step-4.json")]
+    assert evaluate.write_new(paths, ["a\n", "{}"]) == paths
+    assert evaluate.write_new(paths, ["a\n", "{}"]) == paths
+    second = evaluate.write_new(paths, ["b\n", "{}"])
+    assert second == [str(tmp_path / "valid-step-4.2.jsonl"),
+                      str(tmp_path / "metrics-step-4.2.json")]
+    assert open(paths[0]).read() == "a\n" and open(second[0]).read() == "b\n"
+    assert evaluate.write_new(paths, ["c\n", "{}"])[0].endswith("valid-step-4.3.jsonl")
+
+
+def test_predict_writes_stories_and_answers_compute_metrics_reads(trained, commands):
+    """One line per dialogue of --data with the answer, the stories read (title, score) and
+    the ranked retrieval; compute_metrics scores it, recall@k included."""
+    workdir, _, _ = trained
+    done, _, out = commands
+    assert done["predict"].returncode == 0, done["predict"].stderr[-4000:]
+    assert "step 4:" in done["predict"].stdout
+    rows = _rows(out / "pred.jsonl")
+    stories = {r["id"]: r["title"] for r in _rows(workdir / "data" / "stories.jsonl")}
+    assert len(rows) == len(_rows(workdir / "data" / "valid.jsonl"))
+    for r in rows:
+        assert r["retrieved_scores"] == sorted(r["retrieved_scores"], reverse=True)
+        assert len(r["retrieved_ids"]) == len(r["retrieved_scores"]) == 5  # recall@5
+        (p,) = r["passages"]  # n_context = 1
+        assert p["id"] == r["retrieved_ids"][0] and p["title"] == stories[p["id"]]
+    m = compute_metrics.score_file(str(out / "pred.jsonl"))
+    assert {"f1", "recall@1", "recall@5"} <= set(m) and m["n"] == len(rows)
+
+
+def test_chat_shows_the_stories_and_answers_as_predict(trained, commands):
+    """Driven through stdin (persona, empty line, two messages): each turn prints the top-k
+    stories and the reply; typed as a valid dialogue, the first turn retrieves and answers
+    exactly as predict did for it."""
+    workdir, _, _ = trained
+    done, _, out = commands
+    assert done["chat"].returncode == 0, done["chat"].stderr[-4000:]
+    lines = done["chat"].stdout.splitlines()
+    assert len(lines) == 6, lines  # (2 stories + reply) x 2 turns
+    persona, _, rest = (out / "chat.txt").read_text().partition("\n\n")
+    question = f"persona: {persona} context:  Q: {rest.splitlines()[0]}"
+    (want,) = [r for r in _rows(out / "pred.jsonl") if r["query"] == question]
+    for rank, line in enumerate(lines[:2]):
+        story_id = line.rsplit("[", 1)[1].rstrip("]")
+        score = float(line.rsplit("(", 1)[1].split(")")[0])
+        assert line.startswith(f"  story {rank + 1}: ")
+        assert story_id == want["retrieved_ids"][rank]
+        assert score == pytest.approx(want["retrieved_scores"][rank], abs=1e-3)
+    assert lines[2] == f"R: {want['generation']}"
+    assert lines[3].startswith("  story 1: ") and lines[5].startswith("R: ")
 
 
 def test_compute_metrics_cli_on_the_eval_file(commands):
@@ -200,6 +332,48 @@ def test_export_cli_loads_in_transformers(trained, commands):
     emb = jax.jit(lambda p, *a: exp.retriever.apply({"params": p}, *a))(
         state.params["retriever"], jnp.asarray(ids), jnp.asarray(mask))
     np.testing.assert_allclose(np.asarray(emb), pooled, atol=2e-4, rtol=2e-4)
+
+
+def export_script() -> str:
+    """The transformers + faiss script of docs/export.md."""
+    page = open(os.path.join(REPO, "docs", "export.md")).read()
+    return page.split("<!-- script: export_demo.py -->")[1].split("```python\n")[1].split(
+        "```")[0]
+
+
+def test_export_is_a_usable_artefact(trained, commands, cli_env):
+    """The export's model card gives the exact prompt template with an example, pooling,
+    normalisation and temperature; it holds the stories and the embeddings the run searched,
+    every file 0644; the docs page's plain transformers + faiss script, run on it, retrieves
+    and answers as the run's evaluation did."""
+    workdir, config, _ = trained
+    done, before, out = commands
+    hf_dir = out / "hf"
+    card = (hf_dir / "README.md").read_text()
+    for text in ("dialog with R's persona: {question} R: <extra_id_0>",
+                 "{query} story title: {title} story: {text}", "mean pooling",
+                 "L2-normalised", "temperature 1.0", "stories.jsonl", "story_embeddings.npy",
+                 "Reference answer: `"):
+        assert text in card, text
+    modes = {p.relative_to(hf_dir): p.stat().st_mode & 0o777 for p in hf_dir.rglob("*")
+             if p.is_file()}
+    assert {"reader/model.safetensors", "retriever/model.safetensors", "stories.jsonl",
+            "story_embeddings.npy", "lapdog.json", "README.md"} <= set(map(str, modes))
+    assert set(modes.values()) == {0o644}, modes
+    script = out / "export_demo.py"
+    script.write_text(export_script())
+    ran = subprocess.run([sys.executable, str(script), str(hf_dir),
+                          str(workdir / "data" / "valid.jsonl")], capture_output=True,
+                         text=True, env=cli_env, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    got = [json.loads(line) for line in ran.stdout.splitlines()]
+    want = [json.loads(line) for line in
+            before[f"valid-step-{config.total_steps}.jsonl"].splitlines()]
+    assert len(got) == len(want) == config.eval_size
+    for g, w in zip(got, want, strict=True):
+        assert g["generation"] == w["generation"]
+        assert g["retrieved_ids"] == w["retrieved_ids"]  # the top 5
+        np.testing.assert_allclose(g["scores"], w["retrieved_scores"], atol=1e-5)
 
 
 @pytest.mark.parametrize("flag, message", [

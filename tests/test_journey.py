@@ -114,9 +114,9 @@ def test_stage1_to_joint_grpo_to_evaluate_to_export_to_transformers(lapdog_files
     assert re.search(r"best eval: +step 2 by f1: f1 ", caplog.text)  # end-of-run summary
     assert "next stage" not in caplog.text  # (stage 1 only)
     # RL ran, and with no gold ids no recall metric is made up (a 0 would look like a result).
-    scalars, _ = read_events(f"{joint}/tb")
-    assert {"grpo/reward_mean", "grpo/kl", "retriever/loss", "perf/first_step_cpu_s"} \
-        <= set(scalars)
+    scalars, _ = read_events(joint)
+    assert {"grpo/reward_mean", "grpo/kl", "retriever/loss"} <= set(scalars)
+    assert last["perf/first_step_cpu_s"] > 0  # (returned; a text card in TensorBoard)
     assert scalars["grpo/kl"][1] == pytest.approx(0.0, abs=1e-6)  # reference = stage-1 reader
     assert not [t for t in scalars if "recall" in t]
     assert not [k for k in last if "recall" in k]

@@ -141,9 +141,12 @@ def test_resume_refuses_another_rank_and_reads_old_configs(tmp_path):
                              str(tmp_path))
     raw = json.loads((tmp_path / "config.json").read_text())
     del raw["lora"]
+    # (and from before the held-out split: evaluate, chat and export still read it)
+    del raw["data"]["synthetic"]["split"], raw["data"]["synthetic"]["num_heldout"]
     (tmp_path / "config.json").write_text(json.dumps(raw))
     old = workdir_lib.load_config(str(tmp_path))
     assert old.lora.rank == 0 and old.lora.targets == ("q", "k", "v", "o")
+    assert old.data.synthetic.split == "shared"
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +325,8 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr[-3000:]
     paths = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
-    assert set(paths) == {"checkpoint", "reader", "reader_adapter", "reader_base", "retriever"}
+    assert set(paths) == {"checkpoint", "reader", "reader_adapter", "reader_base", "retriever",
+                          "stories", "embeddings", "settings", "card"}
     assert paths["checkpoint"] == os.path.join(workdir, "checkpoints", "6")  # the step used
     merged = transformers.T5ForConditionalGeneration.from_pretrained(paths["reader"]).eval()
     import peft

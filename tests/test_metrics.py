@@ -118,8 +118,8 @@ def test_identical_texts_score_full(scores):
 def test_distinct_and_length_ratio_hand_computed():
     """'a b a' + 'a c': unigrams {a,b,c} of 5, bigrams {ab, ba, ac} of 3; 5 words vs 4."""
     got = metrics.compute_metrics(["a b a", "a c"], [["x y"], ["x y"]])
-    assert got["dist1"] == pytest.approx(3 / 5)
-    assert got["dist2"] == pytest.approx(3 / 3)
+    assert got["dist1"] == pytest.approx(100 * 3 / 5)  # percentages, as every other rate
+    assert got["dist2"] == pytest.approx(100 * 3 / 3)
     assert got["len_ratio"] == pytest.approx(5 / 4)
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lapdog_jax import config_lib, train
+from lapdog_jax import config_lib, export, train
 from lapdog_jax.data import DataError, arithmetic, read_seq2seq
 
 HOST_CALLS = []
@@ -77,3 +77,8 @@ def test_grpo_raises_accuracy_after_the_warmup(tmp_path):
             em[step] = json.load(f)["em"]
     assert HOST_CALLS == [16 * 8] * 50  # B x G completions, once per GRPO step
     assert em[150] > em[100] + 5, em
+    # Its export: a reader and the card, no retriever or stories for a model without one.
+    paths = export.export(str(tmp_path), str(tmp_path / "hf"))
+    assert set(paths) == {"checkpoint", "reader", "settings", "card"}
+    assert sorted(os.listdir(tmp_path / "hf")) == ["README.md", "lapdog.json", "reader"]
+    assert "prompt: `{question}`" in (tmp_path / "hf" / "README.md").read_text()
