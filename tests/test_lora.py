@@ -14,7 +14,17 @@ import pytest
 import transformers
 from safetensors.numpy import load_file
 
-from lapdog_jax import config_lib, experiment, lora, optim, sharding, steps, train, validation
+from lapdog_jax import (
+    checkpoint,
+    config_lib,
+    experiment,
+    lora,
+    optim,
+    sharding,
+    steps,
+    train,
+    validation,
+)
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
 from lapdog_jax.models.t5 import T5
@@ -297,12 +307,12 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
     assert np.isfinite(last["train/loss"]) and last["opt/nonfinite"] == 0
 
     exp = experiment.build(config, workdir)
-    manager = experiment.checkpoint.make_manager(workdir, 10, create=False)
+    manager = checkpoint.make_manager(workdir, 10, create=False)
     assert "reader" not in manager.item_metadata(4)["state"]["params"]
     full = steps.initial_state(exp, optim.make_optimizer(config), config.seed)
     at = {}
     for step in (2, 4):
-        saved, _, _ = experiment.checkpoint.restore_latest(
+        saved, _, _ = checkpoint.restore_latest(
             manager, workdir_lib.checkpointed(full, config), step=step)
         at[step] = saved
     manager.close()
