@@ -165,12 +165,14 @@ def test_help_exits_0_and_lists_the_config_fields(cli_env):
 
 
 def test_the_first_thing_logged_is_the_startup_summary(trained):
-    """No library chatter before it (faiss' loader, transformers' PyTorch notice); it names
-    the devices, mesh, models with parameter counts, data sizes, logdir and TensorBoard."""
+    """No library chatter before it (faiss' loader, transformers' PyTorch notice): only our
+    own lines on reading the data (with their rates) come first; it names the devices, mesh,
+    models with parameter counts, data sizes, logdir and TensorBoard."""
     workdir, _, done = trained
     lines = done.stderr.splitlines()
-    assert lines[0].endswith("] lapdog_jax run:"), lines[:3]
-    block = "\n".join(lines[:16])
+    first = next(i for i, line in enumerate(lines) if line.endswith("] lapdog_jax run:"))
+    assert all(" experiment.py:" in line for line in lines[:first]), lines[:first + 1]
+    block = "\n".join(lines[first:first + 16])
     for key in ("devices:", "mesh:", "reader:", "retriever:", "data:", "workdir:", "logs:"):
         assert f"  {key}" in block, key
     assert " params from " in block and "48 train / 8 eval dialogues, 16 passages" in block
