@@ -399,6 +399,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # (bad data, a setting the data contradicts): no empty or half-made workdir is left.
     init_from.check(config, workdir)
     fresh = not os.path.exists(workdir) and distributed.is_main_process()
+    log_path = os.path.join(workdir, logs.LOG_FILE)
+    new_log = not os.path.exists(log_path) and distributed.is_main_process()
     refused = False
     # SIGINT (Ctrl-C) and SIGTERM: before the loop they stop the run at once; in it, the
     # first saves and stops (interrupt.Interrupted, exit 128 + signal), a second exits at once.
@@ -406,20 +408,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     stop.install()
     try:
         with lock.workdir_lock(workdir, enabled=distributed.is_main_process()), \
-                logs.to_file(os.path.join(workdir, logs.LOG_FILE),
-                             enabled=distributed.is_main_process()):
+                logs.to_file(log_path, enabled=distributed.is_main_process()):
             try:
                 config = init_from.resolve(config, workdir)
                 workdir_lib.check_workdir(config, workdir)
                 s, p = _setup(config, workdir)
             except Exception:
-                refused = fresh
+                refused = True
                 raise
             return _train(s, p, stop)
     finally:
         stop.uninstall()
-        if refused:
+        if refused and fresh:  # a refused run leaves no workdir behind ...
             shutil.rmtree(workdir, ignore_errors=True)
+        elif refused and new_log and os.path.exists(log_path):  # ... nor a log in one it found
+            os.remove(log_path)
 
 
 def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
