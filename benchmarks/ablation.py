@@ -4,7 +4,8 @@ r"""Ablation on the embedded synthetic task: every method at the same seeds and 
         [--split=heldout] [--set total_steps=400 --set sft_warmup_steps=250] \
         [--methods=grpo,joint_grpo] [--force]
 
-Each run (in the order below) is `python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/seed-S/NAME` with
+Each run (in the order below) is
+`python -m lapdog_jax.main --config=configs/X.py --workdir=OUT/seed-S/NAME` with
 `--config.seed=S --config.data.synthetic.seed=S --config.data.synthetic.split=SPLIT`, the
 method's own overrides and every `--set k=v` as `--config.k=v`. Methods:
   stage1_only       configs/joint_grpo.py with sft_warmup_steps=-1 (the whole budget):
