@@ -25,6 +25,7 @@ process 0 dies, the coordination service dies with it and JAX itself ends the ot
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import socket
@@ -242,6 +243,9 @@ def _start_watchdog(timeout_s: float) -> None:
         logging.warning("this jax has no key-value client: a lost peer process is not watched")
         return
     _watchdog = _Watchdog(client, timeout_s)
+    # At exit the beats stop before JAX's own clean-up (atexit runs handlers last-in first-out)
+    # tears the coordination service down: a store that is gone then is not a lost peer.
+    atexit.register(finished)
     threading.Thread(target=_watchdog.run, name="lapdog-peers", daemon=True).start()
 
 

@@ -223,3 +223,61 @@ def test_slurm_one_task_per_node_uses_every_gpu(no_cluster):
     assert distributed.slurm_local_device_ids() == list(range(8))
     no_cluster.setenv("SLURM_STEP_TASKS_PER_NODE", "4(x2)")
     assert distributed.slurm_local_device_ids() is None
+
+
+class _FakeStore:
+    """The cluster client's key-value calls; raises like a coordinator that is gone once
+    `gone` is set."""
+
+    def __init__(self):
+        self.values, self.gone = {}, False
+
+    def key_value_set(self, key, value, allow_overwrite=False):
+        if self.gone:
+            raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
+        self.values[key] = value
+
+    def key_value_dir_get(self, prefix):
+        if self.gone:
+            raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
+        return list(self.values.items())
+
+
+def test_watchdog_stops_beating_at_exit_before_the_service_goes(monkeypatch):
+    """The watchdog registers `finished` with atexit, so a process that ends normally stops
+    beating before JAX's clean-up stops the coordinator: an unreachable store is then no lost
+    peer (it used to end process 1 with 'lost process 0' after a clean run)."""
+    from jax._src import distributed as jax_distributed
+
+    store, registered, exits = _FakeStore(), [], []
+    monkeypatch.setattr(jax_distributed.global_state, "client", store, raising=False)
+    monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    monkeypatch.setattr(distributed.threading, "Thread",
+                        lambda **kw: type("T", (), {"start": lambda self: None})())
+    monkeypatch.setattr(distributed, "exit_now", lambda message, *a, **k: exits.append(message))
+    monkeypatch.setattr(distributed, "_watchdog", None)
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: None)
+    distributed._start_watchdog(30.0)
+    watchdog = distributed._watchdog
+    assert registered == [distributed.finished]
+    # While running, an unreachable store ends the process with the one line naming process 0.
+    store.gone = True
+    monkeypatch.setattr(distributed, "exit_now",
+                        lambda message, *a, **k: (exits.append(message), _stop()))
+
+    class _Stop(Exception):
+        pass
+
+    def _stop():
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        watchdog.run()
+    assert len(exits) == 1 and exits[0].startswith("lost process 0 of")
+    # After the atexit handler, the same failure ends the thread quietly.
+    store.gone = False
+    registered[0]()
+    assert store.values[f"{distributed._KEY}/{watchdog.me}"] == "done"
+    store.gone = True
+    watchdog.run()  # returns
+    assert len(exits) == 1
