@@ -108,6 +108,11 @@ def _fact(d, by_id, stories):
             and g not in _ngrams(d.question, n)]
 
 
+def _heldout_chars():
+    """The characters of the `heldout` fixture (their topics are those of the shared split)."""
+    return synthetic._characters(np.random.default_rng(0), HELDOUT["num_stories"])
+
+
 def test_heldout_characters_never_appear_in_training(heldout):
     d = heldout
     assert (len(d.train), len(d.valid), len(d.test), len(d.stories)) == (300, 40, 40, 30)
@@ -135,6 +140,15 @@ def test_heldout_facts_are_in_no_training_answer(heldout):
         fact = _fact(x, by_id, d.stories)
         assert fact, x  # the answer still needs its gold story
         assert not any(g in a for g in fact for a in train_answers), (x, fact)
+    # ... yet each word of a held-out fact is in a training answer of the same topic, so a
+    # reader can write it (by copying it from the retrieved story).
+    topic_of = {p.id: c.topic.name for p, c in zip(d.stories, _heldout_chars(), strict=True)}
+    words = {}
+    for x in d.train:
+        words.setdefault(topic_of[x.gold_passage_ids[0]], set()).update(x.answers[0].split())
+    for x in d.valid + d.test:
+        (fact,) = _fact(x, by_id, d.stories)
+        assert len(fact) == 2 and set(fact) <= words[topic_of[x.gold_passage_ids[0]]], fact
     # whereas the shared split's valid facts are all training answers' (memorisable)
     train, valid, stories = synthetic.make_dataset(seed=0, **{**HELDOUT, "split": "shared"})
     by_id = {p.id: p for p in stories}
@@ -177,6 +191,9 @@ def test_heldout_files_and_too_few_stories(tmp_path, heldout):
     assert baselines.split_name(str(tmp_path)) == "shared"
     with pytest.raises(ValueError, match="num_stories >= 2 \\* num_heldout \\+ 1"):
         synthetic.make_splits(seed=0, **{**HELDOUT, "num_stories": 10})
+    # 15 stories, 10 held out: one training character per topic has no pair to lend.
+    with pytest.raises(ValueError, match="at least 2 training characters of each topic"):
+        synthetic.make_splits(seed=0, **{**HELDOUT, "num_stories": 15})
 
 
 def test_config_picks_the_split_and_checks_its_size():

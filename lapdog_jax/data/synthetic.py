@@ -14,7 +14,9 @@ Two splits of the characters (`split`):
            a valid dialogue from the facts it memorised in training, without reading);
   heldout  `num_heldout` characters are valid-only and as many test-only: their stories are in
            the corpus, but no training dialogue is theirs, so their facts are in no training
-           answer and only a reader that reads the retrieved story can answer them.
+           answer and only a reader that reads the retrieved story can answer them. Facts are
+           two words here ("captain luna", "spicy curry"); each word of a held-out fact is in
+           some training answer, the pair in none, so the reader can copy it from the story.
 
     python -m lapdog_jax.data.synthetic --out=DIR [--split=heldout --seed=0 --num_train=2000 ...]
 
@@ -93,6 +95,18 @@ FILLERS = ["i like the color {c} .", "i have two brothers .", "i drink coffee ev
            "i do not like sports .", "i listen to jazz .", "i am an only child .",
            "i go to bed early .", "i love old movies .", "i am allergic to peanuts .",
            "my mom is a teacher .", "i hate mondays .", "i like to sleep in ."]
+# The held-out split's facts are two words, (modifier, base), per topic: a held-out character's
+# pair is in no training answer, but each of its words is in some training answer of its topic
+# (so a reader can write it by copying from the story, and cannot by recalling a memorised one).
+FACT_WORDS = {
+    "pet": (("captain", "little", "lady", "sir", "miss", "big", "old", "baby"), tuple(NAMES)),
+    "trip": (("north", "south", "east", "west", "old", "new", "upper", "lower"), tuple(PLACES)),
+    "music": (("electric", "bass", "tenor", "alto", "wooden", "silver", "tiny", "old"),
+              tuple(INSTRUMENTS)),
+    "car": (tuple(COLORS), tuple(CARS)),
+    "food": (("spicy", "sweet", "smoked", "creamy", "baked", "fried", "vegan", "cheesy"),
+             tuple(DISHES)),
+}
 OPENERS = [("hi , how are you today ?", "good , thanks ."),
            ("hello ! what are you up to ?", "just relaxing ."),
            ("hey there , nice to meet you .", "nice to meet you too !"),
@@ -258,6 +272,40 @@ def _heldout_characters(rng: np.random.Generator, chars: list[Character],
     return [i for i in range(len(chars)) if i not in held], sorted(valid), sorted(test)
 
 
+def _compose_facts(rng: np.random.Generator, chars: list[Character],
+                   train: list[int]) -> list[Character]:
+    """`chars` with two-word facts (FACT_WORDS): distinct pairs within each topic; a held-out
+    character's (not in `train`) pair is made of a modifier and a base that training characters
+    of its topic have, in a combination no training character has."""
+    out = list(chars)
+    in_train = set(train)
+    for topic in TOPICS:
+        members = [i for i, c in enumerate(chars) if c.topic.name == topic.name]
+        trained = [i for i in members if i in in_train]
+        held = [i for i in members if i not in in_train]
+        mods, bases = (list(rng.permutation(w)) for w in FACT_WORDS[topic.name])
+        # More characters than pairs: the pairs again with a number ("red van 2"), like the
+        # shared split's facts.
+        rounds = range(1, len(members) // (len(mods) * len(bases)) + 2)
+        pairs = [(m, b) + ((str(r),) if r > 1 else ()) for r in rounds for m in mods for b in bases]
+        used = set()
+        for j, i in enumerate(trained):  # the diagonal first: as many distinct words as can be
+            pair = (mods[j % len(mods)], bases[j % len(bases)])
+            if pair in used:
+                pair = next(p for p in pairs if p not in used)
+            used.add(pair)
+            out[i] = dataclasses.replace(chars[i], fact=" ".join(pair))
+        words = {w for p in used for w in p}
+        free = [p for p in pairs if p not in used and set(p) <= words]
+        if held and len(free) < len(held):
+            raise ValueError(f"the held-out split needs at least 2 training characters of each "
+                             f"topic; topic {topic.name!r} has {len(trained)} (raise num_stories "
+                             "or lower num_heldout)")
+        for k, i in zip(rng.permutation(len(free))[:len(held)], held, strict=False):
+            out[i] = dataclasses.replace(chars[i], fact=" ".join(free[k]))
+    return out
+
+
 def make_splits(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
                 num_stories: int = 200, split: str = "shared",
                 num_heldout: int = 8) -> Dataset:
@@ -277,15 +325,18 @@ def make_splits(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
                          f"num_stories={num_stories}")
     rng = np.random.default_rng(seed)
     chars = _characters(rng, num_stories)
-    stories = [_story(rng, c, i) for i, c in enumerate(chars)]
-    ids = tuple(p.id for p in stories)
     if split == "shared":
+        stories = [_story(rng, c, i) for i, c in enumerate(chars)]
+        ids = tuple(p.id for p in stories)
         gold = rng.integers(num_stories, size=num_train + num_valid)
         dialogues = [_dialogue(rng, chars[g], stories[g].id) for g in gold]
         return Dataset(dialogues[:num_train], dialogues[num_train:], [], stories, split,
                        {"train": ids, "valid": ids, "test": ()})
     parts = dict(zip(("train", "valid", "test"), _heldout_characters(rng, chars, num_heldout),
                      strict=True))
+    chars = _compose_facts(rng, chars, parts["train"])
+    stories = [_story(rng, c, i) for i, c in enumerate(chars)]
+    ids = tuple(p.id for p in stories)
     sizes = {"train": num_train, "valid": num_valid, "test": num_valid}
     out = {}
     for name, members in parts.items():
