@@ -12,7 +12,6 @@ both alike; it prints each one's compile time and median step time and their rat
 """
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -21,39 +20,17 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_steps import _Vocab, make_batch, timed  # noqa: E402
+from bench_steps import _Vocab, apply_overrides, build, timed  # noqa: E402
 
-from lapdog_jax import config_lib, experiment, optim, sharding, steps, validation  # noqa: E402
-
-
-def _parse(value: str, like):
-    """`value` as the type of the field it overrides (bools from true/false)."""
-    if isinstance(like, bool):
-        return value.lower() in ("1", "true", "yes")
-    return type(like)(value)
+from lapdog_jax import config_lib, validation  # noqa: E402
 
 
 def lapdog_step(config, vocab, batch_rng):
-    """(jitted lapdog step, its state, its batch) of `config` on a 1-device mesh."""
-    rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(0))
-    reader, reader_params = experiment.build_reader(config, vocab, rng_reader)
-    retriever, retriever_params = experiment.build_retriever(config, vocab, rng_retriever)
-    models = steps.Models(reader, retriever, (0, 1, 2))
-    params = {"reader": reader_params, "retriever": retriever_params}
-    optimizer = optim.make_optimizer(config)
-    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    state = steps.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                             opt_state=optimizer.init(params),
-                             ref_params=steps.freeze_copy(params), rng=jax.random.PRNGKey(1))
-    state_sh = sharding.param_shardings(
-        state, mesh, sharding.model_axes(reader.config, retriever.config))
-    state = jax.device_put(state, state_sh)
-    fn = steps.jit_steps(config, models, optimizer, mesh, state_sh)["lapdog"]
-    batch = jax.device_put(make_batch(config, len(vocab), retriever.config.hidden_size),
-                           sharding.batch_sharding(mesh))
+    """(compiled lapdog step, its state, its batch, compile seconds, retriever config)."""
+    fns, state, batch, retriever_config = build(config, vocab)
     start = time.perf_counter()
-    fn = fn.lower(state, batch, batch_rng).compile()
-    return fn, state, batch, time.perf_counter() - start, retriever.config
+    fn = fns["lapdog"].lower(state, batch, batch_rng).compile()
+    return fn, state, batch, time.perf_counter() - start, retriever_config
 
 
 def main():
@@ -67,11 +44,7 @@ def main():
     runs = {}
     for trained in (False, True):
         config = config_lib.mode_config("lapdog", args.preset or None)
-        for item in args.set:
-            key, value = item.split("=", 1)
-            *path, leaf = key.split(".")
-            node = functools.reduce(getattr, path, config)
-            setattr(node, leaf, _parse(value, getattr(node, leaf)))
+        apply_overrides(config, args.set)
         config.model.train_passage_encoder = trained
         validation.validate(config, settings_only=True)
         vocab = _Vocab(config.data.vocab_size)

@@ -59,21 +59,21 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def main():
-    """Builds the default config's models and prints compile and step times."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="joint_grpo", choices=("reinforce", "grpo", "joint_grpo"))
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. retrieval.pool_size=8 (repeatable)")
-    args = parser.parse_args()
-    config = config_lib.mode_config(args.mode)
-    for item in args.set:
+def apply_overrides(config, items: list[str]) -> None:
+    """Sets each `key=value` of `items` on `config`, as the type of the field it overrides
+    (bools from true/false/1/yes)."""
+    for item in items:
         key, value = item.split("=", 1)
         *path, leaf = key.split(".")
         node = functools.reduce(getattr, path, config)
-        setattr(node, leaf, type(getattr(node, leaf))(value))
-    vocab = _Vocab(config.data.vocab_size)
+        like = getattr(node, leaf)
+        setattr(node, leaf, value.lower() in ("1", "true", "yes") if isinstance(like, bool)
+                else type(like)(value))
+
+
+def build(config, vocab: _Vocab):
+    """(the trainer's jitted step functions, their state, a random batch, the retriever's
+    config) of `config`'s models with random weights on a 1-device mesh."""
     rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(0))
     reader, reader_params = experiment.build_reader(config, vocab, rng_reader)
     retriever, retriever_params = experiment.build_retriever(config, vocab, rng_retriever)
@@ -90,6 +90,21 @@ def main():
     fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(config, len(vocab), retriever.config.hidden_size),
                            sharding.batch_sharding(mesh))
+    return fns, state, batch, retriever.config
+
+
+def main():
+    """Builds the default config's models and prints compile and step times."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="joint_grpo", choices=("reinforce", "grpo", "joint_grpo"))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. retrieval.pool_size=8 (repeatable)")
+    args = parser.parse_args()
+    config = config_lib.mode_config(args.mode)
+    apply_overrides(config, args.set)
+    vocab = _Vocab(config.data.vocab_size)
+    fns, state, batch, _ = build(config, vocab)
     rng = jax.random.PRNGKey(2)
 
     start = time.perf_counter()
