@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import signal
-import struct
 from collections import defaultdict
 
 import jax
@@ -110,45 +109,38 @@ def event_files(logdir: str) -> list[str]:
                             recursive=True))
 
 
-def read_events(logdir: str) -> tuple[dict, dict]:
-    """({scalar tag: {step: value}}, {other tag: plugin name}) from logdir's event files."""
+def summary_values(logdir: str):
+    """(event, summary value) of every value in logdir's event files, in file order."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
 
-    scalars, others = defaultdict(dict), {}
     for path in event_files(logdir):
-        with open(path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos < len(data):  # TFRecord: length u64, crc u32, payload, crc u32
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
+        for record in RawEventFileLoader(path).Load():
+            event = event_pb2.Event.FromString(record)
             for v in event.summary.value:
-                if v.WhichOneof("value") == "simple_value":
-                    scalars[v.tag][event.step] = v.simple_value
-                else:
-                    others[v.tag] = v.metadata.plugin_data.plugin_name
+                yield event, v
+
+
+def read_events(logdir: str) -> tuple[dict, dict]:
+    """({scalar tag: {step: value}}, {other tag: plugin name}) from logdir's event files."""
+    scalars, others = defaultdict(dict), {}
+    for event, v in summary_values(logdir):
+        if v.WhichOneof("value") == "simple_value":
+            scalars[v.tag][event.step] = v.simple_value
+        else:
+            others[v.tag] = v.metadata.plugin_data.plugin_name
     return scalars, others
 
 
 def hparams_of(logdir: str) -> dict:
     """The hyper-parameters recorded in logdir's session-start hparams summary."""
-    from tensorboard.compat.proto import event_pb2
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    for path in event_files(logdir):
-        with open(path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for v in event.summary.value:
-                if v.tag == "_hparams_/session_start_info":
-                    info = plugin_data_pb2.HParamsPluginData.FromString(
-                        v.metadata.plugin_data.content).session_start_info
-                    return {k: getattr(x, x.WhichOneof("kind")) for k, x in info.hparams.items()}
+    for _, v in summary_values(logdir):
+        if v.tag == "_hparams_/session_start_info":
+            info = plugin_data_pb2.HParamsPluginData.FromString(
+                v.metadata.plugin_data.content).session_start_info
+            return {k: getattr(x, x.WhichOneof("kind")) for k, x in info.hparams.items()}
     return {}
 
 
@@ -171,38 +163,21 @@ def restore(workdir, config, step=None, exp=None):
 
 def texts_of(logdir: str) -> dict:
     """{text tag: [markdown of each step]} from logdir's event files."""
-    from tensorboard.compat.proto import event_pb2
-
     out = defaultdict(list)
-    for path in event_files(logdir):
-        data = open(path, "rb").read()
-        pos = 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for v in event.summary.value:
-                if v.metadata.plugin_data.plugin_name == "text":
-                    out[v.tag].append(v.tensor.string_val[0].decode())
+    for _, v in summary_values(logdir):
+        if v.metadata.plugin_data.plugin_name == "text":
+            out[v.tag].append(v.tensor.string_val[0].decode())
     return out
 
 
 def first_screen_of(logdir: str) -> list[tuple[str, list[str]]]:
     """[(chart title, tag regexes)] of the first category of the custom-scalars layout."""
-    from tensorboard.compat.proto import event_pb2
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    for path in event_files(logdir):
-        data = open(path, "rb").read()
-        pos = 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for v in event.summary.value:
-                if v.metadata.plugin_data.plugin_name == "custom_scalars":
-                    layout = layout_pb2.Layout.FromString(v.tensor.string_val[0])
-                    return [(c.title, list(c.multiline.tag)) for c in layout.category[0].chart]
+    for _, v in summary_values(logdir):
+        if v.metadata.plugin_data.plugin_name == "custom_scalars":
+            layout = layout_pb2.Layout.FromString(v.tensor.string_val[0])
+            return [(c.title, list(c.multiline.tag)) for c in layout.category[0].chart]
     return []
 
 
