@@ -90,7 +90,8 @@ SUITES = {"dialogue": METHODS, "seq2seq": SEQ2SEQ_METHODS}
 BY_NAME = {m.name: m for m in METHODS + SEQ2SEQ_METHODS}
 # (table header, metrics-file keys tried in order)
 COLUMNS = (("F1", ("f1",)), ("EM", ("em", "exact_match")), ("BLEU", ("bleu",)),
-           ("ROUGE-L", ("rougeL",)), ("recall@1", ("recall@1",)))
+           ("ROUGE-L", ("rougeL",)), ("recall@1", ("recall@1",)),
+           ("EM, gold story first", ("em_gold_first",)))
 # Keys the ablation sets itself (from --seeds / --split), which --set may not.
 OWN_KEYS = ("seed", "data.synthetic.seed", "data.synthetic.split")
 
@@ -220,6 +221,24 @@ def _value(metrics: dict, keys: tuple[str, ...]) -> float | None:
     return None
 
 
+def em_gold_first(workdir: str, step: int) -> float | None:
+    """EM (%) over the eval dialogues whose first retrieved story is their gold one: whether
+    the reader writes the fact when it has the story that holds it (None without such rows)."""
+    from lapdog_jax import metrics
+
+    path = os.path.join(workdir, "eval", f"valid-step-{step}.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    hits = [r for r in rows if r.get("retrieved_ids") and r.get("gold_passage_ids")
+            and r["retrieved_ids"][0] in r["gold_passage_ids"]]
+    if not hits:
+        return None
+    return 100 * float(np.mean([max(metrics.exact_match(r["generation"], a) for a in r["answers"])
+                                for r in hits]))
+
+
 def collect(methods: list[Method], out: str, seeds: list[int],
             total_steps: dict[str, int]) -> dict:
     """{method name: {seed: {step, metrics, finished, wall_s, command}}} of the runs that
@@ -233,6 +252,9 @@ def collect(methods: list[Method], out: str, seeds: list[int],
             if not history:
                 continue
             step, final = history[-1]
+            copied = em_gold_first(workdir, step)
+            if copied is not None:
+                final = {**final, "em_gold_first": copied}
             info = run_info(workdir)
             per_seed[str(seed)] = {
                 "step": step, "finished": is_finished(workdir, total_steps[method.name]),

@@ -32,6 +32,15 @@ FAKE = {
                         10: dict(f1=63.8, em=30.0, bleu=40.8, rougeL=62.3, **{"recall@1": 50.0})},
     (1, "joint_grpo"): {10: dict(f1=67.8, em=36.0, bleu=44.8, rougeL=66.3, **{"recall@1": 70.0})},
 }
+# Seed 0 joint GRPO's final generations: the gold story first in two rows, one answered
+# exactly (case and punctuation aside); the third row's exact answer has the wrong story first.
+VALID = {(0, "joint_grpo"): "".join(json.dumps(r) + "\n" for r in (
+    {"generation": "My dog is called Luna!", "answers": ["my dog is called luna ."],
+     "retrieved_ids": ["s1", "s2"], "gold_passage_ids": ["s1"]},
+    {"generation": "i play the harp .", "answers": ["i play the tuba ."],
+     "retrieved_ids": ["s3", "s1"], "gold_passage_ids": ["s3"]},
+    {"generation": "i drive a red van .", "answers": ["i drive a red van ."],
+     "retrieved_ids": ["s1", "s4"], "gold_passage_ids": ["s4"]}))}
 WALL_S = {"stage1_only": 60.0, "grpo": 120.0, "lapdog": 90.0, "joint_grpo": 150.0}
 
 
@@ -42,7 +51,7 @@ def _fake_out(tmp_path) -> str:
         (workdir / "eval").mkdir(parents=True)
         for step, m in by_step.items():
             (workdir / "eval" / f"metrics-step-{step}.json").write_text(json.dumps(m))
-        (workdir / "eval" / "valid-step-10.jsonl").write_text("")  # not a metrics file
+        (workdir / "eval" / "valid-step-10.jsonl").write_text(VALID.get((seed, name), ""))
         (workdir / ablation.RUN_FILE).write_text(json.dumps(
             {"command": f"python -m lapdog_jax.main --workdir={name}",
              "attempts": [{"wall_s": WALL_S[name] * (seed + 1)}],
@@ -67,18 +76,20 @@ def test_table_is_mean_and_std_over_finished_seeds(tmp_path):
     out = _fake_out(tmp_path)
     rows = _rows(_report(out))
     assert list(rows) == [m.label for m in ablation.METHODS]
-    # F1, EM, BLEU, ROUGE-L, recall@1 (mean ± sample std of seeds 0 and 1), seeds, wall (min)
+    # F1, EM, BLEU, ROUGE-L, recall@1 (mean ± sample std of seeds 0 and 1), EM with the gold
+    # story first (from the final generations), seeds, wall (min)
     s = np.std([50.0, 54.0], ddof=1)  # 2.83
     assert rows["stage-1 only"] == [f"52.0 ± {s:.1f}", f"22.0 ± {s:.1f}", f"32.0 ± {s:.1f}",
-                                    f"51.0 ± {s:.1f}", "30.0 ± 7.1", "0,1", "1.5"]
+                                    f"51.0 ± {s:.1f}", "30.0 ± 7.1", "-", "0,1", "1.5"]
     # seed 1 unfinished: seed 0's values alone, no ±
-    assert rows["reader-only GRPO"] == ["61.0", "30.0", "41.0", "60.0", "12.5", "0", "2.0"]
-    assert rows["LAPDOG stage 2, demo scaling"] == ["55.0", "22.5", "33.3", "54.0", "-", "0",
-                                                    "1.5"]
+    assert rows["reader-only GRPO"] == ["61.0", "30.0", "41.0", "60.0", "12.5", "-", "0", "2.0"]
+    assert rows["LAPDOG stage 2, demo scaling"] == ["55.0", "22.5", "33.3", "54.0", "-", "-",
+                                                    "0", "1.5"]
     assert rows["joint GRPO, shared encoder"][:5] == [
         f"65.8 ± {s:.1f}", "33.0 ± 4.2", f"42.8 ± {s:.1f}", f"64.3 ± {s:.1f}", "60.0 ± 14.1"]
-    assert rows["joint GRPO, shared encoder"][5:] == ["0,1", "3.8"]
-    assert rows["joint GRPO, query-side"] == ["-"] * 7
+    # 1 of the 2 rows with the gold story first is exact (seed 1 wrote no generations)
+    assert rows["joint GRPO, shared encoder"][5:] == ["50.0", "0,1", "3.8"]
+    assert rows["joint GRPO, query-side"] == ["-"] * 8
     md = (tmp_path / "ablation.md").read_text()
     assert "`python benchmarks/ablation.py`" in md and "split heldout" in md
     # the curves at each step, over the seeds evaluated there (unfinished runs too)
