@@ -203,7 +203,11 @@ def test_finished_runs_are_skipped_and_unfinished_ones_resume(tmp_path, monkeypa
     assert len(calls) == 1 and f"--workdir={ablation.run_dir(out, 1, grpo)}" in calls[0]
     info = ablation.run_info(ablation.run_dir(out, 1, grpo))
     assert len(info["attempts"]) == 2 and info["command"] == shlex.join(calls[0])
-    assert info["attempts"][1]["commit"] == ablation.code_commit() != "unknown"
+    assert info["attempts"][1]["commit"] == ablation.code_commit()
+    # Outside a git checkout (an exported snapshot) the commit comes from a COMMIT file.
+    monkeypatch.setattr(ablation, "ROOT", str(tmp_path))
+    (tmp_path / "COMMIT").write_text("abc1234\n")
+    assert ablation.code_commit() == "abc1234"
     assert info["wall_s"] == pytest.approx(240.0 + info["attempts"][1]["wall_s"])
     assert ablation.is_finished(ablation.run_dir(out, 1, grpo), TOTAL)
 
