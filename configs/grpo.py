@@ -2,7 +2,7 @@
 
 What differs: G=4 completions per prompt, group-normalised advantages, clipped ratio and a k3
 KL to the warmed-up reader; the retriever is frozen, so every dialogue's pool is searched once;
-the embedded default warms the reader up on the gold story first (500 of 800 steps).
+the embedded default warms the reader up on the gold story first (500 of 600 steps).
 
 Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/grpo.py --workdir=runs/grpo

@@ -6,7 +6,7 @@ What differs: the retriever trains: the shared query/passage encoder scored agai
 passage embeddings stored in the index (model.passage_scores='index': no passage encoded per
 step; the index is re-embedded every retrieval.refresh_index steps); model.shared_retriever=
 False trains query-side against a frozen passage encoder instead. The embedded default warms
-the reader up on the gold story first (500 of 800 steps), then 300 joint steps.
+the reader up on the gold story first (500 of 600 steps), then 100 joint steps.
 
 Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/joint_grpo.py --workdir=runs/joint_grpo

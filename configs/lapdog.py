@@ -4,7 +4,7 @@ retriever distilled towards each pool story's gold score (KL, LAPDOG's `--gold_s
 What differs: the retriever trains by distillation, with LAPDOG's one shared query/passage
 encoder (trained through both the queries and the pool passages in the presets, as LAPDOG's)
 and the index rebuilt every `retrieval.refresh_index` steps; the embedded default warms the
-reader up on the gold story first (500 of 800 steps), keeps the passage side frozen and
+reader up on the gold story first (500 of 600 steps), keeps the passage side frozen and
 scores gold answers on token ids (the presets: on decoded text, as LAPDOG).
 
 Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):

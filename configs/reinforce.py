@@ -2,7 +2,7 @@
 
 What differs: grpo.group_size 1, grpo.loss_type 'no_baseline' (loss -r·log π, with the sign
 the PyTorch original got wrong), grpo.kl_coeff 0; retrieval fixed (top-n_context stories);
-the embedded default warms the reader up on the gold story first (500 of 800 steps).
+the embedded default warms the reader up on the gold story first (500 of 600 steps).
 
 Embedded default (synthetic data, tiny reader, packaged MiniLM retriever, minutes on a CPU):
   python -m lapdog_jax.main --config=configs/reinforce.py --workdir=runs/reinforce

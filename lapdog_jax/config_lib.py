@@ -234,10 +234,10 @@ def mode_config(mode: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 def demo_warmup(c: ml_collections.ConfigDict) -> None:
     """The embedded demo of a mode that reads stories: learn to copy the fact from the gold
-    story for 500 steps (stage 1 inside the run), then 300 steps of the mode's own training."""
+    story for 500 steps (stage 1 inside the run), then 100 steps of the mode's own training."""
     if not c.preset:
         c.sft_warmup_steps = 500
-        c.total_steps = 800
+        c.total_steps = 600
 
 
 def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDict:
