@@ -279,8 +279,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # Reader source tokens per segment (LAPDOG --text_maxlength) and target tokens (LAPDOG
     # --target_maxlength); 0 = automatic: the 99th percentile of a sample of the training
     # data, rounded up to a multiple of 16 (data/lengths.py; the start-up log reports them).
-    c.data.text_maxlength = 160
-    c.data.target_maxlength = 16
+    # The embedded default's: its synthetic inputs and answers fit (at most 122 and 9 tokens).
+    c.data.text_maxlength = 128
+    c.data.target_maxlength = 12
     c.data.retriever_maxlength = 64  # retriever tokens per passage (and per query by default)
     # Retriever tokens per query; 0 = retriever_maxlength (the presets'). The demo's persona
     # queries fit in 40 MiniLM tokens, which spares the trained query encoder work.

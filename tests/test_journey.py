@@ -184,9 +184,9 @@ def test_lengths_report_names_the_flag_and_the_value_keeping_99_percent():
     assert list(reader.lengths) == [4] * 100 and sorted(target.lengths) == list(range(2, 102))
     assert target.percentile(99) == 100 and target.auto() == 112 and reader.auto() == 16
     text, warnings = lengths.report(data, fields, len(dialogues))
-    assert "targets:             51 / 96 / 100 / 101; --config.data.target_maxlength=16: " \
-        "85.0 % cut" in text
-    assert warnings == ["85 % of targets are longer than --config.data.target_maxlength=16 "
+    assert "targets:             51 / 96 / 100 / 101; --config.data.target_maxlength=12: " \
+        "89.0 % cut" in text
+    assert warnings == ["89 % of targets are longer than --config.data.target_maxlength=12 "
                         "tokens and will be cut; --config.data.target_maxlength=112 keeps 99 % "
                         "(0 = automatic)"]
     data.target_maxlength = 0
