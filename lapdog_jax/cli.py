@@ -88,17 +88,6 @@ def field_comments() -> dict[str, str]:
     return out
 
 
-def _flat_fields(config, prefix: str = "") -> list[tuple[str, object]]:
-    """(dotted name, value) of every leaf field of a config."""
-    out = []
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out += _flat_fields(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
-
-
 def _help_config(argv: list[str]):
     """The config whose fields --helpfull lists: --config's, else the embedded joint_grpo."""
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
@@ -127,7 +116,7 @@ def help_text(argv: list[str], full: bool) -> str:
             comments = field_comments()
             lines = [f"config fields (--config.FIELD=VALUE; defaults of "
                      f"{config.mode}{'-' + config.preset if config.preset else ''}):"]
-            for name, value in _flat_fields(config):
+            for name, value in config_lib.flatten(config).items():
                 lines.append(f"  --config.{name}={value!r}" + (
                     f"\n      {comments[name]}" if name in comments else ""))
             parts.append("\n".join(lines))

@@ -219,6 +219,17 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "configs")
 
 
+def flatten(config, prefix: str = "") -> dict:
+    """The config's leaf fields as {'a.b.c': value}."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of the config file at `path` (what `--config=path:arg` loads)."""
     spec = importlib.util.spec_from_file_location("lapdog_config", path)

@@ -361,6 +361,13 @@ def local_rows(x: jax.Array, mesh) -> np.ndarray:
         x, mesh, sharding.batch_sharding(mesh).spec))
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process (all processes must stop at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+
+
 def sum_over_processes(x: float) -> float:
     """Σ of `x` over all processes (each passes its own; every process must call it): what
     a host-side statistic of the global batch needs from the processes' local rows."""

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 import lapdog_jax
 from lapdog_jax import (
     checkpoint,
+    config_lib,
     distributed,
     evaluate,
     experiment,
@@ -368,24 +368,6 @@ def _save(s: Setup, p: Progress, last: bool = False) -> None:
         logging.warning("%s; training on (retry_failed_saves): the next save tries again", e)
 
 
-def _any_process(flag: bool) -> bool:
-    """Whether `flag` is set on any process (all processes must stop at the same step)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
-
-
-def _flat(config, prefix: str = "") -> dict:
-    """The config as {'a.b.c': value} (for the hparams summary)."""
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics.
 
@@ -456,7 +438,7 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
                 _evaluate(s, p)
             # One agreed decision per step: a process that got SIGTERM must not save or leave
             # the loop alone (the others would wait for it in their next collective).
-            stopping = _any_process(stop.requested)
+            stopping = distributed.any_process(stop.requested)
             if stopping:
                 fetch.flush()
             if saves or stopping:
@@ -466,7 +448,7 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
         if p.step >= config.total_steps:
             final = _evaluate(s, p)
             last.update(final)
-            s.writer.hparams(_flat(config), final)
+            s.writer.hparams(config_lib.flatten(config), final)
             if distributed.is_main_process():
                 bar.close()  # (the summary comes after the bar's last line)
                 logging.info("%s", summary.end_summary(config, s.workdir,
