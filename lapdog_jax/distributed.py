@@ -191,7 +191,7 @@ class _Watchdog:
         for p in range(self.count):
             if p == self.me:
                 continue
-            value = values.get(f"{_KEY}/{p}", values.get(f"{_KEY}/{p}".lstrip("/"), ""))
+            value = values.get(f"{_KEY}/{p}", "")
             beat, _, who = value.partition(" ")
             if who:
                 self.who[p] = who

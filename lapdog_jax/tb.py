@@ -94,7 +94,7 @@ def first_screen(config, with_recall: bool = True) -> list[tuple[str, str]]:
 
 
 def samples_markdown(tokens_local, rewards_local, texts, tokenizer, doc_idx_local=None,
-                  retriever=None, n_passages: int = 1) -> str:
+                     retriever=None, n_passages: int = 1) -> str:
     """Markdown of the first prompt's sampled completions and their rewards, each with the
     title of the story it was sampled from."""
     n = rewards_local[0].size  # Gr*G completions of the first prompt
