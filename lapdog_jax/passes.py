@@ -114,16 +114,19 @@ def sample_completions(models: Models, params, enc, enc_mask, rng, config, *, gr
     T = config.data.target_maxlength
     n = enc.shape[0] * group_size
     cache = models.reader.apply({"params": params}, enc, enc_mask, T, n, method=T5.init_cache)
+    rc = models.reader.config
+    # A tied reader's step logits come vocab-major: its vocab product then needs no transpose.
+    vocab_major = rc.tie_word_embeddings
 
     def tokens_to_logits(ids, cache, step):
-        return models.reader.apply({"params": params}, ids, cache, step, method=T5.decode_step)
+        return models.reader.apply({"params": params}, ids, cache, step, True, vocab_major,
+                                   method=T5.decode_step)
 
     g = config.grpo
-    rc = models.reader.config
     return sampling.sample(tokens_to_logits, cache, rng, batch_size=n, max_length=T,
                            start_id=rc.decoder_start_token_id, eos_id=rc.eos_token_id,
                            pad_id=rc.pad_token_id, temperature=g.temperature, top_k=g.top_k,
-                           top_p=g.top_p, greedy=greedy)
+                           top_p=g.top_p, greedy=greedy, vocab_axis=0 if vocab_major else -1)
 
 
 def select_sources(batch, doc_idx_BxGr, n: int):

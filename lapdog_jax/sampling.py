@@ -75,54 +75,70 @@ def filter_logits(logits_NxV: jax.Array, temperature: float = 1.0, top_k: int = 
     return logits
 
 
-def _inverse_cdf(rng: jax.Array, weights_NxV: jax.Array, chunk: int = 128) -> jax.Array:
+def _inverse_cdf(rng: jax.Array, weights: jax.Array, chunk: int = 128,
+                 vocab_axis: int = -1) -> jax.Array:
     """One draw [N] per row, index v with probability weights[v] / Σ weights (weights >= 0,
-    unnormalised): the first index whose running sum exceeds u ~ U[0, Σ), one uniform per row
-    (torch.multinomial's method): a few passes over a row instead of a Gumbel variate per
-    vocabulary entry (`jax.random.categorical`), far cheaper on a CPU at a large vocabulary.
+    unnormalised; [N, V], or [V, N] when `vocab_axis` is 0): the first index whose running sum
+    exceeds u ~ U[0, Σ), one uniform per row (torch.multinomial's method): a few passes over a
+    row instead of a Gumbel variate per vocabulary entry (`jax.random.categorical`), far
+    cheaper on a CPU at a large vocabulary. Both layouts draw the same u for row n.
 
     The search runs in two levels, so no running sum spans the vocabulary (a long cumsum is a
     slow reduce-window on a CPU): the sums of `chunk`-wide blocks find the block holding u,
     then the running sum inside that block finds the index. u stays strictly below the total
     and, inside the block, strictly below the block's own sum, so the index found has a
     positive weight (-inf logits are never drawn)."""
-    n, v = weights_NxV.shape
+    last = vocab_axis != 0
+    vocab_axis = 1 if last else 0
+    v, n = weights.shape[vocab_axis], weights.shape[1 - vocab_axis]
     blocks = -(-v // chunk)
-    w = jnp.pad(weights_NxV, ((0, 0), (0, blocks * chunk - v))).reshape(n, blocks, chunk)
-    block_cdf = jnp.cumsum(jnp.sum(w, axis=-1), axis=-1)  # [N, blocks]
-    total = block_cdf[:, -1:]
-    u = jax.random.uniform(rng, total.shape, jnp.float32) * total
-    u = jnp.minimum(u, jnp.nextafter(total, jnp.zeros_like(total)))
-    block = jnp.minimum(jnp.sum(block_cdf <= u, axis=-1), blocks - 1)  # [N]
+    # vocab axis split into (block, position in block); the row axis stays where it was
+    pad = ((0, 0), (0, blocks * chunk - v)) if last else ((0, blocks * chunk - v), (0, 0))
+    shape = (n, blocks, chunk) if last else (blocks, chunk, n)
+    block_axis, in_axis = (1, 2) if last else (0, 1)
+    w = jnp.pad(weights, pad).reshape(shape)
+    # Below, every per-row value keeps a size-1 vocab axis: [N, 1], or [1, N].
+    lastof = lambda x, axis: lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+    below = lambda x: jnp.nextafter(x, jnp.zeros_like(x))
+    block_cdf = jnp.cumsum(jnp.sum(w, axis=in_axis), axis=block_axis)  # [N, blocks] | [blocks, N]
+    total = lastof(block_cdf, block_axis)
+    u = jax.random.uniform(rng, (n, 1), jnp.float32).reshape(total.shape) * total
+    u = jnp.minimum(u, below(total))
+    block = jnp.minimum(jnp.sum(block_cdf <= u, axis=block_axis, keepdims=True), blocks - 1)
     before = jnp.where(block > 0, jnp.take_along_axis(
-        block_cdf, jnp.maximum(block - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
-    cdf = jnp.cumsum(jnp.take_along_axis(w, block[:, None, None], axis=1)[:, 0], axis=-1)
-    u_in = jnp.minimum(u[:, 0] - before, jnp.nextafter(cdf[:, -1], jnp.zeros_like(cdf[:, -1])))
-    return block * chunk + jnp.sum(cdf <= u_in[:, None], axis=-1)
+        block_cdf, jnp.maximum(block - 1, 0), axis=block_axis), 0.0)
+    inside = jnp.take_along_axis(w, jnp.expand_dims(block, in_axis), axis=block_axis)
+    cdf = jnp.cumsum(jnp.squeeze(inside, block_axis), axis=vocab_axis)  # [N, chunk] | [chunk, N]
+    u_in = jnp.minimum(u - before, below(lastof(cdf, vocab_axis)))
+    index = block * chunk + jnp.sum(cdf <= u_in, axis=vocab_axis, keepdims=True)
+    return index.reshape(n)
 
 
-def _choose(rng, logits_NxV, step, *, temperature, top_k, top_p, greedy):
-    """Picks the next token [N] and its log-prob [N] under the filtered distribution."""
+def _choose(rng, logits, step, *, temperature, top_k, top_p, greedy, vocab_axis=-1):
+    """Picks the next token [N] and its log-prob [N] under the filtered distribution of
+    logits [N, V] (or [V, N] when `vocab_axis` is 0)."""
     use_argmax = greedy or temperature <= 0.0
+    if vocab_axis == 0 and (top_k or top_p < 1.0):
+        logits, vocab_axis = logits.T, -1  # the filters sort along the last axis
     # At temperature 0 the log-probs are reported at temperature 1 (the model's own).
-    filtered = filter_logits(logits_NxV, temperature if temperature > 0.0 else 1.0, top_k, top_p)
+    filtered = filter_logits(logits, temperature if temperature > 0.0 else 1.0, top_k, top_p)
     # One pass of exp over the vocabulary serves the draw and the log-prob.
-    shifted = filtered - jnp.max(filtered, axis=-1, keepdims=True)
+    shifted = filtered - jnp.max(filtered, axis=vocab_axis, keepdims=True)
     weights = jnp.exp(shifted)
     if use_argmax:
-        token = jnp.argmax(filtered, axis=-1)
+        token = jnp.argmax(filtered, axis=vocab_axis)
     else:
-        token = _inverse_cdf(jax.random.fold_in(rng, step), weights)
+        token = _inverse_cdf(jax.random.fold_in(rng, step), weights, vocab_axis=vocab_axis)
     token = token.astype(jnp.int32)
-    logp = (jnp.take_along_axis(shifted, token[:, None], axis=-1)[:, 0]
-            - jnp.log(jnp.sum(weights, axis=-1)))
-    return token, logp
+    logp = (jnp.take_along_axis(shifted, jnp.expand_dims(token, vocab_axis), axis=vocab_axis)
+            - jnp.log(jnp.sum(weights, axis=vocab_axis, keepdims=True)))
+    return token, logp.reshape(token.shape)
 
 
 def sample_loop(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
                 batch_size: int, max_length: int, start_id: int, eos_id: int, pad_id: int,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                greedy: bool = False) -> tuple[Samples, Any]:
+                greedy: bool = False, vocab_axis: int = -1) -> tuple[Samples, Any]:
     """Like `sample`, but also returns the final cache (for tests and callers that need it)."""
     n, t = batch_size, max_length
     init = _LoopState(
@@ -141,7 +157,7 @@ def sample_loop(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
     def body_fn(s: _LoopState):
         logits, new_cache = tokens_to_logits(s.cur_token, s.cache, s.step)
         token, logp = _choose(rng, logits, s.step, temperature=temperature, top_k=top_k,
-                              top_p=top_p, greedy=greedy)
+                              top_p=top_p, greedy=greedy, vocab_axis=vocab_axis)
         token = jnp.where(s.ended, pad_id, token)
         logp = jnp.where(s.ended, 0.0, logp)
         return _LoopState(
@@ -168,7 +184,8 @@ def sample_loop(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
 
 def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *, batch_size: int,
            max_length: int, start_id: int, eos_id: int, pad_id: int, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, greedy: bool = False) -> Samples:
+           top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+           vocab_axis: int = -1) -> Samples:
     """Samples N = batch_size completions of up to max_length tokens; stops when all rows end.
 
     Step t feeds the previous token (start_id at t = 0, pad_id after a row's EOS) and draws from
@@ -176,10 +193,12 @@ def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *, batc
     the argmax instead. `Samples.logprobs` are log-probs under that filtered, renormalised
     distribution (at temperature 1 when temperature is 0), so with greedy decoding, temperature 1
     and no filtering they equal the model's log-softmax at the chosen tokens. Step t uses the key
-    `fold_in(rng, t)`. All keyword options are static.
+    `fold_in(rng, t)`. `vocab_axis=0` says the model returns its logits vocab-major, [V, N]
+    (a tied T5's cheaper product on a CPU, `T5.decode_step(vocab_major=True)`); the draws are
+    the same as from the [N, V] logits. All keyword options are static.
     """
     samples, _ = sample_loop(
         tokens_to_logits, cache, rng, batch_size=batch_size, max_length=max_length,
         start_id=start_id, eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
-        top_p=top_p, greedy=greedy)
+        top_p=top_p, greedy=greedy, vocab_axis=vocab_axis)
     return samples

@@ -128,7 +128,8 @@ def test_logits_and_encoder_match_transformers(loaded):
 
 
 def test_cached_decoding_matches_full_decode(loaded):
-    """decode_step under lax.scan (traced step) reproduces the teacher-forced logits."""
+    """decode_step under lax.scan (traced step) reproduces the teacher-forced logits; its
+    vocab-major logits ([V, B], what the sampler reads of a tied model) are their transpose."""
     _, _, config, params = loaded
     ids, mask, dec, _ = make_batch(seed=1)
     net = t5.T5(config)
@@ -136,21 +137,22 @@ def test_cached_decoding_matches_full_decode(loaded):
     full = apply(net, params, dec, enc, mask, method=t5.T5.decode)
     max_length = dec.shape[1] + 2  # longer than needed: unused slots must stay masked
 
-    @jax.jit
-    def run(enc, mask, dec):
+    @functools.partial(jax.jit, static_argnums=3)
+    def run(enc, mask, dec, vocab_major):
         cache = net.apply({"params": params}, enc, mask, max_length, method=t5.T5.init_cache)
 
         def body(cache, inputs):
             token, step = inputs
-            logits, cache = net.apply({"params": params}, token, cache, step,
+            logits, cache = net.apply({"params": params}, token, cache, step, True, vocab_major,
                                       method=t5.T5.decode_step)
-            return cache, logits
+            return cache, logits if vocab_major else logits.T
 
         steps = jnp.arange(dec.shape[1], dtype=jnp.int32)
-        return jax.lax.scan(body, cache, (dec.T, steps))[1].transpose(1, 0, 2)
+        return jax.lax.scan(body, cache, (dec.T, steps))[1].transpose(2, 0, 1)
 
-    stepped = run(enc, mask, jnp.asarray(dec))
-    np.testing.assert_allclose(np.asarray(stepped), np.asarray(full), atol=1e-5)
+    for vocab_major in (False, True):
+        stepped = run(enc, mask, jnp.asarray(dec), vocab_major)
+        np.testing.assert_allclose(np.asarray(stepped), np.asarray(full), atol=1e-5)
 
 
 def test_shift_right_matches_transformers(loaded):

@@ -485,12 +485,18 @@ class T5(nn.Module):
                                     kernel_init=_normal(cfg.d_model ** -0.5,
                                                         ("embed", "vocab")))
 
-    def _logits(self, x):
-        """Vocab logits (fp32) [..., V] of decoder outputs x [..., D]."""
-        if self.config.scale_logits:
-            x = x * (self.config.d_model ** -0.5)
-        logits = self.shared.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
-        return logits.astype(jnp.float32)
+    def _logits(self, x, vocab_major: bool = False):
+        """Vocab logits (fp32) [..., V] of decoder outputs x [..., D]; with `vocab_major`, of
+        rows x [N, D] as [V, N]: for tied embeddings [V, D] that is the product E x^T, whose
+        weight needs no transpose (on a CPU, a few rows' vocab product runs far faster so)."""
+        cfg = self.config
+        if cfg.scale_logits:
+            x = x * (cfg.d_model ** -0.5)
+        if vocab_major and cfg.tie_word_embeddings:
+            embedding = self.shared.embedding.astype(cfg.compute_dtype)
+            return jnp.dot(embedding, x.astype(cfg.compute_dtype).T).astype(jnp.float32)
+        logits = self.shared.attend(x) if cfg.tie_word_embeddings else self.lm_head(x)
+        return (logits.T if vocab_major else logits).astype(jnp.float32)
 
     def encode(self, input_ids, attention_mask, deterministic=True):
         """Encoder output [B, S, D] of input_ids [B, S] with attention_mask [B, S]."""
@@ -530,11 +536,12 @@ class T5(nn.Module):
         enc = encoder_output.astype(self.config.compute_dtype)
         return self.decoder.init_cache(enc, encoder_mask, max_length, batch_size)
 
-    def decode_step(self, token_ids, cache, step, deterministic=True):
-        """(logits [B, V], cache) for token_ids [B] at position `step` (a traced int32 scalar)."""
+    def decode_step(self, token_ids, cache, step, deterministic=True, vocab_major=False):
+        """(logits [B, V], cache) for token_ids [B] at position `step` (a traced int32 scalar);
+        logits [V, B] with `vocab_major` (static; the cheaper product for tied embeddings)."""
         x = self.shared(token_ids)[:, None, :]
         x, cache = self.decoder.step(x, cache, step, deterministic)
-        return self._logits(x[:, 0]), cache
+        return self._logits(x[:, 0], vocab_major), cache
 
 
 # --------------------------------------------------------------------------------------------
