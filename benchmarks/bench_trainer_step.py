@@ -10,11 +10,13 @@ reader, packaged MiniLM retriever) in a temporary workdir, twice in one process:
 1. as it is: the step time is the median of the trainer's logged `perf/steps_per_sec`
    windows after the first (which holds the compile);
 2. with each of the trainer's jitted step functions (`steps.jit_steps`: rollout, reward,
-   grpo_update, sft) waited on after its call and timed: their median per step and the
-   sum of those medians. The functions are the ones compiled in run 1 (no recompile).
+   grpo_update, sft) and the pool search's query embedding (`retrieval.apply_contriever`:
+   the live retriever's forward over the batch's queries, which the rollout reuses) waited
+   on after its call and timed: their median per step and the sum of those medians. The
+   functions are the ones compiled in run 1 (no recompile).
 
 host = step time (1) - sum of the jitted parts (2): the pipeline (tokenisation, the pool's
-faiss search and its query embedding), metric fetches, logging and index refreshes.
+faiss search), dispatch, metric fetches, logging and index refreshes.
 `--warmup` supervised steps come first as in the demo (0: RL from the first step, a random
 reader then samples all T tokens: the rollout's worst case). `--trace=DIR` records a
 `jax.profiler` trace of run 1's last steps (open in Perfetto or TensorBoard's profiler);
@@ -35,7 +37,7 @@ import time
 
 import jax
 
-from lapdog_jax import config_lib, steps, tb, train
+from lapdog_jax import config_lib, retrieval, steps, tb, train
 
 
 def _set(config, assignment: str) -> None:
@@ -92,11 +94,12 @@ class Timed:
 def run(config, args, timed: dict | None = None, trace: str | None = None,
         profile: cProfile.Profile | None = None) -> list[float]:
     """One trainer run in a fresh workdir; its steps/s windows after the warm-up's first."""
-    original = steps.jit_steps
+    original, embed = steps.jit_steps, retrieval.apply_contriever
     if timed is not None:
         def jit_steps(*a, **kw):
             return {k: Timed(k, f, timed) for k, f in original(*a, **kw).items()}
         steps.jit_steps = jit_steps
+        retrieval.apply_contriever = Timed("query embedding", embed, timed)
     with tempfile.TemporaryDirectory() as workdir:
         try:
             if trace:
@@ -109,7 +112,7 @@ def run(config, args, timed: dict | None = None, trace: str | None = None,
                 profile.disable()
             if trace:
                 jax.profiler.stop_trace()
-            steps.jit_steps = original
+            steps.jit_steps, retrieval.apply_contriever = original, embed
         # the first window after the warm-up holds the RL steps' compile
         return steps_per_sec(workdir, config, config.sft_warmup_steps + args.log_freq)
 
