@@ -1,0 +1,120 @@
+r"""What one KV-cached decode step of the rollout costs, split into the decoder stack and the
+vocab product, with the step's logits row-major ([N, V]) and vocab-major ([V, N]).
+
+    PYTHONPATH=. python benchmarks/bench_decode.py [--dims=small] [--dtype=float32] \
+        [--batch=4] [--group=8] [--source=256] [--steps=32] [--repeats=15]
+
+Runs `--steps` decode steps in one jitted `fori_loop` on a cache built from `--batch` encoded
+prompts for `--batch` x `--group` rows (as `steps.rollout` does), with the model of
+`bench_peer.py --dims` (random weights), and prints milliseconds per step (the median of
+`--repeats` loops over the steps; the cache's set-up is inside the loop's program):
+
+- whole step, row-major: `T5.decode_step(..., vocab_major=False)` and the logits' max;
+- whole step, vocab-major: the same with `vocab_major=True` (what a tied reader's rollout
+  uses; an untied one computes the row-major product and transposes it);
+- decoder stack: the embedding lookup and `decoder.step` alone (no vocab product).
+
+The difference between a whole step and the stack is the vocab product and its max. The
+weights a step reads and its FLOPs are printed beside, with the floors they give at
+`--bandwidth` GB/s and `--peak` TFLOP/s when those are given (measure them on the host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from bench_peer import DIMS, t5_config
+from lapdog_jax.models.t5 import T5
+
+
+def loop(model: T5, params, enc, mask, rows: int, steps: int, mode: str):
+    """`steps` decode steps from a fresh cache; returns a scalar that depends on each."""
+    cache = model.apply({"params": params}, enc, mask, steps, rows, method=T5.init_cache)
+
+    def body(i, carry):
+        cache, acc = carry
+        tok = jnp.full((rows,), i % 7 + 3, jnp.int32)
+        if mode == "stack":
+            x, cache = model.apply(
+                {"params": params}, tok, cache, i,
+                method=lambda m, t, c, s: m.decoder.step(m.shared(t)[:, None], c, s))
+            return cache, acc + x.sum()
+        logits, cache = model.apply({"params": params}, tok, cache, i, True,
+                                    mode == "vocab-major", method=T5.decode_step)
+        return cache, acc + logits.max()
+
+    return jax.lax.fori_loop(0, steps, body, (cache, jnp.float32(0)))[1]
+
+
+def step_weights(params, tied: bool) -> tuple[int, int]:
+    """(decoder stack, vocab product) weights one decode step multiplies by: every decoder
+    kernel but the cross-attention's keys and values (computed once, in the cache), and the
+    output projection (the shared embedding when tied)."""
+    params = flax.linen.unbox(params)
+    stack = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(params["decoder"]):
+        keys = [k.key for k in path]
+        if keys[-1] == "kernel" and not ("cross_attn" in keys and keys[-2] in ("k", "v")):
+            stack += x.size
+    head = params["shared"]["embedding"] if tied else params["lm_head"]["kernel"]
+    return int(stack), int(head.size)
+
+
+def main():
+    """Times the three variants and prints ms per step."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", default="small", choices=sorted(DIMS))
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch", type=int, default=4, help="prompts B")
+    parser.add_argument("--group", type=int, default=8, help="samples per prompt G")
+    parser.add_argument("--source", type=int, default=256, help="source tokens S")
+    parser.add_argument("--steps", type=int, default=32, help="decode steps T")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--bandwidth", type=float, help="memory read GB/s, for the floor")
+    parser.add_argument("--peak", type=float, help="matmul TFLOP/s, for the floor")
+    args = parser.parse_args()
+    cfg = t5_config(args.dims, args.dtype)
+    model = T5(cfg)
+    rows = args.batch * args.group
+    ids = jnp.ones((args.batch, args.source), jnp.int32)
+    mask = jnp.ones_like(ids)
+    params = jax.jit(lambda r: model.init(r, ids, mask, ids[:, :2])["params"])(
+        jax.random.PRNGKey(0))
+    enc = jax.jit(lambda p: model.apply({"params": p}, ids, mask, method=T5.encode))(params)
+    ms = {}
+    for mode in ("row-major", "vocab-major", "stack"):
+        fn = jax.jit(lambda p, e, mode=mode: loop(model, p, e, mask, rows, args.steps, mode))
+        jax.block_until_ready(fn(params, enc))
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(params, enc))
+            times.append(time.perf_counter() - start)
+        ms[mode] = 1e3 * statistics.median(times) / args.steps
+    stack_n, vocab_n = step_weights(params, cfg.tie_word_embeddings)
+    width = jnp.dtype(args.dtype).itemsize
+    mbytes = (stack_n + vocab_n) * width / 1e6
+    gflop = 2 * rows * (stack_n + vocab_n) / 1e9
+    print(f"T5 {args.dims} {args.dtype}, {rows} rows (B={args.batch} x G={args.group}), "
+          f"S={args.source}, {args.steps} steps | {jax.devices()[0].platform}")
+    for mode in ("row-major", "vocab-major"):
+        print(f"whole step, {mode}: {ms[mode]:.2f} ms (vocab product + max "
+              f"{ms[mode] - ms['stack']:.2f} ms)")
+    print(f"decoder stack: {ms['stack']:.2f} ms")
+    line = (f"a step reads {stack_n + vocab_n} weights ({stack_n} in the stack), "
+            f"{mbytes:.1f} MB, and does {gflop:.3f} GFLOP")
+    if args.bandwidth:
+        line += f"; streaming floor {mbytes / args.bandwidth:.2f} ms"
+    if args.peak:
+        line += f"; compute floor {gflop / args.peak:.2f} ms"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

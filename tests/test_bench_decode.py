@@ -1,0 +1,30 @@
+"""benchmarks/bench_decode.py: the decode-step split runs at toy dims and counts the weights a
+step multiplies by from the real param tree."""
+
+import os
+import re
+import subprocess
+import sys
+
+_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_decode.py")
+
+
+def test_tiny_decode_split_prints_times_and_the_hand_counted_weights():
+    proc = subprocess.run(
+        [sys.executable, _PATH, "--dims=tiny", "--source=8", "--steps=3", "--repeats=2",
+         "--bandwidth=10", "--peak=0.1"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(_PATH), os.pardir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    times = {m[0]: float(m[1]) for m in re.findall(
+        r"^(whole step, row-major|whole step, vocab-major|decoder stack): ([\d.]+) ms", out,
+        re.M)}
+    assert len(times) == 3 and all(t > 0 for t in times.values()), out
+    # tiny dims: 2 decoder blocks of d=32, heads x d_kv = 32, gated d_ff=64, untied 512-row
+    # head. Per block: self q/k/v/o and cross q/o 6 x 32 x 32, wi_0/wi_1/wo 3 x 32 x 64.
+    stack = 2 * (6 * 32 * 32 + 3 * 32 * 64)
+    head = 512 * 32
+    assert f"reads {stack + head} weights ({stack} in the stack)" in out, out
+    gflop = 2 * 32 * (stack + head) / 1e9
+    assert f"streaming floor {(stack + head) * 4 / 1e6 / 10:.2f} ms" in out, out
+    assert f"compute floor {gflop / 0.1:.2f} ms" in out, out
