@@ -15,8 +15,8 @@ prompts for `--batch` x `--group` rows (as `steps.rollout` does), with the model
 - decoder stack: the embedding lookup and `decoder.step` alone (no vocab product).
 
 The difference between a whole step and the stack is the vocab product and its max. The
-weights a step reads and its FLOPs are printed beside, with the floors they give at
-`--bandwidth` GB/s and `--peak` TFLOP/s when those are given (measure them on the host).
+weights and caches a step reads and its FLOPs are printed beside, with the floors they give
+at `--bandwidth` GB/s and `--peak` TFLOP/s when those are given (measure them on the host).
 """
 
 from __future__ import annotations
@@ -100,6 +100,11 @@ def main():
     stack_n, vocab_n = step_weights(params, cfg.tie_word_embeddings)
     width = jnp.dtype(args.dtype).itemsize
     mbytes = (stack_n + vocab_n) * width / 1e6
+    # the caches a step reads: the cross-attention keys and values of the B prompts, and the
+    # self-attention ones of the N rows at their full length (masked past the step)
+    cache = jax.eval_shape(lambda p, e: model.apply({"params": p}, e, mask, args.steps, rows,
+                                                    method=T5.init_cache), params, enc)
+    cache_mb = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache["layers"])) / 1e6
     gflop = 2 * rows * (stack_n + vocab_n) / 1e9
     print(f"T5 {args.dims} {args.dtype}, {rows} rows (B={args.batch} x G={args.group}), "
           f"S={args.source}, {args.steps} steps | {jax.devices()[0].platform}")
@@ -108,9 +113,10 @@ def main():
               f"{ms[mode] - ms['stack']:.2f} ms)")
     print(f"decoder stack: {ms['stack']:.2f} ms")
     line = (f"a step reads {stack_n + vocab_n} weights ({stack_n} in the stack), "
-            f"{mbytes:.1f} MB, and does {gflop:.3f} GFLOP")
+            f"{mbytes:.1f} MB, and {cache_mb:.2f} MB of caches, and does {gflop:.3f} GFLOP")
     if args.bandwidth:
-        line += f"; streaming floor {mbytes / args.bandwidth:.2f} ms"
+        line += (f"; streaming floor {mbytes / args.bandwidth:.2f} ms (weights), "
+                 f"{(mbytes + cache_mb) / args.bandwidth:.2f} ms (with the caches)")
     if args.peak:
         line += f"; compute floor {gflop / args.peak:.2f} ms"
     print(line)

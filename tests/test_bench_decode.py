@@ -12,7 +12,7 @@ _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_
 def test_tiny_decode_split_prints_times_and_the_hand_counted_weights():
     proc = subprocess.run(
         [sys.executable, _PATH, "--dims=tiny", "--source=8", "--steps=3", "--repeats=2",
-         "--bandwidth=10", "--peak=0.1"], capture_output=True, text=True, timeout=600,
+         "--bandwidth=0.01", "--peak=0.1"], capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(_PATH), os.pardir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -26,5 +26,10 @@ def test_tiny_decode_split_prints_times_and_the_hand_counted_weights():
     head = 512 * 32
     assert f"reads {stack + head} weights ({stack} in the stack)" in out, out
     gflop = 2 * 32 * (stack + head) / 1e9
-    assert f"streaming floor {(stack + head) * 4 / 1e6 / 10:.2f} ms" in out, out
+    # caches, per layer: cross K and V of the 4 prompts x 8 source positions, self K and V of
+    # the 32 rows x 3 steps, each 4 heads x d_kv 8, in fp32
+    caches = 2 * 4 * (2 * 4 * 8 + 2 * 32 * 3) * 4 * 8
+    assert f"and {caches / 1e6:.2f} MB of caches" in out, out
+    assert (f"streaming floor {(stack + head) * 4 / 1e6 / 0.01:.2f} ms (weights), "
+            f"{((stack + head) * 4 + caches) / 1e6 / 0.01:.2f} ms (with the caches)") in out, out
     assert f"compute floor {gflop / 0.1:.2f} ms" in out, out
