@@ -52,18 +52,18 @@ def loop(model: T5, params, enc, mask, rows: int, steps: int, mode: str):
     return jax.lax.fori_loop(0, steps, body, (cache, jnp.float32(0)))[1]
 
 
-def step_weights(params, tied: bool) -> tuple[int, int]:
-    """(decoder stack, vocab product) weights one decode step multiplies by: every decoder
-    kernel but the cross-attention's keys and values (computed once, in the cache), and the
-    output projection (the shared embedding when tied)."""
+def step_weights(params, tied: bool) -> tuple[int, int, int]:
+    """(decoder stack, vocab product, bytes) of the weights one decode step multiplies by:
+    every decoder kernel but the cross-attention's keys and values (computed once, in the
+    cache), and the output projection (the shared embedding when tied), in their stored
+    dtype."""
     params = flax.linen.unbox(params)
-    stack = 0
-    for path, x in jax.tree_util.tree_leaves_with_path(params["decoder"]):
-        keys = [k.key for k in path]
-        if keys[-1] == "kernel" and not ("cross_attn" in keys and keys[-2] in ("k", "v")):
-            stack += x.size
+    stack = [x for path, x in jax.tree_util.tree_leaves_with_path(params["decoder"])
+             if path[-1].key == "kernel"
+             and not ("cross_attn" in [k.key for k in path] and path[-2].key in ("k", "v"))]
     head = params["shared"]["embedding"] if tied else params["lm_head"]["kernel"]
-    return int(stack), int(head.size)
+    return (sum(x.size for x in stack), head.size,
+            sum(x.nbytes for x in stack) + head.nbytes)
 
 
 def main():
@@ -97,9 +97,8 @@ def main():
             jax.block_until_ready(fn(params, enc))
             times.append(time.perf_counter() - start)
         ms[mode] = 1e3 * statistics.median(times) / args.steps
-    stack_n, vocab_n = step_weights(params, cfg.tie_word_embeddings)
-    width = jnp.dtype(args.dtype).itemsize
-    mbytes = (stack_n + vocab_n) * width / 1e6
+    stack_n, vocab_n, weight_bytes = step_weights(params, cfg.tie_word_embeddings)
+    mbytes = weight_bytes / 1e6
     # the caches a step reads: the cross-attention keys and values of the B prompts, and the
     # self-attention ones of the N rows at their full length (masked past the step)
     cache = jax.eval_shape(lambda p, e: model.apply({"params": p}, e, mask, args.steps, rows,

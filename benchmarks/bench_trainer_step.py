@@ -84,19 +84,17 @@ class Timed:
     """A jitted function waited on after each call; its seconds are added to `times[name]`
     while `times` is on (a call inside another timed call counts for the outer one only)."""
 
-    depth = 0  # timed calls in progress
-
     def __init__(self, name: str, fn, times: Times):
         self.name, self.fn, self.times = name, fn, times
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
-        Timed.depth += 1
+        self.times.depth += 1
         try:
             out = jax.block_until_ready(self.fn(*args, **kwargs))
         finally:
-            Timed.depth -= 1
-        if self.times.on and not Timed.depth:
+            self.times.depth -= 1
+        if self.times.on and not self.times.depth:
             self.times.seconds[self.name] += time.perf_counter() - start
         return out
 
@@ -105,10 +103,11 @@ class Timed:
 
 
 class Times:
-    """Seconds per part, counted from the step `start` on (the trainer's step boundaries)."""
+    """Seconds per part, counted from the step `start` on (the trainer's step boundaries);
+    `depth`: timed calls in progress."""
 
     def __init__(self, start: int):
-        self.start, self.on = start, False
+        self.start, self.on, self.depth = start, False, 0
         self.seconds: dict[str, float] = collections.defaultdict(float)
 
 
