@@ -13,11 +13,27 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax.config_lib import base_config, demo_warmup
+from lapdog_jax import config_lib
 
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
-    config = base_config("grpo", arg)
-    demo_warmup(config)
-    return config
+    c = config_lib.base_config("grpo")
+    # The retriever stays as it starts: each dialogue's top-n_context stories, searched once.
+    c.data.n_context = 1
+    # The reader's GRPO: G completions per dialogue, rewarded with LAPDOG's gold score (F1 +
+    # ROUGE-L + BLEU against the reference answer), advantages normalised within each group,
+    # the clipped ratio, and a k3 KL to the reader the warm-up leaves (the reference).
+    c.grpo.group_size = 4
+    c.reward.fn = "f1rougebleu"
+    c.grpo.scale_rewards = "group"
+    c.grpo.loss_type = "grpo_clip"
+    c.grpo.clip_epsilon, c.grpo.clip_epsilon_high = 0.2, 0.2
+    c.grpo.kl_coeff = 0.02
+    c.grpo.kl_estimator = "k3"
+    if not config_lib.apply_preset(c, arg):
+        # The embedded demo: 500 supervised steps learning to copy the fact from the gold
+        # story (stage 1 inside the run), then 100 GRPO steps.
+        c.sft_warmup_steps = 500
+        c.total_steps = 600
+    return c

@@ -17,11 +17,34 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax.config_lib import base_config, demo_warmup
+from lapdog_jax import config_lib
 
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
-    config = base_config("joint_grpo", arg)
-    demo_warmup(config)
-    return config
+    c = config_lib.base_config("joint_grpo")
+    # The retriever: a pool of K stories per dialogue from the index, Gr of them drawn by
+    # Gumbel-top-k, one shared query/passage encoder scored against the stored passage
+    # embeddings (re-embedded every refresh_index steps), trained at its own learning rate.
+    c.retrieval.pool_size = 16
+    c.grpo.retriever_group_size = 4
+    c.data.n_context = 1
+    c.model.shared_retriever = True
+    c.model.passage_scores = "index"
+    c.retrieval.refresh_index = 20
+    c.retrieval.temperature_score = 0.05
+    c.optim.lr_retriever = 1e-4
+    # The reader: G completions per (dialogue, story), rewarded with LAPDOG's gold score;
+    # GRPO's clipped ratio and a k3 KL to the reader the warm-up leaves.
+    c.grpo.group_size = 4
+    c.reward.fn = "f1rougebleu"
+    c.grpo.loss_type = "grpo_clip"
+    c.grpo.kl_coeff = 0.02
+    c.grpo.kl_estimator = "k3"
+    c.grpo.kl_coeff_retriever = 0.0  # no KL on the retriever's pool distribution
+    if not config_lib.apply_preset(c, arg):
+        # The embedded demo: 500 supervised steps learning to copy the fact from the gold
+        # story (stage 1 inside the run), then 100 joint steps.
+        c.sft_warmup_steps = 500
+        c.total_steps = 600
+    return c

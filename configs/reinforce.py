@@ -13,14 +13,22 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax.config_lib import base_config, demo_warmup
+from lapdog_jax import config_lib
 
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
-    config = base_config("reinforce", arg)
-    config.grpo.group_size = 1
-    config.grpo.loss_type = "no_baseline"
-    config.grpo.kl_coeff = 0.0
-    demo_warmup(config)
-    return config
+    c = config_lib.base_config("reinforce")
+    # The retriever stays as it starts: each dialogue's top-n_context stories, searched once.
+    c.data.n_context = 1
+    # REINFORCE: one completion per dialogue, loss -r·log π with no baseline, no KL.
+    c.grpo.group_size = 1
+    c.grpo.loss_type = "no_baseline"
+    c.grpo.kl_coeff = 0.0
+    c.reward.fn = "f1rougebleu"  # LAPDOG's gold score as the reward
+    if not config_lib.apply_preset(c, arg):
+        # The embedded demo: 500 supervised steps learning to copy the fact from the gold
+        # story (stage 1 inside the run), then 100 REINFORCE steps.
+        c.sft_warmup_steps = 500
+        c.total_steps = 600
+    return c

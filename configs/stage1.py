@@ -11,11 +11,13 @@ The export of this run (`python -m lapdog_jax.export`) is what the other stages'
 and the KL reference start from.
 """
 
-from lapdog_jax.config_lib import base_config
+from lapdog_jax import config_lib
 
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default)."""
-    config = base_config("sft", arg)
-    config.data.n_context = 0  # closed-book
-    return config
+    c = config_lib.base_config("sft")
+    c.sft_warmup_steps = 0  # stage 1 is all supervised steps: no warm-up before them
+    config_lib.apply_preset(c, arg)
+    c.data.n_context = 0  # closed-book at every size: the reader sees the dialogue alone
+    return c

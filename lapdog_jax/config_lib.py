@@ -1,7 +1,12 @@
-"""The one config schema shared by every mode; configs/*.py pick a mode and a preset.
+"""The config schema every mode shares, the mode table, the presets as data, and the choices
+and ranges each field accepts.
 
-Every field is declared here with a default and a one-line comment. Configs are returned
-locked (`lock_config`), so a typo in a `--config.x=y` override is an error, not a silent no-op.
+`base_config(mode)` declares every field, section by section (run, data, init, model, optim,
+lora, retrieval, grpo, reward, mesh), each with its shared default (the embedded demo's size)
+and a comment. Each configs/X.py is one experiment: it starts from that base, sets what its
+mode sets, and `get_config(arg)` picks the preset `arg` names (`apply_preset`). Configs are
+returned locked (`lock_config`), so a typo in a `--config.x=y` override is an error, not a
+silent no-op.
 """
 
 from __future__ import annotations
@@ -182,35 +187,6 @@ def get(config, field: str):
 LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 
 
-def _tiny_reader() -> ml_collections.ConfigDict:
-    """A T5 small enough to train on a laptop CPU in minutes (used when init.reader is empty)."""
-    return ml_collections.ConfigDict(dict(
-        d_model=64,  # hidden width
-        d_kv=16,  # per-head width
-        d_ff=128,  # feed-forward width
-        num_layers=2,  # encoder layers
-        num_decoder_layers=2,  # decoder layers
-        num_heads=4,  # attention heads
-        relative_attention_num_buckets=32,  # relative position buckets
-        relative_attention_max_distance=128,  # distance at which buckets saturate
-        feed_forward_proj="gated-gelu",  # 'relu' (T5 v1.0) or 'gated-gelu' (T5 v1.1 / Flan)
-        tie_word_embeddings=False,  # v1.0 ties input and output embeddings
-        dropout_rate=0.0,  # dropout in training
-    ))
-
-
-def _tiny_retriever() -> ml_collections.ConfigDict:
-    """A BERT small enough for a laptop CPU (used when init.retriever is empty)."""
-    return ml_collections.ConfigDict(dict(
-        hidden_size=64,  # hidden width
-        num_hidden_layers=2,  # encoder layers
-        num_attention_heads=4,  # attention heads
-        intermediate_size=128,  # feed-forward width
-        max_position_embeddings=128,  # longest input
-        dropout_rate=0.0,  # dropout in training
-    ))
-
-
 # The config file of each mode, under the repository's configs/.
 CONFIG_FILES = {"sft": "stage1.py", "lapdog": "lapdog.py", "reinforce": "reinforce.py",
                 "grpo": "grpo.py", "joint_grpo": "joint_grpo.py",
@@ -243,25 +219,44 @@ def mode_config(mode: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return from_file(os.path.join(CONFIGS_DIR, CONFIG_FILES[mode]), arg)
 
 
-def demo_warmup(c: ml_collections.ConfigDict) -> None:
-    """The embedded demo of a mode that reads stories: learn to copy the fact from the gold
-    story for 500 steps (stage 1 inside the run), then 100 steps of the mode's own training."""
-    if not c.preset:
-        c.sft_warmup_steps = 500
-        c.total_steps = 600
-
-
-def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the locked schema with its common defaults for `mode` and `preset` (None = the
-    embedded default); configs/*.py set what differs about their mode."""
+def base_config(mode: str) -> ml_collections.ConfigDict:
+    """Returns the locked schema of `mode`: every field with its shared default (the embedded
+    demo's size); configs/X.py set what their mode sets and pick a preset (`apply_preset`)."""
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; expected one of {MODES}")
-    if preset not in (None, "", *PRESETS):
-        raise ConfigError(f"unknown preset {preset!r} (the part after ':' in --config=FILE:"
-                          f"PRESET); expected none or one of {', '.join(PRESETS)}")
     c = ml_collections.ConfigDict()
     c.mode = mode  # sft | lapdog | reinforce | grpo | joint_grpo | seq2seq_grpo
-    c.preset = preset or ""  # '' = embedded default (synthetic data, tiny models)
+    c.preset = ""  # '' = embedded default (synthetic data, tiny models); set by apply_preset
+    for section in (_run, _data, _init, _model, _optim, _lora, _retrieval, _grpo, _reward,
+                    _mesh):
+        section(c)
+    c.lock()
+    return c
+
+
+def check_preset(arg: str | None) -> str:
+    """The preset `get_config(arg)` was given ('' = the embedded default); an unknown one is a
+    ConfigError naming those allowed."""
+    if arg not in (None, "", *PRESETS):
+        raise ConfigError(f"unknown preset {arg!r} (the part after ':' in --config=FILE:"
+                          f"PRESET); expected none or one of {', '.join(PRESETS)}")
+    return arg or ""
+
+
+def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> bool:
+    """Sets `c` to the paper size `arg` names (PRESET, then PRESET_SIZES[arg]); none = the
+    embedded default, left as it is. Returns whether a preset was applied."""
+    c.preset = check_preset(arg)
+    if not c.preset:
+        return False
+    for field, value in {**PRESET, **PRESET_SIZES[c.preset]}.items():
+        parent, _, key = field.rpartition(".")
+        (get(c, parent) if parent else c)[key] = value
+    return True
+
+
+def _run(c: ml_collections.ConfigDict) -> None:
+    """The run: its name, seed, budget, batch and the cadence of logs, evals and saves."""
     # Run name: the TensorBoard run (event files under workdir/<name>); '' = mode[-preset].
     c.name = ""
     c.seed = 0  # seeds params, data order, sampling
@@ -281,6 +276,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # run); the reader after them is the KL reference. 0 = start RL at once (init.reader given).
     c.sft_warmup_steps = 0
 
+
+def _data(c: ml_collections.ConfigDict) -> None:
+    """The data files, tokenizer, lengths and the embedded synthetic dataset."""
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # dialogue jsonl; '' = generate the embedded synthetic dataset
     c.data.eval = ""  # dialogue jsonl for evaluation
@@ -292,7 +290,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # data, rounded up to a multiple of 16 (data/lengths.py; the start-up log reports them).
     # The embedded default's: its synthetic inputs and answers fit (at most 122 and 9 tokens).
     c.data.text_maxlength = 128
-    c.data.target_maxlength = 12
+    c.data.target_maxlength = 12  # reader target tokens (0 = automatic, as above)
     c.data.retriever_maxlength = 64  # retriever tokens per passage (and per query by default)
     # Retriever tokens per query; 0 = retriever_maxlength (the presets'). The demo's persona
     # queries fit in 40 MiniLM tokens, which spares the trained query encoder work.
@@ -303,7 +301,7 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # seq2seq_grpo: the fields of each jsonl object holding the prompt (fed to the reader as
     # it is) and the answer (a string or a list of strings)
     c.data.prompt_field = "prompt"
-    c.data.answer_field = "answer"
+    c.data.answer_field = "answer"  # seq2seq_grpo: the answer's field (as above)
     c.data.synthetic = ml_collections.ConfigDict()
     c.data.synthetic.seed = 0  # generator seed
     c.data.synthetic.num_train = 2000  # train dialogues
@@ -314,8 +312,11 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # their stories in the corpus and their facts in no training answer, so only reading the
     # retrieved story answers them (benchmarks/ablation.py uses it).
     c.data.synthetic.split = "shared"
-    c.data.synthetic.num_heldout = 8
+    c.data.synthetic.num_heldout = 8  # 'heldout' split: valid-only characters
 
+
+def _init(c: ml_collections.ConfigDict) -> None:
+    """Where the reader, the retriever and the KL reference start from."""
     c.init = ml_collections.ConfigDict()
     # A training workdir (e.g. stage 1's) whose latest checkpoint starts this run: its reader
     # and tokenizer (and its retriever, when that run trained one) are written under
@@ -328,11 +329,14 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.init.retriever = PACKAGED_RETRIEVER
     c.init.reference = ""  # HF T5 folder or hub id for the KL reference; '' = the initial reader
 
+
+def _model(c: ml_collections.ConfigDict) -> None:
+    """The fresh models' dims (when init.* is empty), dtypes, memory and retriever options."""
     c.model = ml_collections.ConfigDict()
     # Used only when init.reader / init.retriever is empty: the demo's tiny models, or for a
     # preset a random T5 v1.1 of its size and a BERT-base (to train from scratch or to time).
-    c.model.reader = _tiny_reader()
-    c.model.retriever = _tiny_retriever()
+    _tiny_reader(c)
+    _tiny_retriever(c)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     # Storage dtype of the reader's and retriever's params (and their reference copies and
     # Adam moments): 'bfloat16' halves their memory and the casts of each step, as loading a
@@ -351,6 +355,45 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # lax.scan over stacked params (one compiled layer, not one per layer: a deep model
     # compiles in a fraction of the time; the same numbers; params and checkpoints unchanged).
     c.model.scan_layers = False
+    _retriever_options(c)
+    # Where dropout acts, at each module's own rate (model.reader/retriever.dropout_rate for
+    # fresh modules, the checkpoint's config.json otherwise; T5 and BERT ship 0.1):
+    # 'supervised' = stage-1 / warm-up and LAPDOG stage-2 steps, as LAPDOG trains; 'all' = RL
+    # updates too; 'none'. Rollouts, gold scores, reference passes and evaluation never drop.
+    # The embedded demo's tiny models train without it; the presets use 'supervised'.
+    c.model.dropout = "none"
+
+
+def _tiny_reader(c: ml_collections.ConfigDict) -> None:
+    """A T5 small enough to train on a laptop CPU in minutes (used when init.reader is empty)."""
+    c.model.reader = ml_collections.ConfigDict()
+    c.model.reader.d_model = 64  # hidden width
+    c.model.reader.d_kv = 16  # per-head width
+    c.model.reader.d_ff = 128  # feed-forward width
+    c.model.reader.num_layers = 2  # encoder layers
+    c.model.reader.num_decoder_layers = 2  # decoder layers
+    c.model.reader.num_heads = 4  # attention heads
+    c.model.reader.relative_attention_num_buckets = 32  # relative position buckets
+    c.model.reader.relative_attention_max_distance = 128  # distance at which buckets saturate
+    # 'relu' (T5 v1.0) or 'gated-gelu' (T5 v1.1 / Flan)
+    c.model.reader.feed_forward_proj = "gated-gelu"
+    c.model.reader.tie_word_embeddings = False  # v1.0 ties input and output embeddings
+    c.model.reader.dropout_rate = 0.0  # dropout in training
+
+
+def _tiny_retriever(c: ml_collections.ConfigDict) -> None:
+    """A BERT small enough for a laptop CPU (used when init.retriever is empty)."""
+    c.model.retriever = ml_collections.ConfigDict()
+    c.model.retriever.hidden_size = 64  # hidden width
+    c.model.retriever.num_hidden_layers = 2  # encoder layers
+    c.model.retriever.num_attention_heads = 4  # attention heads
+    c.model.retriever.intermediate_size = 128  # feed-forward width
+    c.model.retriever.max_position_embeddings = 128  # longest input
+    c.model.retriever.dropout_rate = 0.0  # dropout in training
+
+
+def _retriever_options(c: ml_collections.ConfigDict) -> None:
+    """How the retriever encodes and scores (modes that train it: lapdog, joint_grpo)."""
     # True: one encoder for queries and passages (LAPDOG/Atlas); the index is re-embedded by
     # the trained encoder every retrieval.refresh_index steps. False (Atlas'
     # query_side_retriever_training): a trainable query encoder and the frozen initial encoder
@@ -371,13 +414,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # shared-encoder stage 2 (configs/lapdog.py's presets; the index goes stale between
     # refreshes); False = the pool passages under stop-gradient, only the query side trains.
     c.model.train_passage_encoder = False
-    # Where dropout acts, at each module's own rate (model.reader/retriever.dropout_rate for
-    # fresh modules, the checkpoint's config.json otherwise; T5 and BERT ship 0.1):
-    # 'supervised' = stage-1 / warm-up and LAPDOG stage-2 steps, as LAPDOG trains; 'all' = RL
-    # updates too; 'none'. Rollouts, gold scores, reference passes and evaluation never drop.
-    # The embedded demo's tiny models train without it; the presets use 'supervised'.
-    c.model.dropout = "none"
 
+
+def _optim(c: ml_collections.ConfigDict) -> None:
+    """AdamW with warm-up, decay and clipping; one learning rate per model."""
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 2e-3  # reader learning rate (LAPDOG --lr)
     c.optim.lr_retriever = 1e-4  # retriever learning rate (LAPDOG --lr_retriever)
@@ -388,8 +428,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.optim.b1 = 0.9  # Adam beta1
     c.optim.b2 = 0.999  # Adam beta2
 
-    # LoRA adapters on the reader (lapdog_jax/lora.py): the base reader is frozen and only the
-    # adapters train (at optim.lr); the KL reference is the base with the adapters off.
+
+def _lora(c: ml_collections.ConfigDict) -> None:
+    """LoRA adapters on the reader (lapdog_jax/lora.py): the base reader is frozen and only the
+    adapters train (at optim.lr); the KL reference is the base with the adapters off."""
     c.lora = ml_collections.ConfigDict()
     c.lora.rank = 0  # adapter rank r; 0 = off (full fine-tuning)
     c.lora.alpha = 8.0  # scale alpha / r of the update A @ B (PEFT's lora_alpha)
@@ -397,6 +439,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.lora.targets = ("q", "k", "v", "o")
     c.lora.dropout = 0.0  # must be 0: dropout on the adapter input has no merged form
 
+
+def _retrieval(c: ml_collections.ConfigDict) -> None:
+    """The retriever's pool, index refreshes and LAPDOG stage 2's distillation."""
     c.retrieval = ml_collections.ConfigDict()
     c.retrieval.pool_size = 16  # K passages scored per prompt (faiss top-K)
     c.retrieval.refresh_index = 20  # steps between index rebuilds (0 = never)
@@ -410,8 +455,11 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     # follow LAPDOG; the embedded demo keeps raw cosines and 'batchmean', with which its
     # ablation was measured.
     c.retrieval.distill_scale = "none"
-    c.retrieval.distill_reduction = "batchmean"
+    c.retrieval.distill_reduction = "batchmean"  # 'batchmean' | 'mean' (as above)
 
+
+def _grpo(c: ml_collections.ConfigDict) -> None:
+    """The RL modes' sampling, advantages, loss and KL (docs/grpo_loss.md)."""
     c.grpo = ml_collections.ConfigDict()
     c.grpo.group_size = 4  # G completions per (prompt, doc)
     c.grpo.retriever_group_size = 4  # Gr docs sampled per prompt (joint mode)
@@ -443,6 +491,9 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.grpo.top_p = 1.0  # 1.0 = off
     c.grpo.eps = 1e-4  # advantage std epsilon
 
+
+def _reward(c: ml_collections.ConfigDict) -> None:
+    """The RL reward and LAPDOG's gold score: which functions, weights and where they run."""
     c.reward = ml_collections.ConfigDict()
     c.reward.gold_score_mode = "f1rougebleu"  # reward / gold score (LAPDOG --gold_score_mode)
     c.reward.weights = (1.0, 1.0, 1.0)  # F1, ROUGE-L, BLEU weights (LAPDOG --metric_scale_factors)
@@ -465,14 +516,10 @@ def base_config(mode: str, preset: str | None = None) -> ml_collections.ConfigDi
     c.reward.fn = "f1rougebleu"
     c.reward.fn_weights = ()  # one weight per name of reward.fn (TRL reward_weights); () = 1s
 
+
+def _mesh(c: ml_collections.ConfigDict) -> None:
+    """The device mesh's axis sizes."""
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = all remaining devices)
     c.mesh.fsdp = 1  # parameter-sharding axis size
     c.mesh.tensor = 1  # tensor-parallel axis size
-
-    if preset:
-        for field, value in {**PRESET, **PRESET_SIZES[preset]}.items():
-            parent, _, key = field.rpartition(".")
-            (get(c, parent) if parent else c)[key] = value
-    c.lock()
-    return c
