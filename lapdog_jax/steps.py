@@ -79,6 +79,25 @@ def make_state(params, ref_params, *, optimizer, seed: int) -> TrainState:
                       rng=jax.random.PRNGKey(seed + 1))
 
 
+# The keys of a training step. The trainer's key of the batch at `step` (the rollout's, a
+# supervised or LAPDOG step's) is fold_in(state.rng, step); `grpo_update` draws from a stream
+# of its own, fold_in(fold_in(state.rng, UPDATE_STREAM), its call count), UPDATE_STREAM being
+# a step number no run reaches. So the update's dropout never reuses the rollout's sampling
+# key, nor one update another's (num_iterations > 1), and each use within a step splits its
+# key (tests/test_steps.py checks that no two random uses of two steps share a key).
+UPDATE_STREAM = 0xFFFFFFFF
+
+
+def batch_key(rng, step) -> jax.Array:
+    """The trainer's key of the batch at `step` (the rollout's or the supervised step's)."""
+    return jax.random.fold_in(rng, step)
+
+
+def update_key(rng, calls) -> jax.Array:
+    """`grpo_update`'s key at its `calls`-th call (see UPDATE_STREAM)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, jnp.uint32(UPDATE_STREAM)), calls)
+
+
 def initial_state(exp, optimizer, seed: int, out_shardings=None) -> TrainState:
     """The step-0 state of an experiment (params and reference from `experiment.build`),
     built by one jitted program (placed by `out_shardings` when given)."""
@@ -219,8 +238,7 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
     g = config.grpo
     B, Gr, G = rewards_BxGrxG.shape
     adv = losses.reader_advantages(rewards_BxGrxG, g.loss_type, g.scale_rewards, g.eps)
-    reader_rng, retriever_rng = dropout_rngs(config, "rl", jax.random.fold_in(
-        state.rng, state.step), 2)
+    reader_rng, retriever_rng = dropout_rngs(config, "rl", update_key(state.rng, state.step), 2)
 
     (loss, m), reader_grads = _reader_grads(state, ro, adv, reader_rng, models=models,
                                             config=config)

@@ -212,7 +212,7 @@ def _train_step(s: Setup, p: Progress) -> StepOut:
     supervised step, or rollout + reward + `num_iterations` GRPO updates."""
     batch, texts = next(s.pipeline)
     batch = distributed.global_batch(batch, sharding.batch_sharding(s.mesh))
-    rng = jax.random.fold_in(p.state.rng, p.step)
+    rng = steps.batch_key(p.state.rng, p.step)  # (the update's keys: steps.update_key)
     warmup = p.step < s.spec.warmup_steps
     if warmup or not s.spec.is_rl:
         name = "sft" if warmup else s.spec.step

@@ -776,3 +776,47 @@ def test_from_scratch_retriever_keeps_token_types_at_zero(from_scratch):
     assert moved("word_embeddings") > 0 and moved("position_embeddings") > 0
     assert (moved("token_type_embeddings") == 0) == from_scratch
 
+
+
+def test_no_two_random_uses_of_grpo_steps_share_a_key(monkeypatch):
+    """Every random use of three joint GRPO steps with dropout on (the pool's Gumbel draw and
+    the sampler of each rollout, each dropout pass of each update) gets a key of its own,
+    the rollout's keys from the trainer's `batch_key`, as train.py derives them. (With the
+    update's key once fold_in(rng, step), its retriever dropout reused the sampler's key.)"""
+    import inspect
+
+    seen = []  # (use, key)
+
+    def recording(name, fn):
+        signature = inspect.signature(fn)
+
+        def wrapped(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            rng = arguments.get("rng")
+            if rng is not None and not arguments.get("greedy", False):
+                jax.debug.callback(lambda k: seen.append((name, tuple(np.asarray(k).tolist()))),
+                                   rng)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for name in ("encode_sources", "decode_logits", "retriever_scores", "pool_similarity",
+                 "sample_completions"):
+        monkeypatch.setattr(steps, name, recording(name, getattr(steps, name)))
+    monkeypatch.setattr(losses, "gumbel_top_k", recording("gumbel_top_k", losses.gumbel_top_k))
+    config = make_config("joint_grpo", **{"model.dropout": "all"})
+    models = make_models()
+    fns = Fns(config, models)  # (jitted after the patches: they are traced in)
+    params = init_params(models, 0)
+    state = make_state(params, params, fns.optimizer)
+    batch = make_batch()
+    for step in range(3):
+        ro = fns.rollout(state.params, batch, steps.batch_key(state.rng, step), state.ref_params)
+        state, _ = fns.update(state, ro, fns.reward(ro, batch), batch)
+    jax.effects_barrier()
+    uses = {name for name, _ in seen}
+    assert uses == {"gumbel_top_k", "sample_completions", "encode_sources", "decode_logits",
+                    "retriever_scores"}
+    keys = [key for _, key in seen]
+    shared = {key: [n for n, k in seen if k == key] for key in keys if keys.count(key) > 1}
+    assert not shared, f"uses sharing a key: {list(shared.values())}"
+    assert len(seen) == 3 * 5  # per step: 2 in the rollout, 3 in the update
