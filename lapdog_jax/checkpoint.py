@@ -281,23 +281,47 @@ def _identity(manager, step: int):
 
 
 def _restore(manager, step: int, abstract_state: Any, abstract_index: Any):
-    """(state, host, index or None) of the checkpoint at `step`."""
-    items = dict(state=ocp.args.StandardRestore(_target(abstract_state)),
-                 host=ocp.args.JsonRestore())
+    """(state, host, index or None) of the checkpoint at `step`; `abstract_state` is the
+    whole state's target, or a function of the host item that returns the nested dict of the
+    parts of the state to read (e.g. {'step': ..., 'params': ...}; nothing else is read)."""
+    parts = abstract_state if callable(abstract_state) else None
+    items = dict(host=ocp.args.JsonRestore())
+    if parts is None:
+        items["state"] = ocp.args.StandardRestore(_target(abstract_state))
     if abstract_index is not None and manager.item_metadata(step).get("index") is not None:
         items["index"] = ocp.args.StandardRestore(_target(abstract_index))
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     if not isinstance(restored["host"], dict):
         raise CheckpointError(f"host item is {type(restored['host']).__name__}, not an object")
-    return restored["state"], restored["host"], restored.get("index")
+    state = restored["state"] if parts is None else _restore_parts(
+        manager, step, _target(parts(restored["host"])))
+    return state, restored["host"], restored.get("index")
+
+
+# GB a tool's restore reads at a time: what it holds beyond the params it restores.
+_RESTORE_GB = 0.1
+
+
+def _restore_parts(manager, step: int, target: dict) -> dict:
+    """The parts of the state item at `step` that `target` names (a nested dict of its
+    shapes, dtypes and shardings), read onto them; the others are not read."""
+    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=_RESTORE_GB)
+    try:
+        return handler.restore(manager.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+    finally:
+        handler.close()
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    abstract_index: Any = None, step: int | None = None
                    ) -> tuple[Any, dict, Any] | None:
     """Restores the newest checkpoint that reads whole (or the one at `step`) onto
-    `abstract_state`'s shapes and shardings; a newer one that does not read is skipped with a
-    warning naming it (and nothing is deleted).
+    `abstract_state`'s shapes and shardings (arrays or jax.ShapeDtypeStructs; or a function
+    of the host item naming the parts to read, see `_restore`); a newer one that does not
+    read is skipped with a warning naming it (and nothing is deleted). An index target
+    without shardings restores as numpy arrays (host memory).
 
     A step deleted or replaced while it is read (by the training run beside a reader) is not
     taken for a damaged one: the steps are listed again and the newest read.

@@ -55,10 +55,14 @@ class Experiment:
     retriever_tokenizer: Any
     reader: T5
     retriever: Contriever
-    # {'reader', 'retriever'} initial params, plus 'lora' (fresh adapters) with LoRA
+    # {'reader', 'retriever'} initial params, plus 'lora' (fresh adapters) with LoRA; only
+    # their shapes (jax.ShapeDtypeStruct leaves) once a train state holds them
+    # (`release_params`) or when built for a tool (`build(weights=False)`), except LoRA's
+    # frozen base reader, which no checkpoint holds
     params: dict[str, Any]
     # {'reader', 'retriever'} frozen reference (before any warmup); with LoRA and neither a
-    # warm-up nor init.reference, no 'reader': the reference is the base with adapters off
+    # warm-up nor init.reference, no 'reader': the reference is the base with adapters off.
+    # Shapes only, as `params`.
     ref_params: dict[str, Any]
 
 
@@ -191,13 +195,22 @@ def random_init(init_fn, cfg, rng, size: int):
 
 
 def stored(params, config):
-    """`params` in the run's storage dtype (model.param_dtype)."""
+    """`params` in the run's storage dtype (model.param_dtype); shapes stay shapes."""
     dtype = jnp.dtype(config.model.param_dtype)
-    return jax.tree.map(lambda x: x if x.dtype == dtype else jnp.asarray(x, dtype), params)
+    return jax.tree.map(lambda x: x if x.dtype == dtype else (
+        jax.ShapeDtypeStruct(x.shape, dtype) if isinstance(x, jax.ShapeDtypeStruct)
+        else jnp.asarray(x, dtype)), params)
 
 
-def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
-    """The reader module and params: init.reader's HF checkpoint, else a random tiny T5."""
+def shapes(tree):
+    """`tree` with each array replaced by its jax.ShapeDtypeStruct (no memory held)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def build_reader(config, tokenizer, rng, weights: bool = True) -> tuple[T5, Any]:
+    """The reader module and params: init.reader's HF checkpoint, else a random tiny T5;
+    `weights=False`: a random reader's params as shapes only (an HF reader's are read, for
+    its config, and returned as they are: the caller drops them)."""
     dtype = config.model.dtype
     if config.init.reader:
         cfg, params = hf.load_t5(paths.resolve(config, "init.reader"), dtype=dtype)
@@ -216,14 +229,16 @@ def build_reader(config, tokenizer, rng) -> tuple[T5, Any]:
             logging.info("--config.init.reader is empty: a random T5 v1.1-%s reader (d_model "
                          "%d, d_ff %d, %d+%d layers, %d heads)", config.preset, m.d_model, m.d_ff,
                          m.num_layers, m.num_decoder_layers, m.num_heads)
-        params = random_init(t5_lib.init_params, cfg, rng, t5_lib.num_params(cfg))
+        params = (random_init(t5_lib.init_params, cfg, rng, t5_lib.num_params(cfg)) if weights
+                  else t5_lib.abstract_params(cfg))
     return T5(dataclasses.replace(cfg, remat=config.model.remat, attention=config.model.attention,
                                   scan_layers=config.model.scan_layers)), \
         stored(params, config)
 
 
-def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
-    """The retriever module and params: init.retriever's HF checkpoint, else a random tiny BERT."""
+def build_retriever(config, tokenizer, rng, weights: bool = True) -> tuple[Contriever, Any]:
+    """The retriever module and params: init.retriever's HF checkpoint, else a random tiny BERT
+    (`weights=False`: as `build_reader`)."""
     if config.init.retriever:
         cfg, params = hf.load_contriever(paths.resolve(config, "init.retriever"))
         cfg = dataclasses.replace(cfg, normalize=config.model.normalize_embeddings,
@@ -241,14 +256,17 @@ def build_retriever(config, tokenizer, rng) -> tuple[Contriever, Any]:
         if config.preset:
             logging.info("--config.init.retriever is empty: a random BERT-base-sized retriever "
                          "(hidden %d, %d layers)", m.hidden_size, m.num_hidden_layers)
-        params = random_init(init_retriever_params, cfg, rng, contriever_lib.num_params(cfg))
+        params = (random_init(init_retriever_params, cfg, rng, contriever_lib.num_params(cfg))
+                  if weights else contriever_lib.abstract_params(cfg))
     return Contriever(dataclasses.replace(cfg, scan_layers=config.model.scan_layers)), \
         stored(params, config)
 
 
-def build(config, workdir: str) -> Experiment:
+def build(config, workdir: str, weights: bool = True) -> Experiment:
     """Builds the whole experiment for `config` under `workdir` (a config that
-    `validation.validate` and `paths.check_paths` have passed)."""
+    `validation.validate` and `paths.check_paths` have passed). `weights=False` (a tool that
+    restores a checkpoint): the initial params and reference as shapes only, but for LoRA's
+    base reader, which no checkpoint holds."""
     os.makedirs(workdir, exist_ok=True)
 
     def data_and_tokenizers():
@@ -259,17 +277,21 @@ def build(config, workdir: str) -> Experiment:
     train, valid, passages, (reader_tok, retriever_tok) = _main_process_first(
         data_and_tokenizers)
     rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(config.seed))
-    reader, reader_params = build_reader(config, reader_tok, rng_reader)
-    retriever, retriever_params = build_retriever(config, retriever_tok, rng_retriever)
-    params = {"reader": reader_params, "retriever": retriever_params}
+    adapted = run_spec.resolve(config).lora
+    reader, reader_params = build_reader(config, reader_tok, rng_reader, weights or adapted)
+    retriever, retriever_params = build_retriever(config, retriever_tok, rng_retriever, weights)
+    keep = (lambda x: x) if weights else shapes  # (an HF model's weights dropped at once)
+    params = {"reader": reader_params if adapted else keep(reader_params),
+              "retriever": keep(retriever_params)}
     ref = dict(params)
     if config.init.reference:
-        ref["reader"] = stored(hf.load_t5(paths.resolve(config, "init.reference"),
-                                          dtype=config.model.dtype)[1], config)
-    if run_spec.resolve(config).lora:
+        ref["reader"] = (stored(hf.load_t5(paths.resolve(config, "init.reference"),
+                                           dtype=config.model.dtype)[1], config) if weights
+                         else shapes(reader_params))
+    if adapted:
         try:
-            params["lora"] = lora.init(reader_params, config.lora, jax.random.fold_in(
-                jax.random.PRNGKey(config.seed), 2))
+            params["lora"] = keep(lora.init(reader_params, config.lora, jax.random.fold_in(
+                jax.random.PRNGKey(config.seed), 2)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if not (config.init.reference or run_spec.resolve(config).warmup_steps):
@@ -336,17 +358,37 @@ def passage_retriever(exp: Experiment) -> Retriever:
                      exp.config.data.retriever_maxlength)
 
 
-def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):
-    """(state, state shardings): the step-0 train state placed on `mesh`."""
+def abstract_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):
+    """(abstract state, state shardings): the train state's shapes and dtypes with the
+    shardings it takes on `mesh` (jax.ShapeDtypeStruct leaves: what a checkpoint is restored
+    onto, no memory held)."""
     optimizer = optimizer or optim.make_optimizer(exp.config)
-    # Shapes first, then one compiled init of the moments and the reference straight into
-    # their shardings (no op-by-op optimizer init, no host copy).
     make = functools.partial(steps.make_state, optimizer=optimizer, seed=exp.config.seed)
     abstract = jax.eval_shape(make, exp.params, exp.ref_params)
     axes = sharding.model_axes(exp.reader.config, exp.retriever.config,
                                exp.config.lora.targets if run_spec.resolve(exp.config).lora else ())
     state_sh = sharding.param_shardings(abstract, mesh, axes)
+    return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                        abstract, state_sh), state_sh
+
+
+def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):
+    """(state, state shardings): the step-0 train state placed on `mesh`."""
+    optimizer = optimizer or optim.make_optimizer(exp.config)
+    # Shapes first, then one compiled init of the moments and the reference straight into
+    # their shardings (no op-by-op optimizer init, no host copy).
+    _, state_sh = abstract_state(exp, mesh, optimizer)
     return steps.initial_state(exp, optimizer, exp.config.seed, state_sh), state_sh
+
+
+def release_params(exp: Experiment) -> None:
+    """Drops the experiment's initial params and reference (keeping their shapes) once a
+    train state holds them, so that they are not a second copy for the whole run; LoRA's
+    frozen base reader (the state's own) stays."""
+    base = exp.params["reader"] if run_spec.resolve(exp.config).lora else None
+    exp.params, exp.ref_params = shapes(exp.params), shapes(exp.ref_params)
+    if base is not None:
+        exp.params["reader"] = base
 
 
 def make_mesh(config):

@@ -72,7 +72,7 @@ class Progress:
     step: int  # training steps (batches) taken
     bad: int  # consecutive non-finite steps
     index_step: int = 0  # step whose retriever params the passage index holds
-    saved_index: Any = None  # own copy of those params while the index is stale
+    saved_index: Any = None  # host copy of those params while the index is stale
     compiled: set = dataclasses.field(default_factory=set)  # step kinds dispatched so far
 
 
@@ -109,6 +109,13 @@ class StepOut:
     texts: dict | None = None  # the batch's strings (questions, targets) from the pipeline
 
 
+def host_copy(tree):
+    """A copy of `tree` in host memory (numpy), where each array is whole on this process;
+    else a device copy with buffers of its own (an array sharded over several processes)."""
+    return jax.tree.map(lambda x: jnp.copy(x) if isinstance(x, jax.Array)
+                        and not x.is_fully_addressable else np.array(x), tree)
+
+
 def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     """Experiment, mesh, models, optimizer, state (restored from the newest checkpoint that
     reads whole), steps, passage index and input pipeline; config.json is written once the
@@ -123,11 +130,19 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     mesh = experiment.make_mesh(config)
     models = experiment.step_models(exp)
     optimizer = optim.make_optimizer(config)
-    state, state_sh = experiment.initial_state(exp, mesh, optimizer)
+    abstract, state_sh = experiment.abstract_state(exp, mesh, optimizer)
     if distributed.is_main_process():  # (the lock is ours: no other run is saving here)
         checkpoint.remove_unfinished(workdir)
     manager = checkpoint.make_manager(workdir, config.keep)
-    state, host_state, saved_index = workdir_lib.restore(manager, exp, state, state_sh)
+    # A checkpoint is read onto the state's shapes (no initial state is built for it);
+    # without one the step-0 state is built. Then the state holds the only copy of the
+    # weights: the experiment keeps their shapes.
+    restored = workdir_lib.restore(manager, exp, abstract)
+    if restored is None:
+        restored = (steps.initial_state(exp, optimizer, config.seed, state_sh),
+                    workdir_lib.fresh_host_state(), None)
+    state, host_state, saved_index = restored
+    experiment.release_params(exp)
     step = workdir_lib.resumed_step(state, host_state)
     if distributed.is_main_process():
         logging.info("%s", summary.startup_summary(
@@ -157,9 +172,9 @@ def _setup_retrieval(config, spec, exp, progress: Progress, host_state: dict, sa
     retriever = pool_fn = pool_embeddings = None
     if k:
         retriever = workdir_lib.indexed_retriever(exp, progress.state, host_state, saved_index)
-        if spec.refresh_index:  # kept (own buffers: the state's are donated) to save while stale
-            progress.saved_index = steps.freeze_copy(workdir_lib.index_params(
-                exp, progress.state, progress.step, progress.index_step, saved_index))
+        if spec.refresh_index:  # kept on the host (the state's are donated) to save while stale
+            progress.saved_index = host_copy(workdir_lib.index_params(
+                progress.state, progress.step, progress.index_step, saved_index))
         # Top-K search with the current retriever params (read when each batch is built).
         # (RL modes: with the query embeddings, which the rollout then reuses.)
         pool_fn = retriever.pool_fn(lambda: progress.state.params["retriever"], k,
@@ -339,9 +354,9 @@ def _after_step(s: Setup, p: Progress) -> None:
     if refresh and p.step % refresh == 0 and p.step > warmup:
         # (The warm-up does not train the retriever: its index stays as it was built.)
         s.retriever.rebuild(p.state.params["retriever"])
-        # Own buffers: the state's are donated to the next step.
+        # A host copy: the state's buffers are donated to the next step.
         p.index_step = p.step
-        p.saved_index = steps.freeze_copy(p.state.params["retriever"])
+        p.saved_index = host_copy(p.state.params["retriever"])
 
 
 def _evaluate(s: Setup, p: Progress) -> dict:

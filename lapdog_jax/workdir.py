@@ -13,7 +13,16 @@ import os
 import jax
 import ml_collections
 
-from lapdog_jax import checkpoint, config_lib, experiment, paths, retrieval, run_spec, validation
+from lapdog_jax import (
+    checkpoint,
+    config_lib,
+    experiment,
+    paths,
+    retrieval,
+    run_spec,
+    steps,
+    validation,
+)
 from lapdog_jax import data as data_lib
 from lapdog_jax.config_lib import ConfigError
 
@@ -106,10 +115,10 @@ def resumed_step(state, host_state: dict) -> int:
     return int(host_state.get("step", state.step))
 
 
-def index_params(exp: experiment.Experiment, state, step: int, index_step: int, saved_index=None):
+def index_params(state, step: int, index_step: int, saved_index=None):
     """The retriever params the passage index was built from at `index_step` when the run is
-    at `step`: the initial ones (step 0), the current ones (a refresh at this very step) or
-    those saved in the checkpoint.
+    at `step`: the initial ones (step 0: the reference retriever, which nothing updates), the
+    current ones (a refresh at this very step) or those saved in the checkpoint.
 
     A resumed run must search the index the uninterrupted run was searching, not one rebuilt
     from the retriever it has trained since.
@@ -117,7 +126,7 @@ def index_params(exp: experiment.Experiment, state, step: int, index_step: int, 
     if index_step == step:
         return state.params["retriever"]
     if index_step == 0:
-        return exp.params["retriever"]
+        return state.ref_params["retriever"]
     if saved_index is None:
         raise ConfigError(f"the checkpoint at step {step} lacks the retriever params of the "
                           f"index built at step {index_step}")
@@ -131,7 +140,7 @@ def indexed_retriever(exp: experiment.Experiment, state, host_state: dict, saved
     if not run_spec.resolve(exp.config).pool_size:
         return None
     retriever = experiment.passage_retriever(exp)
-    retriever.rebuild(index_params(exp, state, resumed_step(state, host_state),
+    retriever.rebuild(index_params(state, resumed_step(state, host_state),
                                    host_state.get("index_step", 0), saved_index))
     return retriever
 
@@ -144,25 +153,79 @@ def checkpointed(state, config):
     return state.replace(params={k: v for k, v in state.params.items() if k != "reader"})
 
 
-def restore(manager, exp: experiment.Experiment, state, state_sh, step: int | None = None):
-    """(state, host_state, saved index params or None) of the latest checkpoint (or the one at
-    `step`), or the step-0 ones when there is none yet (host_state: the checkpoint's JSON
-    item)."""
-    restored = checkpoint.restore_latest(manager, checkpointed(state, exp.config),
-                                         state.params["retriever"], step=step)
+def fresh_host_state() -> dict:
+    """The host state of a run that has taken no step."""
+    return {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0, "index_step": 0}
+
+
+def _on_host(abstract_tree):
+    """Restore targets without shardings: the arrays come back as numpy (host memory)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_tree)
+
+
+def _with_base_reader(state, exp: experiment.Experiment, abstract):
+    """`state` with LoRA's frozen base reader (which checkpoints do not hold): the
+    experiment's, placed as `abstract` says."""
+    if not run_spec.resolve(exp.config).lora:
+        return state
+    base = jax.device_put(exp.params["reader"], jax.tree.map(lambda a: a.sharding,
+                                                             abstract.params["reader"]))
+    return state.replace(params={**state.params, "reader": base})
+
+
+def restore(manager, exp: experiment.Experiment, abstract, step: int | None = None):
+    """(state, host_state, saved index params or None) of the latest checkpoint (or the one
+    at `step`) read onto `abstract` (the train state's shapes, dtypes and shardings:
+    `experiment.abstract_state`; no state is built first), or None when there is none yet.
+    The saved index params come back on the host (numpy)."""
+    restored = checkpoint.restore_latest(manager, checkpointed(abstract, exp.config),
+                                         _on_host(abstract.params["retriever"]), step=step)
     if restored is None:
-        return state, {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
-                       "index_step": 0}, None
+        return None
     saved, host_state, saved_index = restored
-    if run_spec.resolve(exp.config).lora:  # the base reader was not saved: start-up rebuilt it
-        saved = saved.replace(params={**saved.params, "reader": state.params["reader"]})
-    return jax.device_put(saved, state_sh), host_state, saved_index
+    return _with_base_reader(saved, exp, abstract), host_state, saved_index
+
+
+def tool_parts(abstract, config):
+    """The function of a checkpoint's host item that names the parts of its state a tool
+    (evaluate, predict, chat, export, init.from_workdir) reads: the step and the params
+    (the retriever's only for a run that retrieves), and the reference retriever where the
+    passage index was built from it (index step 0) or export writes it as the passage
+    encoder (query-side training); never the optimizer moments or the reference reader."""
+    spec = run_spec.resolve(config)
+    params = checkpointed(abstract, config).params
+    if not spec.pool_size:
+        params = {k: v for k, v in params.items() if k != "retriever"}
+
+    def parts(host: dict) -> dict:
+        out = {"step": abstract.step, "params": params}
+        if spec.pool_size and (host.get("index_step", 0) == 0
+                               or not config.model.shared_retriever):
+            out["ref_params"] = {"retriever": abstract.ref_params["retriever"]}
+        return out
+    return parts
+
+
+def restore_params(manager, exp: experiment.Experiment, abstract, step: int | None = None):
+    """A tool's restore: (state, host_state, saved index params or None) of the latest
+    checkpoint (or the one at `step`) with only what `tool_parts` names read (the state's
+    opt_state and rng are None, its ref_params holds at most the retriever); None when there
+    is no checkpoint."""
+    restored = checkpoint.restore_latest(manager, tool_parts(abstract, exp.config),
+                                         _on_host(abstract.params["retriever"]), step=step)
+    if restored is None:
+        return None
+    parts, host_state, saved_index = restored
+    state = steps.TrainState(step=parts["step"], params=parts["params"], opt_state=None,
+                             ref_params=parts.get("ref_params", {}), rng=None)
+    return _with_base_reader(state, exp, abstract), host_state, saved_index
 
 
 def restore_workdir(workdir: str, purpose: str, step: int | None = None):
-    """Rebuilds a training workdir and restores its latest checkpoint (or the one at `step`)
-    for `purpose` ('evaluate', 'export', 'chat', 'predict'); returns (exp, mesh, state,
-    host_state, saved_index params or None)."""
+    """Rebuilds a training workdir (without the initial weights) and restores its params from
+    its latest checkpoint (or the one at `step`) for `purpose` ('evaluate', 'export', 'chat',
+    'predict'): the params and what the tools need only (`restore_params`); returns (exp,
+    mesh, state, host_state, saved_index params or None)."""
     config = load_config(workdir)
     manager = checkpoint.make_manager(workdir, config.keep, create=False)
     try:
@@ -173,10 +236,13 @@ def restore_workdir(workdir: str, purpose: str, step: int | None = None):
                               f"(saved steps: {', '.join(map(str, manager.all_steps()))})")
         validation.validate(config)
         paths.check_paths(config)
-        exp = experiment.build(config, workdir)
+        exp = experiment.build(config, workdir, weights=False)
         mesh = experiment.make_mesh(config)
-        state, host_state, saved_index = restore(
-            manager, exp, *experiment.initial_state(exp, mesh), step=step)
+        abstract, _ = experiment.abstract_state(exp, mesh)
+        restored = restore_params(manager, exp, abstract, step=step)
+        if restored is None:  # (deleted since listed, by a run beside us)
+            raise ConfigError(f"--workdir={workdir}: no checkpoint to {purpose}")
+        state, host_state, saved_index = restored
     finally:
         manager.close()
     return exp, mesh, state, host_state, saved_index

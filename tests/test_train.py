@@ -317,6 +317,30 @@ def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_
         assert set(scalars["grpo/zero_std_pct"].values()) == {100.0}
 
 
+def test_tools_and_resume_hold_one_copy_of_the_weights(sft_run):
+    """A tool's restore (evaluate, predict, chat, export, init.from_workdir) builds no initial
+    weights and reads the params (and the reference retriever its index was built from)
+    alone: no optimizer moments, no reference reader. A resumed trainer reads its state onto
+    abstract shapes and keeps no initial params beside it."""
+    workdir, config, _ = sft_run
+    exp, _, state, host, _ = workdir_lib.restore_workdir(str(workdir), "export")
+    assert all(isinstance(x, jax.ShapeDtypeStruct)
+               for x in jax.tree.leaves((exp.params, exp.ref_params)))
+    assert state.opt_state is None and state.rng is None
+    assert set(state.ref_params) == {"retriever"}  # (its index was built at step 0)
+    full, full_host = restore(workdir, config)
+    assert host == full_host and int(state.step) == int(full.step)
+    assert _tree_equal(state.params, full.params)
+    assert _tree_equal(state.ref_params["retriever"], full.ref_params["retriever"])
+
+    s, p = train._setup(config, str(workdir))  # (resumes: the run has its checkpoints)
+    s.manager.close()
+    assert p.step == config.total_steps
+    assert all(isinstance(x, jax.ShapeDtypeStruct)
+               for x in jax.tree.leaves((s.exp.params, s.exp.ref_params)))
+    assert _tree_equal(p.state, full)
+
+
 class _SigtermAt:
     """A MetricWriter that sends this process SIGTERM once it has logged step `at`."""
 
