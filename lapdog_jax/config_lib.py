@@ -112,6 +112,7 @@ CHOICES = {
     "data.fusion": ("fid", "concat"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "optim.state_dtype": ("params", "float32"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("einsum", "fused"),
     "model.passage_scores": PASSAGE_SCORES,
@@ -338,11 +339,12 @@ def _model(c: ml_collections.ConfigDict) -> None:
     _tiny_reader(c)
     _tiny_retriever(c)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-    # Storage dtype of the reader's and retriever's params (and their reference copies and
-    # Adam moments): 'bfloat16' halves their memory and the casts of each step, as loading a
-    # model with transformers' torch_dtype=bfloat16 does; with no fp32 master copy, an update
-    # smaller than ~1/256 of a weight rounds away. 'float32' keeps fp32 params (the default:
-    # with model.dtype=bfloat16, mixed precision).
+    # Storage dtype of the reader's and retriever's params (and their reference copies and,
+    # unless optim.state_dtype=float32, Adam moments): 'bfloat16' halves their memory and the
+    # casts of each step, as loading a model with transformers' torch_dtype=bfloat16 does;
+    # with no fp32 master copy, an update smaller than ~1/256 of a weight rounds away (LoRA's
+    # adapters stay fp32). 'float32' keeps fp32 params (the default: with model.dtype=
+    # bfloat16, mixed precision).
     c.model.param_dtype = "float32"
     # Reader activations kept for the backward pass of training steps: 'none' (all), 'full'
     # (each T5 block's input only; the rest is recomputed: ~1/3 more reader FLOPs, far less
@@ -427,6 +429,10 @@ def _optim(c: ml_collections.ConfigDict) -> None:
     c.optim.clip_norm = 1.0  # global gradient-norm clip (0 = off)
     c.optim.b1 = 0.9  # Adam beta1
     c.optim.b2 = 0.999  # Adam beta2
+    # AdamW's moments (and the gradient accumulator): 'params' = in each param's own dtype
+    # (bf16 under model.param_dtype=bfloat16); 'float32' = fp32 whatever the params' dtype
+    # (the gradients are cast up first; the update rounds once into the params).
+    c.optim.state_dtype = "params"
 
 
 def _lora(c: ml_collections.ConfigDict) -> None:

@@ -123,8 +123,25 @@ def make_optimizer(config) -> Optimizer:
             # of the optimizer state). Non-finite calls are always skipped (the trainer counts
             # them and stops after max_bad_steps).
             tx = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER)
-        parts[part] = tx
+        parts[part] = in_float32(tx) if o.state_dtype == "float32" else tx
     return Optimizer(parts, schedules)
+
+
+def in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` run on fp32 copies of the gradients and params (`optim.state_dtype=float32`): its
+    state (AdamW's moments, MultiSteps' accumulator) is fp32 whatever the params' dtype, and
+    its updates come back fp32 (`optax.apply_updates` adds them to the bf16 params and rounds
+    the sum once)."""
+    def f32(tree):
+        return jax.tree.map(lambda x: x.astype(jnp.float32)
+                            if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+    def init(params):
+        return tx.init(f32(params))
+
+    def update(updates, state, params=None):
+        return tx.update(f32(updates), state, None if params is None else f32(params))
+    return optax.GradientTransformation(init, update)
 
 
 _NEVER = 2**31 - 1  # apply_if_finite's consecutive non-finite calls before it applies one

@@ -118,6 +118,18 @@ def _retriever(config) -> None:
                                   f"{r.max_position_embeddings}")
 
 
+def _param_dtype(config) -> None:
+    """What bf16 params (`model.param_dtype=bfloat16`) combine with: fp32 or bf16 compute,
+    the reference (stored bf16 too), LoRA (a bf16 base, fp32 adapters) and the moments in
+    either dtype; but summing micro-batch gradients needs an fp32 accumulator."""
+    if (config.model.param_dtype == "bfloat16" and config.accumulation_steps > 1
+            and config.optim.state_dtype != "float32"):
+        raise ConfigError(f"--config.accumulation_steps={config.accumulation_steps} with "
+                          "--config.model.param_dtype=bfloat16 would sum the micro-batches' "
+                          "gradients in bfloat16; set --config.optim.state_dtype=float32 (an "
+                          "fp32 accumulator and fp32 moments)")
+
+
 def _budget(config, spec) -> None:
     """A mode with a supervised warm-up has steps of its own left after it (or says, with
     `sft_warmup_steps=-1`, that it means to run none)."""
@@ -184,6 +196,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     _fields(config)
     spec = run_spec.resolve(config)  # (an unknown mode or a malformed reward.fn list)
     _budget(config, spec)
+    _param_dtype(config)
     _gold_score_rewards(config, spec)
     if settings_only:
         _retriever(config)

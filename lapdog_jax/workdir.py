@@ -93,6 +93,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raw["data"].setdefault("prompt_field", "prompt")
         raw["data"].setdefault("answer_field", "answer")
         raw["init"].setdefault("from_workdir", "")  # (written before init.from_workdir)
+        raw["optim"].setdefault("state_dtype", "params")  # (written before the option)
         raw["data"]["synthetic"].setdefault("split", "shared")  # (written before the split)
         raw["data"]["synthetic"].setdefault("num_heldout", 8)
         # (workdirs written before LoRA existed: adapters off)

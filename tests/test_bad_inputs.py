@@ -69,6 +69,12 @@ BAD_CONFIGS = [
      "3 x 1 x 1 needs 3 devices; this run has 1", ""),
     ("joint_grpo", {"model.dtype": "float17"}, "--config.model.dtype=float17: expected one of "
      "'float32', 'bfloat16'", ""),
+    # bf16 params (model.param_dtype) and what they combine with.
+    ("grpo", {"model.param_dtype": "bfloat16", "accumulation_steps": 2},
+     "--config.accumulation_steps=2 with --config.model.param_dtype=bfloat16 would sum the "
+     "micro-batches' gradients in bfloat16", "--config.optim.state_dtype=float32"),
+    ("grpo", {"optim.state_dtype": "bfloat16"}, "--config.optim.state_dtype=bfloat16: "
+     "expected one of 'params', 'float32'", ""),
     # More.
     ("sft", {"log_freq": 0}, "--config.log_freq=0: expected an integer >= 1", ""),
     ("sft", {"keep": 0}, "--config.keep=0: expected an integer >= 1", ""),
@@ -164,6 +170,13 @@ def test_save_freq_zero_and_good_configs_pass():
     validation.validate(whole, num_devices=1)
     assert run_spec.resolve(whole).warmup_steps == 6
     validation.validate(config_with("sft", total_steps=6, sft_warmup_steps=500), num_devices=1)
+    # bf16 params with bf16 or fp32 compute, LoRA, a reference, moments in either dtype, and
+    # an fp32 accumulator.
+    for extra in ({"model.dtype": "float32"}, {"lora.rank": 4, "sft_warmup_steps": 2},
+                  {"optim.state_dtype": "float32", "accumulation_steps": 2},
+                  {"init.reference": "", "optim.state_dtype": "params"}):
+        validation.validate(config_with("grpo", **{"model.param_dtype": "bfloat16", **extra}),
+                            num_devices=1)
     for mode in config_lib.MODES:
         validation.validate(config_lib.mode_config(mode), num_devices=1)
         with pytest.raises(ConfigError, match=r"^preset 'base' needs real data: set "
