@@ -128,7 +128,7 @@ def indexed_retriever(exp: experiment.Experiment, state, host_state: dict, saved
                       ) -> retrieval.Retriever | None:
     """The passage retriever with the index the run at `host_state['step']` was searching
     (None for closed-book runs)."""
-    if not run_spec.resolve(exp.config).pool_size:
+    if not exp.spec.pool_size:
         return None
     retriever = experiment.passage_retriever(exp)
     retriever.rebuild(index_params(exp, state, resumed_step(state, host_state),
@@ -136,10 +136,11 @@ def indexed_retriever(exp: experiment.Experiment, state, host_state: dict, saved
     return retriever
 
 
-def checkpointed(state, config):
-    """What a checkpoint holds of the train state: all of it, except with LoRA the frozen
-    base reader, which start-up rebuilds (init.reader, or the seed's random reader)."""
-    if not run_spec.resolve(config).lora:
+def checkpointed(state, spec: run_spec.RunSpec):
+    """What a checkpoint holds of the train state: all of it, except with LoRA (`spec.lora`)
+    the frozen base reader, which start-up rebuilds (init.reader, or the seed's random
+    reader)."""
+    if not spec.lora:
         return state
     return state.replace(params={k: v for k, v in state.params.items() if k != "reader"})
 
@@ -148,13 +149,13 @@ def restore(manager, exp: experiment.Experiment, state, state_sh, step: int | No
     """(state, host_state, saved index params or None) of the latest checkpoint (or the one at
     `step`), or the step-0 ones when there is none yet (host_state: the checkpoint's JSON
     item)."""
-    restored = checkpoint.restore_latest(manager, checkpointed(state, exp.config),
+    restored = checkpoint.restore_latest(manager, checkpointed(state, exp.spec),
                                          state.params["retriever"], step=step)
     if restored is None:
         return state, {"step": 0, "pipeline": {"epoch": 0, "index": 0}, "bad_steps": 0,
                        "index_step": 0}, None
     saved, host_state, saved_index = restored
-    if run_spec.resolve(exp.config).lora:  # the base reader was not saved: start-up rebuilt it
+    if exp.spec.lora:  # the base reader was not saved: start-up rebuilt it
         saved = saved.replace(params={**saved.params, "reader": state.params["reader"]})
     return jax.device_put(saved, state_sh), host_state, saved_index
 
@@ -162,7 +163,8 @@ def restore(manager, exp: experiment.Experiment, state, state_sh, step: int | No
 def restore_workdir(workdir: str, purpose: str, step: int | None = None):
     """Rebuilds a training workdir and restores its latest checkpoint (or the one at `step`)
     for `purpose` ('evaluate', 'export', 'chat', 'predict'); returns (exp, mesh, state,
-    host_state, saved_index params or None)."""
+    host_state, saved_index params or None). Where the tools start: `exp.spec` is the config's
+    RunSpec (from `validation.validate`), which they hand down."""
     config = load_config(workdir)
     manager = checkpoint.make_manager(workdir, config.keep, create=False)
     try:
@@ -171,9 +173,9 @@ def restore_workdir(workdir: str, purpose: str, step: int | None = None):
         if step is not None and step not in manager.all_steps():
             raise ConfigError(f"--step={step}: {workdir} has no checkpoint at that step "
                               f"(saved steps: {', '.join(map(str, manager.all_steps()))})")
-        validation.validate(config)
+        spec = validation.validate(config)
         paths.check_paths(config)
-        exp = experiment.build(config, workdir)
+        exp = experiment.build(config, workdir, spec)
         mesh = experiment.make_mesh(config)
         state, host_state, saved_index = restore(
             manager, exp, *experiment.initial_state(exp, mesh), step=step)
