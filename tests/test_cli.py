@@ -19,7 +19,7 @@ from lapdog_jax import workdir as workdir_lib
 from tests.test_train import (
     JOINT,
     METRIC_KEYS,
-    build,
+    build_exp,
     check_run,
     compile_cache_dir,
     enable_compile_cache,
@@ -307,7 +307,7 @@ def test_export_cli_loads_in_transformers(trained, commands):
     assert f"reader: {hf_dir}/reader" in done["export"].stdout
 
     config = workdir_lib.load_config(str(workdir))
-    exp = build(config, workdir)
+    exp = build_exp(config, workdir)
     state, _ = restore(workdir, config, exp=exp)
     reader, info = T5ForConditionalGeneration.from_pretrained(hf_dir / "reader",
                                                               output_loading_info=True)

@@ -151,7 +151,7 @@ def saved_steps(workdir) -> list[int]:
     return sorted(int(d) for d in os.listdir(root) if d.isdigit())
 
 
-def build(config, workdir) -> experiment.Experiment:
+def build_exp(config, workdir) -> experiment.Experiment:
     """experiment.build of a checked `config` in `workdir`, as a run starts it."""
     return experiment.build(config, str(workdir), run_spec.resolve(config))
 
@@ -159,7 +159,7 @@ def build(config, workdir) -> experiment.Experiment:
 def restore(workdir, config, step=None, exp=None):
     """(state, host) of `workdir`'s checkpoint at `step` (default latest), on one device;
     `exp` (the run's experiment.build) saves rebuilding it."""
-    exp = exp or build(config, workdir)
+    exp = exp or build_exp(config, workdir)
     state = steps.initial_state(exp, optim.make_optimizer(config, exp.spec), config.seed)
     manager = checkpoint.make_manager(str(workdir), 10, create=False)
     state, host, _ = checkpoint.restore_latest(manager, state, step=step)
@@ -375,7 +375,7 @@ def test_sigterm_saves_and_resume_is_exact(shared_data, tmp_path, monkeypatch):
     assert saved_steps(cut_dir) == [5]  # saved on SIGTERM, although save_freq is 100
     assert not os.path.exists(cut_dir / "eval")  # no final evaluation of a stopped run
     assert "eval/f1" not in stopped
-    exp = build(config, full_dir)
+    exp = build_exp(config, full_dir)
     state5, host5 = restore(cut_dir, config, exp=exp)
     assert host5 == {"step": 5, "pipeline": {"epoch": 0, "index": 5}, "bad_steps": 0,
                      "index_step": 4}
@@ -423,7 +423,7 @@ def test_nonfinite_steps_abort_and_keep_checkpoints(shared_data, sft_run, tmp_pa
                              r"nothing was saved after step 2.*lr"):
         train.train_and_evaluate(config, str(tmp_path))
     assert saved_steps(tmp_path) == [2]
-    exp = build(config, tmp_path)
+    exp = build_exp(config, tmp_path)
     state, host = restore(tmp_path, config, exp=exp)
     assert int(state.step) == 2 and host["bad_steps"] == 0
     ok, _ = restore(sft_run[0], config, step=2, exp=exp)  # the same two clean steps, run unpoisoned
