@@ -28,8 +28,8 @@ import time
 import flax
 import jax
 import jax.numpy as jnp
-
 from bench_peer import DIMS, t5_config
+
 from lapdog_jax.models.t5 import T5
 
 

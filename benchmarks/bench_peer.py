@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lapdog_jax import config_lib, optim, steps
+from lapdog_jax import config_lib, optim, run_spec, steps
 from lapdog_jax.models import contriever, hf
 from lapdog_jax.models.t5 import T5, T5Config, init_params
 
@@ -127,10 +127,11 @@ def grpo_steps(cfg: T5Config, B: int, G: int, S: int, T: int):
         vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
         intermediate_size=8, max_position_embeddings=8))
     models = steps.Models(T5(cfg), retriever, (0, 1))
-    optimizer = optim.make_optimizer(config)
-    rollout = jax.jit(functools.partial(steps.rollout, models=models, config=config))
+    spec = run_spec.resolve(config)
+    optimizer = optim.make_optimizer(config, spec)
+    rollout = jax.jit(functools.partial(steps.rollout, models=models, config=config, spec=spec))
     update = jax.jit(functools.partial(steps.grpo_update, models=models, config=config,
-                                       optimizer=optimizer))
+                                       spec=spec, optimizer=optimizer))
     return rollout, update, optimizer
 
 

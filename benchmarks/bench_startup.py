@@ -22,7 +22,7 @@ import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 
-from lapdog_jax import config_lib, experiment, optim  # noqa: E402
+from lapdog_jax import config_lib, experiment, optim, run_spec  # noqa: E402
 
 
 def _set(config, assignment: str) -> None:
@@ -62,11 +62,11 @@ def main():
     experiment.build_retriever = _timed(times, "retriever", experiment.build_retriever)
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
-        exp = experiment.build(config, os.path.join(workdir, "run"))
+        exp = experiment.build(config, os.path.join(workdir, "run"), run_spec.resolve(config))
         build = time.perf_counter() - start
         start = time.perf_counter()
         state, _ = experiment.initial_state(exp, experiment.make_mesh(config),
-                                            optim.make_optimizer(config))
+                                            optim.make_optimizer(config, exp.spec))
         jax.block_until_ready(state)
         state_s = time.perf_counter() - start
     print(f"build {build:.1f} s "

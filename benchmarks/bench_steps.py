@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from lapdog_jax import config_lib, experiment, optim, sharding, steps
+from lapdog_jax import config_lib, experiment, optim, run_spec, sharding, steps
 
 
 class _Vocab:
@@ -79,7 +79,8 @@ def build(config, vocab: _Vocab):
     retriever, retriever_params = experiment.build_retriever(config, vocab, rng_retriever)
     models = steps.Models(reader, retriever, (0, 1, 2))
     params = {"reader": reader_params, "retriever": retriever_params}
-    optimizer = optim.make_optimizer(config)
+    spec = run_spec.resolve(config)
+    optimizer = optim.make_optimizer(config, spec)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     state = steps.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                              opt_state=optimizer.init(params),
@@ -87,7 +88,7 @@ def build(config, vocab: _Vocab):
     state_sh = sharding.param_shardings(
         state, mesh, sharding.model_axes(reader.config, retriever.config))
     state = jax.device_put(state, state_sh)
-    fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
+    fns = steps.jit_steps(config, spec, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(config, len(vocab), retriever.config.hidden_size),
                            sharding.batch_sharding(mesh))
     return fns, state, batch, retriever.config

@@ -82,10 +82,10 @@ class Chat:
         batch, _ = pipe_lib.make_batch(
             [dialogue] * self.rows, pool, self.retriever.by_id if self.retriever else {},
             pipe_lib.Tokenizers(self.exp.reader_tokenizer, self.exp.retriever_tokenizer),
-            pipe_lib.Lengths.from_config(config.data), formats=experiment.formats(config))
+            pipe_lib.Lengths.from_config(config.data), formats=experiment.formats(self.exp.spec))
         self.rng, rng = jax.random.split(self.rng)
         if self._generate is None:
-            self._generate = _generator(config, self.models, self.temperature)
+            self._generate = _generator(config, self.exp.spec, self.models, self.temperature)
         tokens = self._generate(self.params, batch, rng)
         return self.exp.reader_tokenizer.decode(np.asarray(tokens)[0],
                                                 skip_special_tokens=True).strip()
@@ -94,22 +94,24 @@ class Chat:
              ) -> tuple[list[tuple[str, str, float]], str]:
         """([(id, title, score)] of the top-k stories, reply) for the conversation so far."""
         dialogue = Dialogue(question=question(persona, turns), answers=("",))
-        found = self.stories(dialogue, max(k, max(self.exp.config.data.n_context, 1)))
-        reply = self.reply(dialogue, [pid for pid, _ in
-                                      found[:max(self.exp.config.data.n_context, 1)]])
+        n = self.exp.spec.n_passages
+        found = self.stories(dialogue, max(k, n))
+        reply = self.reply(dialogue, [pid for pid, _ in found[:n]])
         return ([(pid, self.retriever.by_id[pid].title, s) for pid, s in found[:k]], reply)
 
 
-def _generator(config, models: steps.Models, temperature: float):
-    """Jitted reply generator: greedy (evaluation's) or sampled at `temperature`."""
+def _generator(config, spec, models: steps.Models, temperature: float):
+    """Jitted reply generator: greedy (evaluation's) or sampled at `temperature` (`spec`: the
+    run's RunSpec)."""
     if temperature == 0:
-        return jax.jit(functools.partial(steps.generate, models=models, config=config))
+        return jax.jit(functools.partial(steps.generate, models=models, config=config,
+                                         spec=spec))
     sampled = config.copy_and_resolve_references()
     sampled.grpo.temperature = temperature
 
     def sample(params, batch, rng):
         """Sampled replies [B, T] from the top-n stories."""
-        n = max(sampled.data.n_context, 1)
+        n = spec.n_passages
         reader = steps.policy_reader(params, sampled)
         enc, enc_mask = steps.encode_sources(models, reader, batch["reader_ids"][:, :n],
                                              batch["reader_mask"][:, :n], sampled)

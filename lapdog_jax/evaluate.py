@@ -25,7 +25,7 @@ from absl import flags, logging
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from lapdog_jax import cli, distributed, experiment, metrics, run_spec, sharding, steps, tb
+from lapdog_jax import cli, distributed, experiment, metrics, sharding, steps, tb
 from lapdog_jax import data as data_lib
 from lapdog_jax import workdir as workdir_lib
 
@@ -58,7 +58,7 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
     gathered, so all processes return the same rows.
     """
     config = exp.config
-    n = run_spec.resolve(config).n_passages
+    n = exp.spec.n_passages
     k = max(n, max(RECALL_KS)) if retriever is not None else 0
     if retriever is not None:
         k = min(k, len(retriever.passages))
@@ -68,7 +68,7 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
                                         shuffle=False)
     data = sharding.batch_sharding(mesh)
     local = distributed.host_local_batch_slice(batch_size, data)
-    gen = steps.jit_generate(config, models, mesh)
+    gen = steps.jit_generate(config, exp.spec, models, mesh)
     rows = []
     for batch, texts in tqdm(pipeline.eval_batches(), desc="eval", unit="batch", leave=False,
                              disable=distributed.bar_disabled()):
@@ -182,7 +182,7 @@ def samples_markdown(rows) -> str:
 def read_data(exp: experiment.Experiment, path: str):
     """The dialogues (or seq2seq records) of a data file, as the run reads its eval data."""
     config = exp.config
-    if experiment.formats(config) is data_lib.FORMATS["seq2seq"]:
+    if exp.spec.task == "seq2seq":
         return data_lib.read_seq2seq(path, config.data.prompt_field, config.data.answer_field)
     return data_lib.read_dialogues(path, {p.id for p in exp.passages} if exp.passages else None)
 

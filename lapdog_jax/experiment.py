@@ -48,6 +48,7 @@ class Experiment:
     """Data, tokenizers, modules and initial params of one run."""
 
     config: ml_collections.ConfigDict
+    spec: run_spec.RunSpec  # what the config means (validation.validate's)
     train: list[data_lib.Dialogue]
     valid: list[data_lib.Dialogue]
     passages: list[data_lib.Passage]
@@ -83,16 +84,16 @@ def _main_process_first(fn):
     return out if jax.process_index() == 0 else fn()
 
 
-def formats(config) -> data_lib.Formats:
+def formats(spec: run_spec.RunSpec) -> data_lib.Formats:
     """The reader's input and target strings of the run's task (`RunSpec.task`)."""
-    return data_lib.FORMATS[run_spec.resolve(config).task]
+    return data_lib.FORMATS[spec.task]
 
 
-def load_data(config, workdir: str):
+def load_data(config, workdir: str, spec: run_spec.RunSpec):
     """Returns (train, valid, passages); generates the synthetic dataset when data.train is ''
     (a preset without data is refused earlier, by `validation.validate`)."""
-    if run_spec.resolve(config).task == "seq2seq":
-        return _load_seq2seq(config, workdir)
+    if spec.task == "seq2seq":
+        return _load_seq2seq(config, workdir, spec)
     train_path = paths.resolve(config, "data.train")
     if not train_path:
         files = _synthetic(config, workdir)
@@ -112,12 +113,12 @@ def load_data(config, workdir: str):
     logging.info("read %d train / %d eval dialogues and %d passages in %.1f s (%.0f lines/s)",
                  len(train), len(valid), len(passages), took,
                  (len(train) + len(valid) + len(passages)) / max(took, 1e-9))
-    validation.check_data(config, len(train), len(passages), train_path,
+    validation.check_data(config, spec, len(train), len(passages), train_path,
                           passages_path or "--config.data.passages=")
     return train, valid, passages
 
 
-def _load_seq2seq(config, workdir: str):
+def _load_seq2seq(config, workdir: str, spec: run_spec.RunSpec):
     """(train, valid, []) of a seq2seq run: its {prompt, answer} jsonl files, or the embedded
     arithmetic word problems (generated under workdir/data) when data.train is ''."""
     d, s = config.data, config.data.synthetic
@@ -132,7 +133,7 @@ def _load_seq2seq(config, workdir: str):
         raise ConfigError("--config.data.eval is required when --config.data.train is set")
     train = data_lib.read_seq2seq(train_path, d.prompt_field, d.answer_field)
     valid = data_lib.read_seq2seq(eval_path, d.prompt_field, d.answer_field)
-    validation.check_data(config, len(train), 0, train_path, "--config.data.passages=")
+    validation.check_data(config, spec, len(train), 0, train_path, "--config.data.passages=")
     return train, valid, []
 
 
@@ -152,12 +153,12 @@ def _synthetic(config, workdir: str) -> dict[str, str]:
     return files
 
 
-def load_tokenizers(config, workdir: str, train, passages):
+def load_tokenizers(config, workdir: str, train, passages, task_formats: data_lib.Formats):
     """Returns (reader tokenizer, retriever tokenizer).
 
     Reader: data.tokenizer, else init.reader's folder, else a SentencePiece trained on the
-    training text (saved under workdir/tokenizer, reused on resume). Retriever: init.retriever's
-    folder, else the reader's.
+    training text in the task's `task_formats` (saved under workdir/tokenizer, reused on
+    resume). Retriever: init.retriever's folder, else the reader's.
     """
     path = paths.resolve(config, "data.tokenizer") or paths.resolve(config, "init.reader")
     if path:
@@ -168,7 +169,7 @@ def load_tokenizers(config, workdir: str, train, passages):
             reader_tok = tok_lib.load_tokenizer(out)
         else:
             start = time.perf_counter()
-            texts = tok_lib.corpus_texts(train, passages, formats(config))
+            texts = tok_lib.corpus_texts(train, passages, task_formats)
             reader_tok = tok_lib.train_sentencepiece(texts, out, config.data.vocab_size,
                                                      seed=config.seed)
             took = time.perf_counter() - start
@@ -262,54 +263,54 @@ def build_retriever(config, tokenizer, rng, weights: bool = True) -> tuple[Contr
         stored(params, config)
 
 
-def build(config, workdir: str, weights: bool = True) -> Experiment:
+def build(config, workdir: str, spec: run_spec.RunSpec, weights: bool = True) -> Experiment:
     """Builds the whole experiment for `config` under `workdir` (a config that
-    `validation.validate` and `paths.check_paths` have passed). `weights=False` (a tool that
-    restores a checkpoint): the initial params and reference as shapes only, but for LoRA's
-    base reader, which no checkpoint holds."""
+    `validation.validate` and `paths.check_paths` have passed; `spec`: what validate
+    returned). `weights=False` (a tool that restores a checkpoint): the initial params and
+    reference as shapes only, but for LoRA's base reader, which no checkpoint holds."""
     os.makedirs(workdir, exist_ok=True)
 
     def data_and_tokenizers():
         """Reads (or generates) the data, then loads (or trains) the tokenizers."""
-        train, valid, passages = load_data(config, workdir)
-        return train, valid, passages, load_tokenizers(config, workdir, train, passages)
+        train, valid, passages = load_data(config, workdir, spec)
+        return train, valid, passages, load_tokenizers(config, workdir, train, passages,
+                                                       formats(spec))
 
     train, valid, passages, (reader_tok, retriever_tok) = _main_process_first(
         data_and_tokenizers)
     rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(config.seed))
-    adapted = run_spec.resolve(config).lora
-    reader, reader_params = build_reader(config, reader_tok, rng_reader, weights or adapted)
+    reader, reader_params = build_reader(config, reader_tok, rng_reader, weights or spec.lora)
     retriever, retriever_params = build_retriever(config, retriever_tok, rng_retriever, weights)
     keep = (lambda x: x) if weights else shapes  # (an HF model's weights dropped at once)
-    params = {"reader": reader_params if adapted else keep(reader_params),
+    params = {"reader": reader_params if spec.lora else keep(reader_params),
               "retriever": keep(retriever_params)}
     ref = dict(params)
     if config.init.reference:
         ref["reader"] = (stored(hf.load_t5(paths.resolve(config, "init.reference"),
                                            dtype=config.model.dtype)[1], config) if weights
                          else shapes(reader_params))
-    if adapted:
+    if spec.lora:
         try:
             params["lora"] = keep(lora.init(reader_params, config.lora, jax.random.fold_in(
                 jax.random.PRNGKey(config.seed), 2)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if not (config.init.reference or run_spec.resolve(config).warmup_steps):
+        if not (config.init.reference or spec.warmup_steps):
             del ref["reader"]  # the base itself, adapters off (steps.reference_reader)
-    return Experiment(config, train, valid, passages, reader_tok, retriever_tok, reader,
+    return Experiment(config, spec, train, valid, passages, reader_tok, retriever_tok, reader,
                       retriever, params, ref)
 
 
-def resolve_lengths(exp: Experiment, spec) -> tuple[ml_collections.ConfigDict, list]:
+def resolve_lengths(exp: Experiment) -> tuple[ml_collections.ConfigDict, list]:
     """Measures the token lengths of a sample of the training data; returns the config with
     its automatic lengths (0) resolved from them, and what to log about them as
     [(absl level, message)]: the report, and a warning naming the flag and the value that
     keeps 99 % for each field cut more than a few percent (logged after the start-up
     summary, which comes first)."""
-    config = exp.config
+    config, spec = exp.config, exp.spec
     fields = lengths_lib.measure(
         config.data, exp.train, exp.passages, exp.reader_tokenizer, exp.retriever_tokenizer,
-        formats(config), closed_book=spec.pool_size == 0,
+        formats(spec), closed_book=spec.pool_size == 0,
         retrieval=spec.task == "dialogue", seed=config.seed)
     auto = lengths_lib.resolve(config.data, fields)
     notes = []
@@ -348,7 +349,7 @@ def make_pipeline(exp: Experiment, dialogues, retriever: Retriever | None, batch
         dialogues, retriever.by_id if retriever is not None else None,
         pipe_lib.Tokenizers(exp.reader_tokenizer, exp.retriever_tokenizer),
         pipe_lib.Lengths.from_config(config.data), batch_size, seed=config.seed,
-        pool_fn=pool_fn, retriever_from=config.data.retriever_from, formats=formats(config),
+        pool_fn=pool_fn, retriever_from=config.data.retriever_from, formats=formats(exp.spec),
         **kw)
 
 
@@ -362,11 +363,11 @@ def abstract_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = No
     """(abstract state, state shardings): the train state's shapes and dtypes with the
     shardings it takes on `mesh` (jax.ShapeDtypeStruct leaves: what a checkpoint is restored
     onto, no memory held)."""
-    optimizer = optimizer or optim.make_optimizer(exp.config)
+    optimizer = optimizer or optim.make_optimizer(exp.config, exp.spec)
     make = functools.partial(steps.make_state, optimizer=optimizer, seed=exp.config.seed)
     abstract = jax.eval_shape(make, exp.params, exp.ref_params)
     axes = sharding.model_axes(exp.reader.config, exp.retriever.config,
-                               exp.config.lora.targets if run_spec.resolve(exp.config).lora else ())
+                               exp.config.lora.targets if exp.spec.lora else ())
     state_sh = sharding.param_shardings(abstract, mesh, axes)
     return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                         abstract, state_sh), state_sh
@@ -374,7 +375,7 @@ def abstract_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = No
 
 def initial_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):
     """(state, state shardings): the step-0 train state placed on `mesh`."""
-    optimizer = optimizer or optim.make_optimizer(exp.config)
+    optimizer = optimizer or optim.make_optimizer(exp.config, exp.spec)
     # Shapes first, then one compiled init of the moments and the reference straight into
     # their shardings (no op-by-op optimizer init, no host copy).
     _, state_sh = abstract_state(exp, mesh, optimizer)
@@ -385,7 +386,7 @@ def release_params(exp: Experiment) -> None:
     """Drops the experiment's initial params and reference (keeping their shapes) once a
     train state holds them, so that they are not a second copy for the whole run; LoRA's
     frozen base reader (the state's own) stays."""
-    base = exp.params["reader"] if run_spec.resolve(exp.config).lora else None
+    base = exp.params["reader"] if exp.spec.lora else None
     exp.params, exp.ref_params = shapes(exp.params), shapes(exp.ref_params)
     if base is not None:
         exp.params["reader"] = base

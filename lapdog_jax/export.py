@@ -28,7 +28,7 @@ import os
 import numpy as np
 from absl import flags
 
-from lapdog_jax import cli, experiment, lora, run_spec, steps
+from lapdog_jax import cli, experiment, lora, steps
 from lapdog_jax import data as data_lib
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
@@ -47,12 +47,12 @@ def export(workdir: str, out: str, lora_format: str = "both") -> dict[str, str]:
         raise experiment.ConfigError(f"--lora={lora_format}: expected one of {LORA_FORMATS}")
     exp, _, state, host, saved_index = workdir_lib.restore_workdir(workdir, "export")
     params = state.params
-    retrieves = run_spec.resolve(exp.config).pool_size > 0
+    retrieves = exp.spec.pool_size > 0
     paths = {"checkpoint": os.path.join(workdir, "checkpoints",
                                         str(workdir_lib.resumed_step(state, host)))}
     if retrieves:
         paths["retriever"] = os.path.join(out, "retriever")
-    adapted = run_spec.resolve(exp.config).lora
+    adapted = exp.spec.lora
     if not adapted or lora_format != "adapter":
         paths["reader"] = os.path.join(out, "reader")
         hf.save_t5(paths["reader"], exp.reader.config, steps.policy_reader(params, exp.config),
@@ -99,7 +99,7 @@ def card_settings(exp, step: int, host: dict, paths: dict) -> dict:
     """What reproducing retrieval and generation needs: input formats, lengths, pooling,
     decoding (written as lapdog.json, and explained in the model card)."""
     c = exp.config
-    formats = experiment.formats(c)
+    formats = experiment.formats(exp.spec)
     retrieves = "retriever" in paths
     out = {
         "step": step, "mode": c.mode,
@@ -108,7 +108,7 @@ def card_settings(exp, step: int, host: dict, paths: dict) -> dict:
                    "segment_format": (data_lib.SEGMENT_FORMAT if retrieves
                                       else data_lib.CLOSED_BOOK_FORMAT),
                    "target_format": formats.target,
-                   "n_context": run_spec.resolve(c).n_passages if retrieves else 0,
+                   "n_context": exp.spec.n_passages if retrieves else 0,
                    "fusion": c.data.fusion, "max_source_tokens": c.data.text_maxlength,
                    "max_new_tokens": c.data.target_maxlength,
                    "decoding": "greedy (evaluation)",

@@ -20,7 +20,7 @@ import os
 
 from absl import logging
 
-from lapdog_jax import checkpoint, config_lib, experiment, run_spec, steps
+from lapdog_jax import checkpoint, config_lib, experiment, steps
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
 
@@ -59,7 +59,7 @@ def _write_start(src: str, out: str) -> dict:
               "reader": os.path.join(out, "reader")}
     hf.save_t5(source["reader"], exp.reader.config,
                steps.policy_reader(state.params, exp.config), exp.reader_tokenizer)
-    trained = run_spec.resolve(exp.config).trains_retriever  # (never when closed-book)
+    trained = exp.spec.trains_retriever  # (never when closed-book)
     if trained:
         source["retriever"] = os.path.join(out, "retriever")
         hf.save_contriever(source["retriever"], exp.retriever.config, state.params["retriever"],

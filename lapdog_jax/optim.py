@@ -31,11 +31,11 @@ def schedule(lr: float, warmup: int, total: int, kind: str) -> optax.Schedule:
     return lambda count: jnp.maximum(decay(count), 0.0)
 
 
-def optimizer_updates(config, part: str = "reader") -> int:
+def optimizer_updates(config, spec: run_spec.RunSpec, part: str = "reader") -> int:
     """Optimizer updates of `part` in a whole run (its schedule's horizon): the trainer takes
     one batch per step; a warm-up step trains the reader once; an RL step calls `grpo_update`
-    `num_iterations` times (a LAPDOG step once); `accumulation_steps` calls make one update."""
-    spec = run_spec.resolve(config)
+    `num_iterations` times (a LAPDOG step once); `accumulation_steps` calls make one update
+    (`spec`: the config's RunSpec)."""
     warm = min(spec.warmup_steps, config.total_steps)
     per_step = config.grpo.num_iterations if spec.is_rl else 1
     calls = (config.total_steps - warm) * per_step
@@ -91,10 +91,11 @@ def _token_types(params) -> dict:
             for k, v in params.items()}
 
 
-def make_optimizer(config) -> Optimizer:
+def make_optimizer(config, spec: run_spec.RunSpec) -> Optimizer:
     """AdamW per trained part with its own learning rate and schedule, its own global-norm
     clipping, gradient accumulation over `accumulation_steps` calls, and non-finite
-    gradients skipped (the trainer counts them and aborts after `max_bad_steps`).
+    gradients skipped (the trainer counts them and aborts after `max_bad_steps`). The
+    trained parts and the schedules' horizons come from `spec` (the config's RunSpec).
 
     A retriever trained from scratch keeps its token-type embedding at its zero init: every
     input token has type 0, so that vector is a bias shared by all tokens, which mean pooling
@@ -104,9 +105,9 @@ def make_optimizer(config) -> Optimizer:
     o = config.optim
     lrs = {"reader": o.lr, "lora": o.lr, "retriever": o.lr_retriever}
     parts, schedules = {}, {}
-    for part in run_spec.resolve(config).trained_parts:
-        schedules[part] = schedule(lrs[part], o.warmup_steps, optimizer_updates(config, part),
-                                   o.schedule)
+    for part in spec.trained_parts:
+        schedules[part] = schedule(lrs[part], o.warmup_steps,
+                                   optimizer_updates(config, spec, part), o.schedule)
         tx = optax.adamw(schedules[part], b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
         if part == "retriever" and not config.init.retriever:
             tx = optax.chain(tx, optax.masked(optax.set_to_zero(), _token_types))

@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from lapdog_jax import lora, run_spec, sampling
+from lapdog_jax import lora, sampling
 from lapdog_jax.models.contriever import Contriever
 from lapdog_jax.models.t5 import T5, encode_passages, shift_right
 
@@ -28,9 +28,10 @@ class Models:
 
 
 def policy_reader(params, config):
-    """The reader params the policy runs: params['reader'], or with LoRA the frozen base with
-    the adapters params['lora'] merged into its targeted kernels (lora.merge)."""
-    if not run_spec.resolve(config).lora:
+    """The reader params the policy runs: params['reader'], or with LoRA (params holding
+    'lora', the adapters) the frozen base with the adapters merged into its targeted kernels
+    (lora.merge, scaled by `config.lora`)."""
+    if "lora" not in params:
         return params["reader"]
     return lora.merge(params["reader"], params["lora"], lora.scaling(config.lora))
 

@@ -9,7 +9,6 @@ trained parts, the rewards, the index refreshes).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from lapdog_jax import config_lib
 from lapdog_jax.config_lib import ConfigError
@@ -67,20 +66,10 @@ def _mode_row(mode: str) -> config_lib.Mode:
 
 def resolve(config) -> RunSpec:
     """The RunSpec of `config` (a ConfigError naming the flag for an unknown mode or a
-    malformed reward list); equal configs share one (cached) spec."""
-    r = config.reward
-    return _resolve(config.mode, config.data.n_context, config.retrieval.pool_size,
-                    config.sft_warmup_steps, config.total_steps, config.retrieval.refresh_index,
-                    config.model.shared_retriever, config.lora.rank, r.fn,
-                    tuple(r.fn_weights) if isinstance(r.fn_weights, tuple | list)
-                    else r.fn_weights, r.backend)
-
-
-@functools.lru_cache(maxsize=64)
-def _resolve(mode_name, n_context, pool, warmup, total, refresh, shared, lora_rank, fn,
-             fn_weights, backend) -> RunSpec:
-    """`resolve` on the fields it reads (hashable, so that the spec is cached)."""
-    mode = _mode_row(mode_name)
+    malformed reward list). Worked out once where a run or a tool starts
+    (`validation.validate`) and handed down from there."""
+    mode = _mode_row(config.mode)
+    n_context, pool = config.data.n_context, config.retrieval.pool_size
     if mode.task == "seq2seq" or (mode.step == "sft" and n_context == 0):
         k = 0
     elif mode.samples_pool:
@@ -88,25 +77,20 @@ def _resolve(mode_name, n_context, pool, warmup, total, refresh, shared, lora_ra
     else:
         k = max(n_context, 1)
     trains_retriever = mode.trains_retriever and k > 0
+    lora_rank, backend = config.lora.rank, config.reward.backend
     reader_part = "lora" if lora_rank > 0 else "reader"
-    fns = reward_fns(_RewardFields(fn, fn_weights))
+    fns = reward_fns(config.reward)
     builtins = [n for n, _ in fns if n in config_lib.REWARD_BUILTINS]
+    warmup, total = config.sft_warmup_steps, config.total_steps
     return RunSpec(
-        mode=mode_name, task=mode.task, is_rl=mode.is_rl, step=mode.step,
+        mode=config.mode, task=mode.task, is_rl=mode.is_rl, step=mode.step,
         samples_pool=mode.samples_pool, trains_retriever=trains_retriever, pool_size=k,
         n_passages=max(n_context, 1), has_warmup=mode.has_warmup,
         warmup_steps=(total if warmup == -1 else warmup) if mode.has_warmup else 0,
         # Query-side training never changes the passage encoder: its index never goes stale.
-        refresh_index=refresh if trains_retriever and shared else 0,
+        refresh_index=(config.retrieval.refresh_index
+                       if trains_retriever and config.model.shared_retriever else 0),
         lora=lora_rank > 0, reader_part=reader_part,
         trained_parts=(reader_part, "retriever") if trains_retriever else (reader_part,),
         reward_fns=fns, device_reward=backend == "device" and bool(builtins),
         host_reward=len(builtins) < len(fns) or (backend == "host" and bool(builtins)))
-
-
-@dataclasses.dataclass(frozen=True)
-class _RewardFields:
-    """The two `config.reward` fields `reward_fns` reads."""
-
-    fn: str
-    fn_weights: tuple

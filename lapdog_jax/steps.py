@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lapdog_jax import losses, optim, rewards, run_spec, sharding
+from lapdog_jax import losses, optim, rewards, sharding
 from lapdog_jax.passes import (  # noqa: F401 - re-exported: the passes' public names
     Models,
     decode_logits,
@@ -46,6 +46,7 @@ from lapdog_jax.passes import (  # noqa: F401 - re-exported: the passes' public 
     sample_completions,
     select_sources,
 )
+from lapdog_jax.run_spec import RunSpec
 
 
 @struct.dataclass
@@ -126,13 +127,14 @@ class Rollout:
 # --------------------------------------------------------------------------------------------
 
 
-def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollout:
+def rollout(params, batch, rng, ref_params, *, models: Models, config, spec: RunSpec
+            ) -> Rollout:
     """Samples Gr docs per prompt (joint mode: Gumbel-top-k on the live pool scores; else the
     fixed top-n) and G completions per (prompt, doc), with old and reference log-probs."""
     g = config.grpo
     B, K, _ = batch["reader_ids"].shape
     rng_doc, rng_tok = jax.random.split(rng)
-    if run_spec.resolve(config).samples_pool:
+    if spec.samples_pool:
         scores = retriever_scores(models, params["retriever"], batch, config,
                                   searched_queries=True)
         pool_logp = jax.nn.log_softmax(scores, axis=-1)
@@ -145,7 +147,7 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config) -> Rollou
     else:
         pool_logp = ref_pool_logp = jnp.zeros((B, K), jnp.float32)
         doc_idx = jnp.zeros((B, 1), jnp.int32)
-        n = run_spec.resolve(config).n_passages
+        n = spec.n_passages
     src_ids, src_mask = select_sources(batch, doc_idx, n)
     G = g.group_size
     reader = policy_reader(params, config)
@@ -233,7 +235,8 @@ def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, mod
 
 
 def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models: Models,
-                config, optimizer: optim.Optimizer) -> tuple[TrainState, dict]:
+                config, spec: RunSpec, optimizer: optim.Optimizer
+                ) -> tuple[TrainState, dict]:
     """One optimizer step on the reader (and, in joint mode, the retriever) from a rollout."""
     g = config.grpo
     B, Gr, G = rewards_BxGrxG.shape
@@ -241,8 +244,7 @@ def grpo_update(state: TrainState, ro: Rollout, rewards_BxGrxG, batch, *, models
     reader_rng, retriever_rng = dropout_rngs(config, "rl", update_key(state.rng, state.step), 2)
 
     (loss, m), reader_grads = _reader_grads(state, ro, adv, reader_rng, models=models,
-                                            config=config)
-    spec = run_spec.resolve(config)
+                                            config=config, reader_part=spec.reader_part)
     grads = {spec.reader_part: reader_grads}
     if spec.trains_retriever:  # (the losses share no params)
         (r_loss, rm), grads["retriever"] = jax.value_and_grad(
@@ -283,22 +285,23 @@ def _micro_chunks(ro: Rollout, adv_N, parts: int) -> tuple[Rollout, jax.Array]:
     return chunked, rows(adv_N)
 
 
-def _reader_grads(state: TrainState, ro: Rollout, adv_N, rng, *, models: Models, config):
-    """((loss, metrics), grads) of the GRPO reader loss for the reader's trained part. With
+def _reader_grads(state: TrainState, ro: Rollout, adv_N, rng, *, models: Models, config,
+                  reader_part: str):
+    """((loss, metrics), grads) of the GRPO reader loss for the reader's trained part
+    (`reader_part`: 'reader', or 'lora' for the adapters). With
     `grpo.micro_batches` > 1 the pass runs over that many parts of the sources in a `lax.scan`
     (one part's activations alive at a time), part c's loss weighted by its share of the
     aggregation's normaliser (`losses.aggregation_count`), so the summed loss and gradients
     are the unsplit ones up to rounding; the metrics are then the mean over parts."""
     g = config.grpo
-    name = run_spec.resolve(config).reader_part
 
-    def loss_fn(reader_part, ro, adv, rng, share=1.0):
-        reader = policy_reader(_with_trained(state, {name: reader_part}), config)
+    def loss_fn(trained, ro, adv, rng, share=1.0):
+        reader = policy_reader(_with_trained(state, {reader_part: trained}), config)
         loss, m = _reader_loss(reader, ro, adv, models=models, config=config, rng=rng)
         return loss * share, m
 
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-    params = state.params[name]
+    params = state.params[reader_part]
     if g.micro_batches == 1:
         return value_and_grad(params, ro, adv_N, rng)
     total = jnp.maximum(losses.aggregation_count(_loss_mask(ro, g), g.loss_agg), 1.0)
@@ -321,10 +324,11 @@ def _with_trained(state: TrainState, trained: dict) -> dict:
     return {**state.params, **trained}
 
 
-def _trained(state: TrainState, config, parts=None) -> dict:
-    """The params to differentiate: {part: params} of `parts` (default: all this mode trains;
-    the reader's part is 'lora' with LoRA, so the base reader gets no gradient)."""
-    return {part: state.params[part] for part in parts or run_spec.resolve(config).trained_parts}
+def _trained(state: TrainState, parts: tuple[str, ...]) -> dict:
+    """The params to differentiate: {part: params} of `parts` (`RunSpec.trained_parts` or
+    some of them: the reader's part is 'lora' with LoRA, so the base reader gets no
+    gradient)."""
+    return {part: state.params[part] for part in parts}
 
 
 def _apply(state: TrainState, grads: dict, optimizer: optim.Optimizer
@@ -349,10 +353,10 @@ def _reader_ce(reader_params, src_ids, src_mask, batch, models, config, rng=None
     return losses.sft_loss(logits, batch["target_ids"], batch["target_mask"])
 
 
-def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
-             ) -> tuple[TrainState, dict]:
+def sft_step(state: TrainState, batch, rng, *, models: Models, config, spec: RunSpec,
+             optimizer) -> tuple[TrainState, dict]:
     """Supervised reader step on the top-n segments (closed-book when n_context == 0)."""
-    n = run_spec.resolve(config).n_passages
+    n = spec.n_passages
     (drop_rng,) = dropout_rngs(config, "supervised", rng, 1)
 
     def loss_fn(trained):
@@ -361,8 +365,7 @@ def sft_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
                           models, config, drop_rng)
 
     # Only the reader: a warm-up step leaves the retriever and its optimizer state alone.
-    loss, grads = jax.value_and_grad(loss_fn)(
-        _trained(state, config, (run_spec.resolve(config).reader_part,)))
+    loss, grads = jax.value_and_grad(loss_fn)(_trained(state, (spec.reader_part,)))
     state, m = _apply(state, grads, optimizer)
     return state, {**m, "train/loss": loss}
 
@@ -400,20 +403,20 @@ def distill_loss(similarity_BxK, gold_BxK, dim: int, config) -> jax.Array:
                                       rc.temperature_gold, rc.distill_reduction)
 
 
-def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, optimizer
-                ) -> tuple[TrainState, dict]:
+def lapdog_step(state: TrainState, batch, rng, *, models: Models, config, spec: RunSpec,
+                optimizer) -> tuple[TrainState, dict]:
     """Original LAPDOG stage 2 with gold scores on token ids (`lapdog_update`)."""
     gold_rng, drop_rng = jax.random.split(rng)
     gold = gold_scores(state.params, batch, gold_rng, models=models, config=config)
     return lapdog_update(state, batch, gold, drop_rng, models=models, config=config,
-                         optimizer=optimizer)
+                         spec=spec, optimizer=optimizer)
 
 
 def lapdog_update(state: TrainState, batch, gold_BxK, rng, *, models: Models, config,
-                  optimizer) -> tuple[TrainState, dict]:
+                  spec: RunSpec, optimizer) -> tuple[TrainState, dict]:
     """Original LAPDOG stage 2: reader cross-entropy with the top-n passages plus the
     retriever's KL distillation towards the gold scores [B,K] of the pool passages."""
-    n = run_spec.resolve(config).n_passages
+    n = spec.n_passages
     gold = jax.lax.stop_gradient(gold_BxK)
     reader_rng, retriever_rng = dropout_rngs(config, "supervised", rng, 2)
 
@@ -427,14 +430,15 @@ def lapdog_update(state: TrainState, batch, gold_BxK, rng, *, models: Models, co
                          "retriever/recall@1": jnp.take_along_axis(
                              batch["pool_gold"], jnp.argmax(scores, -1)[:, None], 1).mean()}
 
-    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(_trained(state, config))
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        _trained(state, spec.trained_parts))
     state, om = _apply(state, grads, optimizer)
     return state, {**m, **om, "train/loss": loss, "lapdog/gold_mean": gold.mean()}
 
 
-def generate(params, batch, rng, *, models: Models, config) -> jax.Array:
+def generate(params, batch, rng, *, models: Models, config, spec: RunSpec) -> jax.Array:
     """Greedy answers [B,T] from the top-n pool passages (evaluation)."""
-    n = run_spec.resolve(config).n_passages
+    n = spec.n_passages
     reader = policy_reader(params, config)
     enc, enc_mask = encode_sources(models, reader, batch["reader_ids"][:, :n],
                                    batch["reader_mask"][:, :n], config)
@@ -458,20 +462,21 @@ def jit_key(config, models: Models, mesh) -> tuple:
             models.special_ids, models.word_start_ids, mesh)
 
 
-def jit_steps(config, models: Models, optimizer: optim.Optimizer, mesh, state_shardings
-              ) -> dict[str, Any]:
+def jit_steps(config, spec: RunSpec, models: Models, optimizer: optim.Optimizer, mesh,
+              state_shardings) -> dict[str, Any]:
     """The jitted rollout, reward, grpo_update, sft, lapdog (and its two halves for gold
-    scores on text: gold_answers, lapdog_update) steps of `config` with explicit
-    shardings (the state is donated); compiled lazily, once per `jit_key`."""
+    scores on text: gold_answers, lapdog_update) steps of `config` (`spec`: its RunSpec) with
+    explicit shardings (the state is donated); compiled lazily, once per `jit_key`."""
     key = ("steps", *jit_key(config, models, mesh))
     if key not in _JITTED:
         data, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         kw = dict(models=models, config=config)
-        opt_kw = dict(kw, optimizer=optimizer)
+        spec_kw = dict(kw, spec=spec)
+        opt_kw = dict(spec_kw, optimizer=optimizer)
         jit = functools.partial(jax.jit, donate_argnums=0)
         sh = state_shardings
         _JITTED[key] = dict(
-            rollout=jax.jit(functools.partial(rollout, **kw),
+            rollout=jax.jit(functools.partial(rollout, **spec_kw),
                             in_shardings=(sh.params, data, rep, sh.ref_params),
                             out_shardings=data),
             reward=jax.jit(functools.partial(reward, **kw), in_shardings=(data, data),
@@ -490,10 +495,12 @@ def jit_steps(config, models: Models, optimizer: optim.Optimizer, mesh, state_sh
     return _JITTED[key]
 
 
-def jit_generate(config, models: Models, mesh):
-    """The jitted greedy generator of evaluation, compiled once per `jit_key`."""
+def jit_generate(config, spec: RunSpec, models: Models, mesh):
+    """The jitted greedy generator of evaluation (`spec`: the config's RunSpec), compiled
+    once per `jit_key`."""
     key = ("generate", *jit_key(config, models, mesh))
     if key not in _JITTED:
-        _JITTED[key] = jax.jit(functools.partial(generate, models=models, config=config),
+        _JITTED[key] = jax.jit(functools.partial(generate, models=models, config=config,
+                                                 spec=spec),
                                out_shardings=sharding.batch_sharding(mesh))
     return _JITTED[key]

@@ -9,7 +9,7 @@ import re
 
 import jax
 
-from lapdog_jax import checkpoint, config_lib, init_from, run_spec, tb
+from lapdog_jax import checkpoint, config_lib, init_from, tb
 
 
 def param_count(tree) -> int:
@@ -100,12 +100,12 @@ def _checkpoints(config, workdir: str, size: int) -> str:
     return out
 
 
-def startup_summary(config, workdir: str, exp, mesh, step: int, spec=None,
+def startup_summary(config, workdir: str, exp, mesh, step: int,
                     checkpoint_bytes: int | None = None) -> str:
-    """The block logged before the first step, one `key: value` line each (`spec`: the
-    config's `run_spec.resolve`, worked out here when not given; `checkpoint_bytes`: the size
-    of the checkpointed state, for the checkpoints' size and the disk they need)."""
-    spec = spec or run_spec.resolve(config)
+    """The block logged before the first step, one `key: value` line each (`exp.spec`: what
+    the config means; `checkpoint_bytes`: the size of the checkpointed state, for the
+    checkpoints' size and the disk they need)."""
+    spec = exp.spec
     if spec.task == "seq2seq":
         data = f"{len(exp.train)} train / {len(exp.valid)} eval examples"
     else:
@@ -168,12 +168,13 @@ def _figures(metrics: dict) -> str:
     return ", ".join(f"{k} {metrics[k]:.1f}" for k in keys if k in metrics)
 
 
-def end_summary(config, workdir: str, checkpoint_steps) -> str:
+def end_summary(config, task: str, workdir: str, checkpoint_steps) -> str:
     """The block logged when a run ends: its best evaluation (by F1; by EM for seq2seq
     tasks), its last, where the checkpoints are, and the commands that come next with this
-    run's paths (evaluate, export, and after stage 1 the joint GRPO run that starts from it)."""
+    run's paths (evaluate, export, and after stage 1 the joint GRPO run that starts from it);
+    `task`: the run's `RunSpec.task`."""
     history = eval_history(workdir)
-    key = "em" if run_spec.resolve(config).task == "seq2seq" else "f1"
+    key = "em" if task == "seq2seq" else "f1"
     lines = []
     if history:
         best_step, best = max(history, key=lambda h: (h[1].get(key, float("-inf")), -h[0]))

@@ -77,10 +77,9 @@ def hidden_tags(config) -> frozenset[str]:
     return frozenset(hidden)
 
 
-def first_screen(config, with_recall: bool = True) -> list[tuple[str, str]]:
+def first_screen(mode: run_spec.RunSpec, with_recall: bool = True) -> list[tuple[str, str]]:
     """(chart title, tag) of the overview: eval F1, EM and recall@1, the reward, the
-    retriever's pool entropy and the loss, those the run's mode logs."""
-    mode = run_spec.resolve(config)
+    retriever's pool entropy and the loss, those the run's mode (its RunSpec) logs."""
     retrieves = mode.pool_size > 0
     charts = [("eval F1 (%)", "eval/f1"), ("eval EM (%)", "eval/em")]
     if retrieves and with_recall:

@@ -116,20 +116,19 @@ def host_copy(tree):
                         and not x.is_fully_addressable else np.array(x), tree)
 
 
-def _setup(config, workdir: str) -> tuple[Setup, Progress]:
+def _setup(config, spec: run_spec.RunSpec, workdir: str) -> tuple[Setup, Progress]:
     """Experiment, mesh, models, optimizer, state (restored from the newest checkpoint that
-    reads whole), steps, passage index and input pipeline; config.json is written once the
-    data has passed its checks."""
+    reads whole), steps, passage index and input pipeline of `config` (`spec`: what it means);
+    config.json is written once the data has passed its checks."""
     logdir = tb.logdir(workdir, config)  # checks config.name before any work
-    spec = run_spec.resolve(config)
-    exp = experiment.build(config, workdir)
-    config, length_notes = experiment.resolve_lengths(exp, spec)
+    exp = experiment.build(config, workdir, spec)
+    config, length_notes = experiment.resolve_lengths(exp)
     exp.config = config
     if distributed.is_main_process():
         workdir_lib.save_config(config, workdir)
     mesh = experiment.make_mesh(config)
     models = experiment.step_models(exp)
-    optimizer = optim.make_optimizer(config)
+    optimizer = optim.make_optimizer(config, spec)
     abstract, state_sh = experiment.abstract_state(exp, mesh, optimizer)
     if distributed.is_main_process():  # (the lock is ours: no other run is saving here)
         checkpoint.remove_unfinished(workdir)
@@ -146,22 +145,22 @@ def _setup(config, workdir: str) -> tuple[Setup, Progress]:
     step = workdir_lib.resumed_step(state, host_state)
     if distributed.is_main_process():
         logging.info("%s", summary.startup_summary(
-            config, workdir, exp, mesh, step, spec,
-            checkpoint_bytes=checkpoint.nbytes(workdir_lib.checkpointed(state, config))))
+            config, workdir, exp, mesh, step,
+            checkpoint_bytes=checkpoint.nbytes(workdir_lib.checkpointed(state, spec))))
         for level, note in length_notes:
             logging.log(level, "%s", note)
     progress = Progress(state=state, step=step, bad=host_state["bad_steps"],
                         index_step=host_state.get("index_step", 0))
     retriever, pipeline = _setup_retrieval(config, spec, exp, progress, host_state, saved_index)
     setup = Setup(config=config, spec=spec, workdir=workdir, exp=exp, mesh=mesh, models=models,
-                  fns=steps.jit_steps(config, models, optimizer, mesh, state_sh),
+                  fns=steps.jit_steps(config, spec, models, optimizer, mesh, state_sh),
                   writer=MetricWriter(logdir, enabled=distributed.is_main_process(),
                                       hidden=tb.hidden_tags(config)),
                   manager=manager, pipeline=pipeline, retriever=retriever,
                   host_reward=rewards_lib.make_host_reward(config.reward),
                   has_gold=any(d.gold_passage_ids for d in exp.train),
                   unreadable=frozenset(s for s in manager.all_steps() if s > step))
-    setup.writer.layout(tb.first_screen(config, any(d.gold_passage_ids for d in exp.valid)))
+    setup.writer.layout(tb.first_screen(spec, any(d.gold_passage_ids for d in exp.valid)))
     return setup, progress
 
 
@@ -374,7 +373,7 @@ def _save(s: Setup, p: Progress, last: bool = False) -> None:
                   "index_step": p.index_step}
     stale = p.index_step not in (0, p.step)
     try:
-        checkpoint.save(s.manager, p.step, workdir_lib.checkpointed(p.state, s.config),
+        checkpoint.save(s.manager, p.step, workdir_lib.checkpointed(p.state, s.spec),
                         host_state, index=p.saved_index if stale else None,
                         replace=p.step in s.unreadable)
     except checkpoint.SaveError as e:
@@ -390,7 +389,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     compared with the config's before anything in the workdir is written.
     """
     distributed.initialize()
-    validation.validate(config)
+    spec = validation.validate(config)  # what the config means, handed down from here
     paths.check_paths(config)
     # A workdir this run creates is removed again if the run is refused before its first step
     # (bad data, a setting the data contradicts): no empty or half-made workdir is left.
@@ -409,7 +408,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             try:
                 config = init_from.resolve(config, workdir)
                 workdir_lib.check_workdir(config, workdir)
-                s, p = _setup(config, workdir)
+                s, p = _setup(config, spec, workdir)
             except Exception:
                 refused = True
                 raise
@@ -466,7 +465,7 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
             s.writer.hparams(config_lib.flatten(config), final)
             if distributed.is_main_process():
                 bar.close()  # (the summary comes after the bar's last line)
-                logging.info("%s", summary.end_summary(config, s.workdir,
+                logging.info("%s", summary.end_summary(config, s.spec.task, s.workdir,
                                                        s.manager.all_steps()))
         else:
             signum = stop.signum or signal.SIGTERM  # (or another process's signal)

@@ -2,8 +2,10 @@
 one-line ConfigError naming the `--config.` flag, its value and what is allowed.
 
 `validate` runs once on the training path (`train.train_and_evaluate`, before the workdir is
-touched) and once when evaluation or export rebuild a workdir; the checks that need the data's
-size (`check_data`) run again when the data is read.
+touched) and once when a tool (evaluate, export, chat, predict) rebuilds a workdir; it
+returns the config's `run_spec.RunSpec`, resolved there and nowhere else, which the run or
+tool hands down. The checks that need the data's size (`check_data`) run again when the data
+is read.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def _lora(lora) -> None:
                           "input has no merged form); use model.dropout for dropout")
 
 
-def _retriever(config) -> None:
+def _retriever(config, spec) -> None:
     """The retriever settings that must agree with each other and with the mode."""
     m = config.model
     if not m.shared_retriever and m.passage_scores == "live":
@@ -92,7 +94,6 @@ def _retriever(config) -> None:
                           "--config.model.shared_retriever=True and "
                           "--config.model.passage_scores=live (gradients reach the passage "
                           "side only through passages encoded in the step)")
-    spec = run_spec.resolve(config)
     k = spec.pool_size
     if spec.is_rl and spec.samples_pool and config.grpo.retriever_group_size > k:
         raise ConfigError(f"--config.grpo.retriever_group_size={config.grpo.retriever_group_size}"
@@ -142,13 +143,15 @@ def _budget(config, spec) -> None:
                           "warm-up-only run")
 
 
-def check_data(config, num_train: int, num_passages: int, train: str, passages: str) -> None:
+def check_data(config, spec, num_train: int, num_passages: int, train: str, passages: str
+               ) -> None:
     """The checks that need the data's size: a batch of distinct dialogues, a pool of
-    distinct passages; `train` and `passages` say where the data came from."""
+    distinct passages (`spec`: the config's RunSpec); `train` and `passages` say where the
+    data came from."""
     if config.batch_size > num_train:
         raise ConfigError(f"--config.batch_size={config.batch_size}: more than the {num_train} "
                           f"training dialogues of {train}")
-    k = run_spec.resolve(config).pool_size
+    k = spec.pool_size
     if k > num_passages:
         raise ConfigError(f"--config.retrieval.pool_size={config.retrieval.pool_size}: a pool "
                           f"of {k} passages (with --config.data.n_context="
@@ -187,30 +190,32 @@ def check_mesh(config, num_devices: int) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, *,
-             settings_only: bool = False) -> None:
+             settings_only: bool = False) -> run_spec.RunSpec:
     """Checks the whole config before anything runs: each field's type, range or choices,
     then settings that must agree, then the mesh against the devices (jax's when
-    `num_devices` is None). Raises ConfigError naming the `--config.` flag, its value and what
-    is allowed. `settings_only` checks the config alone, not whether this machine can run it
-    (data given, devices for the mesh): for a command line written here to run elsewhere."""
+    `num_devices` is None); returns what the config means, its `run_spec.RunSpec`, which the
+    run (or tool) hands down from here. Raises ConfigError naming the `--config.` flag, its
+    value and what is allowed. `settings_only` checks the config alone, not whether this
+    machine can run it (data given, devices for the mesh): for a command line written here to
+    run elsewhere."""
     _fields(config)
     spec = run_spec.resolve(config)  # (an unknown mode or a malformed reward.fn list)
     _budget(config, spec)
     _param_dtype(config)
     _gold_score_rewards(config, spec)
     if settings_only:
-        _retriever(config)
-        return
+        _retriever(config, spec)
+        return spec
     if config.preset and not config.data.train:
         files = ("--config.data.train and --config.data.eval"
                  if spec.task == "seq2seq"
                  else "--config.data.train, --config.data.eval and --config.data.passages")
         raise ConfigError(f"preset {config.preset!r} needs real data: set {files}")
     _rewards(config)
-    _retriever(config)
+    _retriever(config, spec)
     if not config.data.train and not config.preset:  # the synthetic data's sizes are known
         s = config.data.synthetic
-        check_data(config, s.num_train, s.num_stories,
+        check_data(config, spec, s.num_train, s.num_stories,
                    f"--config.data.synthetic.num_train={s.num_train}",
                    f"--config.data.synthetic.num_stories={s.num_stories}")
         if (s.split == "heldout" and spec.task != "seq2seq"
@@ -224,3 +229,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
 
         num_devices = jax.device_count()
     check_mesh(config, num_devices)
+    return spec

@@ -138,7 +138,7 @@ def indexed_retriever(exp: experiment.Experiment, state, host_state: dict, saved
                       ) -> retrieval.Retriever | None:
     """The passage retriever with the index the run at `host_state['step']` was searching
     (None for closed-book runs)."""
-    if not run_spec.resolve(exp.config).pool_size:
+    if not exp.spec.pool_size:
         return None
     retriever = experiment.passage_retriever(exp)
     retriever.rebuild(index_params(state, resumed_step(state, host_state),
@@ -146,10 +146,11 @@ def indexed_retriever(exp: experiment.Experiment, state, host_state: dict, saved
     return retriever
 
 
-def checkpointed(state, config):
-    """What a checkpoint holds of the train state: all of it, except with LoRA the frozen
-    base reader, which start-up rebuilds (init.reader, or the seed's random reader)."""
-    if not run_spec.resolve(config).lora:
+def checkpointed(state, spec: run_spec.RunSpec):
+    """What a checkpoint holds of the train state: all of it, except with LoRA (`spec.lora`)
+    the frozen base reader, which start-up rebuilds (init.reader, or the seed's random
+    reader)."""
+    if not spec.lora:
         return state
     return state.replace(params={k: v for k, v in state.params.items() if k != "reader"})
 
@@ -167,7 +168,7 @@ def _on_host(abstract_tree):
 def _with_base_reader(state, exp: experiment.Experiment, abstract):
     """`state` with LoRA's frozen base reader (which checkpoints do not hold): the
     experiment's, placed as `abstract` says."""
-    if not run_spec.resolve(exp.config).lora:
+    if not exp.spec.lora:
         return state
     base = jax.device_put(exp.params["reader"], jax.tree.map(lambda a: a.sharding,
                                                              abstract.params["reader"]))
@@ -179,7 +180,7 @@ def restore(manager, exp: experiment.Experiment, abstract, step: int | None = No
     at `step`) read onto `abstract` (the train state's shapes, dtypes and shardings:
     `experiment.abstract_state`; no state is built first), or None when there is none yet.
     The saved index params come back on the host (numpy)."""
-    restored = checkpoint.restore_latest(manager, checkpointed(abstract, exp.config),
+    restored = checkpoint.restore_latest(manager, checkpointed(abstract, exp.spec),
                                          _on_host(abstract.params["retriever"]), step=step)
     if restored is None:
         return None
@@ -187,14 +188,13 @@ def restore(manager, exp: experiment.Experiment, abstract, step: int | None = No
     return _with_base_reader(saved, exp, abstract), host_state, saved_index
 
 
-def tool_parts(abstract, config):
+def tool_parts(abstract, config, spec: run_spec.RunSpec):
     """The function of a checkpoint's host item that names the parts of its state a tool
     (evaluate, predict, chat, export, init.from_workdir) reads: the step and the params
     (the retriever's only for a run that retrieves), and the reference retriever where the
     passage index was built from it (index step 0) or export writes it as the passage
     encoder (query-side training); never the optimizer moments or the reference reader."""
-    spec = run_spec.resolve(config)
-    params = checkpointed(abstract, config).params
+    params = checkpointed(abstract, spec).params
     if not spec.pool_size:
         params = {k: v for k, v in params.items() if k != "retriever"}
 
@@ -212,7 +212,7 @@ def restore_params(manager, exp: experiment.Experiment, abstract, step: int | No
     checkpoint (or the one at `step`) with only what `tool_parts` names read (the state's
     opt_state and rng are None, its ref_params holds at most the retriever); None when there
     is no checkpoint."""
-    restored = checkpoint.restore_latest(manager, tool_parts(abstract, exp.config),
+    restored = checkpoint.restore_latest(manager, tool_parts(abstract, exp.config, exp.spec),
                                          _on_host(abstract.params["retriever"]), step=step)
     if restored is None:
         return None
@@ -226,7 +226,8 @@ def restore_workdir(workdir: str, purpose: str, step: int | None = None):
     """Rebuilds a training workdir (without the initial weights) and restores its params from
     its latest checkpoint (or the one at `step`) for `purpose` ('evaluate', 'export', 'chat',
     'predict'): the params and what the tools need only (`restore_params`); returns (exp,
-    mesh, state, host_state, saved_index params or None)."""
+    mesh, state, host_state, saved_index params or None). Where the tools start: `exp.spec` is
+    the config's RunSpec (from `validation.validate`), which they hand down."""
     config = load_config(workdir)
     manager = checkpoint.make_manager(workdir, config.keep, create=False)
     try:
@@ -235,9 +236,9 @@ def restore_workdir(workdir: str, purpose: str, step: int | None = None):
         if step is not None and step not in manager.all_steps():
             raise ConfigError(f"--step={step}: {workdir} has no checkpoint at that step "
                               f"(saved steps: {', '.join(map(str, manager.all_steps()))})")
-        validation.validate(config)
+        spec = validation.validate(config)
         paths.check_paths(config)
-        exp = experiment.build(config, workdir, weights=False)
+        exp = experiment.build(config, workdir, spec, weights=False)
         mesh = experiment.make_mesh(config)
         abstract, _ = experiment.abstract_state(exp, mesh)
         restored = restore_params(manager, exp, abstract, step=step)

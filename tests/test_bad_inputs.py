@@ -250,7 +250,7 @@ def test_data_sizes_are_checked_once_loaded(shared_data, tmp_path):
     config = config_with("grpo", data={**shared_data, "data.train": str(small)})
     with pytest.raises(ConfigError, match=rf"^--config\.batch_size=4: more than the 3 "
                                           rf"training dialogues of {small}"):
-        experiment.load_data(config, str(tmp_path / "w"))
+        experiment.load_data(config, str(tmp_path / "w"), run_spec.resolve(config))
     config = config_with("joint_grpo", data=shared_data, **{"retrieval.pool_size": 20})
     with pytest.raises(ConfigError, match=r"pool_size=20: a pool of 20 passages .* has 16"):
         train.train_and_evaluate(config, str(tmp_path / "w"))

@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lapdog_jax import compute_metrics, evaluate, experiment
+from lapdog_jax import compute_metrics, evaluate
 from lapdog_jax import workdir as workdir_lib
 from tests.test_train import (
     JOINT,
     METRIC_KEYS,
+    build_exp,
     check_run,
     compile_cache_dir,
     enable_compile_cache,
@@ -306,7 +307,7 @@ def test_export_cli_loads_in_transformers(trained, commands):
     assert f"reader: {hf_dir}/reader" in done["export"].stdout
 
     config = workdir_lib.load_config(str(workdir))
-    exp = experiment.build(config, str(workdir))
+    exp = build_exp(config, workdir)
     state, _ = restore(workdir, config, exp=exp)
     reader, info = T5ForConditionalGeneration.from_pretrained(hf_dir / "reader",
                                                               output_loading_info=True)

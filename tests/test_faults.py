@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lapdog_jax import checkpoint, experiment, interrupt, train
+from lapdog_jax import checkpoint, interrupt, train
 from lapdog_jax.models import hf
 from tests import test_distributed, test_train
 from tests.test_train import restore, saved_steps, tiny_config
@@ -525,7 +525,7 @@ def test_export_in_a_loop_beside_a_saving_run(shared_data, cli_env, tmp_path):
     from safetensors.numpy import load_file
 
     config = tiny_config("sft", shared_data, **overrides)
-    exp = experiment.build(config, str(tmp_path / "rebuilt"))
+    exp = test_train.build_exp(config, tmp_path / "rebuilt")
     for step, out, _ in exports:
         state, host = restore(workdir, config, step=step, exp=exp)
         assert host["step"] == step

@@ -8,6 +8,7 @@ import pytest
 import transformers
 
 from lapdog_jax import config_lib, experiment, hub, paths
+from lapdog_jax import data as data_lib
 from lapdog_jax.data import tokenizer as tok_lib
 from lapdog_jax.models import hf
 
@@ -75,7 +76,8 @@ def test_hub_ids_resolve_to_the_cached_snapshot(offline_cache, tmp_path):
         assert paths.resolve(config, flag) == str(t5_dir), flag
     assert paths.resolve(config, "init.retriever") == str(bert_dir)
 
-    reader_tok, retriever_tok = experiment.load_tokenizers(config, str(tmp_path), [], [])
+    reader_tok, retriever_tok = experiment.load_tokenizers(config, str(tmp_path), [], [],
+                                                           data_lib.FORMATS["dialogue"])
     assert reader_tok.encode("i like cats") and retriever_tok.convert_tokens_to_ids("cat") == 5
     reader, params = experiment.build_reader(config, reader_tok, None)
     _, want = hf.load_t5(str(t5_dir))

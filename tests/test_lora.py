@@ -20,6 +20,7 @@ from lapdog_jax import (
     experiment,
     lora,
     optim,
+    run_spec,
     sharding,
     steps,
     train,
@@ -113,7 +114,8 @@ def test_init_merge_and_axes():
     # param_shardings finds every adapter leaf (and its optimizer moments) an annotation.
     config = make_config("grpo", **{"lora.rank": RANK, "lora.targets": ("q", "v", "wo")})
     params = {**init_params(models, 0), "lora": adapters}
-    state = make_state(params, {"retriever": params["retriever"]}, optim.make_optimizer(config))
+    state = make_state(params, {"retriever": params["retriever"]},
+                       optim.make_optimizer(config, run_spec.resolve(config)))
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     sharding.param_shardings(state, mesh, axes)
 
@@ -306,14 +308,14 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
     check_run(workdir, "grpo", config)
     assert np.isfinite(last["train/loss"]) and last["opt/nonfinite"] == 0
 
-    exp = experiment.build(config, workdir)
+    exp = experiment.build(config, workdir, run_spec.resolve(config))
     manager = checkpoint.make_manager(workdir, 10, create=False)
     assert "reader" not in manager.item_metadata(4)["state"]["params"]
-    full = steps.initial_state(exp, optim.make_optimizer(config), config.seed)
+    full = steps.initial_state(exp, optim.make_optimizer(config, exp.spec), config.seed)
     at = {}
     for step in (2, 4):
         saved, _, _ = checkpoint.restore_latest(
-            manager, workdir_lib.checkpointed(full, config), step=step)
+            manager, workdir_lib.checkpointed(full, exp.spec), step=step)
         at[step] = saved
     manager.close()
     assert set(at[4].opt_state) == {"lora"}
@@ -379,7 +381,8 @@ def sharded_update(mesh_shape):
     params = init_params(models, 1)
     params["lora"] = random_adapters(params["reader"], config.lora)
     mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
-    optimizer = optim.make_optimizer(config)
+    spec = run_spec.resolve(config)
+    optimizer = optim.make_optimizer(config, spec)
     state = make_state(params, {"retriever": params["retriever"]}, optimizer)
     axes = sharding.model_axes(models.reader.config, models.retriever.config, ALL)
     state_sh = sharding.param_shardings(state, mesh, axes)
@@ -387,7 +390,7 @@ def sharded_update(mesh_shape):
         a = state_sh.params["lora"]["encoder"]["block_0"]["mlp"]["wi_0"]["lora_A"]
         assert a.spec == jax.sharding.PartitionSpec("fsdp", None), a.spec
     state = jax.device_put(state, state_sh)
-    fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
+    fns = steps.jit_steps(config, spec, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(8), sharding.batch_sharding(mesh))
     ro = fns["rollout"](state.params, batch, jax.random.PRNGKey(42), state.ref_params)
     state, m = fns["grpo_update"](state, ro, fns["reward"](ro, batch), batch)

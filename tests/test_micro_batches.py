@@ -85,7 +85,7 @@ def test_startup_summary_names_the_memory_settings(env, tmp_path):
     when that differs from the default."""
     import types
 
-    from lapdog_jax import sharding, summary
+    from lapdog_jax import run_spec, sharding, summary
 
     models, params, _ = env
     exp = types.SimpleNamespace(reader=models.reader, retriever=models.retriever, params=params,
@@ -94,6 +94,7 @@ def test_startup_summary_names_the_memory_settings(env, tmp_path):
 
     def steps_line(**overrides):
         config = make_config("grpo", **overrides)
+        exp.spec = run_spec.resolve(config)
         text = summary.startup_summary(config, str(tmp_path), exp, mesh, 0)
         return next(line for line in text.splitlines() if line.strip().startswith("steps:"))
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from lapdog_jax import optim, sharding, steps
+from lapdog_jax import optim, run_spec, sharding, steps
 from tests.test_steps import init_params, make_batch, make_config, make_models, make_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,12 +58,13 @@ def run(mesh_shape, micro_batches: int = 1, scan_layers: bool = False
                 models.retriever.config, scan_layers=True)))
     params, ref = init_params(models, 1), init_params(models, 2)
     mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
-    optimizer = optim.make_optimizer(config)
+    spec = run_spec.resolve(config)
+    optimizer = optim.make_optimizer(config, spec)
     state = make_state(params, ref, optimizer)
     axes = sharding.model_axes(models.reader.config, models.retriever.config)
     state_sh = sharding.param_shardings(state, mesh, axes)
     state = jax.device_put(state, state_sh)
-    fns = steps.jit_steps(config, models, optimizer, mesh, state_sh)
+    fns = steps.jit_steps(config, spec, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(8), sharding.batch_sharding(mesh))
     ro = call(fns["rollout"], state.params, batch, jax.random.PRNGKey(42), state.ref_params)
     rewards = call(fns["reward"], ro, batch)
@@ -121,7 +122,8 @@ def test_every_param_is_annotated_where_defined():
     assert axes["retriever"][("layer_0", "attention", "query", "kernel")] == (
         "embed", "joined_kv")
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    optimizer = optim.make_optimizer(make_config("joint_grpo"))
+    joint = make_config("joint_grpo")
+    optimizer = optim.make_optimizer(joint, run_spec.resolve(joint))
     state = make_state(params, params, optimizer)
     shardings = sharding.param_shardings(state, mesh, axes)  # params, moments, reference
     assert len(jax.tree.leaves(shardings)) == len(jax.tree.leaves(state))

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from lapdog_jax import config_lib, losses, optim, steps
+from lapdog_jax import config_lib, losses, optim, run_spec, steps
 from lapdog_jax import rewards as rewards_lib
 from lapdog_jax.models import contriever
 from lapdog_jax.models import t5 as t5_lib
@@ -102,6 +102,11 @@ def make_batch(batch_size: int = B, seed: int = 0) -> dict[str, np.ndarray]:
             "pool_gold": gold}
 
 
+def make_optimizer(config) -> optim.Optimizer:
+    """The run's optimizer of `config` (its trained parts from the config's RunSpec)."""
+    return optim.make_optimizer(config, run_spec.resolve(config))
+
+
 def make_state(params, ref_params, optimizer) -> steps.TrainState:
     """A step-0 state on copies of `params` / `ref_params` (the steps donate the state)."""
     params = steps.freeze_copy(params)
@@ -115,11 +120,12 @@ class Fns:
 
     def __init__(self, config, models):
         self.config = config
-        self.optimizer = optim.make_optimizer(config)
+        self.spec = run_spec.resolve(config)
+        self.optimizer = optim.make_optimizer(config, self.spec)
         kw = dict(models=models, config=config)
-        opt_kw = dict(kw, optimizer=self.optimizer)
+        opt_kw = dict(kw, spec=self.spec, optimizer=self.optimizer)
         donate = functools.partial(jit, donate_argnums=0)
-        self.rollout = jit(functools.partial(steps.rollout, **kw))
+        self.rollout = jit(functools.partial(steps.rollout, **kw, spec=self.spec))
         self.reward = jit(functools.partial(steps.reward, **kw))
         self.update = donate(functools.partial(steps.grpo_update, **opt_kw))
         self.sft = donate(functools.partial(steps.sft_step, **opt_kw))
@@ -264,22 +270,22 @@ def random_rewards(seed: int, shape=(B, Gr, G)):
 
 def test_schedule_spans_the_whole_run():
     def lr(config, update, part="reader"):
-        return float(optim.make_optimizer(config).schedules[part](update))
+        return float(make_optimizer(config).schedules[part](update))
 
     c = make_config("grpo", **{"total_steps": 10, "grpo.num_iterations": 2,
                                "optim.schedule": "linear"})
-    assert optim.optimizer_updates(c) == 20  # two updates per rollout
+    assert optim.optimizer_updates(c, run_spec.resolve(c)) == 20  # two updates per rollout
     assert lr(c, 0) == pytest.approx(c.optim.lr)  # no warm-up: the first update is a full one
     assert lr(c, 19) > 0 and lr(c, 20) == 0
     # 4 SFT warm-up batches + 6 RL batches x 2 iterations, accumulated in pairs: 8 updates.
     c = make_config("joint_grpo", **{"total_steps": 10, "grpo.num_iterations": 2,
                                      "accumulation_steps": 2, "sft_warmup_steps": 4,
                                      "optim.schedule": "linear", "optim.warmup_steps": 4})
-    assert optim.optimizer_updates(c) == 8
+    assert optim.optimizer_updates(c, run_spec.resolve(c)) == 8
     assert lr(c, 0) == 0.0 and lr(c, 7) > 0 and lr(c, 8) == 0
     assert lr(c, 4) == pytest.approx(c.optim.lr)
     # The retriever trains in RL steps only: 6 x 2 calls in pairs, its own warm-up of 4.
-    assert optim.optimizer_updates(c, "retriever") == 6
+    assert optim.optimizer_updates(c, run_spec.resolve(c), "retriever") == 6
     assert lr(c, 4, "retriever") == pytest.approx(c.optim.lr_retriever)
     assert lr(c, 5, "retriever") > 0 and lr(c, 6, "retriever") == 0
 
@@ -292,7 +298,7 @@ def test_optimizer_keeps_an_accumulator_only_when_accumulating():
     grads = {"reader": {"a": jnp.full((3, 4), 0.5), "b": jnp.full(5, 0.5)}}
     nan = jax.tree.map(lambda g: g * jnp.nan, grads)
     for k, copies, updates in ((1, 2, 3), (2, 3, 1)):
-        opt = optim.make_optimizer(make_config("grpo", accumulation_steps=k))
+        opt = make_optimizer(make_config("grpo", accumulation_steps=k))
         state = opt.init(params)
         assert sum(x.size for x in jax.tree.leaves(state) if x.ndim) == copies * 17, k
         p = params
@@ -308,7 +314,7 @@ def test_checkpoint_of_the_accumulator_layout_is_refused_with_the_reason(tmp_pat
     from lapdog_jax import checkpoint
 
     params = {"reader": {"a": jnp.ones((3, 4))}, "retriever": {"b": jnp.ones(2)}}
-    new = optim.make_optimizer(make_config("grpo"))
+    new = make_optimizer(make_config("grpo"))
     old = optim.Optimizer({"reader": optax.MultiSteps(
         optax.adamw(1e-3), every_k_schedule=1, should_skip_update_fn=optax.skip_not_finite)},
         new.schedules)
@@ -336,7 +342,8 @@ def test_greedy_equals_teacher_forced_argmax(setup, fusion):
     @jit
     def greedy(p):
         """steps.generate's tokens and the sampler's full output (for the log-probs)."""
-        tokens = steps.generate(p, batch, rng, models=models, config=config)
+        tokens = steps.generate(p, batch, rng, models=models, config=config,
+                                spec=run_spec.resolve(config))
         enc, enc_mask = steps.encode_sources(models, p["reader"], *src, config)
         return tokens, steps.sample_completions(models, p["reader"], enc, enc_mask, rng, config,
                                                 greedy=True)
@@ -750,12 +757,14 @@ def test_query_side_step_encodes_no_passage(setup, shared):
     models = steps.Models(setup.models.reader, counting, SPECIAL)
     config = setup.fns(name).config
     batch = setup.batch if shared else query_side_batch(setup, setup.params["retriever"])
-    ro = jax.eval_shape(functools.partial(steps.rollout, models=models, config=config),
+    spec = run_spec.resolve(config)
+    ro = jax.eval_shape(functools.partial(steps.rollout, models=models, config=config,
+                                          spec=spec),
                         setup.params, batch, jax.random.PRNGKey(0), setup.params)
     rollout_rows, rows[:] = list(rows), []
-    opt = optim.make_optimizer(config)
+    opt = optim.make_optimizer(config, spec)
     jax.eval_shape(functools.partial(steps.grpo_update, models=models, config=config,
-                                     optimizer=opt),
+                                     spec=spec, optimizer=opt),
                    make_state(setup.params, setup.params, opt), ro, random_rewards(8),
                    batch)
     per_pass = [B, B * K] if shared else [B]
@@ -770,7 +779,7 @@ def test_from_scratch_retriever_keeps_token_types_at_zero(from_scratch):
     config = make_config("joint_grpo", **{"init.retriever": "" if from_scratch
                                           else config_lib.PACKAGED_RETRIEVER})
     params = init_params(make_models(), 0)
-    opt = optim.make_optimizer(config)
+    opt = make_optimizer(config)
     new, _, _ = opt.apply(params, opt.init(params), jax.tree.map(np.ones_like, params))
     moved = lambda name: tree_max_diff(new["retriever"][name], params["retriever"][name])
     assert moved("word_embeddings") > 0 and moved("position_embeddings") > 0

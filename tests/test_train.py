@@ -25,6 +25,7 @@ from lapdog_jax import (
     metrics,
     optim,
     paths,
+    run_spec,
     steps,
     train,
     validation,
@@ -150,11 +151,16 @@ def saved_steps(workdir) -> list[int]:
     return sorted(int(d) for d in os.listdir(root) if d.isdigit())
 
 
+def build_exp(config, workdir) -> experiment.Experiment:
+    """experiment.build of a checked `config` in `workdir`, as a run starts it."""
+    return experiment.build(config, str(workdir), run_spec.resolve(config))
+
+
 def restore(workdir, config, step=None, exp=None):
     """(state, host) of `workdir`'s checkpoint at `step` (default latest), on one device;
     `exp` (the run's experiment.build) saves rebuilding it."""
-    exp = exp or experiment.build(config, str(workdir))
-    state = steps.initial_state(exp, optim.make_optimizer(config), config.seed)
+    exp = exp or build_exp(config, workdir)
+    state = steps.initial_state(exp, optim.make_optimizer(config, exp.spec), config.seed)
     manager = checkpoint.make_manager(str(workdir), 10, create=False)
     state, host, _ = checkpoint.restore_latest(manager, state, step=step)
     manager.close()
@@ -271,8 +277,9 @@ def shared_data(tmp_path_factory, compile_cache):
     """Synthetic data and tokenizer made once, as a run with data.train='' makes them."""
     root = str(tmp_path_factory.mktemp("shared"))
     config = tiny_config("sft")
-    train_set, _, passages = experiment.load_data(config, root)
-    experiment.load_tokenizers(config, root, train_set, passages)
+    spec = run_spec.resolve(config)
+    train_set, _, passages = experiment.load_data(config, root, spec)
+    experiment.load_tokenizers(config, root, train_set, passages, experiment.formats(spec))
     return {"data.train": f"{root}/data/train.jsonl", "data.eval": f"{root}/data/valid.jsonl",
             "data.passages": f"{root}/data/stories.jsonl", "data.tokenizer": f"{root}/tokenizer"}
 
@@ -333,7 +340,7 @@ def test_tools_and_resume_hold_one_copy_of_the_weights(sft_run):
     assert host == full_host and int(state.step) == int(full.step)
     assert _tree_equal(state.params["reader"], full.params["reader"])
 
-    s, p = train._setup(config, str(workdir))  # (resumes: the run has its checkpoints)
+    s, p = train._setup(config, run_spec.resolve(config), str(workdir))  # (resumes)
     s.manager.close()
     assert p.step == config.total_steps
     assert all(isinstance(x, jax.ShapeDtypeStruct)
@@ -392,7 +399,7 @@ def test_sigterm_saves_and_resume_is_exact(shared_data, tmp_path, monkeypatch):
     assert saved_steps(cut_dir) == [5]  # saved on SIGTERM, although save_freq is 100
     assert not os.path.exists(cut_dir / "eval")  # no final evaluation of a stopped run
     assert "eval/f1" not in stopped
-    exp = experiment.build(config, str(full_dir))
+    exp = build_exp(config, full_dir)
     state5, host5 = restore(cut_dir, config, exp=exp)
     assert host5 == {"step": 5, "pipeline": {"epoch": 0, "index": 5}, "bad_steps": 0,
                      "index_step": 4}
@@ -440,7 +447,7 @@ def test_nonfinite_steps_abort_and_keep_checkpoints(shared_data, sft_run, tmp_pa
                              r"nothing was saved after step 2.*lr"):
         train.train_and_evaluate(config, str(tmp_path))
     assert saved_steps(tmp_path) == [2]
-    exp = experiment.build(config, str(tmp_path))
+    exp = build_exp(config, tmp_path)
     state, host = restore(tmp_path, config, exp=exp)
     assert int(state.step) == 2 and host["bad_steps"] == 0
     ok, _ = restore(sft_run[0], config, step=2, exp=exp)  # the same two clean steps, run unpoisoned
