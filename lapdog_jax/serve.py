@@ -8,10 +8,12 @@ then serves (Starlette on uvicorn) until Ctrl-C:
 - `POST /chat` `{"persona": [...], "history": [...], "message": "...", "k": 3,
   "temperature": 0}` -> `{"reply": "...", "stories": [{"id", "title", "text", "score"}, ...],
   "step": N}`: `chat`'s turn for the conversation `history + [message]` (history alternates
-  the user's messages and the replies, oldest first); `history`, `k` (default 3) and
-  `temperature` (default 0: greedy, the reply `predict` gives) may be left out;
+  the user's messages and the replies, oldest first); `history`, `k` (default 3, or all the
+  stories when fewer) and `temperature` (default 0: greedy, the reply `predict` gives) may be
+  left out;
 - `GET /`: the chat page (persona box, the conversation, each reply's stories and scores);
-- `GET /health`: `{"status": "ok", "step": N, "stories": n}`.
+- `GET /health`: `{"status": "ok", "step": N, "stories": n, "read": r}` (the run's stories,
+  and how many of a turn's top ones the reader reads).
 
 Requests run one at a time on the device (a lock: concurrent clients queue). A bad request
 gets status 400 and `{"error": "FIELD: what is wrong", "field": "FIELD"}`; the server goes on.
@@ -114,7 +116,7 @@ def parse_turn(body: bytes, max_k: int) -> Turn:
     message = _string(data["message"], "message")
     if not message:
         raise BadRequest("message", "empty")
-    k = data.get("k", DEFAULT_K)
+    k = data.get("k", min(DEFAULT_K, max_k))
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise BadRequest("k", f"expected an integer from 1 to {max_k}, got {json.dumps(k)}")
     temperature = data.get("temperature", 0)
@@ -158,14 +160,16 @@ def make_app(chat: chat_lib.Chat) -> Starlette:
             stories, reply = await anyio.to_thread.run_sync(
                 chat.turn, turn.persona, turn.history + [turn.message], turn.k,
                 turn.temperature)
-        logging.info("chat: %d turns, k=%d, temperature=%g in %.2f s", len(turn.history) + 1,
+        logging.info("chat: turns=%d, k=%d, temperature=%g in %.2f s", len(turn.history) + 1,
                      turn.k, turn.temperature, time.perf_counter() - start)
         return JSONResponse({"reply": reply, "stories": stories, "step": chat.step})
 
     async def health(_: Request) -> JSONResponse:
         """`GET /health`: the server is up, with the step it serves."""
         return JSONResponse({"status": "ok", "step": chat.step,
-                             "stories": len(chat.retriever.passages) if chat.retriever else 0})
+                             "stories": len(chat.retriever.passages) if chat.retriever else 0,
+                             "read": max(chat.exp.config.data.n_context, 1)
+                             if chat.retriever else 0})
 
     async def index(_: Request) -> HTMLResponse:
         """`GET /`: the chat page."""
@@ -189,7 +193,7 @@ def listen(host: str, port: int) -> socket.socket:
                                     else socket.AF_INET)
     except OSError as e:
         raise experiment.ConfigError(f"--host={host} --port={port}: cannot listen there "
-                                     f"({e.strerror or e})") from None
+                                     f"({os.strerror(e.errno) if e.errno else e})") from None
 
 
 def main():
