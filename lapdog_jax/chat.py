@@ -23,12 +23,13 @@ import jax
 import numpy as np
 from absl import flags
 
-from lapdog_jax import cli, distributed, experiment, steps
+from lapdog_jax import cli, distributed, evaluate, experiment, steps
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.data import Dialogue
 from lapdog_jax.data import pipeline as pipe_lib
 
 CONTEXT_TURNS = 3  # turns of the conversation the question carries (the data's 1-3)
+MAX_GENERATORS = 4  # compiled reply generators a chat keeps (one per temperature)
 
 
 def question(persona: list[str], turns: list[str]) -> str:
@@ -48,10 +49,12 @@ class Chat:
     params: dict
     retriever: object  # retrieval.Retriever, None when closed-book
     models: steps.Models
-    temperature: float
+    temperature: float  # the default of `turn` (0 = greedy)
     rng: jax.Array
     rows: int  # batch rows (the device count; the message is in row 0)
-    _generate: object = None  # the jitted generator, made on the first reply
+    step: int  # the restored checkpoint's training step
+    # jitted generators by temperature, each made on its first reply (most recent last)
+    _generators: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def restore(cls, workdir: str, step: int | None = None, temperature: float = 0.0,
@@ -60,7 +63,8 @@ class Chat:
         exp, mesh, state, host, saved_index = workdir_lib.restore_workdir(workdir, "chat", step)
         retriever = workdir_lib.indexed_retriever(exp, state, host, saved_index)
         return cls(exp, state.params, retriever, experiment.step_models(exp), temperature,
-                   jax.random.PRNGKey(seed), int(np.prod(list(mesh.shape.values()))))
+                   jax.random.PRNGKey(seed), int(np.prod(list(mesh.shape.values()))),
+                   workdir_lib.resumed_step(state, host))
 
     def stories(self, dialogue: Dialogue, k: int) -> list[tuple[str, float]]:
         """The retriever's top-k (passage id, score) for a dialogue."""
@@ -75,8 +79,10 @@ class Chat:
             min(k, len(self.retriever.passages)))
         return [(str(i), float(s)) for i, s in zip(found[0], scores[0], strict=True)]
 
-    def reply(self, dialogue: Dialogue, story_ids: list[str]) -> str:
-        """The reader's reply reading `story_ids` (closed-book when the run has no retriever)."""
+    def reply(self, dialogue: Dialogue, story_ids: list[str], temperature: float | None = None
+              ) -> str:
+        """The reader's reply reading `story_ids` (closed-book when the run has no retriever),
+        at `temperature` (default the chat's)."""
         config = self.exp.config
         pool = [story_ids] * self.rows if self.retriever is not None else None
         batch, _ = pipe_lib.make_batch(
@@ -84,20 +90,34 @@ class Chat:
             pipe_lib.Tokenizers(self.exp.reader_tokenizer, self.exp.retriever_tokenizer),
             pipe_lib.Lengths.from_config(config.data), formats=experiment.formats(self.exp.spec))
         self.rng, rng = jax.random.split(self.rng)
-        if self._generate is None:
-            self._generate = _generator(config, self.exp.spec, self.models, self.temperature)
-        tokens = self._generate(self.params, batch, rng)
+        tokens = self._generator(self.temperature if temperature is None else temperature)(
+            self.params, batch, rng)
         return self.exp.reader_tokenizer.decode(np.asarray(tokens)[0],
                                                 skip_special_tokens=True).strip()
 
-    def turn(self, persona: list[str], turns: list[str], k: int
-             ) -> tuple[list[tuple[str, str, float]], str]:
-        """([(id, title, score)] of the top-k stories, reply) for the conversation so far."""
+    def _generator(self, temperature: float):
+        """The jitted generator at `temperature`, compiled on its first use; the chat keeps
+        the last MAX_GENERATORS used."""
+        temperature = float(temperature)
+        made = self._generators.pop(temperature, None)
+        if made is None:
+            made = _generator(self.exp.config, self.exp.spec, self.models, temperature)
+            while len(self._generators) >= MAX_GENERATORS:
+                self._generators.pop(next(iter(self._generators)))
+        self._generators[temperature] = made
+        return made
+
+    def turn(self, persona: list[str], turns: list[str], k: int,
+             temperature: float | None = None) -> tuple[list[dict], str]:
+        """(the top-k stories, each {id, title, text, score}, reply) for the conversation so
+        far (the last turn is the user's message), the reply at `temperature` (default the
+        chat's)."""
         dialogue = Dialogue(question=question(persona, turns), answers=("",))
         n = self.exp.spec.n_passages
         found = self.stories(dialogue, max(k, n))
-        reply = self.reply(dialogue, [pid for pid, _ in found[:n]])
-        return ([(pid, self.retriever.by_id[pid].title, s) for pid, s in found[:k]], reply)
+        reply = self.reply(dialogue, [pid for pid, _ in found[:n]], temperature)
+        return ([{**evaluate.passage(self.retriever, pid), "score": s}
+                 for pid, s in found[:k]], reply)
 
 
 def _generator(config, spec, models: steps.Models, temperature: float):
@@ -176,8 +196,8 @@ def main():
             continue
         turns.append(line.strip())
         stories, reply = chat.turn(persona, turns, f.k)
-        for rank, (pid, title, score) in enumerate(stories, start=1):
-            print(f"  story {rank}: {title} ({score:.3f}) [{pid}]")
+        for rank, story in enumerate(stories, start=1):
+            print(f"  story {rank}: {story['title']} ({story['score']:.3f}) [{story['id']}]")
         print(f"R: {reply}", flush=True)
         turns.append(reply)
 

@@ -81,7 +81,7 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
             scores = [round(float(s), 6) for s in pool_fn.scores[i]] if k else []
             rows.append({"query": texts["questions"][i], "answers": texts["answers"][i],
                          "generation": generated[i].strip(),
-                         "passages": [_passage(retriever, pid) for pid in ids[:n]],
+                         "passages": [passage(retriever, pid) for pid in ids[:n]],
                          "retrieved_ids": ids, "retrieved_scores": scores,
                          "gold_passage_ids": texts["gold_passage_ids"][i]})
     return rows
@@ -102,7 +102,7 @@ def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mes
     return _finish(rows, step, workdir, writer, retriever is not None, label)
 
 
-def _passage(retriever, pid: str) -> dict:
+def passage(retriever, pid: str) -> dict:
     """The eval-file form of one retrieved passage."""
     p = retriever.by_id[pid]
     return {"id": p.id, "title": p.title, "text": p.text}

@@ -1,13 +1,18 @@
 """The command lines end to end, as a user runs them: `python -m lapdog_jax.main` (joint GRPO
-on the embedded synthetic data), then `evaluate`, `export` (loaded by transformers) and
-`compute_metrics` on its workdir, and the errors bad flags give.
+on the embedded synthetic data), then `evaluate`, `export` (loaded by transformers),
+`compute_metrics` and `serve` (its API and its page) on its workdir, and the errors bad flags
+give.
 """
 
+import concurrent.futures
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import jax
 import jax.numpy as jnp
@@ -394,3 +399,181 @@ def test_bad_flags_fail_with_a_one_line_message(flag, message, cli_env, tmp_path
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- lapdog_jax.serve: the HTTP API and the chat page, on the trained run at step 4 ---
+
+def http(url: str, body=None) -> tuple[int, dict | str]:
+    """(status, decoded JSON or text) of a GET, or of a POST of `body` (bytes, or an object
+    sent as JSON)."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=300) as r:
+            status, text = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+@pytest.fixture(scope="module")
+def server(trained, cli_env, tmp_path_factory):
+    """`lapdog_jax.serve --step=4 --port=0` on the trained workdir: (base url, its log file)."""
+    workdir, _, _ = trained
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "lapdog_jax.serve",
+                                 f"--workdir={workdir}", "--step=4", "--port=0"], cwd=REPO,
+                                env=cli_env, stdout=subprocess.PIPE, stderr=err, text=True)
+    line = proc.stdout.readline()  # once the run is loaded (or empty if it failed)
+    assert line.startswith("serving step 4 on http://127.0.0.1:"), log.read_text()[-4000:]
+    yield line.split(" on ")[1].strip().rstrip("/"), log
+    proc.terminate()
+    assert proc.wait(timeout=60) is not None
+
+
+def _chat_turns(commands) -> tuple[list[str], list[str], list[tuple[list, str]]]:
+    """(persona, the two messages, [(stories as (title, score, id), reply)] per turn) of the
+    chat command's run."""
+    done, _, out = commands
+    persona, _, rest = (out / "chat.txt").read_text().partition("\n\n")
+    lines = done["chat"].stdout.splitlines()
+    turns = []
+    for block in (lines[:3], lines[3:]):
+        stories = [(line.split(": ", 1)[1].rsplit(" (", 1)[0],
+                    float(line.rsplit("(", 1)[1].split(")")[0]),
+                    line.rsplit("[", 1)[1].rstrip("]")) for line in block[:-1]]
+        turns.append((stories, block[-1].removeprefix("R: ")))
+    return [persona], rest.splitlines(), turns
+
+
+def test_serve_answers_as_predict_and_chat(trained, commands, server):
+    """`POST /chat` gives a dialogue the stories, scores and reply `predict` gave it, and with
+    the history the second turn `chat` gave; `GET /health` names the step."""
+    workdir, _, _ = trained
+    done, _, out = commands
+    url, _ = server
+    persona, messages, turns = _chat_turns(commands)
+    assert http(f"{url}/health") == (200, {"status": "ok", "step": 4, "stories": 16, "read": 1})
+    status, got = http(f"{url}/chat", {"persona": persona, "message": messages[0], "k": 2})
+    assert status == 200, got
+    question = f"persona: {persona[0]} context:  Q: {messages[0]}"
+    (want,) = [r for r in _rows(out / "pred.jsonl") if r["query"] == question]
+    assert got["step"] == 4 and got["reply"] == want["generation"]
+    assert [s["id"] for s in got["stories"]] == want["retrieved_ids"][:2]
+    np.testing.assert_allclose([s["score"] for s in got["stories"]],
+                               want["retrieved_scores"][:2], atol=1e-5)
+    stories = {r["id"]: r for r in _rows(workdir / "data" / "stories.jsonl")}
+    for s in got["stories"]:
+        assert (s["title"], s["text"]) == (stories[s["id"]]["title"], stories[s["id"]]["text"])
+    assert got["stories"][0] | {"score": 0} == want["passages"][0] | {"score": 0}
+    status, second = http(f"{url}/chat", {"persona": persona, "k": 2, "temperature": 0,
+                                          "history": [messages[0], got["reply"]],
+                                          "message": messages[1]})
+    stories, reply = turns[1]
+    assert status == 200 and second["reply"] == reply
+    assert [(s["title"], s["id"]) for s in second["stories"]] == [(t, i) for t, _, i in stories]
+    np.testing.assert_allclose([s["score"] for s in second["stories"]],
+                               [s for _, s, _ in stories], atol=1e-3)
+
+
+GOOD = {"persona": ["i love fishing ."], "message": "what do you do ?"}
+BAD_REQUESTS = [
+    (b"{", "body"), (b"\xff", "body"), (b"[1]", "body"),
+    ({"message": "hi"}, "persona"), ({"persona": ["x"]}, "message"),
+    ({**GOOD, "persona": "i love fishing ."}, "persona"), ({**GOOD, "persona": []}, "persona"),
+    ({**GOOD, "persona": ["x", 3]}, "persona[1]"), ({**GOOD, "history": "hi"}, "history"),
+    ({**GOOD, "history": ["hi", None]}, "history[1]"), ({**GOOD, "message": 7}, "message"),
+    ({**GOOD, "message": "  "}, "message"), ({**GOOD, "message": "a" * 1001}, "message"),
+    ({**GOOD, "k": 0}, "k"), ({**GOOD, "k": 17}, "k"), ({**GOOD, "k": 2.5}, "k"),
+    ({**GOOD, "k": True}, "k"), ({**GOOD, "k": "3"}, "k"),
+    ({**GOOD, "temperature": -0.1}, "temperature"), ({**GOOD, "temperature": 3}, "temperature"),
+    (json.dumps({**GOOD, "temperature": float("nan")}).encode(), "temperature"),
+    ({**GOOD, "seed": 1}, "seed"), (b" " * (64 * 1024 + 1), "body"),
+]
+
+
+def test_serve_bad_requests_get_400_naming_the_field_and_it_serves_on(server):
+    """Malformed JSON, missing, wrong-typed or unknown fields, an over-long message or body,
+    k or temperature out of range: status 400 with a one-line error naming the field; the
+    next good request is answered as before."""
+    url, _ = server
+    first = http(f"{url}/chat", GOOD)
+    assert first[0] == 200, first
+    for body, field in BAD_REQUESTS:
+        status, got = http(f"{url}/chat", body)
+        shown = (str(body)[:80], got)
+        assert status == 400, shown
+        assert got["field"] == field and got["error"].startswith(f"{field}: "), shown
+        assert "\n" not in got["error"]
+    assert http(f"{url}/chat", GOOD) == first
+
+
+def test_serve_queues_concurrent_clients(server):
+    """Clients posting at once are answered one at a time, each as if alone."""
+    url, log = server
+    bodies = [{**GOOD, "k": k} for k in (1, 2, 3, 4)]
+    alone = [http(f"{url}/chat", body) for body in bodies]
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda body: http(f"{url}/chat", body), bodies * 2))
+    assert together == alone * 2
+    assert "Traceback" not in log.read_text()
+
+
+def _browser():
+    """A headless Chromium driven by selenium, or a skip saying how to get one."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
+                                    "(pip install -r requirements-test.txt)")
+    from selenium.webdriver.chrome.service import Service
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("headless Chromium absent: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1200,700"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def test_serve_page_chats_in_headless_chromium(commands, server):
+    """The page: type the persona and two messages; each reply appears with its stories and
+    scores, those of `chat` (the second carries the first turn as its history)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    url, _ = server
+    persona, messages, turns = _chat_turns(commands)
+    browser = _browser()
+    try:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 300)
+        wait.until(lambda b: b.find_element(By.ID, "status").text.startswith("step 4"))
+        for field, value in (("persona", persona[0]), ("k", "2")):
+            browser.find_element(By.ID, field).clear()
+            browser.find_element(By.ID, field).send_keys(value)
+        for n, (message, (stories, reply)) in enumerate(zip(messages, turns, strict=True)):
+            browser.find_element(By.ID, "message").send_keys(message + "\n")
+            wait.until(lambda b, n=n: len(b.find_elements(By.CSS_SELECTOR, ".reply")) > n)
+            assert browser.find_elements(By.CSS_SELECTOR, ".reply")[n].text == reply
+            shown = browser.find_elements(By.CSS_SELECTOR, ".stories")[n]
+            assert [e.text for e in shown.find_elements(By.CSS_SELECTOR, ".title")] == [
+                t for t, _, _ in stories]
+            assert [e.text for e in shown.find_elements(By.CSS_SELECTOR, ".score")] == [
+                f"{s:.3f}" for _, s, _ in stories]
+            assert len(shown.find_elements(By.CSS_SELECTOR, ".tag")) == 1  # the one read
+        assert browser.find_element(By.ID, "error").text == ""
+    finally:
+        browser.quit()
+
+
+def test_serve_refuses_a_busy_port_in_one_line(cli_env):
+    """A port already taken is a usage error naming --port, before the run is loaded."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = cli(cli_env, "lapdog_jax.serve", "--workdir=/nonexistent", f"--port={port}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: --host=127.0.0.1 --port={port}: cannot listen there (Address already in use)"]
