@@ -168,8 +168,7 @@ def make_app(chat: chat_lib.Chat) -> Starlette:
         """`GET /health`: the server is up, with the step it serves."""
         return JSONResponse({"status": "ok", "step": chat.step,
                              "stories": len(chat.retriever.passages) if chat.retriever else 0,
-                             "read": max(chat.exp.config.data.n_context, 1)
-                             if chat.retriever else 0})
+                             "read": chat.exp.spec.n_passages if chat.retriever else 0})
 
     async def index(_: Request) -> HTMLResponse:
         """`GET /`: the chat page."""

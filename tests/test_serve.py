@@ -24,7 +24,7 @@ class SlowChat:
     step: int = 7
     retriever: object = None
     exp: object = dataclasses.field(default_factory=lambda: types.SimpleNamespace(
-        config=types.SimpleNamespace(data=types.SimpleNamespace(n_context=1))))
+        spec=types.SimpleNamespace(n_passages=1)))
     inside: int = 0
     most_inside: int = 0
     calls: list = dataclasses.field(default_factory=list)
