@@ -59,8 +59,8 @@ def test_lapdog_step_distills_gold_scores_into_the_retriever(setup):
     # Passage 0's greedy answer becomes the target, so gold scores differ across the pool.
     answers = np.asarray(greedy_per_passage(setup.params, setup.batch))
     batch = {**setup.batch, "target_ids": jnp.asarray(answers[:, 0])}
-    gold = rewards_lib.combined_reward(answers.reshape(B * K, T), np.repeat(answers[:, 0], K, 0),
-                                       np.asarray(SPECIAL))
+    gold = jit(rewards_lib.combined_reward)(answers.reshape(B * K, T),
+                                            np.repeat(answers[:, 0], K, 0), np.asarray(SPECIAL))
     gold = np.asarray(gold).reshape(B, K)
     np.testing.assert_allclose(gold[:, 0], 3.0, atol=1e-5)
     assert (gold[:, 1:] < 3.0 - 1e-3).any(axis=1).all(), gold
@@ -85,8 +85,8 @@ def test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width(setup):
     query side's alone."""
     f = setup.fns("lapdog_presets")
     rng = jax.random.PRNGKey(3)
-    gold = steps.gold_scores(setup.params, setup.batch, jax.random.split(rng)[0],
-                             models=setup.models, config=f.config)
+    gold = jit(functools.partial(steps.gold_scores, models=setup.models, config=f.config))(
+        setup.params, setup.batch, jax.random.split(rng)[0])
     rc = f.config.retrieval
     embed = functools.partial(setup.models.retriever.apply)
 
@@ -102,11 +102,12 @@ def test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width(setup):
 
     rp = setup.params["retriever"]
     _, m = f.lapdog(setup.state("lapdog_presets"), setup.batch, rng)
-    np.testing.assert_allclose(float(m["retriever/loss"]), float(loss(rp, 32.0, True)),
+    value, grad = (jit(fn, static_argnums=2) for fn in (loss, jax.grad(loss)))  # (not op by op)
+    np.testing.assert_allclose(float(m["retriever/loss"]), float(value(rp, 32.0, True)),
                                rtol=1e-5)
-    assert abs(float(loss(rp, 768.0, True)) / float(loss(rp, 32.0, True)) - 1) > 0.05
-    both = optax.global_norm(jax.grad(loss)(rp, 32.0, True))
-    query_only = optax.global_norm(jax.grad(loss)(rp, 32.0, False))
+    assert abs(float(value(rp, 768.0, True)) / float(value(rp, 32.0, True)) - 1) > 0.05
+    both = optax.global_norm(grad(rp, 32.0, True))
+    query_only = optax.global_norm(grad(rp, 32.0, False))
     got = float(m["opt/grad_norm_retriever"])
     np.testing.assert_allclose(got, float(both), rtol=1e-4)
     assert abs(got / float(query_only) - 1) > 2e-3  # 20x the tolerance above
