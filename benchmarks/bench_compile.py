@@ -11,15 +11,16 @@ T5 v1.1-large point needs no memory for weights. Prints, per point, the seconds 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_peer import grpo_steps, t5_config, train_state  # noqa: E402
@@ -53,16 +54,26 @@ def point(dims: str, scan_layers: bool, B: int, G: int, S: int, T: int) -> dict:
     return {"rollout": (ro_lower, ro_compile), "update": (up_lower, up_compile)}
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_string("dims", "small,base,large", "T5 v1.1 sizes, comma-separated")
+    flags.DEFINE_bool("scan-layers", False, "model.scan_layers: one compiled layer per stack")
+    flags.DEFINE_integer("batch", 4, "prompts B")
+    flags.DEFINE_integer("group", 8, "samples per prompt G")
+    flags.DEFINE_integer("source", 256, "source tokens S")
+    flags.DEFINE_integer("target", 32, "target tokens T")
+
+
+def flag_args() -> types.SimpleNamespace:
+    """The parsed flags as attributes (a '-' in a flag's name read as '_')."""
+    return types.SimpleNamespace(**{name.replace("-", "_"): value
+                                    for name, value in flags.FLAGS.flag_values_dict().items()})
+
+
+def main(argv):
     """Prints one row per --dims point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", default="small,base,large")
-    parser.add_argument("--scan-layers", action="store_true")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--source", type=int, default=256)
-    parser.add_argument("--target", type=int, default=32)
-    args = parser.parse_args()
+    del argv
+    args = flag_args()
     print(f"{jax.devices()[0].device_kind}; B={args.batch} G={args.group} S={args.source} "
           f"T={args.target}; model.scan_layers={args.scan_layers}")
     print("| dims | rollout lower s | rollout compile s | update lower s | update compile s |")
@@ -74,4 +85,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

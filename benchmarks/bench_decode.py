@@ -21,13 +21,13 @@ at `--bandwidth` GB/s and `--peak` TFLOP/s when those are given (measure them on
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import flax
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 from bench_peer import DIMS, t5_config
 
 from lapdog_jax.models.t5 import T5
@@ -66,19 +66,23 @@ def step_weights(params, tied: bool) -> tuple[int, int, int]:
             sum(x.nbytes for x in stack) + head.nbytes)
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_enum("dims", "small", sorted(DIMS), "model size (bench_peer.py's)")
+    flags.DEFINE_string("dtype", "float32", "compute dtype")
+    flags.DEFINE_integer("batch", 4, "prompts B")
+    flags.DEFINE_integer("group", 8, "samples per prompt G")
+    flags.DEFINE_integer("source", 256, "source tokens S")
+    flags.DEFINE_integer("steps", 32, "decode steps T")
+    flags.DEFINE_integer("repeats", 15, "timed loops (the median is printed)")
+    flags.DEFINE_float("bandwidth", None, "memory read GB/s, for the floor")
+    flags.DEFINE_float("peak", None, "matmul TFLOP/s, for the floor")
+
+
+def main(argv):
     """Times the three variants and prints ms per step."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", default="small", choices=sorted(DIMS))
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch", type=int, default=4, help="prompts B")
-    parser.add_argument("--group", type=int, default=8, help="samples per prompt G")
-    parser.add_argument("--source", type=int, default=256, help="source tokens S")
-    parser.add_argument("--steps", type=int, default=32, help="decode steps T")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--bandwidth", type=float, help="memory read GB/s, for the floor")
-    parser.add_argument("--peak", type=float, help="matmul TFLOP/s, for the floor")
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
     cfg = t5_config(args.dims, args.dtype)
     model = T5(cfg)
     rows = args.batch * args.group
@@ -122,4 +126,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -11,13 +11,13 @@ encoder). The two run interleaved, step for step on the same batch, so a busy ma
 both alike; it prints each one's compile time and median step time and their ratio.
 """
 
-import argparse
 import os
 import statistics
 import sys
 import time
 
 import jax
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_steps import _Vocab, apply_overrides, build, timed  # noqa: E402
@@ -33,14 +33,18 @@ def lapdog_step(config, vocab, batch_rng):
     return fn, state, batch, time.perf_counter() - start, retriever_config
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_enum("preset", "", ["", "small", "base", "large", "xl"],
+                      "paper size (none = the demo)")
+    flags.DEFINE_integer("repeats", 5, "timed calls (the median is printed)")
+    flags.DEFINE_multi_string("set", [], "config override, e.g. retrieval.pool_size=6 (repeatable)")
+
+
+def main(argv):
     """Times the lapdog step with the passage side frozen and trained, interleaved."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="", choices=("", "small", "base", "large", "xl"))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. retrieval.pool_size=6 (repeatable)")
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
     runs = {}
     for trained in (False, True):
         config = config_lib.mode_config("lapdog", args.preset or None)
@@ -71,4 +75,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -31,17 +31,18 @@ on a CPU (torch from requirements-test.txt) and unchanged on a GPU.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
 import statistics
 import tempfile
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from lapdog_jax import config_lib, optim, run_spec, steps
 from lapdog_jax.models import contriever, hf
@@ -234,28 +235,35 @@ def _torch_median(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_string("dims", "small,base", "T5 v1.1 sizes, comma-separated")
+    flags.DEFINE_string("dtypes", "float32,bfloat16", "compute dtypes, comma-separated")
+    flags.DEFINE_string("batches", "4,32", "prompts B of each point, comma-separated")
+    flags.DEFINE_integer("group", 8, "samples per prompt G")
+    flags.DEFINE_integer("source", 256, "source tokens S")
+    flags.DEFINE_integer("target", 32, "target tokens T")
+    flags.DEFINE_integer("repeats", 3, "timed calls (the median is printed)")
+    flags.DEFINE_string("remat", "none", "our model.remat: none|full|dots")
+    flags.DEFINE_string("attention", "einsum", "our model.attention: einsum|fused")
+    flags.DEFINE_bool("scan-layers", False, "our model.scan_layers")
+    flags.DEFINE_bool("bf16-params", False, "at the bfloat16 points store our params in bf16 too "
+                      "(model.param_dtype, as the peer's model.to(bfloat16))")
+    flags.DEFINE_bool("no-peer", False, "time ours only")
+    flags.DEFINE_bool("no-peer-update", False, "time the peer's generate only (its seed-style "
+                      "update at B=32 needs more than 24 GB of host memory)")
+
+
+def flag_args() -> types.SimpleNamespace:
+    """The parsed flags as attributes (a '-' in a flag's name read as '_')."""
+    return types.SimpleNamespace(**{name.replace("-", "_"): value
+                                    for name, value in flags.FLAGS.flag_values_dict().items()})
+
+
+def main(argv):
     """Runs the grid and prints one row per point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", default="small,base")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--batches", default="4,32")
-    parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--source", type=int, default=256)
-    parser.add_argument("--target", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--remat", default="none", help="our model.remat: none|full|dots")
-    parser.add_argument("--attention", default="einsum", help="our model.attention: "
-                        "einsum|fused")
-    parser.add_argument("--scan-layers", action="store_true", help="our model.scan_layers")
-    parser.add_argument("--bf16-params", action="store_true",
-                        help="at the bfloat16 points store our params in bf16 too "
-                             "(model.param_dtype, as the peer's model.to(bfloat16))")
-    parser.add_argument("--no-peer", action="store_true", help="time ours only")
-    parser.add_argument("--no-peer-update", action="store_true",
-                        help="time the peer's generate only (its seed-style update at B=32 "
-                             "needs more than 24 GB of host memory)")
-    args = parser.parse_args()
+    del argv
+    args = flag_args()
     G, S, T = args.group, args.source, args.target
     import torch
     print(f"{jax.devices()[0].device_kind} x{len(jax.devices())} ({os.cpu_count()} cores), "
@@ -301,4 +309,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

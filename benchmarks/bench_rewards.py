@@ -6,11 +6,11 @@ Both compute `f1rougebleu` with BLEU 'l2' and a length penalty on [num, length] 
 against [num, length] references (T5 ids: pad 0, eos 1, extra ids from 32000).
 """
 
-import argparse
 import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
 from lapdog_jax import rewards
 from tests import reference_rewards
@@ -41,13 +41,17 @@ def time_it(fn, repeats: int) -> float:
     return best
 
 
-def main() -> None:
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_integer("num", 256, "sequences per batch")
+    flags.DEFINE_integer("length", 32, "tokens per sequence")
+    flags.DEFINE_integer("repeats", 20, "timed batches on the device (a tenth of them on the host)")
+
+
+def main(argv) -> None:
     """Prints sequences per second for the device reward and the host loop."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num", type=int, default=256)
-    parser.add_argument("--length", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
 
     special, extra_from = rewards.t5_special_ids()
     pred, ref = make_batch(args.num, args.length)
@@ -75,4 +79,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

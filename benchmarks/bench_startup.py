@@ -16,11 +16,11 @@ import time
 
 START = time.perf_counter()
 
-import argparse  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from lapdog_jax import config_lib, experiment, optim, run_spec  # noqa: E402
 
@@ -47,12 +47,16 @@ def _timed(times: dict, name: str, fn):
     return wrapper
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_string("config", None, "configs/X.py[:preset]", required=True)
+    flags.DEFINE_multi_string("set", [], "field=value (repeatable)")
+
+
+def main(argv):
     """Builds the experiment of --config in a temporary workdir and prints the phases."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="configs/X.py[:preset]")
-    parser.add_argument("--set", action="append", default=[], help="field=value")
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
     path, _, preset = args.config.partition(":")
     config = config_lib.from_file(path, preset or None)
     for assignment in args.set:
@@ -77,4 +81,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

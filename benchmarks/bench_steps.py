@@ -9,7 +9,6 @@ and the trainer's own jitted functions (`steps.jit_steps`, state donated). Sampl
 steps (a random reader rarely emits EOS), so this is the worst case for `rollout`.
 """
 
-import argparse
 import functools
 import os
 import statistics
@@ -17,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
 from lapdog_jax import config_lib, experiment, optim, run_spec, sharding, steps
 
@@ -94,14 +94,17 @@ def build(config, vocab: _Vocab):
     return fns, state, batch, retriever.config
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_enum("mode", "joint_grpo", ["reinforce", "grpo", "joint_grpo"], "the mode timed")
+    flags.DEFINE_integer("repeats", 10, "timed calls (the median is printed)")
+    flags.DEFINE_multi_string("set", [], "config override, e.g. retrieval.pool_size=8 (repeatable)")
+
+
+def main(argv):
     """Builds the default config's models and prints compile and step times."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="joint_grpo", choices=("reinforce", "grpo", "joint_grpo"))
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. retrieval.pool_size=8 (repeatable)")
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
     config = config_lib.mode_config(args.mode)
     apply_overrides(config, args.set)
     vocab = _Vocab(config.data.vocab_size)
@@ -141,4 +144,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -30,7 +30,6 @@ reader then samples all T tokens: the rollout's worst case). `--trace=DIR` recor
 
 from __future__ import annotations
 
-import argparse
 import collections
 import cProfile
 import functools
@@ -39,8 +38,10 @@ import pstats
 import statistics
 import tempfile
 import time
+import types
 
 import jax
+from absl import app, flags
 
 from lapdog_jax import config_lib, retrieval, steps, tb, train
 
@@ -147,19 +148,30 @@ def run(config, args, timed: Times | None = None, trace: str | None = None,
         return steps_per_sec(workdir, config, config.sft_warmup_steps + args.log_freq)
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_integer("steps", 40, "RL steps per run")
+    flags.DEFINE_integer("warmup", 0, "supervised steps first")
+    flags.DEFINE_integer("log-freq", 10, "steps per timed window")
+    flags.DEFINE_multi_string("set", [], "config override KEY=VALUE (repeatable)")
+    flags.DEFINE_string("trace", None, "write a jax.profiler trace of run 1 here")
+    flags.DEFINE_bool("cprofile", False, "host profile of run 1")
+
+
+def flag_args() -> types.SimpleNamespace:
+    """The parsed flags as attributes (a '-' in a flag's name read as '_')."""
+    return types.SimpleNamespace(**{name.replace("-", "_"): value
+                                    for name, value in flags.FLAGS.flag_values_dict().items()})
+
+
+def main(argv):
     """Runs the trainer as it is, then with its jitted parts timed; prints both."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="RL steps per run")
-    parser.add_argument("--warmup", type=int, default=0, help="supervised steps first")
-    parser.add_argument("--log-freq", type=int, default=10)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--trace", help="write a jax.profiler trace of run 1 here")
-    parser.add_argument("--cprofile", action="store_true", help="host profile of run 1")
-    args = parser.parse_args()
+    del argv
+    args = flag_args()
     if args.steps < 2 * args.log_freq or args.steps % args.log_freq:
-        parser.error(f"--steps={args.steps} must be a multiple of --log-freq={args.log_freq}, "
-                     "at least two windows (the first holds the compile)")
+        raise app.UsageError(f"--steps={args.steps} must be a multiple of --log-freq="
+                             f"{args.log_freq}, at least two windows (the first holds the "
+                             "compile)")
     config = make_config(args)
     profile = cProfile.Profile() if args.cprofile else None
     windows = run(config, args, trace=args.trace, profile=profile)
@@ -193,4 +205,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

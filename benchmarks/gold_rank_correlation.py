@@ -16,12 +16,12 @@ best candidate. The SentencePiece (`lapdog_jax.data.tokenizer`) is trained on th
 questions and answers.
 """
 
-import argparse
 import os
 import tempfile
 
 import jax
 import numpy as np
+from absl import app, flags
 from scipy import stats
 
 from lapdog_jax import config_lib, rewards
@@ -70,16 +70,20 @@ def score_both(pool_rows, answers, tok, rc, batch: int) -> tuple[np.ndarray, np.
     return np.concatenate(text_out), np.concatenate(ids_out)
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_string("data", None, "LAPDOG dialogue jsonl (ConvAI2)", required=True)
+    flags.DEFINE_integer("pools", 1000, "pools measured")
+    flags.DEFINE_integer("pool_size", 6, "stories per pool")
+    flags.DEFINE_integer("batch", 8, "pools per device batch")
+    flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary trained on the data")
+    flags.DEFINE_integer("seed", 0, "sampling seed")
+
+
+def main(argv):
     """Prints the rank agreement of the two gold scores per pool kind."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="LAPDOG dialogue jsonl (ConvAI2)")
-    parser.add_argument("--pools", type=int, default=1000)
-    parser.add_argument("--pool_size", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--vocab_size", type=int, default=8000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
     dialogues = read_dialogues(args.data)
     answers = [d.answers[0] for d in dialogues]
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,4 +109,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

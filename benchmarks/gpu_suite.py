@@ -49,7 +49,6 @@ with their reasons) and `OUT/gpu_suite.md` (the same as tables).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -59,6 +58,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
+
+from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -282,7 +284,7 @@ def _variants(text: str) -> tuple[tuple[str, bool], ...]:
     for item in text.split(","):
         attention, _, scan = item.partition(":")
         if attention not in ("einsum", "fused") or scan not in ("on", "off"):
-            raise argparse.ArgumentTypeError(f"{item!r}: expected einsum|fused:on|off")
+            raise ValueError(f"--variants: {item!r}: expected einsum|fused:on|off")
         out.append((attention, scan == "on"))
     return tuple(out)
 
@@ -307,7 +309,7 @@ def run_parts(args, missing: list[str]) -> dict:
     start = time.monotonic()
     missing_names = {m.split("==")[0].lower() for m in missing}
     results = {}
-    for name, flags, needs in _parts(args):
+    for name, child_flags, needs in _parts(args):
         left = args.budget_s - (time.monotonic() - start)
         lacking = [MODULES[m] for m in needs if MODULES[m].lower() in missing_names]
         if lacking:
@@ -325,7 +327,7 @@ def run_parts(args, missing: list[str]) -> dict:
             filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
         with open(log_file, "w") as log:
             try:
-                code = subprocess.run([sys.executable, os.path.abspath(__file__), *flags,
+                code = subprocess.run([sys.executable, os.path.abspath(__file__), *child_flags,
                                        f"--child-out={out_file}"], stdout=log,
                                       stderr=subprocess.STDOUT, timeout=left, cwd=ROOT,
                                       env=env).returncode
@@ -398,32 +400,49 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    """Parses flags; runs a child, or the whole suite."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/gpu_suite", help="folder for the JSON and .md")
-    parser.add_argument("--tiny", action="store_true", help="toy dims (CPU check)")
-    parser.add_argument("--check", action="store_true", help="list missing modules and exit")
-    parser.add_argument("--budget-s", type=float, default=480.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")],
-                        default=[4, 32], help="B of each peer part (the first runs before the "
-                        "trainer, the others after)")
-    parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--source", type=int, default=256)
-    parser.add_argument("--target", type=int, default=32)
-    parser.add_argument("--variants", type=_variants, default=VARIANTS,
-                        help="our (model.attention:model.scan_layers) rows of the peer parts, "
-                             "e.g. einsum:off,fused:on (default: all four)")
-    parser.add_argument("--steps", type=int, default=0, help="trainer steps (0: 30, tiny 4)")
-    # child flags
-    parser.add_argument("--child", choices=("peer", "trainer"), help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", help=argparse.SUPPRESS)
-    parser.add_argument("--dims", help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--no-peer", dest="peer", action="store_false", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_string("out", "runs/gpu_suite", "folder for the JSON and .md")
+    flags.DEFINE_bool("tiny", False, "toy dims (CPU check)")
+    flags.DEFINE_bool("check", False, "list missing modules and exit")
+    flags.DEFINE_float("budget-s", 480.0, "seconds for the whole run")
+    flags.DEFINE_integer("repeats", 3, "timed calls per point (the median is kept)")
+    flags.DEFINE_list("batches", ["4", "32"], "B of each peer part (the first runs before the "
+                      "trainer, the others after)")
+    flags.DEFINE_integer("group", 8, "samples per prompt G")
+    flags.DEFINE_integer("source", 256, "source tokens S")
+    flags.DEFINE_integer("target", 32, "target tokens T")
+    flags.DEFINE_string("variants", ",".join(f"{a}:{'on' if s else 'off'}" for a, s in VARIANTS),
+                        "our (model.attention:model.scan_layers) rows of the peer parts, e.g. "
+                        "einsum:off,fused:on (default: all four)")
+    flags.DEFINE_integer("steps", 0, "trainer steps (0: 30, tiny 4)")
+    # a child's flags (the parent passes them)
+    flags.DEFINE_enum("child", None, ["peer", "trainer"], "(child) the part to run")
+    flags.DEFINE_string("child-out", None, "(child) its result JSON")
+    flags.DEFINE_string("dims", None, "(child) bench_peer.py's model size")
+    flags.DEFINE_string("dtype", None, "(child) compute dtype")
+    flags.DEFINE_integer("batch", None, "(child) B")
+    flags.DEFINE_bool("no-peer", False, "(child) time ours only")
+
+
+def flag_args() -> types.SimpleNamespace:
+    """The parsed flags as attributes (a '-' in a flag's name read as '_'), with --batches and
+    --variants parsed and `peer` = not --no-peer."""
+    args = types.SimpleNamespace(**{name.replace("-", "_"): value
+                                    for name, value in flags.FLAGS.flag_values_dict().items()})
+    try:
+        args.batches = [int(b) for b in args.batches]
+        args.variants = _variants(args.variants)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    args.peer = not args.no_peer
+    return args
+
+
+def main(argv):
+    """Runs a child, or the whole suite."""
+    del argv
+    args = flag_args()
     if args.child:
         (child_peer if args.child == "peer" else child_trainer)(args)
         return
@@ -434,7 +453,7 @@ def main(argv=None):
     if args.tiny and args.source == 256:  # toy lengths unless given
         args.source, args.target, args.group = 32, 8, 4
     os.makedirs(args.out, exist_ok=True)
-    report = {"command": " ".join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])]),
+    report = {"command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
               "tiny": args.tiny, "environment": _environment(), "missing": missing,
               "seed_steps_per_sec": SEED_STEPS_PER_SEC}
     report["parts"] = run_parts(args, missing)
@@ -446,4 +465,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

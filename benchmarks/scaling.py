@@ -14,12 +14,12 @@ better used at that size.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
 
 import jax
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_peer import DIMS, ours, t5_config, useful_flops  # noqa: E402
@@ -27,16 +27,20 @@ from bench_peer import DIMS, ours, t5_config, useful_flops  # noqa: E402
 from lapdog_jax.models.t5 import init_params  # noqa: E402
 
 
-def main():
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_enum("dims", "small", list(DIMS), "model size (bench_peer.py's)")
+    flags.DEFINE_string("dtype", "float32", "compute dtype")
+    flags.DEFINE_string("base", "4,8,256,32", "B,G,S,T of the base point")
+    flags.DEFINE_string("factors", "0.25,0.5,1,2", "factors each of B, G, S, T is scaled by")
+    flags.DEFINE_integer("repeats", 2, "timed calls (the median is plotted)")
+    flags.DEFINE_string("out", "docs/scaling.png", "the plot")
+
+
+def main(argv):
     """Measures each axis and writes the figure."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", default="small", choices=tuple(DIMS))
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--base", default="4,8,256,32", help="B,G,S,T of the base point")
-    parser.add_argument("--factors", default="0.25,0.5,1,2")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default="docs/scaling.png")
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,4 +88,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -50,7 +50,7 @@ def test_lapdog_preset_trains_the_shared_encoder_on_both_sides(preset):
     """LAPDOG README's stage-2 command builds the shared DualEncoderRetriever (no
     --query_side_retriever_training) and encodes the pool passages with gradient: the presets
     re-encode them live every step and train through them (the step-level gradient is
-    tests/test_steps.py::test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width),
+    test_steps_supervised.py::test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width),
     and score the gold answers on decoded text, as LAPDOG's f1rougebleu_score."""
     config = config_lib.mode_config("lapdog", preset)
     m = config.model

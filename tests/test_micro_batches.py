@@ -8,7 +8,7 @@ import pytest
 
 from lapdog_jax import steps, validation
 from lapdog_jax.config_lib import ConfigError
-from tests.test_steps import (
+from tests.tiny_steps import (
     B,
     Fns,
     G,
@@ -30,7 +30,7 @@ def env():
 
 
 def _params(models):
-    from tests.test_steps import init_params
+    from tests.tiny_steps import init_params
     return init_params(models, 1)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lapdog_jax import optim, run_spec, sharding, steps
-from tests.test_steps import init_params, make_batch, make_config, make_models, make_state
+from tests.tiny_steps import init_params, make_batch, make_config, make_models, make_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name: (data, fsdp, tensor), grpo.micro_batches, model.scan_layers

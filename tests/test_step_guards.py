@@ -13,11 +13,10 @@ import pytest
 from lapdog_jax import losses, steps
 from lapdog_jax.models import contriever
 from lapdog_jax.models.t5 import T5
-from tests.test_steps import (
+from tests.tiny_steps import (
     B,
     Fns,
     G,
-    Setup,
     at_tokens,
     forward_logp,
     make_config,
@@ -34,19 +33,12 @@ def k3(logp, ref):
     return np.expm1(d) - d
 
 
-class Guards(Setup):
-    """Setup's models and params, plus the configs and models these tests need."""
-
-    CONFIGS = {
-        **Setup.CONFIGS,
-        # One iteration, reader KL on: the policy term's ratio is 1, the KL is not 0.
-        "grpo_kl": ("grpo", {"grpo.kl_coeff": KL_COEFF, "optim.lr": 1e-3}),
-    }
-
-
 @pytest.fixture(scope="module")
-def guards():
-    return Guards()
+def guards(setup):
+    """The session's tiny setup (tests/conftest.py): its `grpo_kl` config (one iteration,
+    reader KL KL_COEFF) is compiled here, the others shared with test_steps*.py."""
+    assert setup.CONFIGS["grpo_kl"][1]["grpo.kl_coeff"] == KL_COEFF
+    return setup
 
 
 def token_logp(guards, reader_params, ro):

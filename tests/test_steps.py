@@ -1,331 +1,43 @@
-"""The jitted step functions (rollout, reward, grpo_update, sft_step, lapdog_step, generate)
-on a tiny random T5 + Contriever, including one test per bug of the PyTorch original."""
+"""The GRPO steps (rollout, reward, grpo_update, generate) on the tiny T5 + Contriever of
+tests/tiny_steps.py, one test per bug of the PyTorch original, and query-side retriever
+training. The supervised steps are in test_steps_supervised.py, the optimizer in
+test_optim.py; the `setup` fixture (tests/conftest.py) compiles each config once per session."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from lapdog_jax import config_lib, losses, optim, run_spec, steps
-from lapdog_jax import rewards as rewards_lib
+from lapdog_jax import losses, optim, run_spec, steps
 from lapdog_jax.models import contriever
-from lapdog_jax.models import t5 as t5_lib
-from lapdog_jax.models.t5 import T5, T5Config, shift_right
-
-B, K, Gr, G, S, T, L = 2, 4, 2, 4, 16, 6, 12  # L: retriever tokens (queries and passages)
-V = 64
-TAU = 0.1  # config.retrieval.temperature_score
-PAD, EOS = 0, 1
-SPECIAL = (0, 1, 2)
-# LLVM's optimisation passes are most of the compile time of these tiny programs.
-jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
-                                                   "xla_llvm_disable_expensive_passes": True})
-
-
-# --------------------------------------------------------------------------------------------
-# Setup shared by this file and tests/test_sharding.py
-# --------------------------------------------------------------------------------------------
-
-
-def make_config(mode: str, batch_size: int = B, **overrides):
-    """The mode's config (configs/*.py) shrunk to the tiny shapes, plus dotted-key `overrides`."""
-    c = config_lib.mode_config(mode)
-    values = {"batch_size": batch_size, "total_steps": 1000, "sft_warmup_steps": 0,
-              "data.text_maxlength": S, "data.target_maxlength": T,
-              "data.retriever_maxlength": L, "retrieval.pool_size": K,
-              "grpo.retriever_group_size": Gr, "retrieval.temperature_score": TAU,
-              "retrieval.refresh_index": 0, "optim.warmup_steps": 0,
-              "optim.schedule": "constant", "optim.lr": 1e-2, "optim.lr_retriever": 1e-3,
-              "optim.weight_decay": 0.0, "model.shared_retriever": True,
-              "model.passage_scores": "live"}
-    if mode != "reinforce":
-        values["grpo.group_size"] = G
-    values.update(overrides)
-    for key, value in values.items():  # the config stays locked: a misspelt key is an error
-        *path, leaf = key.split(".")
-        setattr(functools.reduce(getattr, path, c), leaf, value)
-    return c
-
-
-def make_models() -> steps.Models:
-    """A 1-layer T5 (V=64, D=32) and a 1-layer Contriever (D=32)."""
-    reader = T5(T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                         num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8,
-                         relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
-                         tie_word_embeddings=False, dropout_rate=0.0))
-    retriever = contriever.Contriever(contriever.ContrieverConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32, dropout_rate=0.0))
-    return steps.Models(reader, retriever, SPECIAL)
-
-
-def init_params(models: steps.Models, seed: int):
-    """Random {'reader', 'retriever'} params."""
-    return _init(models, jax.random.PRNGKey(seed))
-
-
-@functools.partial(jit, static_argnums=0)
-def _init(models: steps.Models, rng):
-    """Jitted init (compiled once, then one call per seed)."""
-    r1, r2 = jax.random.split(rng)
-    return {"reader": t5_lib.init_params(models.reader.config, r1),
-            "retriever": contriever.init_params(models.retriever.config, r2)}
-
-
-def _ids_and_mask(rng, shape, min_len, low=3, high=V):
-    """Random ids [..., n] with a random number (>= min_len) of tokens then padding."""
-    ids = rng.integers(low, high, size=shape).astype(np.int32)
-    lens = rng.integers(min_len, shape[-1] + 1, size=shape[:-1])
-    mask = (np.arange(shape[-1]) < lens[..., None]).astype(np.int32)
-    return ids * mask, mask
-
-
-def make_batch(batch_size: int = B, seed: int = 0) -> dict[str, np.ndarray]:
-    """A host batch following the contract in steps.py. Targets use ids 3..9 only, so sampled
-    completions often share tokens with them and the rewards vary."""
-    rng = np.random.default_rng(seed)
-    reader_ids, reader_mask = _ids_and_mask(rng, (batch_size, K, S), S // 2)
-    reader_ids[:, 0, -3:] = reader_mask[:, 0, -3:] = 0  # 'concat' must pack segment 1 forward
-    query_ids, query_mask = _ids_and_mask(rng, (batch_size, L), 4)
-    passage_ids, passage_mask = _ids_and_mask(rng, (batch_size, K, L), 4)
-    target_ids = np.zeros((batch_size, T), np.int32)
-    target_ids[:, :T - 1] = rng.integers(3, 10, size=(batch_size, T - 1))
-    target_ids[:, T - 1] = EOS
-    gold = np.zeros((batch_size, K), bool)
-    gold[np.arange(batch_size), rng.integers(0, K, size=batch_size)] = True
-    return {"reader_ids": reader_ids, "reader_mask": reader_mask, "target_ids": target_ids,
-            "target_mask": np.ones((batch_size, T), np.int32), "query_ids": query_ids,
-            "query_mask": query_mask, "passage_ids": passage_ids, "passage_mask": passage_mask,
-            "pool_gold": gold}
-
-
-def make_optimizer(config) -> optim.Optimizer:
-    """The run's optimizer of `config` (its trained parts from the config's RunSpec)."""
-    return optim.make_optimizer(config, run_spec.resolve(config))
-
-
-def make_state(params, ref_params, optimizer) -> steps.TrainState:
-    """A step-0 state on copies of `params` / `ref_params` (the steps donate the state)."""
-    params = steps.freeze_copy(params)
-    return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=optimizer.init(params),
-                            ref_params=steps.freeze_copy(ref_params), rng=jax.random.PRNGKey(0))
-
-
-class Fns:
-    """The step functions of one config, jitted once like steps.jit_steps (state donated)."""
-
-    def __init__(self, config, models):
-        self.config = config
-        self.spec = run_spec.resolve(config)
-        self.optimizer = optim.make_optimizer(config, self.spec)
-        kw = dict(models=models, config=config)
-        opt_kw = dict(kw, spec=self.spec, optimizer=self.optimizer)
-        donate = functools.partial(jit, donate_argnums=0)
-        self.rollout = jit(functools.partial(steps.rollout, **kw, spec=self.spec))
-        self.reward = jit(functools.partial(steps.reward, **kw))
-        self.update = donate(functools.partial(steps.grpo_update, **opt_kw))
-        self.sft = donate(functools.partial(steps.sft_step, **opt_kw))
-        self.lapdog = donate(functools.partial(steps.lapdog_step, **opt_kw))
-
-
-# --------------------------------------------------------------------------------------------
-# Fixture and references
-# --------------------------------------------------------------------------------------------
-
-
-class Setup:
-    """Models, params, batch, and jitted step functions per named config (built lazily)."""
-
-    CONFIGS = {
-        # KL on both parts so that both reference passes run.
-        "joint": ("joint_grpo", {"grpo.kl_coeff": 0.05, "grpo.kl_coeff_retriever": 0.05}),
-        # Reader only, two updates per rollout, no KL (each config costs a compile).
-        "grpo_iter2": ("grpo", {"grpo.num_iterations": 2, "optim.lr": 3e-2,
-                                "grpo.kl_coeff": 0.0}),
-        "reinforce": ("reinforce", {}),
-        "sft": ("sft", {}),
-        "lapdog": ("lapdog", {"optim.lr_retriever": 1e-2}),
-        # As the LAPDOG presets: the passage side trained too, scores q·p/√d, torch's 'mean'.
-        "lapdog_presets": ("lapdog", {"model.train_passage_encoder": True,
-                                      "retrieval.distill_scale": "sqrt_dim",
-                                      "retrieval.distill_reduction": "mean"}),
-        # Query-side retriever training (pool scores from the indexed passage embeddings).
-        "joint_query_side": ("joint_grpo", {"grpo.kl_coeff": 0.05,
-                                            "grpo.kl_coeff_retriever": 0.05,
-                                            "model.shared_retriever": False,
-                                            "model.passage_scores": "index"}),
-    }
-
-    def __init__(self):
-        self.models = make_models()
-        self.params = init_params(self.models, 1)
-        self.stage1 = init_params(self.models, 2)  # a distinct "stage-1" tree for the reference
-        self.fresh = init_params(self.models, 0)
-        self.batch = jax.tree.map(jnp.asarray, make_batch())
-        self._fns = {}
-
-    def fns(self, name: str) -> Fns:
-        """The jitted functions of config `name` (compiled on first call)."""
-        if name not in self._fns:
-            mode, overrides = self.CONFIGS[name]
-            self._fns[name] = Fns(make_config(mode, **overrides), self.models)
-        return self._fns[name]
-
-    def state(self, name: str, params=None, ref=None) -> steps.TrainState:
-        """A fresh state for config `name` (reference = params unless given)."""
-        params = self.params if params is None else params
-        return make_state(params, params if ref is None else ref, self.fns(name).optimizer)
-
-
-@pytest.fixture(scope="module")
-def setup():
-    return Setup()
-
-
-@functools.partial(jit, static_argnums=0)
-def _t5_encode(models, reader_params, ids, mask):
-    """T5 encoder output [M,L,D] of ids [M,L]."""
-    return models.reader.apply({"params": reader_params}, ids, mask, method=T5.encode)
-
-
-@functools.partial(jit, static_argnums=0)
-def _decode_logp(models, reader_params, enc, enc_mask, tokens):
-    """Teacher-forced log-softmax [N,T,V] of tokens [N,T], each encoder row repeated N/M times."""
-    reps = tokens.shape[0] // enc.shape[0]
-    dec_in = shift_right(tokens, PAD, PAD)
-    logits = models.reader.apply({"params": reader_params}, dec_in, jnp.repeat(enc, reps, 0),
-                                 jnp.repeat(enc_mask, reps, 0), method=T5.decode)
-    return jax.nn.log_softmax(logits, -1)
-
-
-def encode_reference(models, reader_params, src_ids, src_mask, fusion):
-    """Encoder output of [M,n,S] inputs built without encode_passages: 'fid' encodes each
-    segment alone and concatenates; 'concat' packs the non-pad tokens of the n segments."""
-    src_ids, src_mask = np.asarray(src_ids), np.asarray(src_mask)
-    M, n, _ = src_ids.shape
-    if fusion == "fid":
-        enc = [_t5_encode(models, reader_params, src_ids[:, i], src_mask[:, i]) for i in range(n)]
-        return np.concatenate(enc, 1), src_mask.reshape(M, -1)
-    ids, mask = np.zeros((M, n * S), np.int32), np.zeros((M, n * S), np.int32)
-    for m in range(M):
-        toks = src_ids[m][src_mask[m] > 0]
-        ids[m, :len(toks)], mask[m, :len(toks)] = toks, 1
-    return np.asarray(_t5_encode(models, reader_params, ids, mask)), mask
-
-
-def forward_logp(models, reader_params, src_ids, src_mask, tokens, fusion="fid"):
-    """Teacher-forced log-softmax [N,T,V] of `tokens` [N,T]; sources [M,n,S] with N = M*G'."""
-    enc, enc_mask = encode_reference(models, reader_params, src_ids, src_mask, fusion)
-    return np.asarray(_decode_logp(models, reader_params, enc, enc_mask, tokens))
-
-
-def at_tokens(logp_NxTxV, tokens):
-    """log p at `tokens` [N,T]."""
-    return np.take_along_axis(np.asarray(logp_NxTxV), np.asarray(tokens)[..., None], -1)[..., 0]
-
-
-def seq_logp(models, reader_params, ro: steps.Rollout):
-    """Sequence log-prob [N] of each rollout completion under `reader_params`."""
-    lp = forward_logp(models, reader_params, ro.src_ids, ro.src_mask, ro.tokens)
-    return (at_tokens(lp, ro.tokens) * np.asarray(ro.mask)).sum(-1)
-
-
-@functools.partial(jit, static_argnums=0)
-def pool_logp_reference(models, retriever_params, batch):
-    """log softmax(q·p / τ) [B,K] over the pool, from the Contriever embeddings directly."""
-    embed = functools.partial(models.retriever.apply, {"params": retriever_params})
-    q = embed(batch["query_ids"], batch["query_mask"])
-    p = embed(batch["passage_ids"].reshape(-1, L), batch["passage_mask"].reshape(-1, L))
-    scores = jnp.einsum("bd,bkd->bk", q, p.reshape(q.shape[0], K, -1)) / TAU
-    return jax.nn.log_softmax(scores, -1)
-
-
-def tree_max_diff(a, b) -> float:
-    """max |a - b| over all leaves."""
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-
-
-def adam_moments(opt_state, part: str):
-    """The Adam first moments (mu) of `part` ('reader' | 'retriever'); [] when `part` has no
-    optimizer."""
-    if part not in opt_state:
-        return []
-    return [v for _, v in optax.tree_utils.tree_get_all_with_path(opt_state[part], "mu")]
-
-
-def random_rewards(seed: int, shape=(B, Gr, G)):
-    """Distinct rewards per completion (no zero-std group)."""
-    return jax.random.normal(jax.random.PRNGKey(seed), shape)
-
-
-# --------------------------------------------------------------------------------------------
-# Optimizer schedule
-# --------------------------------------------------------------------------------------------
-
-
-def test_schedule_spans_the_whole_run():
-    def lr(config, update, part="reader"):
-        return float(make_optimizer(config).schedules[part](update))
-
-    c = make_config("grpo", **{"total_steps": 10, "grpo.num_iterations": 2,
-                               "optim.schedule": "linear"})
-    assert optim.optimizer_updates(c, run_spec.resolve(c)) == 20  # two updates per rollout
-    assert lr(c, 0) == pytest.approx(c.optim.lr)  # no warm-up: the first update is a full one
-    assert lr(c, 19) > 0 and lr(c, 20) == 0
-    # 4 SFT warm-up batches + 6 RL batches x 2 iterations, accumulated in pairs: 8 updates.
-    c = make_config("joint_grpo", **{"total_steps": 10, "grpo.num_iterations": 2,
-                                     "accumulation_steps": 2, "sft_warmup_steps": 4,
-                                     "optim.schedule": "linear", "optim.warmup_steps": 4})
-    assert optim.optimizer_updates(c, run_spec.resolve(c)) == 8
-    assert lr(c, 0) == 0.0 and lr(c, 7) > 0 and lr(c, 8) == 0
-    assert lr(c, 4) == pytest.approx(c.optim.lr)
-    # The retriever trains in RL steps only: 6 x 2 calls in pairs, its own warm-up of 4.
-    assert optim.optimizer_updates(c, run_spec.resolve(c), "retriever") == 6
-    assert lr(c, 4, "retriever") == pytest.approx(c.optim.lr_retriever)
-    assert lr(c, 5, "retriever") > 0 and lr(c, 6, "retriever") == 0
-
-
-def test_optimizer_keeps_an_accumulator_only_when_accumulating():
-    """At accumulation_steps=1 a part's state is Adam's two moments (no params-sized
-    accumulator: a third less optimizer memory); at k > 1 MultiSteps adds one. Either way
-    the schedule counts updates made, not calls and not skipped non-finite calls."""
-    params = {"reader": {"a": jnp.ones((3, 4)), "b": jnp.ones(5)}}
-    grads = {"reader": {"a": jnp.full((3, 4), 0.5), "b": jnp.full(5, 0.5)}}
-    nan = jax.tree.map(lambda g: g * jnp.nan, grads)
-    for k, copies, updates in ((1, 2, 3), (2, 3, 1)):
-        opt = make_optimizer(make_config("grpo", accumulation_steps=k))
-        state = opt.init(params)
-        assert sum(x.size for x in jax.tree.leaves(state) if x.ndim) == copies * 17, k
-        p = params
-        for g in (grads, nan, grads, grads):
-            p, state, _ = opt.apply(p, state, g)
-        assert int(optim.updates_made(state["reader"])) == updates, k
-        assert tree_max_diff(p, params) > 0
-
-
-def test_checkpoint_of_the_accumulator_layout_is_refused_with_the_reason(tmp_path):
-    """A state saved with MultiSteps' accumulator at k = 1 (the layout before it was dropped)
-    does not restore into today's state: one error that says why, and the files stay."""
-    from lapdog_jax import checkpoint
-
-    params = {"reader": {"a": jnp.ones((3, 4))}, "retriever": {"b": jnp.ones(2)}}
-    new = make_optimizer(make_config("grpo"))
-    old = optim.Optimizer({"reader": optax.MultiSteps(
-        optax.adamw(1e-3), every_k_schedule=1, should_skip_update_fn=optax.skip_not_finite)},
-        new.schedules)
-    manager = checkpoint.make_manager(str(tmp_path), 2)
-    checkpoint.save(manager, 4, steps.make_state(params, params, optimizer=old, seed=0),
-                    {"step": 4})
-    with pytest.raises(checkpoint.CheckpointError, match="layout is not this version's"):
-        checkpoint.restore_latest(manager, steps.make_state(params, params, optimizer=new,
-                                                            seed=0))
-    assert checkpoint.steps_on_disk(str(tmp_path)) == [4]
-
+from tests.tiny_steps import (
+    SPECIAL,
+    TAU,
+    B,
+    Fns,
+    G,
+    Gr,
+    K,
+    L,
+    S,
+    T,
+    adam_moments,
+    at_tokens,
+    encode_reference,
+    forward_logp,
+    init_params,
+    jit,
+    make_batch,
+    make_config,
+    make_models,
+    make_state,
+    pool_logp_reference,
+    random_rewards,
+    seq_logp,
+    tree_max_diff,
+)
 
 # --------------------------------------------------------------------------------------------
 # Sampler with the real T5
@@ -366,6 +78,11 @@ def test_fid_and_concat_differ_with_two_segments(setup):
     concat, concat_mask = encode_reference(setup.models, setup.params["reader"], *src, "concat")
     assert not np.array_equal(fid_mask, concat_mask)
     assert np.abs(fid - concat).max() > 1e-2
+
+
+# --------------------------------------------------------------------------------------------
+# Rollout and reward
+# --------------------------------------------------------------------------------------------
 
 
 def test_rollout_layout_and_logprobs(setup):
@@ -547,92 +264,6 @@ def test_reinforce_is_group_of_one_without_baseline(setup):
     assert tree_max_diff(state.params["retriever"], setup.params["retriever"]) == 0.0
 
 
-def test_sft_step_lowers_the_loss(setup):
-    f = setup.fns("sft")  # closed-book: the first segment only
-    batch = setup.batch
-
-    def cross_entropy(params):
-        """Token-mean -log p(target) from the reference forward."""
-        lp = forward_logp(setup.models, params["reader"], batch["reader_ids"][:, :1],
-                          batch["reader_mask"][:, :1], batch["target_ids"])
-        return -at_tokens(lp, batch["target_ids"]).mean()
-
-    state, m = f.sft(setup.state("sft"), batch, jax.random.PRNGKey(0))
-    np.testing.assert_allclose(float(m["train/loss"]), cross_entropy(setup.params), rtol=1e-5)
-    for _ in range(5):
-        state, m = f.sft(state, batch, jax.random.PRNGKey(0))
-    assert cross_entropy(state.params) < cross_entropy(setup.params) - 0.5
-    assert tree_max_diff(state.params["retriever"], setup.params["retriever"]) == 0.0
-
-
-def test_lapdog_step_distills_gold_scores_into_the_retriever(setup):
-    f = setup.fns("lapdog")
-
-    @jit
-    def greedy_per_passage(params, batch):
-        """The greedy answer [B,K,T] with each pool passage alone."""
-        src = batch["reader_ids"].reshape(B * K, 1, S), batch["reader_mask"].reshape(B * K, 1, S)
-        enc, enc_mask = steps.encode_sources(setup.models, params["reader"], *src, f.config)
-        s = steps.sample_completions(setup.models, params["reader"], enc, enc_mask,
-                                     jax.random.PRNGKey(0), f.config, greedy=True)
-        return s.tokens.reshape(B, K, T)
-
-    # Passage 0's greedy answer becomes the target, so gold scores differ across the pool.
-    answers = np.asarray(greedy_per_passage(setup.params, setup.batch))
-    batch = {**setup.batch, "target_ids": jnp.asarray(answers[:, 0])}
-    gold = rewards_lib.combined_reward(answers.reshape(B * K, T), np.repeat(answers[:, 0], K, 0),
-                                       np.asarray(SPECIAL))
-    gold = np.asarray(gold).reshape(B, K)
-    np.testing.assert_allclose(gold[:, 0], 3.0, atol=1e-5)
-    assert (gold[:, 1:] < 3.0 - 1e-3).any(axis=1).all(), gold
-
-    def p0(params):
-        return np.exp(pool_logp_reference(setup.models, params["retriever"], batch))[:, 0]
-
-    state, m = f.lapdog(setup.state("lapdog"), batch, jax.random.PRNGKey(0))
-    np.testing.assert_allclose(float(m["lapdog/gold_mean"]), gold.mean(), rtol=1e-5)
-    assert float(m["opt/grad_norm_retriever"]) > 0 and float(m["retriever/loss"]) > 0
-    for _ in range(2):
-        state, m = f.lapdog(state, batch, jax.random.PRNGKey(0))
-    assert tree_max_diff(state.params["retriever"], setup.params["retriever"]) > 1e-4
-    # Distillation moves the pool distribution towards the gold passage 0.
-    assert (p0(state.params) > p0(setup.params)).all()
-
-
-def test_lapdog_step_trains_both_sides_and_scales_by_the_retriever_width(setup):
-    """As the presets run LAPDOG stage 2 (`model.train_passage_encoder`, q·p/√d): the step's
-    retriever loss divides by √32, the tiny retriever's own width (not a fixed d), and its
-    gradient is that of the loss with queries and pool passages both encoded live — not the
-    query side's alone."""
-    f = setup.fns("lapdog_presets")
-    rng = jax.random.PRNGKey(3)
-    gold = steps.gold_scores(setup.params, setup.batch, jax.random.split(rng)[0],
-                             models=setup.models, config=f.config)
-    rc = f.config.retrieval
-    embed = functools.partial(setup.models.retriever.apply)
-
-    def loss(retriever_params, d: float, passages_trained: bool):
-        """LAPDOG's distillation written out from the encoder calls."""
-        q = embed({"params": retriever_params}, setup.batch["query_ids"],
-                  setup.batch["query_mask"])
-        p = embed({"params": retriever_params}, setup.batch["passage_ids"].reshape(-1, L),
-                  setup.batch["passage_mask"].reshape(-1, L)).reshape(B, K, -1)
-        p = p if passages_trained else jax.lax.stop_gradient(p)
-        return losses.lapdog_retriever_kl(jnp.einsum("bd,bkd->bk", q, p) / jnp.sqrt(d), gold,
-                                          rc.temperature_score, rc.temperature_gold, "mean")
-
-    rp = setup.params["retriever"]
-    _, m = f.lapdog(setup.state("lapdog_presets"), setup.batch, rng)
-    np.testing.assert_allclose(float(m["retriever/loss"]), float(loss(rp, 32.0, True)),
-                               rtol=1e-5)
-    assert abs(float(loss(rp, 768.0, True)) / float(loss(rp, 32.0, True)) - 1) > 0.05
-    both = optax.global_norm(jax.grad(loss)(rp, 32.0, True))
-    query_only = optax.global_norm(jax.grad(loss)(rp, 32.0, False))
-    got = float(m["opt/grad_norm_retriever"])
-    np.testing.assert_allclose(got, float(both), rtol=1e-4)
-    assert abs(got / float(query_only) - 1) > 2e-3  # 20x the tolerance above
-
-
 def test_toy_task_grpo_raises_reward(setup):
     """Reward = the answer contains a chosen token; 30 GRPO steps learn it."""
     f = setup.fns("joint")
@@ -691,6 +322,50 @@ def test_bfloat16_params_train_in_bfloat16_close_to_float32(setup):
                                atol=1e-3)
     for part in ("reader", "retriever"):
         assert tree_max_diff(s16.params[part], bf16[part]) > 0, part
+
+
+def test_no_two_random_uses_of_grpo_steps_share_a_key(monkeypatch):
+    """Every random use of three joint GRPO steps with dropout on (the pool's Gumbel draw and
+    the sampler of each rollout, each dropout pass of each update) gets a key of its own,
+    the rollout's keys from the trainer's `batch_key`, as train.py derives them. (With the
+    update's key once fold_in(rng, step), its retriever dropout reused the sampler's key.)"""
+    import inspect
+
+    seen = []  # (use, key)
+
+    def recording(name, fn):
+        signature = inspect.signature(fn)
+
+        def wrapped(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            rng = arguments.get("rng")
+            if rng is not None and not arguments.get("greedy", False):
+                jax.debug.callback(lambda k: seen.append((name, tuple(np.asarray(k).tolist()))),
+                                   rng)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for name in ("encode_sources", "decode_logits", "retriever_scores", "pool_similarity",
+                 "sample_completions"):
+        monkeypatch.setattr(steps, name, recording(name, getattr(steps, name)))
+    monkeypatch.setattr(losses, "gumbel_top_k", recording("gumbel_top_k", losses.gumbel_top_k))
+    config = make_config("joint_grpo", **{"model.dropout": "all"})
+    models = make_models()
+    fns = Fns(config, models)  # (jitted after the patches: they are traced in)
+    params = init_params(models, 0)
+    state = make_state(params, params, fns.optimizer)
+    batch = make_batch()
+    for step in range(3):
+        ro = fns.rollout(state.params, batch, steps.batch_key(state.rng, step), state.ref_params)
+        state, _ = fns.update(state, ro, fns.reward(ro, batch), batch)
+    jax.effects_barrier()
+    uses = {name for name, _ in seen}
+    assert uses == {"gumbel_top_k", "sample_completions", "encode_sources", "decode_logits",
+                    "retriever_scores"}
+    keys = [key for _, key in seen]
+    shared = {key: [n for n, k in seen if k == key] for key in keys if keys.count(key) > 1}
+    assert not shared, f"uses sharing a key: {list(shared.values())}"
+    assert len(seen) == 3 * 5  # per step: 2 in the rollout, 3 in the update
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,62 +445,3 @@ def test_query_side_step_encodes_no_passage(setup, shared):
     per_pass = [B, B * K] if shared else [B]
     assert rollout_rows == per_pass * 2  # the live and the reference pool distribution
     assert rows == per_pass
-
-
-@pytest.mark.parametrize("from_scratch", [True, False])
-def test_from_scratch_retriever_keeps_token_types_at_zero(from_scratch):
-    """A retriever trained from scratch never updates its (zero) token-type embedding, which
-    would otherwise regrow into a bias shared by every token; a pretrained one trains it."""
-    config = make_config("joint_grpo", **{"init.retriever": "" if from_scratch
-                                          else config_lib.PACKAGED_RETRIEVER})
-    params = init_params(make_models(), 0)
-    opt = make_optimizer(config)
-    new, _, _ = opt.apply(params, opt.init(params), jax.tree.map(np.ones_like, params))
-    moved = lambda name: tree_max_diff(new["retriever"][name], params["retriever"][name])
-    assert moved("word_embeddings") > 0 and moved("position_embeddings") > 0
-    assert (moved("token_type_embeddings") == 0) == from_scratch
-
-
-
-def test_no_two_random_uses_of_grpo_steps_share_a_key(monkeypatch):
-    """Every random use of three joint GRPO steps with dropout on (the pool's Gumbel draw and
-    the sampler of each rollout, each dropout pass of each update) gets a key of its own,
-    the rollout's keys from the trainer's `batch_key`, as train.py derives them. (With the
-    update's key once fold_in(rng, step), its retriever dropout reused the sampler's key.)"""
-    import inspect
-
-    seen = []  # (use, key)
-
-    def recording(name, fn):
-        signature = inspect.signature(fn)
-
-        def wrapped(*args, **kwargs):
-            arguments = signature.bind(*args, **kwargs).arguments
-            rng = arguments.get("rng")
-            if rng is not None and not arguments.get("greedy", False):
-                jax.debug.callback(lambda k: seen.append((name, tuple(np.asarray(k).tolist()))),
-                                   rng)
-            return fn(*args, **kwargs)
-        return wrapped
-
-    for name in ("encode_sources", "decode_logits", "retriever_scores", "pool_similarity",
-                 "sample_completions"):
-        monkeypatch.setattr(steps, name, recording(name, getattr(steps, name)))
-    monkeypatch.setattr(losses, "gumbel_top_k", recording("gumbel_top_k", losses.gumbel_top_k))
-    config = make_config("joint_grpo", **{"model.dropout": "all"})
-    models = make_models()
-    fns = Fns(config, models)  # (jitted after the patches: they are traced in)
-    params = init_params(models, 0)
-    state = make_state(params, params, fns.optimizer)
-    batch = make_batch()
-    for step in range(3):
-        ro = fns.rollout(state.params, batch, steps.batch_key(state.rng, step), state.ref_params)
-        state, _ = fns.update(state, ro, fns.reward(ro, batch), batch)
-    jax.effects_barrier()
-    uses = {name for name, _ in seen}
-    assert uses == {"gumbel_top_k", "sample_completions", "encode_sources", "decode_logits",
-                    "retriever_scores"}
-    keys = [key for _, key in seen]
-    shared = {key: [n for n, k in seen if k == key] for key in keys if keys.count(key) > 1}
-    assert not shared, f"uses sharing a key: {list(shared.values())}"
-    assert len(seen) == 3 * 5  # per step: 2 in the rollout, 3 in the update

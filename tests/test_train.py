@@ -303,7 +303,7 @@ def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_
     else:
         # joint_grpo trains query-side here; the resume test covers the shared encoder.
         extra = {"model.shared_retriever": False} if mode == "joint_grpo" else {}
-        if mode == "lapdog":  # LAPDOG's gold scores on decoded text (token ids: test_steps)
+        if mode == "lapdog":  # gold scores on decoded text (token ids: test_steps_supervised)
             extra = {"reward.backend": "host"}
             host_gold = rewards_lib.host_gold_scores
             monkeypatch.setattr(rewards_lib, "host_gold_scores",
