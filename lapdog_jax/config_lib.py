@@ -272,6 +272,10 @@ def _run(c: ml_collections.ConfigDict) -> None:
     # True logs that line and trains on, trying again at the next save.
     c.retry_failed_saves = False
     c.eval_size = 128  # eval examples per evaluation (0 = all)
+    # Each evaluation also runs with every dialogue's gold story given to the reader (oracle
+    # retrieval; eval/valid-gold-step-N.jsonl and metrics-valid-gold-step-N.json): whether the
+    # reader writes what the story says. Modes that read stories only.
+    c.eval_gold_story = False
     c.max_bad_steps = 5  # consecutive non-finite steps before aborting
     # RL/lapdog modes: supervised reader steps on the gold story before RL (stage 1 inside the
     # run); the reader after them is the KL reference. 0 = start RL at once (init.reader given).
