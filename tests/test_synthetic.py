@@ -164,7 +164,7 @@ def test_one_word_facts_are_shared_training_words():
     d = synthetic.make_splits(seed=0, **{**HELDOUT, "num_stories": 120, "fact_words": 1})
     chars = synthetic._characters(np.random.default_rng(0), 120)
     topic = {p.id: c.topic.name for p, c in zip(d.stories, chars, strict=True)}
-    bases = {t: set(w[1]) for t, w in synthetic.FACT_WORDS.items()}
+    bases = {t: set(w) for t, w in synthetic.ONE_WORD_FACTS.items()}
 
     def fact(x):
         (word,) = [w for w in x.answers[0].split() if w in bases[topic[x.gold_passage_ids[0]]]]

@@ -98,21 +98,22 @@ FILLERS = ["i like the color {c} .", "i have two brothers .", "i drink coffee ev
 # The held-out split's facts are two words, (modifier, base), per topic: a held-out character's
 # pair is in no training answer, but each of its words is in some training answer of its topic
 # (so a reader can write it by copying from the story, and cannot by recalling a memorised one).
-# Ten words a slot: with many training characters every word is the fact word of several of
-# them, in different pairs, so that a word is learnt as something to copy rather than as one
-# character's memorised fact.
 FACT_WORDS = {
-    "pet": (("captain", "little", "lady", "sir", "miss", "big", "old", "baby", "mister", "tiny"),
-            tuple(NAMES[:10])),
-    "trip": (("north", "south", "east", "west", "old", "new", "upper", "lower", "little",
-              "central"), tuple(PLACES[:10])),
-    "music": (("electric", "bass", "tenor", "alto", "wooden", "silver", "tiny", "old", "golden",
-               "grand"), tuple(INSTRUMENTS[:10])),
-    "car": (tuple(COLORS) + ("brown", "purple"),
-            tuple(CARS) + ("bus", "coupe", "pickup", "camper", "minivan")),
-    "food": (("spicy", "sweet", "smoked", "creamy", "baked", "fried", "vegan", "cheesy", "crispy",
-              "grilled"), tuple(DISHES[:10])),
+    "pet": (("captain", "little", "lady", "sir", "miss", "big", "old", "baby"), tuple(NAMES)),
+    "trip": (("north", "south", "east", "west", "old", "new", "upper", "lower"), tuple(PLACES)),
+    "music": (("electric", "bass", "tenor", "alto", "wooden", "silver", "tiny", "old"),
+              tuple(INSTRUMENTS)),
+    "car": (tuple(COLORS), tuple(CARS)),
+    "food": (("spicy", "sweet", "smoked", "creamy", "baked", "fried", "vegan", "cheesy"),
+             tuple(DISHES)),
 }
+# fact_words=1: one word a fact, ten a topic; with many training characters each word is the
+# fact of several of them, so that it is learnt as something to copy from the story rather than
+# as one character's memorised fact.
+ONE_WORD_FACTS = {"pet": tuple(NAMES[:10]), "trip": tuple(PLACES[:10]),
+                  "music": tuple(INSTRUMENTS[:10]),
+                  "car": tuple(CARS) + ("bus", "coupe", "pickup", "camper", "minivan"),
+                  "food": tuple(DISHES[:10])}
 OPENERS = [("hi , how are you today ?", "good , thanks ."),
            ("hello ! what are you up to ?", "just relaxing ."),
            ("hey there , nice to meet you .", "nice to meet you too !"),
@@ -280,11 +281,11 @@ def _heldout_characters(rng: np.random.Generator, chars: list[Character],
 
 def _compose_facts(rng: np.random.Generator, chars: list[Character],
                    train: list[int], fact_words: int = 2) -> list[Character]:
-    """`chars` with facts made of FACT_WORDS. Two words: distinct pairs within each topic; a
-    held-out character's (not in `train`) pair is made of a modifier and a base that training
-    characters of its topic have, in a combination no training character has. One word: the
-    bases, each shared by about as many training characters of its topic; a held-out
-    character's base is one that training characters of its topic have."""
+    """`chars` with held-out-split facts. Two words (FACT_WORDS): distinct pairs within each
+    topic; a held-out character's (not in `train`) pair is made of a modifier and a base that
+    training characters of its topic have, in a combination no training character has. One
+    word (ONE_WORD_FACTS): each word the fact of about as many training characters of its
+    topic; a held-out character's word is one that training characters of its topic have."""
     out = list(chars)
     in_train = set(train)
     for topic in TOPICS:
@@ -292,7 +293,7 @@ def _compose_facts(rng: np.random.Generator, chars: list[Character],
         trained = [i for i in members if i in in_train]
         held = [i for i in members if i not in in_train]
         if fact_words == 1:
-            bases = list(rng.permutation(FACT_WORDS[topic.name][1]))
+            bases = list(rng.permutation(ONE_WORD_FACTS[topic.name]))
             for j, i in enumerate(trained):
                 out[i] = dataclasses.replace(chars[i], fact=str(bases[j % len(bases)]))
             seen = bases[:len(trained)]
