@@ -109,6 +109,7 @@ CHOICES = {
     "preset": ("", *PRESETS),
     "data.retriever_from": ("persona", "all"),
     "data.synthetic.split": ("shared", "heldout"),
+    "data.synthetic.fact_words": (1, 2),
     "data.fusion": ("fid", "concat"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -272,6 +273,10 @@ def _run(c: ml_collections.ConfigDict) -> None:
     # True logs that line and trains on, trying again at the next save.
     c.retry_failed_saves = False
     c.eval_size = 128  # eval examples per evaluation (0 = all)
+    # Each evaluation also runs with every dialogue's gold story given to the reader (oracle
+    # retrieval; eval/valid-gold-step-N.jsonl and metrics-valid-gold-step-N.json): whether the
+    # reader writes what the story says. Modes that read stories only.
+    c.eval_gold_story = False  # also evaluate with the gold story given (oracle retrieval)
     c.max_bad_steps = 5  # consecutive non-finite steps before aborting
     # RL/lapdog modes: supervised reader steps on the gold story before RL (stage 1 inside the
     # run); the reader after them is the KL reference. 0 = start RL at once (init.reader given).
@@ -314,6 +319,10 @@ def _data(c: ml_collections.ConfigDict) -> None:
     # retrieved story answers them (benchmarks/ablation.py uses it).
     c.data.synthetic.split = "shared"
     c.data.synthetic.num_heldout = 8  # 'heldout' split: valid-only characters
+    # heldout: words per fact. 2: a (modifier, base) pair no training character has; 1: a base
+    # word that several training characters of the topic share (each fact word is then learnt
+    # as something to copy from the story, not as one character's memorised fact).
+    c.data.synthetic.fact_words = 2  # 'heldout' split: words per fact (1 or 2)
 
 
 def _init(c: ml_collections.ConfigDict) -> None:

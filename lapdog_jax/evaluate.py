@@ -6,13 +6,15 @@ passages, the ranked retrieved ids and their scores, gold ids) and
 Standalone, on any saved step, data file and number of dialogues:
 
   python -m lapdog_jax.evaluate --workdir=runs/demo [--step=600] [--data=F.jsonl] \
-      [--eval_size=0]
+      [--eval_size=0] [--gold_story]
 
 writes `eval/<data>-step-N.jsonl` and `eval/metrics-<data>-step-N.json`, `<data>` naming the
 file (`valid` for the run's own eval data) and, when not the run's default, how many
 dialogues were scored (`-all` or `-firstN`). An earlier result is never replaced: a file of
 the same name with other content is kept and the new result goes to the next free name
-(`...-step-N.2.json`), with a warning naming both.
+(`...-step-N.2.json`), with a warning naming both. `--gold_story` gives the reader each
+dialogue's gold story instead of the retrieved one (oracle retrieval: does the reader write
+what the story says?); its files are labelled `<data>-gold` and report no recall.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ class _ScoredPool:
 
 
 def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retriever, mesh,
-                 dialogues) -> list[dict]:
+                 dialogues, gold_story: bool = False) -> list[dict]:
     """Greedy answers and retrievals of `dialogues`, one row each: query, answers, generation,
     passages (the reader's top-n: id, title, text), retrieved_ids and retrieved_scores
-    (the ranked top max(n, 5)), gold_passage_ids.
+    (the ranked top max(n, 5)), gold_passage_ids. `gold_story`: the reader reads each
+    dialogue's first gold story alone (oracle retrieval; the rows' retrieved ids are it).
 
     Every process builds the whole batch on host and feeds its own rows; the answers are
     gathered, so all processes return the same rows.
@@ -66,6 +69,7 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
     batch_size = min(config.batch_size, len(dialogues))
     pipeline = experiment.make_pipeline(exp, dialogues, retriever, batch_size, pool_fn,
                                         shuffle=False)
+    pipeline.gold_pool = gold_story
     data = sharding.batch_sharding(mesh)
     local = distributed.host_local_batch_slice(batch_size, data)
     gen = steps.jit_generate(config, exp.spec, models, mesh)
@@ -78,7 +82,8 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
         generated = exp.reader_tokenizer.batch_decode(tokens, skip_special_tokens=True)
         for i in range(texts["num_valid"]):
             ids = list(texts["pool_passage_ids"][i])
-            scores = [round(float(s), 6) for s in pool_fn.scores[i]] if k else []
+            scores = ([round(float(s), 6) for s in pool_fn.scores[i]][:len(ids)]
+                      if k and not gold_story else [])
             rows.append({"query": texts["questions"][i], "answers": texts["answers"][i],
                          "generation": generated[i].strip(),
                          "passages": [passage(retriever, pid) for pid in ids[:n]],
@@ -88,18 +93,22 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
 
 
 def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mesh, step: int,
-        workdir: str, writer=None, dialogues=None, label: str = DEFAULT_LABEL
-        ) -> dict[str, float]:
+        workdir: str, writer=None, dialogues=None, label: str = DEFAULT_LABEL,
+        gold_story: bool = False) -> dict[str, float]:
     """Evaluates `params` on `dialogues` (default exp.valid[:eval_size]); writes the eval files
-    named by `label` and `step`; returns {'eval/...': value}."""
+    named by `label` and `step`; returns {'eval/...': value}. `gold_story`: see
+    `predict_rows` (no recall reported)."""
     config = exp.config
     if dialogues is None:
         dialogues = exp.valid[:config.eval_size] if config.eval_size else exp.valid
     if not dialogues:
         logging.warning("no eval dialogues: skipping evaluation")
         return {}
-    rows = predict_rows(exp, models, params, retriever, mesh, dialogues)
-    return _finish(rows, step, workdir, writer, retriever is not None, label)
+    if gold_story and retriever is None:
+        raise experiment.ConfigError("--gold_story: this run reads no stories (closed-book or "
+                                     "seq2seq)")
+    rows = predict_rows(exp, models, params, retriever, mesh, dialogues, gold_story)
+    return _finish(rows, step, workdir, writer, retriever is not None and not gold_story, label)
 
 
 def passage(retriever, pid: str) -> dict:
@@ -214,24 +223,27 @@ def _file_label(path: str) -> str:
 
 
 def evaluate_workdir(workdir: str, step: int | None = None, data: str | None = None,
-                     eval_size: int | None = None) -> dict[str, float]:
+                     eval_size: int | None = None, gold_story: bool = False
+                     ) -> dict[str, float]:
     """Restores `workdir`'s checkpoint at `step` (default the latest) and evaluates it as
     training did (same passage index) on `data` / `eval_size` (see `select`); writes the
-    eval files named by data and step."""
+    eval files named by data and step (`-gold` added with `gold_story`: the reader reads
+    the gold story)."""
     distributed.initialize()
     restored = workdir_lib.restore_workdir(workdir, "evaluate", step=step)
     exp, mesh, state, host_state, saved_index = restored
     dialogues, label = select(exp, data, eval_size)
+    label += "-gold" if gold_story else ""
     retriever = workdir_lib.indexed_retriever(exp, state, host_state, saved_index)
     return run(exp, experiment.step_models(exp), state.params, retriever, mesh,
                workdir_lib.resumed_step(state, host_state), workdir, dialogues=dialogues,
-               label=label)
+               label=label, gold_story=gold_story)
 
 
 def main():
     """CLI: evaluates --workdir's checkpoint and prints the metrics."""
     f = flags.FLAGS
-    m = evaluate_workdir(f.workdir, f.step, f.data or None, f.eval_size)
+    m = evaluate_workdir(f.workdir, f.step, f.data or None, f.eval_size, f.gold_story)
     for key, v in m.items():
         print(f"{key:20s} {v:10.4f}")
 
@@ -243,5 +255,7 @@ if __name__ == "__main__":
                         "data.eval).")
     flags.DEFINE_integer("eval_size", None, "Dialogues to evaluate: 0 = all, N = the first N "
                          "(default: the run's eval_size on its own data, all of --data).")
+    flags.DEFINE_bool("gold_story", False, "Give the reader each dialogue's gold story instead "
+                      "of the retrieved one (oracle retrieval; no recall reported).")
     flags.mark_flags_as_required(["workdir"])
     cli.run(main)

@@ -148,7 +148,8 @@ def _synthetic(config, workdir: str) -> dict[str, str]:
     if jax.process_index() == 0 or not all(map(os.path.exists, files.values())):
         files = synthetic.generate(out, seed=s.seed, num_train=s.num_train,
                                    num_valid=s.num_valid, num_stories=s.num_stories,
-                                   split=s.split, num_heldout=s.num_heldout)
+                                   split=s.split, num_heldout=s.num_heldout,
+                                   fact_words=s.fact_words)
         logging.vlog(1, "generated the synthetic dataset under %s", out)  # (in the summary)
     return files
 

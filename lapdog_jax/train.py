@@ -359,7 +359,11 @@ def _after_step(s: Setup, p: Progress) -> None:
 
 
 def _evaluate(s: Setup, p: Progress) -> dict:
-    """Evaluates the current params (eval files, scalars); returns {'eval/...': value}."""
+    """Evaluates the current params (eval files, scalars); returns {'eval/...': value}. With
+    `eval_gold_story`, evaluates again with the gold stories (files only, no scalars)."""
+    if s.config.eval_gold_story and s.retriever is not None:
+        evaluate.run(s.exp, s.models, p.state.params, s.retriever, s.mesh, p.step, s.workdir,
+                     label=evaluate.DEFAULT_LABEL + "-gold", gold_story=True)
     return evaluate.run(s.exp, s.models, p.state.params, s.retriever, s.mesh, p.step,
                         s.workdir, s.writer)
 

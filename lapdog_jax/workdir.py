@@ -96,6 +96,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raw["optim"].setdefault("state_dtype", "params")  # (written before the option)
         raw["data"]["synthetic"].setdefault("split", "shared")  # (written before the split)
         raw["data"]["synthetic"].setdefault("num_heldout", 8)
+        raw["data"]["synthetic"].setdefault("fact_words", 2)
+        raw.setdefault("eval_gold_story", False)
         # (workdirs written before LoRA existed: adapters off)
         adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
         adapters["targets"] = tuple(adapters["targets"])

@@ -157,6 +157,30 @@ def test_heldout_facts_are_in_no_training_answer(heldout):
     assert sum(all(g in train_grams for g in _fact(x, by_id, stories)) for x in valid) > 30
 
 
+def test_one_word_facts_are_shared_training_words():
+    # fact_words=1: a fact is one base word that several training characters of the topic
+    # share, so no character's fact can be told from its persona; a held-out character's
+    # fact is such a word (copyable), its persona still in no training dialogue.
+    d = synthetic.make_splits(seed=0, **{**HELDOUT, "num_stories": 120, "fact_words": 1})
+    chars = synthetic._characters(np.random.default_rng(0), 120)
+    topic = {p.id: c.topic.name for p, c in zip(d.stories, chars, strict=True)}
+    bases = {t: set(w) for t, w in synthetic.ONE_WORD_FACTS.items()}
+
+    def fact(x):
+        (word,) = [w for w in x.answers[0].split() if w in bases[topic[x.gold_passage_ids[0]]]]
+        return topic[x.gold_passage_ids[0]], word
+    owners = {}  # (topic, fact word) -> the training stories whose dialogues answer with it
+    for x in d.train:
+        owners.setdefault(fact(x), set()).add(x.gold_passage_ids[0])
+    assert np.median([len(v) for v in owners.values()]) >= 2  # fact words are shared
+    by_id = {p.id: p for p in d.stories}
+    for x in d.valid + d.test:
+        assert fact(x) in owners, x  # a word training characters of its topic have
+        assert fact(x)[1] in by_id[x.gold_passage_ids[0]].text.split()  # stated in its story
+    with pytest.raises(ValueError, match="fact_words must be 1 or 2"):
+        synthetic.make_splits(seed=0, **{**HELDOUT, "fact_words": 3})
+
+
 def test_heldout_split_covers_every_topic(heldout):
     d = heldout
     chars = synthetic._characters(np.random.default_rng(0), len(d.stories))

@@ -303,6 +303,8 @@ def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_
     else:
         # joint_grpo trains query-side here; the resume test covers the shared encoder.
         extra = {"model.shared_retriever": False} if mode == "joint_grpo" else {}
+        if mode == "grpo":  # and the oracle evaluation beside each evaluation
+            extra = {"eval_gold_story": True}
         if mode == "lapdog":  # gold scores on decoded text (token ids: test_steps_supervised)
             extra = {"reward.backend": "host"}
             host_gold = rewards_lib.host_gold_scores
@@ -319,6 +321,8 @@ def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_
     assert saved_steps(workdir) == list(range(2, config.total_steps + 1, 2))  # save_freq 2
     assert last["eval/f1"] == pytest.approx(m["f1"])
     assert np.isfinite(last["train/loss"]) and last["opt/nonfinite"] == 0
+    if mode == "grpo":
+        check_gold_story_eval(workdir, config.total_steps)
     if mode == "reinforce":  # G = 1: a group of one has no spread
         scalars, _ = read_events(str(workdir))
         assert set(scalars["grpo/zero_std_pct"].values()) == {100.0}
@@ -346,6 +350,25 @@ def test_tools_and_resume_hold_one_copy_of_the_weights(sft_run):
     assert all(isinstance(x, jax.ShapeDtypeStruct)
                for x in jax.tree.leaves((s.exp.params, s.exp.ref_params)))
     assert _tree_equal(p.state, full)
+
+
+def check_gold_story_eval(workdir, step: int) -> None:
+    """`eval_gold_story`: the reader read each row's gold story, and where retrieval put the
+    gold story first it wrote what the retrieved-story evaluation wrote (the same input)."""
+    def rows(label):
+        with open(os.path.join(workdir, "eval", f"{label}-step-{step}.jsonl")) as f:
+            return [json.loads(line) for line in f]
+    gold, retrieved = rows("valid-gold"), rows("valid")
+    assert [r["query"] for r in gold] == [r["query"] for r in retrieved]
+    assert all([p["id"] for p in r["passages"]] == r["gold_passage_ids"][:1] for r in gold)
+    same = [(g, r) for g, r in zip(gold, retrieved, strict=True)
+            if r["retrieved_ids"][0] in r["gold_passage_ids"]]
+    assert all(g["generation"] == r["generation"] for g, r in same)
+    with open(os.path.join(workdir, "eval", f"metrics-valid-gold-step-{step}.json")) as f:
+        m = json.load(f)
+    assert m["n"] == len(gold) and "recall@1" not in m
+    assert m["f1"] == pytest.approx(metrics.compute_metrics(
+        [r["generation"] for r in gold], [r["answers"] for r in gold])["f1"])
 
 
 class _SigtermAt:

@@ -107,6 +107,13 @@ FACT_WORDS = {
     "food": (("spicy", "sweet", "smoked", "creamy", "baked", "fried", "vegan", "cheesy"),
              tuple(DISHES)),
 }
+# fact_words=1: one word a fact, ten a topic; with many training characters each word is the
+# fact of several of them, so that it is learnt as something to copy from the story rather than
+# as one character's memorised fact.
+ONE_WORD_FACTS = {"pet": tuple(NAMES[:10]), "trip": tuple(PLACES[:10]),
+                  "music": tuple(INSTRUMENTS[:10]),
+                  "car": tuple(CARS) + ("bus", "coupe", "pickup", "camper", "minivan"),
+                  "food": tuple(DISHES[:10])}
 OPENERS = [("hi , how are you today ?", "good , thanks ."),
            ("hello ! what are you up to ?", "just relaxing ."),
            ("hey there , nice to meet you .", "nice to meet you too !"),
@@ -273,16 +280,30 @@ def _heldout_characters(rng: np.random.Generator, chars: list[Character],
 
 
 def _compose_facts(rng: np.random.Generator, chars: list[Character],
-                   train: list[int]) -> list[Character]:
-    """`chars` with two-word facts (FACT_WORDS): distinct pairs within each topic; a held-out
-    character's (not in `train`) pair is made of a modifier and a base that training characters
-    of its topic have, in a combination no training character has."""
+                   train: list[int], fact_words: int = 2) -> list[Character]:
+    """`chars` with held-out-split facts. Two words (FACT_WORDS): distinct pairs within each
+    topic; a held-out character's (not in `train`) pair is made of a modifier and a base that
+    training characters of its topic have, in a combination no training character has. One
+    word (ONE_WORD_FACTS): each word the fact of about as many training characters of its
+    topic; a held-out character's word is one that training characters of its topic have."""
     out = list(chars)
     in_train = set(train)
     for topic in TOPICS:
         members = [i for i, c in enumerate(chars) if c.topic.name == topic.name]
         trained = [i for i in members if i in in_train]
         held = [i for i in members if i not in in_train]
+        if fact_words == 1:
+            bases = list(rng.permutation(ONE_WORD_FACTS[topic.name]))
+            for j, i in enumerate(trained):
+                out[i] = dataclasses.replace(chars[i], fact=str(bases[j % len(bases)]))
+            seen = bases[:len(trained)]
+            if held and not seen:
+                raise ValueError(f"the held-out split needs a training character of each "
+                                 f"topic; topic {topic.name!r} has none (raise num_stories "
+                                 "or lower num_heldout)")
+            for i in held:
+                out[i] = dataclasses.replace(chars[i], fact=str(_pick(rng, seen)))
+            continue
         mods, bases = (list(rng.permutation(w)) for w in FACT_WORDS[topic.name])
         # More characters than pairs: the pairs again with a number ("red van 2"), like the
         # shared split's facts.
@@ -308,15 +329,18 @@ def _compose_facts(rng: np.random.Generator, chars: list[Character],
 
 def make_splits(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
                 num_stories: int = 200, split: str = "shared",
-                num_heldout: int = 8) -> Dataset:
+                num_heldout: int = 8, fact_words: int = 2) -> Dataset:
     """The dataset of `split` ('shared' or 'heldout'; SPLITS), deterministic in all arguments.
 
     'shared' draws train and valid dialogues from all characters and has no test dialogues (the
     split of earlier versions, unchanged). 'heldout' keeps `num_heldout` characters for valid
-    and as many for test: `num_valid` dialogues each, none of them in training.
+    and as many for test: `num_valid` dialogues each, none of them in training; its facts are
+    `fact_words` (1 or 2) words (`_compose_facts`).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if fact_words not in (1, 2):
+        raise ValueError(f"fact_words must be 1 or 2, got {fact_words!r}")
     if min(num_train, num_valid, num_stories) < 1:
         raise ValueError("num_train, num_valid and num_stories must be positive")
     if split == "heldout" and (num_heldout < 1 or num_stories < 2 * num_heldout + 1):
@@ -334,7 +358,7 @@ def make_splits(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
                        {"train": ids, "valid": ids, "test": ()})
     parts = dict(zip(("train", "valid", "test"), _heldout_characters(rng, chars, num_heldout),
                      strict=True))
-    chars = _compose_facts(rng, chars, parts["train"])
+    chars = _compose_facts(rng, chars, parts["train"], fact_words)
     stories = [_story(rng, c, i) for i, c in enumerate(chars)]
     ids = tuple(p.id for p in stories)
     sizes = {"train": num_train, "valid": num_valid, "test": num_valid}
@@ -347,19 +371,19 @@ def make_splits(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
 
 
 def make_dataset(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
-                 num_stories: int = 200, split: str = "shared",
-                 num_heldout: int = 8) -> tuple[list[Dialogue], list[Dialogue], list[Passage]]:
+                 num_stories: int = 200, split: str = "shared", num_heldout: int = 8,
+                 fact_words: int = 2) -> tuple[list[Dialogue], list[Dialogue], list[Passage]]:
     """Returns (train, valid, stories) of `make_splits`, deterministic in all arguments."""
-    d = make_splits(seed, num_train, num_valid, num_stories, split, num_heldout)
+    d = make_splits(seed, num_train, num_valid, num_stories, split, num_heldout, fact_words)
     return d.train, d.valid, d.stories
 
 
 def generate(out_dir: str, seed: int = 0, num_train: int = 2000, num_valid: int = 200,
-             num_stories: int = 200, split: str = "shared",
-             num_heldout: int = 8) -> dict[str, str]:
+             num_stories: int = 200, split: str = "shared", num_heldout: int = 8,
+             fact_words: int = 2) -> dict[str, str]:
     """Writes train/valid(/test)/stories jsonl and split.json to `out_dir`; returns
     {'train', 'valid', 'passages', 'split'} (+ 'test' for the held-out split)."""
-    d = make_splits(seed, num_train, num_valid, num_stories, split, num_heldout)
+    d = make_splits(seed, num_train, num_valid, num_stories, split, num_heldout, fact_words)
     os.makedirs(out_dir, exist_ok=True)
     paths = {"train": os.path.join(out_dir, TRAIN_FILE),
              "valid": os.path.join(out_dir, VALID_FILE),
@@ -388,7 +412,7 @@ def main() -> None:
         raise ConfigError(f"--num_stories={f.num_stories}: the held-out split needs at least "
                           f"2 * --num_heldout + 1 = {2 * f.num_heldout + 1} stories")
     paths = generate(f.out, f.seed, f.num_train, f.num_valid, f.num_stories, f.split,
-                     f.num_heldout)
+                     f.num_heldout, f.fact_words)
     test = f", {f.num_valid} test" if "test" in paths else ""
     print(f"wrote {f.num_train} train, {f.num_valid} valid{test} dialogues and "
           f"{f.num_stories} stories ({f.split} split) to {f.out}: " + ", ".join(paths.values()))
@@ -406,4 +430,7 @@ if __name__ == "__main__":
                       "and test characters never appear in training")
     flags.DEFINE_integer("num_heldout", 8, "held-out split: characters kept for valid (and as "
                          "many for test)", lower_bound=1)
+    flags.DEFINE_integer("fact_words", 2, "held-out split: words per fact (2: a pair no "
+                         "training character has; 1: a word several training characters "
+                         "share)", lower_bound=1, upper_bound=2)
     cli.run(main)
