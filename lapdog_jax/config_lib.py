@@ -189,6 +189,28 @@ def get(config, field: str):
 LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 
 
+# The mesh arithmetic of validation.check_mesh and sharding.make_mesh.
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> dict[str, int]:
+    """{'data', 'fsdp', 'tensor'}: the mesh axis sizes on `num_devices` devices, the one axis
+    that may be -1 taking all remaining devices; a ConfigError naming the `--config.mesh.`
+    flag when they do not fit."""
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    free = [a for a, s in sizes.items() if s == -1]
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if len(free) > 1:
+        raise ConfigError(f"--config.mesh.{free[1]}=-1: only one mesh axis may be -1 (so is "
+                          f"mesh.{free[0]})")
+    if (num_devices % known) if free else (known != num_devices):
+        axis = next((a for a, s in sizes.items() if s > 1), "data")
+        raise ConfigError(f"--config.mesh.{axis}={sizes[axis]}: the mesh data x fsdp x tensor "
+                          f"= {' x '.join(str(s) for s in sizes.values())} needs "
+                          f"{'a multiple of ' if free else ''}{known} devices; this run has "
+                          f"{num_devices}")
+    if free:
+        sizes[free[0]] = num_devices // known
+    return sizes
+
+
 # The config file of each mode, under the repository's configs/.
 CONFIG_FILES = {"sft": "stage1.py", "lapdog": "lapdog.py", "reinforce": "reinforce.py",
                 "grpo": "grpo.py", "joint_grpo": "joint_grpo.py",

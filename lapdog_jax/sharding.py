@@ -15,7 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lapdog_jax import validation
+from lapdog_jax import config_lib, lora
+from lapdog_jax.models import contriever, t5
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -27,7 +28,7 @@ LOGICAL_RULES = {"batch": "data", "embed": "fsdp", "mlp": "tensor", "heads": "te
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     """Returns the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = validation.mesh_shape(data, fsdp, tensor, len(devices))  # a ConfigError if unfit
+    sizes = config_lib.mesh_shape(data, fsdp, tensor, len(devices))  # a ConfigError if unfit
     return Mesh(np.asarray(devices).reshape([sizes[a] for a in AXES]), AXES)
 
 
@@ -47,9 +48,6 @@ def model_axes(reader_config, retriever_config, lora_targets=()
     """{part: {param path: logical axis names}} as the models annotate their params, plus
     'lora' (the adapters on the reader's `lora_targets`, sharded like their kernels) when
     `lora_targets` are given."""
-    from lapdog_jax import lora
-    from lapdog_jax.models import contriever, t5
-
     specs = {"reader": t5.logical_axes(reader_config),
              "retriever": contriever.logical_axes(retriever_config)}
     is_spec = lambda x: isinstance(x, P)

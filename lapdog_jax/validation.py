@@ -10,8 +10,6 @@ is read.
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
 from lapdog_jax import config_lib, run_spec
@@ -159,30 +157,10 @@ def check_data(config, spec, num_train: int, num_passages: int, train: str, pass
                           f"{num_passages}")
 
 
-def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> dict[str, int]:
-    """{'data', 'fsdp', 'tensor'}: the mesh axis sizes on `num_devices` devices, the one axis
-    that may be -1 taking all remaining devices; a ConfigError naming the `--config.mesh.`
-    flag when they do not fit."""
-    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
-    free = [a for a, s in sizes.items() if s == -1]
-    known = math.prod(s for s in sizes.values() if s != -1)
-    if len(free) > 1:
-        raise ConfigError(f"--config.mesh.{free[1]}=-1: only one mesh axis may be -1 (so is "
-                          f"mesh.{free[0]})")
-    if (num_devices % known) if free else (known != num_devices):
-        axis = next((a for a, s in sizes.items() if s > 1), "data")
-        raise ConfigError(f"--config.mesh.{axis}={sizes[axis]}: the mesh data x fsdp x tensor "
-                          f"= {' x '.join(str(s) for s in sizes.values())} needs "
-                          f"{'a multiple of ' if free else ''}{known} devices; this run has "
-                          f"{num_devices}")
-    if free:
-        sizes[free[0]] = num_devices // known
-    return sizes
-
-
 def check_mesh(config, num_devices: int) -> None:
     """`config.mesh` against the devices there are, and the batch against its data axes."""
-    sizes = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, num_devices)
+    m = config.mesh
+    sizes = config_lib.mesh_shape(m.data, m.fsdp, m.tensor, num_devices)
     rows = sizes["data"] * sizes["fsdp"]
     if config.batch_size % rows:
         raise ConfigError(f"--config.batch_size={config.batch_size}: not divisible by the "

@@ -2,7 +2,8 @@
 shapes its checkpoints fix, and restoring a run from it (state, host state, passage index).
 
 Layout: `workdir/config.json`, `workdir/checkpoints/<step>/` (see `checkpoint`), `eval/`,
-`tb/`, and for the embedded demo `data/` and `tokenizer/`.
+the TensorBoard run `<run name>/` (`tb.logdir`), `log.txt`, `lock`, and for the embedded demo
+`data/` and `tokenizer/` (docs/design.md, "Run files").
 """
 
 from __future__ import annotations
