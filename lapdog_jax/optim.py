@@ -51,7 +51,16 @@ READER_PARTS = ("reader", "lora")
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-    """One optax transformation per trained part; `apply` updates the parts given grads for."""
+    """One optax transformation per trained part; `apply` updates the parts given grads for.
+
+    Not `optax.partition` (`optax.multi_transform`), which runs every part's transformation
+    on every call: a step that trains the reader alone (the supervised warm-up) would still
+    count an update of the retriever's (its schedule moving on), decay its Adam moments and
+    apply AdamW's weight decay to its params, a zero gradient not being "no update"; and it
+    takes no subset of the parts (a pytree-structure error). Here a call touches exactly the
+    parts it has gradients for (tests/test_steps.py checks both). The state is
+    {part: that part's optax state}.
+    """
 
     parts: dict[str, optax.GradientTransformation]
     schedules: dict[str, optax.Schedule]

@@ -59,6 +59,24 @@ def test_optimizer_keeps_an_accumulator_only_when_accumulating():
         assert tree_max_diff(p, params) > 0
 
 
+def test_a_call_updates_only_the_parts_it_has_gradients_for():
+    """A reader-only call (the supervised warm-up) leaves the retriever's params and optimizer
+    state bit-identical. optax.partition of the same per-part transformations cannot: it runs
+    every part on every call (AdamW's weight decay moves the retriever on a zero gradient, its
+    update count goes on) and refuses a subset of the parts. (Why optim.Optimizer is ours.)"""
+    params = {"reader": {"a": jnp.ones((3, 4))}, "retriever": {"b": jnp.ones(5)}}
+    grads = {"reader": {"a": jnp.full((3, 4), 0.5)}}
+    opt = make_optimizer(make_config("joint_grpo", **{"optim.weight_decay": 0.1}))
+    state = opt.init(params)
+    new, new_state, m = opt.apply(params, state, grads)
+    assert tree_max_diff(new["reader"], params["reader"]) > 0
+    assert tree_max_diff(new["retriever"], params["retriever"]) == 0
+    assert jax.tree.all(jax.tree.map(np.array_equal, new_state["retriever"], state["retriever"]))
+    assert int(optim.updates_made(new_state["reader"])) == 1
+    assert int(optim.updates_made(new_state["retriever"])) == 0
+    assert "opt/grad_norm_retriever" not in m and "opt/grad_norm" in m
+
+
 def test_checkpoint_of_the_accumulator_layout_is_refused_with_the_reason(tmp_path):
     """A state saved with MultiSteps' accumulator at k = 1 (the layout before it was dropped)
     does not restore into today's state: one error that says why, and the files stay."""
