@@ -20,6 +20,7 @@ from lapdog_jax import (
     experiment,
     lora,
     optim,
+    passes,
     run_spec,
     sharding,
     steps,
@@ -419,7 +420,7 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
         at[step] = saved
     manager.close()
     assert set(at[4].opt_state) == {"lora"}
-    warm = steps.policy_reader({**at[2].params, "reader": exp.params["reader"]}, config)
+    warm = passes.merged_reader({**at[2].params, "reader": exp.params["reader"]}, config)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                  at[4].ref_params["reader"], warm)
 
@@ -450,6 +451,7 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
     batch = tuple(np.minimum(x, exp.reader.config.vocab_size - 1) for x in batch)
     np.testing.assert_allclose(hf_forward(adapted, *batch)[0], hf_forward(merged, *batch)[0],
                                atol=1e-5)
+    # the run's low-rank forward (no merged kernel) gives the merged export's logits
     ours = _ours(exp.reader.config, steps.policy_reader(state.params, config), batch)
     np.testing.assert_allclose(hf_forward(merged, *batch)[0], ours, atol=1e-4)
 
