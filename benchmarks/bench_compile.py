@@ -1,17 +1,17 @@
 r"""Compile time of our GRPO rollout and update at T5 sizes, from abstract shapes only.
 
-    PYTHONPATH=. python benchmarks/bench_compile.py --dims=base,large [--scan-layers]
+    PYTHONPATH=. python benchmarks/bench_compile.py --dims=base,large [--noscan-layers]
 
 Lowers and compiles `steps.rollout` and `steps.grpo_update` (fp32, B prompts x G samples, S
 source and T new tokens, as bench_peer.py) on `jax.ShapeDtypeStruct` params and state, so a
 T5 v1.1-large point needs no memory for weights. Prints, per point, the seconds to lower
-(trace to StableHLO) and to compile each step; `--scan-layers` sets `model.scan_layers`
-(one compiled layer body instead of one per layer).
+(trace to StableHLO) and to compile each step, and their sum. The model.* choices are the
+project's defaults unless `--[no]scan-layers`, `--remat` or `--attention` say otherwise
+(`model.scan_layers`: the layers' scanned body compiled once, or unrolled one copy per layer).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import sys
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_peer import grpo_steps, t5_config, train_state  # noqa: E402
+from bench_peer import DEFAULT_MODEL, grpo_steps, t5_config, train_state  # noqa: E402
 
 from lapdog_jax.models.t5 import init_params  # noqa: E402
 
@@ -35,9 +35,8 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def point(dims: str, scan_layers: bool, B: int, G: int, S: int, T: int) -> dict:
-    """Lower and compile seconds of the rollout and the update at one point."""
-    cfg = dataclasses.replace(t5_config(dims, "float32"), scan_layers=scan_layers)
+def point(cfg, B: int, G: int, S: int, T: int) -> dict:
+    """Lower and compile seconds of the rollout and the update of T5 `cfg` at one point."""
     rollout, update, optimizer = grpo_steps(cfg, B, G, S, T)
     reader = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
     state = jax.eval_shape(lambda p: train_state(p, optimizer), reader)
@@ -57,7 +56,11 @@ def point(dims: str, scan_layers: bool, B: int, G: int, S: int, T: int) -> dict:
 def define_flags() -> None:
     """The command's flags (defined only when run as a script, not on import)."""
     flags.DEFINE_string("dims", "small,base,large", "T5 v1.1 sizes, comma-separated")
-    flags.DEFINE_bool("scan-layers", False, "model.scan_layers: one compiled layer per stack")
+    flags.DEFINE_bool("scan-layers", DEFAULT_MODEL.scan_layers, "model.scan_layers: the layers' "
+                      "body compiled once (--noscan-layers: unrolled); default: the project's")
+    flags.DEFINE_string("remat", DEFAULT_MODEL.remat, "model.remat (default: the project's)")
+    flags.DEFINE_string("attention", DEFAULT_MODEL.attention,
+                        "model.attention (default: the project's)")
     flags.DEFINE_integer("batch", 4, "prompts B")
     flags.DEFINE_integer("group", 8, "samples per prompt G")
     flags.DEFINE_integer("source", 256, "source tokens S")
@@ -75,13 +78,18 @@ def main(argv):
     del argv
     args = flag_args()
     print(f"{jax.devices()[0].device_kind}; B={args.batch} G={args.group} S={args.source} "
-          f"T={args.target}; model.scan_layers={args.scan_layers}")
-    print("| dims | rollout lower s | rollout compile s | update lower s | update compile s |")
-    print("|---|---|---|---|---|")
+          f"T={args.target}; model.scan_layers={args.scan_layers}, model.remat={args.remat}, "
+          f"model.attention={args.attention}; fp32")
+    print("| dims | layers | rollout lower s | rollout compile s | update lower s | "
+          "update compile s | total s |")
+    print("|---|---|---|---|---|---|---|")
     for dims in args.dims.split(","):
-        t = point(dims, args.scan_layers, args.batch, args.group, args.source, args.target)
-        print(f"| {dims} | {t['rollout'][0]:.1f} | {t['rollout'][1]:.1f} | "
-              f"{t['update'][0]:.1f} | {t['update'][1]:.1f} |", flush=True)
+        cfg = t5_config(dims, "float32", args.remat, args.attention, args.scan_layers)
+        t = point(cfg, args.batch, args.group, args.source, args.target)
+        total = sum(t["rollout"]) + sum(t["update"])
+        print(f"| {dims} | {cfg.num_layers}+{cfg.decoder_layers} | {t['rollout'][0]:.1f} | "
+              f"{t['rollout'][1]:.1f} | {t['update'][0]:.1f} | {t['update'][1]:.1f} | "
+              f"{total:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

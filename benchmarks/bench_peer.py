@@ -63,9 +63,15 @@ DIMS = {
 VOCAB = 32128
 
 
-def t5_config(dims: str, dtype: str, remat: str = "none", attention: str = "einsum",
-              scan_layers: bool = False) -> T5Config:
-    """Our T5Config of a named size (random weights, no dropout)."""
+# The project's default model.* choices (a flag of these benchmarks overrides them).
+DEFAULT_MODEL = config_lib.mode_config("grpo").model
+
+
+def t5_config(dims: str, dtype: str, remat: str = DEFAULT_MODEL.remat,
+              attention: str = DEFAULT_MODEL.attention,
+              scan_layers: bool = DEFAULT_MODEL.scan_layers) -> T5Config:
+    """Our T5Config of a named size (random weights, no dropout), with the project's
+    default model.* choices unless told otherwise."""
     return T5Config(dropout_rate=0.0, dtype=dtype, remat=remat, attention=attention,
                     scan_layers=scan_layers, **{"vocab_size": VOCAB, **DIMS[dims]})
 
@@ -244,9 +250,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("source", 256, "source tokens S")
     flags.DEFINE_integer("target", 32, "target tokens T")
     flags.DEFINE_integer("repeats", 3, "timed calls (the median is printed)")
-    flags.DEFINE_string("remat", "none", "our model.remat: none|full|dots")
-    flags.DEFINE_string("attention", "einsum", "our model.attention: einsum|fused")
-    flags.DEFINE_bool("scan-layers", False, "our model.scan_layers")
+    flags.DEFINE_string("remat", DEFAULT_MODEL.remat,
+                        "our model.remat: none|full|dots (default: the project's)")
+    flags.DEFINE_string("attention", DEFAULT_MODEL.attention,
+                        "our model.attention: einsum|fused (default: the project's)")
+    flags.DEFINE_bool("scan-layers", DEFAULT_MODEL.scan_layers,
+                      "our model.scan_layers (default: the project's)")
     flags.DEFINE_bool("bf16-params", False, "at the bfloat16 points store our params in bf16 too "
                       "(model.param_dtype, as the peer's model.to(bfloat16))")
     flags.DEFINE_bool("no-peer", False, "time ours only")

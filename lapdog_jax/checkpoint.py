@@ -280,10 +280,31 @@ def _identity(manager, step: int):
     return info.st_ino, info.st_mtime_ns
 
 
+def _per_layer_t5(tree: Any, path: tuple = ()) -> str | None:
+    """The path of the first T5 block saved one subtree per layer ('.../block_0', as
+    versions before the stacked layers wrote them) in a saved state's metadata tree."""
+    if not isinstance(tree, dict):
+        return None
+    for key, value in tree.items():
+        if str(key) == "block_0":
+            return "/".join((*path, "block_0"))
+        found = _per_layer_t5(value, (*path, str(key)))
+        if found:
+            return found
+    return None
+
+
 def _restore(manager, step: int, abstract_state: Any, abstract_index: Any):
     """(state, host, index or None) of the checkpoint at `step`; `abstract_state` is the
     whole state's target, or a function of the host item that returns the nested dict of the
     parts of the state to read (e.g. {'step': ..., 'params': ...}; nothing else is read)."""
+    saved = manager.item_metadata(step).get("state")
+    old = _per_layer_t5(getattr(saved, "tree", saved))
+    if old:
+        raise CheckpointError(
+            f"saved with the T5 layers' params one subtree per layer ({old}); this version "
+            "stores them stacked on a layer axis ('block'): resume or export it with the "
+            "version that wrote it, or start a new --workdir")
     parts = abstract_state if callable(abstract_state) else None
     items = dict(host=ocp.args.JsonRestore())
     if parts is None:

@@ -384,10 +384,12 @@ def _model(c: ml_collections.ConfigDict) -> None:
     # Full-sequence attention in training and scoring passes: 'einsum' or 'fused'
     # (jax.nn.dot_product_attention: cuDNN's fused kernel on a GPU where it applies).
     c.model.attention = "einsum"
-    # True: the reader's and the retriever's full-sequence passes run their layers as one
-    # lax.scan over stacked params (one compiled layer, not one per layer: a deep model
-    # compiles in a fraction of the time; the same numbers; params and checkpoints unchanged).
-    c.model.scan_layers = False
+    # The reader's layers are always one scanned body over params stacked on a layer axis
+    # (cache init and decoding steps too). True: that body compiles once (compile time flat
+    # in depth); False: unrolled in the program (one copy per layer; the same params and
+    # checkpoints). The retriever's full-sequence pass follows it (True: its layers as one
+    # lax.scan over its per-layer params, stacked at each pass).
+    c.model.scan_layers = True
     _retriever_options(c)
     # Where dropout acts, at each module's own rate (model.reader/retriever.dropout_rate for
     # fresh modules, the checkpoint's config.json otherwise; T5 and BERT ship 0.1):

@@ -28,7 +28,7 @@ import os
 import numpy as np
 from absl import flags
 
-from lapdog_jax import cli, experiment, lora, steps
+from lapdog_jax import cli, experiment, lora, passes
 from lapdog_jax import data as data_lib
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
@@ -55,7 +55,7 @@ def export(workdir: str, out: str, lora_format: str = "both") -> dict[str, str]:
     adapted = exp.spec.lora
     if not adapted or lora_format != "adapter":
         paths["reader"] = os.path.join(out, "reader")
-        hf.save_t5(paths["reader"], exp.reader.config, steps.policy_reader(params, exp.config),
+        hf.save_t5(paths["reader"], exp.reader.config, passes.merged_reader(params, exp.config),
                    exp.reader_tokenizer)
     if adapted and lora_format != "merged":
         paths.update(_export_adapter(exp, params, out))

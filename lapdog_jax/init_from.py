@@ -20,7 +20,7 @@ import os
 
 from absl import logging
 
-from lapdog_jax import checkpoint, config_lib, experiment, steps
+from lapdog_jax import checkpoint, config_lib, experiment, passes
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
 
@@ -58,7 +58,7 @@ def _write_start(src: str, out: str) -> dict:
     source = {"workdir": src, "step": step, "mode": exp.config.mode,
               "reader": os.path.join(out, "reader")}
     hf.save_t5(source["reader"], exp.reader.config,
-               steps.policy_reader(state.params, exp.config), exp.reader_tokenizer)
+               passes.merged_reader(state.params, exp.config), exp.reader_tokenizer)
     trained = exp.spec.trains_retriever  # (never when closed-book)
     if trained:
         source["retriever"] = os.path.join(out, "retriever")

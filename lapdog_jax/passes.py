@@ -29,8 +29,17 @@ class Models:
 
 def policy_reader(params, config):
     """The reader params the policy runs: params['reader'], or with LoRA (params holding
-    'lora', the adapters) the frozen base with the adapters merged into its targeted kernels
-    (lora.merge, scaled by `config.lora`)."""
+    'lora', the adapters) the frozen base with the adapters beside its targeted kernels
+    (lora.adapted, scaled by `config.lora`: the projections add the low-rank path; no merged
+    kernel is formed)."""
+    if "lora" not in params:
+        return params["reader"]
+    return lora.adapted(params["reader"], params["lora"], lora.scaling(config.lora))
+
+
+def merged_reader(params, config):
+    """The policy's reader as plain T5 params (what the exports write): params['reader'],
+    or with LoRA the base with the adapters folded into its kernels (lora.merge, fp32)."""
     if "lora" not in params:
         return params["reader"]
     return lora.merge(params["reader"], params["lora"], lora.scaling(config.lora))

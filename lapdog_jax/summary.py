@@ -123,7 +123,7 @@ def startup_summary(config, workdir: str, exp, mesh, step: int,
               f"GRPO update in {config.grpo.micro_batches} micro-batches"
               if config.grpo.micro_batches > 1 else "",
               f"reader remat {config.model.remat}" if config.model.remat != "none" else "",
-              "layers scanned" if config.model.scan_layers else ""]
+              "" if config.model.scan_layers else "layers unrolled"]
     steps += "".join(f"; {x}" for x in memory if x)
     devices = jax.devices()
     lines = [

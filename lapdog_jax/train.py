@@ -44,6 +44,7 @@ from lapdog_jax import (
     lock,
     logs,
     optim,
+    passes,
     paths,
     run_spec,
     sharding,
@@ -341,10 +342,11 @@ def _after_step(s: Setup, p: Progress) -> None:
     reader) and index refreshes."""
     warmup, refresh = s.spec.warmup_steps, s.spec.refresh_index
     if warmup and p.step == warmup:
-        # (With LoRA: the base with the warmed-up adapters merged, placed like the reference.)
-        reader = steps.policy_reader(p.state.params, s.config)
+        # (With LoRA: the base with the warmed-up adapters merged, placed like the reference
+        # and in its dtype.)
+        reader = passes.merged_reader(p.state.params, s.config)
         p.state = p.state.replace(ref_params={**p.state.ref_params, "reader": jax.tree.map(
-            lambda x, old: jax.device_put(jnp.copy(x), old.sharding), reader,
+            lambda x, old: jax.device_put(jnp.array(x, old.dtype), old.sharding), reader,
             p.state.ref_params["reader"])})
         s.pipeline.gold_pool = False
         if s.spec.trains_retriever:

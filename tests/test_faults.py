@@ -191,6 +191,21 @@ def test_reader_skips_a_step_being_written(tmp_path):
     assert checkpoint.restore_newest(str(tmp_path / "none"), _tree(0.0)) is None
 
 
+def test_per_layer_t5_checkpoint_is_refused_naming_the_cause(tmp_path):
+    """A checkpoint whose reader keeps one subtree per T5 layer (block_0, ..., as earlier
+    versions saved) is refused with one line naming the stacked layout, not a tree diff."""
+    manager = checkpoint.make_manager(str(tmp_path), keep=2)
+    old = {"params": {"reader": {"encoder": {"block_0": _tree(1.0), "block_1": _tree(1.0)}}}}
+    checkpoint.save(manager, 1, old, {"step": 1})
+    manager.close()
+    new = {"params": {"reader": {"encoder": {"block": {k: jnp.stack([v, v]) for k, v in
+                                                      _tree(0.0).items()}}}}}
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.restore_newest(str(tmp_path), new)
+    assert "params/reader/encoder/block_0" in str(e.value) and "stacked" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("change", ["deleted", "replaced"])
 def test_reader_reads_again_when_its_step_changes_meanwhile(change, tmp_path, monkeypatch,
                                                             caplog):

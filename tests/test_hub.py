@@ -82,15 +82,15 @@ def test_hub_ids_resolve_to_the_cached_snapshot(offline_cache, tmp_path):
     reader, params = experiment.build_reader(config, reader_tok, None)
     _, want = hf.load_t5(str(t5_dir))
     np.testing.assert_array_equal(params["shared"]["embedding"], want["shared"]["embedding"])
-    assert reader.config.d_model == 16 and not reader.config.scan_layers
+    assert reader.config.d_model == 16 and reader.config.scan_layers  # the default
     retriever, _ = experiment.build_retriever(config, retriever_tok, None)
-    assert retriever.config.hidden_size == 16 and not retriever.config.scan_layers
+    assert retriever.config.hidden_size == 16 and retriever.config.scan_layers
     # The run's model.* choices reach the loaded models (they are not checkpoint fields).
-    config.model.scan_layers, config.model.remat, config.model.attention = True, "full", "fused"
+    config.model.scan_layers, config.model.remat, config.model.attention = False, "full", "fused"
     reader, _ = experiment.build_reader(config, reader_tok, None)
     assert (reader.config.scan_layers, reader.config.remat, reader.config.attention) == (
-        True, "full", "fused")
-    assert experiment.build_retriever(config, retriever_tok, None)[0].config.scan_layers
+        False, "full", "fused")
+    assert not experiment.build_retriever(config, retriever_tok, None)[0].config.scan_layers
     config.model.param_dtype = "bfloat16"  # stored in bf16, loaded values rounded
     _, params = experiment.build_reader(config, reader_tok, None)
     _, r_params = experiment.build_retriever(config, retriever_tok, None)

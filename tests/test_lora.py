@@ -20,6 +20,7 @@ from lapdog_jax import (
     experiment,
     lora,
     optim,
+    passes,
     run_spec,
     sharding,
     steps,
@@ -28,7 +29,8 @@ from lapdog_jax import (
 )
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
-from lapdog_jax.models.t5 import T5
+from lapdog_jax.models.t5 import T5, T5Config
+from lapdog_jax.models.t5 import init_params as init_t5_params
 from tests.test_steps import (
     Fns,
     at_tokens,
@@ -39,7 +41,7 @@ from tests.test_steps import (
     make_models,
     make_state,
 )
-from tests.test_t5 import apply, hf_forward, make_hf_model
+from tests.test_t5 import VOCAB, apply, hf_forward, make_hf_model
 from tests.test_t5 import make_batch as t5_batch
 from tests.test_train import (  # noqa: F401 (module fixtures)
     check_run,
@@ -89,9 +91,9 @@ def test_init_merge_and_axes():
     d = models.reader.config.d_model
     # 1 encoder layer (self q, v, wo) + 1 decoder layer (self and cross q, v, wo)
     assert len(flat) == 2 * (3 + 5)
-    a = flat[("encoder", "block_0", "self_attn", "q", "lora_A")]
-    assert a.shape == (d, RANK) and 0 < np.abs(a).max() <= d ** -0.5
-    assert flat[("decoder", "block_0", "mlp", "wo", "lora_B")].shape == (RANK, d)
+    a = flat[("encoder", "block", "self_attn", "q", "lora_A")]  # stacked on the layer axis
+    assert a.shape == (1, d, RANK) and 0 < np.abs(a).max() <= d ** -0.5
+    assert flat[("decoder", "block", "mlp", "wo", "lora_B")].shape == (1, RANK, d)
     assert all(not v.any() for k, v in flat.items() if k[-1] == "lora_B")
     jax.tree.map(np.testing.assert_array_equal, lora.merge(base, adapters, 2.0), base)
 
@@ -108,9 +110,10 @@ def test_init_merge_and_axes():
 
     axes = sharding.model_axes(models.reader.config, models.retriever.config, ("q", "v", "wo"))
     assert set(axes["lora"]) == set(ad)
-    assert axes["lora"][("encoder", "block_0", "self_attn", "q", "lora_A")] == ("embed", None)
-    assert axes["lora"][("encoder", "block_0", "self_attn", "q", "lora_B")] == (None, "joined_kv")
-    assert axes["lora"][("decoder", "block_0", "mlp", "wo", "lora_A")] == ("mlp", None)
+    q = ("encoder", "block", "self_attn", "q")
+    assert axes["lora"][(*q, "lora_A")] == ("layers", "embed", None)
+    assert axes["lora"][(*q, "lora_B")] == ("layers", None, "joined_kv")
+    assert axes["lora"][("decoder", "block", "mlp", "wo", "lora_A")] == ("layers", "mlp", None)
     # param_shardings finds every adapter leaf (and its optimizer moments) an annotation.
     config = make_config("grpo", **{"lora.rank": RANK, "lora.targets": ("q", "v", "wo")})
     params = {**init_params(models, 0), "lora": adapters}
@@ -230,6 +233,104 @@ def test_supervised_steps_train_only_the_adapters(lora_setup):
 
 
 # --------------------------------------------------------------------------------------------
+# The low-rank path: y = x W + s (x A) B, never W + s A B
+# --------------------------------------------------------------------------------------------
+
+# Widths that no activation of the batch below has (B=3, S=11, T=6): a [20, 12] array in the
+# program can only be a kernel-sized one.
+LOW_RANK = T5Config(vocab_size=VOCAB, d_model=20, d_kv=6, num_heads=2, d_ff=28, num_layers=2,
+                    num_decoder_layers=2, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False, dropout_rate=0.0)
+
+
+def _kernel_sized_ops(jaxpr, shapes, found=None) -> list[str]:
+    """The arithmetic ops (sums, products) in `jaxpr` and its inner jaxprs (scan bodies,
+    remat, pjit) whose output ends in one of `shapes`: what a merged W + s·A@B computes."""
+    found = [] if found is None else found
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("add", "add_any", "sub", "mul", "dot_general"):
+            for v in eqn.outvars:
+                if tuple(v.aval.shape[-2:]) in shapes:
+                    found.append(f"{eqn.primitive.name}{tuple(v.aval.shape)}")
+        for param in eqn.params.values():
+            for inner in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    _kernel_sized_ops(inner, shapes, found)
+    return found
+
+
+def test_adapted_kernels_get_no_full_size_gradient():
+    """The loss's gradient in the adapters computes nothing of a kernel's size [in, out] (no
+    merged kernel, no gradient for one): only A's and B's; the same check on a merge-based
+    forward finds the full-size sums and products, so it can fail."""
+    base = jax.jit(init_t5_params, static_argnums=0)(LOW_RANK, jax.random.PRNGKey(0))
+    cfg = lora_config(targets=ALL)
+    adapters = random_adapters(base, cfg)
+    shapes = {tuple(_get_kernel(base, path).shape[-2:])
+              for path in lora.target_paths(base, cfg.targets)}
+    assert shapes == {(20, 12), (12, 20), (20, 28), (28, 20)}
+    ids, mask, dec, dec_mask = t5_batch()
+
+    def loss(reader):
+        logits = T5(LOW_RANK).apply({"params": reader}, ids, mask, dec, dec_mask)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+
+    low_rank = jax.make_jaxpr(jax.grad(lambda ad: loss(lora.adapted(base, ad, 2.0))))(adapters)
+    assert _kernel_sized_ops(low_rank.jaxpr, shapes) == []
+    merged = jax.make_jaxpr(jax.grad(lambda ad: loss(lora.merge(base, ad, 2.0))))(adapters)
+    assert len(_kernel_sized_ops(merged.jaxpr, shapes)) >= 2 * len(lora.target_paths(
+        base, cfg.targets))
+    # The two forms are the same model (fp32 rounding apart), and so are their gradients.
+    (l_low, g_low), (l_merged, g_merged) = (
+        jax.jit(jax.value_and_grad(lambda ad, f=f: loss(f(base, ad, 2.0))))(adapters)
+        for f in (lora.adapted, lora.merge))
+    np.testing.assert_allclose(float(l_low), float(l_merged), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_low), jax.tree.leaves(g_merged), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-6)
+
+
+def test_bf16_base_keeps_a_small_adapter_update():
+    """With the base stored in bf16 (fp32 compute), an adapter whose update is ~1e-3 of the
+    weights moves the logits as it does on the fp32 base; merged into bf16 kernels (what
+    W + s·A@B in the stored dtype gives) most of the update rounds away."""
+    base = jax.jit(init_t5_params, static_argnums=0)(LOW_RANK, jax.random.PRNGKey(0))
+    cfg = lora_config(targets=ALL)
+    adapters = jax.tree.map(lambda x: x, random_adapters(base, cfg))  # new dicts
+    for _, ab in lora._adapted_modules(adapters):
+        ab["lora_B"] = 0.01 * ab["lora_B"]
+    scale = lora.scaling(cfg)
+    batch = t5_batch()
+    net = T5(LOW_RANK)
+    run = jax.jit(lambda p: net.apply({"params": p}, *batch))
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), base)
+
+    def moved(reader):  # what the adapters change in the logits
+        return np.asarray(run(lora.adapted(reader, adapters, scale)) - run(reader))
+
+    want, got = moved(base), moved(bf16)
+    rel = {path: np.abs(scale * a @ b).max() / np.abs(_get_kernel(base, path)).max()
+           for path, (a, b) in ((p, (n["lora_A"], n["lora_B"]))
+                                for p, n in lora._adapted_modules(adapters))}
+    assert max(rel.values()) < 4e-3  # below bf16's relative step: a bf16 merge loses it
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())
+    merged = jax.tree.map(lambda x: x.astype(jnp.bfloat16), lora.merge(bf16, adapters, scale))
+    unchanged = [np.mean(np.asarray(_get_kernel(merged, p)) == np.asarray(_get_kernel(bf16, p)))
+                 for p in rel]
+    assert np.mean(unchanged) > 0.5
+    lost = np.asarray(run(merged) - run(bf16))
+    assert np.abs(lost - want).max() > 0.3 * np.abs(want).max()
+
+
+def _get_kernel(params, path):
+    """The kernel of the module at `path`."""
+    for k in path:
+        params = params[k]
+    return params["kernel"]
+
+
+# --------------------------------------------------------------------------------------------
 # Export: merged weights in transformers, the adapter folder in peft
 # --------------------------------------------------------------------------------------------
 
@@ -269,7 +370,7 @@ def test_peft_adapter_round_trip(hf_base, tmp_path):
     path, config, base, cfg, adapters = hf_base
     lora.save_peft(str(tmp_path), config, adapters, cfg, path)
     tensors = load_file(os.path.join(tmp_path, lora.ADAPTER_WEIGHTS))
-    a = np.asarray(adapters["encoder"]["block_0"]["self_attn"]["q"]["lora_A"])
+    a = np.asarray(adapters["encoder"]["block"]["self_attn"]["q"]["lora_A"][0])
     np.testing.assert_array_equal(
         tensors["base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"], a.T)
     assert "base_model.model.decoder.block.1.layer.1.EncDecAttention.o.lora_B.weight" in tensors
@@ -319,7 +420,7 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
         at[step] = saved
     manager.close()
     assert set(at[4].opt_state) == {"lora"}
-    warm = steps.policy_reader({**at[2].params, "reader": exp.params["reader"]}, config)
+    warm = passes.merged_reader({**at[2].params, "reader": exp.params["reader"]}, config)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                  at[4].ref_params["reader"], warm)
 
@@ -350,6 +451,7 @@ def test_tiny_lora_run_trains_resumes_and_exports(shared_data, tmp_path):  # noq
     batch = tuple(np.minimum(x, exp.reader.config.vocab_size - 1) for x in batch)
     np.testing.assert_allclose(hf_forward(adapted, *batch)[0], hf_forward(merged, *batch)[0],
                                atol=1e-5)
+    # the run's low-rank forward (no merged kernel) gives the merged export's logits
     ours = _ours(exp.reader.config, steps.policy_reader(state.params, config), batch)
     np.testing.assert_allclose(hf_forward(merged, *batch)[0], ours, atol=1e-4)
 
@@ -387,8 +489,8 @@ def sharded_update(mesh_shape):
     axes = sharding.model_axes(models.reader.config, models.retriever.config, ALL)
     state_sh = sharding.param_shardings(state, mesh, axes)
     if mesh.shape["fsdp"] > 1:
-        a = state_sh.params["lora"]["encoder"]["block_0"]["mlp"]["wi_0"]["lora_A"]
-        assert a.spec == jax.sharding.PartitionSpec("fsdp", None), a.spec
+        a = state_sh.params["lora"]["encoder"]["block"]["mlp"]["wi_0"]["lora_A"]
+        assert a.spec == jax.sharding.PartitionSpec(None, "fsdp", None), a.spec
     state = jax.device_put(state, state_sh)
     fns = steps.jit_steps(config, spec, models, optimizer, mesh, state_sh)
     batch = jax.device_put(make_batch(8), sharding.batch_sharding(mesh))

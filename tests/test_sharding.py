@@ -50,12 +50,12 @@ def run(mesh_shape, micro_batches: int = 1, scan_layers: bool = False
                          **{"grpo.kl_coeff": 0.05, "grpo.kl_coeff_retriever": 0.05,
                             "grpo.micro_batches": micro_batches})
     models = make_models()
-    if scan_layers:  # the same params, run through lax.scan over the stacked layers
-        models = dataclasses.replace(
-            models, reader=type(models.reader)(dataclasses.replace(
-                models.reader.config, scan_layers=True)),
-            retriever=type(models.retriever)(dataclasses.replace(
-                models.retriever.config, scan_layers=True)))
+    # the same (stacked) params, their layers run as a loop or unrolled
+    models = dataclasses.replace(
+        models, reader=type(models.reader)(dataclasses.replace(
+            models.reader.config, scan_layers=scan_layers)),
+        retriever=type(models.retriever)(dataclasses.replace(
+            models.retriever.config, scan_layers=scan_layers)))
     params, ref = init_params(models, 1), init_params(models, 2)
     mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
     spec = run_spec.resolve(config)
@@ -118,7 +118,7 @@ def test_every_param_is_annotated_where_defined():
     n_params = sum(len(jax.tree.leaves(p)) for p in params.values())
     assert sum(len(a) for a in axes.values()) == n_params
     assert axes["reader"][("shared", "embedding")] == ("vocab", "embed")
-    assert axes["reader"][("encoder", "block_0", "mlp", "wo", "kernel")] == ("mlp", "embed")
+    assert axes["reader"][("encoder", "block", "mlp", "wo", "kernel")] == ("layers", "mlp", "embed")
     assert axes["retriever"][("layer_0", "attention", "query", "kernel")] == (
         "embed", "joined_kv")
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])

@@ -98,38 +98,45 @@ _T5_IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
                "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
 
 
-def _t5_names(config) -> dict[str, tuple[tuple[str, ...], bool]]:
-    """transformers tensor name -> (our param path, transpose?) for a T5ForConditionalGeneration."""
-    names = {"shared.weight": (("shared", "embedding"), False)}
+def _t5_names(config) -> dict[str, tuple[tuple[str, ...], bool, int | None]]:
+    """transformers tensor name -> (our param path, transpose?, layer): `layer` indexes the
+    leading layer axis of a block param (the stacks keep their blocks' params stacked), None
+    for the others. The relative attention bias, which transformers keeps in block 0, is the
+    stack's own param."""
+    names = {"shared.weight": (("shared", "embedding"), False, None)}
     if not config.tie_word_embeddings:
-        names["lm_head.weight"] = (("lm_head", "kernel"), True)
+        names["lm_head.weight"] = (("lm_head", "kernel"), True, None)
     mlp = ("wi_0", "wi_1", "wo") if config.is_gated else ("wi", "wo")
     for stack, n_layers in (("encoder", config.num_layers), ("decoder", config.decoder_layers)):
         names[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
-            (stack, "relative_attention_bias", "embedding"), False)
-        names[f"{stack}.final_layer_norm.weight"] = ((stack, "final_layer_norm", "scale"), False)
+            (stack, "relative_attention_bias", "embedding"), False, None)
+        names[f"{stack}.final_layer_norm.weight"] = (
+            (stack, "final_layer_norm", "scale"), False, None)
         sublayers = [("SelfAttention", "self_attn")]
         if stack == "decoder":
             sublayers.append(("EncDecAttention", "cross_attn"))
+        block = (stack, "block")
         for i in range(n_layers):
-            pre, block = f"{stack}.block.{i}.layer", (stack, f"block_{i}")
+            pre = f"{stack}.block.{i}.layer"
             for j, (hf, ours) in enumerate(sublayers):
                 for p in "qkvo":
-                    names[f"{pre}.{j}.{hf}.{p}.weight"] = ((*block, ours, p, "kernel"), True)
-                names[f"{pre}.{j}.layer_norm.weight"] = ((*block, f"{ours}_norm", "scale"), False)
+                    names[f"{pre}.{j}.{hf}.{p}.weight"] = ((*block, ours, p, "kernel"), True, i)
+                names[f"{pre}.{j}.layer_norm.weight"] = (
+                    (*block, f"{ours}_norm", "scale"), False, i)
             ff = len(sublayers)
             for w in mlp:
                 names[f"{pre}.{ff}.DenseReluDense.{w}.weight"] = (
-                    (*block, "mlp", w, "kernel"), True)
-            names[f"{pre}.{ff}.layer_norm.weight"] = ((*block, "mlp_norm", "scale"), False)
+                    (*block, "mlp", w, "kernel"), True, i)
+            names[f"{pre}.{ff}.layer_norm.weight"] = ((*block, "mlp_norm", "scale"), False, i)
     return names
 
 
-def t5_linear_names(config) -> dict[tuple[str, ...], str]:
-    """Our module path of each T5 linear projection -> its transformers module name, e.g.
-    ('encoder', 'block_0', 'self_attn', 'q') -> 'encoder.block.0.layer.0.SelfAttention.q'."""
-    return {ours[:-1]: name.removesuffix(".weight") for name, (ours, _) in _t5_names(config).items()
-            if ours[-1] == "kernel"}
+def t5_linear_names(config) -> dict[tuple[tuple[str, ...], int | None], str]:
+    """(our module path, layer) of each T5 linear projection -> its transformers module name,
+    e.g. (('encoder', 'block', 'self_attn', 'q'), 0) -> 'encoder.block.0.layer.0.SelfAttention.q'
+    (layer None: the untied lm_head)."""
+    return {(ours[:-1], layer): name.removesuffix(".weight")
+            for name, (ours, _, layer) in _t5_names(config).items() if ours[-1] == "kernel"}
 
 
 def _t5_param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -186,14 +193,21 @@ def load_t5(path: str, dtype: str = "float32"):
         if key in sd and not np.array_equal(sd[key], sd["shared.weight"]):
             logging.warning("%s: %s differs from shared.weight; using shared.weight", path, key)
     shapes = _t5_param_shapes(config)
-    params: dict = {}
-    for name, (ours, transpose) in names.items():
-        value = np.asarray(sd[name], np.float32)
-        value = value.T if transpose else value
-        if value.shape != shapes[ours]:
-            implied = shapes[ours][::-1] if transpose else shapes[ours]
-            raise CheckpointError(f"{path}: tensor {name} has shape {sd[name].shape}; "
+    stacked = {path: np.empty(shape, np.float32) for path, shape in shapes.items()}
+    for name, (ours, transpose, layer) in names.items():
+        raw = sd.pop(name)  # dropped once copied into its place: no second full copy
+        value = np.asarray(raw, np.float32).T if transpose else np.asarray(raw, np.float32)
+        want = shapes[ours] if layer is None else shapes[ours][1:]
+        if value.shape != want:
+            implied = want[::-1] if transpose else want
+            raise CheckpointError(f"{path}: tensor {name} has shape {raw.shape}; "
                                   f"config.json implies {implied}")
+        if layer is None:
+            stacked[ours] = value
+        else:
+            stacked[ours][layer] = value
+    params: dict = {}
+    for ours, value in stacked.items():
         node = params
         for part in ours[:-1]:
             node = node.setdefault(part, {})
@@ -209,13 +223,13 @@ def save_t5(path: str, config, params, tokenizer: Any = None) -> None:
     flat = {tuple(k.key for k in p): leaf
             for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
     names = _t5_names(config)
-    want = {ours for ours, _ in names.values()}
+    want = {ours for ours, _, _ in names.values()}
     if set(flat) != want:
         diff = sorted(set(flat) ^ want)[:5]
         raise CheckpointError(f"{path}: params do not match the T5 config (e.g. {diff})")
     tensors = {}
-    for name, (ours, transpose) in names.items():
-        value = np.asarray(flat[ours], np.float32)
+    for name, (ours, transpose, layer) in names.items():
+        value = np.asarray(flat[ours] if layer is None else flat[ours][layer], np.float32)
         tensors[name] = value.T if transpose else value
     write_model_dir(path, config.to_hf(), tensors, tokenizer)
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from lapdog_jax.models.params import ParamSpecs, scan_layers
+from lapdog_jax.models.params import ParamSpecs
 
 # Activations transformers' ACT2FN offers that T5 checkpoints use; tanh-GELU has three names.
 ACTIVATIONS = {
@@ -82,11 +82,11 @@ class T5Config:
     # it applies and XLA's otherwise; used where no attention dropout acts (decoding steps
     # keep the einsum, which reads the transposed cross keys).
     attention: str = "einsum"
-    # Full-sequence passes run the blocks as one `lax.scan` over their params stacked on a
-    # layer axis (not a checkpoint field: params stay one subtree per block, as in HF
-    # checkpoints): one compiled block body instead of one per layer, so a deep model
-    # compiles in a fraction of the time; decoding steps stay unrolled.
-    scan_layers: bool = False
+    # Every pass (full-sequence, cache init, decoding step) runs the blocks as one scanned
+    # layer body over params stored stacked on a leading layer axis. Not a checkpoint field:
+    # True compiles that body once (compile time flat in depth); False unrolls the loop in
+    # the program (one copy per layer, the same params), which XLA may schedule better.
+    scan_layers: bool = True
 
     def __post_init__(self):
         """Validates the activation and dtype names early, with a clear message."""
@@ -243,6 +243,30 @@ class RMSNorm(nn.Module):
         return (scale * (x32 * jax.lax.rsqrt(var + self.eps))).astype(self.dtype)
 
 
+class Dense(nn.Module):
+    """A bias-free projection x [..., in] -> [..., out] (nn.Dense's product) that also runs a
+    LoRA reader's low-rank path: where its params hold 'lora_A' [in, r] and 'lora_B' [r, out]
+    beside the kernel (lapdog_jax.lora.adapted puts them there, B already scaled), it adds
+    (x A) B, in the compute dtype, without ever forming W + A B."""
+
+    features: int
+    kernel_init: Any
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        """x W (+ (x A) B)."""
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                            jnp.float32)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        contract = (((x.ndim - 1,), (0,)), ((), ()))
+        y = jax.lax.dot_general(x, kernel, contract)
+        if self.has_variable("params", "lora_A"):
+            a, b = (self.get_variable("params", n).astype(x.dtype) for n in ("lora_A", "lora_B"))
+            y = y + jax.lax.dot_general(jax.lax.dot_general(x, a, contract), b, contract)
+        return y
+
+
 class Attention(nn.Module):
     """Multi-head attention without 1/sqrt(d) scaling (T5 folds it into the init)."""
 
@@ -252,7 +276,7 @@ class Attention(nn.Module):
         """Declares the q/k/v/o projections."""
         cfg, dt = self.config, self.config.compute_dtype
         inner = cfg.num_heads * cfg.d_kv
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=dt, param_dtype=jnp.float32)
+        dense = functools.partial(Dense, dtype=dt)
         into, out_of = ("embed", "joined_kv"), ("joined_kv", "embed")
         self.q = dense(inner, kernel_init=_normal((cfg.d_model * cfg.d_kv) ** -0.5, into))
         self.k = dense(inner, kernel_init=_normal(cfg.d_model ** -0.5, into))
@@ -312,8 +336,7 @@ class FeedForward(nn.Module):
     def __call__(self, x, deterministic=True):
         """Maps x [B, T, D] -> [B, T, D]."""
         cfg = self.config
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.compute_dtype,
-                                  param_dtype=jnp.float32)
+        dense = functools.partial(Dense, dtype=cfg.compute_dtype)
         act = ACTIVATIONS[cfg.activation]
         init_in = _normal(cfg.d_model ** -0.5, ("embed", "mlp"))
         if cfg.is_gated:
@@ -327,7 +350,9 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm T5 block: self-attention, (cross-attention), feed-forward."""
+    """One pre-norm T5 block: self-attention, (cross-attention), feed-forward. `Stack` runs
+    its layers as one `nn.scan` of this block (params stacked on a leading layer axis), so
+    every method has the scan's form (carry, *broadcast args) -> (carry, per-layer output)."""
 
     config: T5Config
     is_decoder: bool
@@ -358,45 +383,66 @@ class Block(nn.Module):
         return self._residual(x, self.mlp(self.mlp_norm(x), deterministic), deterministic)
 
     def __call__(self, x, mask, bias, encoder_output=None, enc_mask=None, deterministic=True):
-        """Full-sequence block on x [B, T, D]; mask [B, 1, T, T]; bias [1, H, T, T]."""
+        """Full-sequence block on x [B, T, D]; mask [B, 1, T, T]; bias [1, H, T, T];
+        returns (x, None)."""
         h = self.self_attn_norm(x)
         h = self.self_attn(h, *self.self_attn.kv(h), mask, bias, deterministic)
         x = self._residual(x, h, deterministic)
         cross_kv = self.cross_attn.kv(encoder_output) if self.is_decoder else None
-        return self._cross_and_mlp(x, cross_kv, enc_mask, deterministic)
+        return self._cross_and_mlp(x, cross_kv, enc_mask, deterministic), None
 
-    def cross_kv(self, encoder_output):
-        """Cross-attention keys and values [B, H, S, Dk] of the encoder output [B, S, D]."""
-        return self.cross_attn.kv(encoder_output)
+    def cross_kv(self, carry, encoder_output):
+        """(carry, (cross keys [B, H, Dk, S] transposed for decoding, values [B, H, S, Dk]))
+        of the encoder output [B, S, D]."""
+        k, v = self.cross_attn.kv(encoder_output)
+        return carry, (jnp.swapaxes(k, 2, 3), v)
 
-    def step(self, x, layer_cache, step, mask, bias, enc_mask, deterministic=True):
-        """One decoder position x [B, 1, D] with this layer's cache; returns (x, cache)."""
+    def step(self, carry, step, mask, bias, enc_mask, deterministic=True):
+        """One decoder position: carry = (x [N, 1, D], the whole cache, this layer's index
+        i); reads layer i's slices of the stacked cache and writes its new self-attention
+        key and value at [i, :, :, step] in place; returns (carry, None)."""
+        x, cache, i = carry
         h = self.self_attn_norm(x)
-        k_new, v_new = self.self_attn.kv(h)
-        at = (0, 0, step, 0)
-        k = jax.lax.dynamic_update_slice(layer_cache["self_k"], k_new, at)
-        v = jax.lax.dynamic_update_slice(layer_cache["self_v"], v_new, at)
-        x = self._residual(x, self.self_attn(h, k, v, mask, bias, deterministic), deterministic)
-        cross_kv = (layer_cache["cross_k"], layer_cache["cross_v"])
+        k_new, v_new = self.self_attn.kv(h)  # [N, H, 1, Dk]
+        at = (i, 0, 0, step, 0)
+        self_k = jax.lax.dynamic_update_slice(cache["self_k"], k_new[None], at)
+        self_v = jax.lax.dynamic_update_slice(cache["self_v"], v_new[None], at)
+        x = self._residual(x, self.self_attn(h, self_k[i], self_v[i], mask, bias,
+                                             deterministic), deterministic)
+        cross_kv = (cache["cross_k"][i], cache["cross_v"][i])
         x = self._cross_and_mlp(x, cross_kv, enc_mask, deterministic, keys_transposed=True)
-        return x, {**layer_cache, "self_k": k, "self_v": v}
+        return (x, {**cache, "self_k": self_k, "self_v": self_v}, i + 1), None
+
+
+def scanned_blocks(config: T5Config, is_decoder: bool) -> type[nn.Module]:
+    """`Block` as one `nn.scan` over the stack's layers: params (and a LoRA reader's adapters)
+    stacked on a leading 'layers' axis, one compiled body for every layer, each layer drawing
+    its own dropout key; with `remat`, the full-sequence pass rematerialises per layer;
+    `scan_layers=False` unrolls the loop (one copy of the body per layer in the program,
+    the same params)."""
+    block = Block
+    if config.remat != "none":  # only the full-sequence __call__; decoding steps run as they are
+        # static: `deterministic` (argument 6, counting self)
+        block = nn.remat(Block, policy=REMAT_POLICIES[config.remat], static_argnums=(6,))
+    n = config.decoder_layers if is_decoder else config.num_layers
+    return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
+                                                                   "dropout": True},
+                   in_axes=nn.broadcast, length=n, unroll=1 if config.scan_layers else n,
+                   metadata_params={nn.PARTITION_NAME: "layers"},
+                   methods=["__call__", "cross_kv", "step"])
 
 
 class Stack(nn.Module):
-    """T5 encoder or decoder stack; the relative position bias lives here and is shared."""
+    """T5 encoder or decoder stack; the relative position bias lives here, outside the
+    scanned layers (transformers keeps it in the first block), computed once and shared."""
 
     config: T5Config
     is_decoder: bool
 
     def setup(self):
-        """Declares the blocks, the shared position bias table and the final norm."""
+        """Declares the scanned blocks, the shared position bias table and the final norm."""
         cfg = self.config
-        n = cfg.decoder_layers if self.is_decoder else cfg.num_layers
-        block = Block
-        if cfg.remat != "none":  # only the full-sequence __call__; `step` runs as it is
-            # static: `deterministic` (argument 6, counting self)
-            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(6,))
-        self.block = [block(cfg, self.is_decoder) for _ in range(n)]
+        self.block = scanned_blocks(cfg, self.is_decoder)(cfg, self.is_decoder)
         self.relative_attention_bias = nn.Embed(
             cfg.relative_attention_num_buckets, cfg.num_heads,
             embedding_init=_normal(cfg.d_model ** -0.5, (None, "heads")),
@@ -417,37 +463,24 @@ class Stack(nn.Module):
         length = x.shape[1]
         bias = self._bias(_bucket_table(length, length, not self.is_decoder, self.config))
         x = self.dropout(x, deterministic=deterministic)
-        if self.config.scan_layers and not self.is_initializing():
-            cfg, params = self.config, self.variables["params"]
-            x = scan_layers(Block(cfg, self.is_decoder, parent=None),  # unbound: per layer
-                            [params[f"block_{i}"] for i in range(len(self.block))],
-                            x, mask, bias, encoder_output, enc_mask,
-                            deterministic=deterministic,
-                            rng=None if deterministic else self.make_rng("dropout"),
-                            policy=REMAT_POLICIES[cfg.remat])
-        else:
-            for block in self.block:
-                x = block(x, mask, bias, encoder_output, enc_mask, deterministic)
+        x, _ = self.block(x, mask, bias, encoder_output, enc_mask, deterministic)
         return self._finish(x, deterministic)
 
     def init_cache(self, encoder_output, encoder_mask, max_length, batch_size=None):
-        """Empty self-attention K/V [N, H, M, Dk] per layer and cross K [B, H, Dk, S], V
-        [B, H, S, Dk] computed once (N = batch_size, a multiple of B; default B)."""
+        """Empty self-attention K/V [L, N, H, M, Dk] and cross K [L, B, H, Dk, S], V
+        [L, B, H, S, Dk] computed once, stacked over the L layers (N = batch_size, a multiple
+        of B; default B)."""
         cfg = self.config
         batch = batch_size or encoder_output.shape[0]
-        shape = (batch, cfg.num_heads, max_length, cfg.d_kv)
-        layers = []
-        for block in self.block:
-            ck, cv = block.cross_kv(encoder_output)
-            zeros = jnp.zeros(shape, ck.dtype)
-            layers.append({"self_k": zeros, "self_v": zeros, "cross_k": jnp.swapaxes(ck, 2, 3),
-                           "cross_v": cv})
-        return {"layers": tuple(layers), "encoder_mask": encoder_mask.astype(bool)}
+        _, (ck, cv) = self.block.cross_kv(None, encoder_output)
+        zeros = jnp.zeros((ck.shape[0], batch, cfg.num_heads, max_length, cfg.d_kv), ck.dtype)
+        return {"self_k": zeros, "self_v": zeros, "cross_k": ck, "cross_v": cv,
+                "encoder_mask": encoder_mask.astype(bool)}
 
     def step(self, x, cache, step, deterministic=True):
         """Decodes embeddings x [B, 1, D] at position `step`; returns ([B, 1, D], cache)."""
         cfg = self.config
-        max_length = cache["layers"][0]["self_k"].shape[2]
+        max_length = cache["self_k"].shape[3]
         # Buckets of query `step` vs every key, gathered from a static table of all offsets.
         table = relative_position_bucket(
             np.arange(1 - max_length, max_length), False, cfg.relative_attention_num_buckets,
@@ -458,11 +491,9 @@ class Stack(nn.Module):
         mask = (key_pos <= step)[None, None, None, :]
         enc_mask = cache["encoder_mask"][:, None, None, :]
         x = self.dropout(x, deterministic=deterministic)
-        layers = []
-        for block, layer_cache in zip(self.block, cache["layers"], strict=True):
-            x, layer_cache = block.step(x, layer_cache, step, mask, bias, enc_mask, deterministic)
-            layers.append(layer_cache)
-        return self._finish(x, deterministic), {**cache, "layers": tuple(layers)}
+        (x, cache, _), _ = self.block.step((x, cache, jnp.int32(0)), step, mask, bias, enc_mask,
+                                           deterministic)
+        return self._finish(x, deterministic), cache
 
 
 class T5(nn.Module):
@@ -530,8 +561,8 @@ class T5(nn.Module):
         N = batch_size decoded rows (a multiple of B, G adjacent rows per encoder row;
         default B).
 
-        {'layers': per decoder layer {'self_k', 'self_v': [N, H, M, Dk] zeros,
-        'cross_k': [B, H, Dk, S], 'cross_v': [B, H, S, Dk]}, 'encoder_mask': [B, S] bool}.
+        {'self_k', 'self_v': [L, N, H, M, Dk] zeros, 'cross_k': [L, B, H, Dk, S],
+        'cross_v': [L, B, H, S, Dk], 'encoder_mask': [B, S] bool}, L = decoder layers.
         """
         enc = encoder_output.astype(self.config.compute_dtype)
         return self.decoder.init_cache(enc, encoder_mask, max_length, batch_size)
