@@ -29,16 +29,21 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "/tmp/bench_memory", "Folder for the runs and results.json.")
-flags.DEFINE_list("dims", ["tiny", "base"], "Reader dims: tiny (the demo's) or a preset size.")
-flags.DEFINE_list("parts", ["train", "export", "evaluate", "predict", "chat", "init_from",
-                            "resume"], "Parts to run, in this order.")
-flags.DEFINE_string("pythonpath", "", "The package's checkout for the children (default: "
-                    "this repository).")
-flags.DEFINE_string("role", "", "Internal: the part a child process runs.")
-flags.DEFINE_string("workdir", "", "Internal: the child's workdir.")
-flags.DEFINE_string("dim", "tiny", "Internal: the child's dims.")
-flags.DEFINE_string("result", "", "Internal: where the child writes its JSON.")
+
+
+def define_flags() -> None:
+    """The command's flags (defined only when run as a script, not on import)."""
+    flags.DEFINE_string("out", "/tmp/bench_memory", "Folder for the runs and results.json.")
+    flags.DEFINE_list("dims", ["tiny", "base"], "Reader dims: tiny (the demo's) or a preset size.")
+    flags.DEFINE_list("parts", ["train", "export", "evaluate", "predict", "chat", "init_from",
+                                "resume"], "Parts to run, in this order.")
+    flags.DEFINE_string("pythonpath", "", "The package's checkout for the children (default: "
+                        "this repository).")
+    flags.DEFINE_string("role", "", "Internal: the part a child process runs.")
+    flags.DEFINE_string("workdir", "", "Internal: the child's workdir.")
+    flags.DEFINE_string("dim", "tiny", "Internal: the child's dims.")
+    flags.DEFINE_string("result", "", "Internal: where the child writes its JSON.")
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -194,4 +199,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

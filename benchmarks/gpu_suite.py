@@ -1,6 +1,6 @@
 r"""Everything we want to know from a lent GPU, in one command: one JSON and one markdown table.
 
-    python benchmarks/gpu_suite.py --out=runs/gpu_suite          # on the GPU (about 8 min)
+    python benchmarks/gpu_suite.py --out=runs/gpu_suite          # on the GPU (about 9 min)
     python benchmarks/gpu_suite.py --tiny --out=/tmp/gpu_suite   # toy dims, any CPU (a test)
     python benchmarks/gpu_suite.py --check                       # what is missing, and exit
 
@@ -19,7 +19,14 @@ time is recorded as such and the others still run; a part's peak device memory i
    logged windows after the first, which holds the compile) against the seed's 0.12 steps/s
    on 2xA100, start-up to the first step (import to dispatch, and that dispatch's compile),
    peak device memory and peak host RSS.
-3. `peer-B32`: part 1 at B=32.
+   Also the trainer's memory: the bytes of the live jax arrays after the last step against
+   the train state's (params + AdamW moments + reference).
+3. `trainer-xl-lora`: part 2 at T5 v1.1-XL dims (a random reader stored in bf16,
+   `model.param_dtype=bfloat16`) with rank-16 LoRA adapters (fp32) on its attention, 10 steps.
+4. `memory`: `bench_memory.py` at the demo's tiny dims and at T5 v1.1-base: the peak host RSS
+   of a 1-step stage-1 run, its export, evaluation and resumed run, and the trainer's live
+   arrays against its state (docs/performance.md has the CPU's figures).
+5. `peer-B32`: part 1 at B=32.
 
 `--tiny` runs the same parts unchanged at toy dims (bench_peer's `tiny` T5, the embedded
 config's tiny reader and a random tiny retriever, a few steps): the test of this script.
@@ -175,14 +182,19 @@ def _tb_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
             for tag in acc.Tags()["scalars"]}
 
 
-def trainer_config(tiny: bool, steps: int, data: dict[str, str]):
-    """The joint GRPO config of the trainer part: the seed's shape (8 prompts, Gr=4 x G=4)
-    at base dims, or the embedded config's tiny models."""
+def trainer_config(tiny: bool, steps: int, data: dict[str, str], preset: str = "base",
+                   lora_rank: int = 0):
+    """The joint GRPO config of a trainer part: the seed's shape (8 prompts, Gr=4 x G=4)
+    at `preset`'s dims (base; the LoRA part: xl, its params stored in bf16), or the embedded
+    config's tiny models; `lora_rank` > 0: LoRA adapters on the reader's attention."""
     from lapdog_jax import config_lib
 
     config = config_lib.from_file(os.path.join(ROOT, "configs", "joint_grpo.py"),
-                                  None if tiny else "base")
+                                  None if tiny else preset)
     config.unlock()
+    if lora_rank:
+        config.lora.rank = lora_rank
+        config.model.param_dtype = "bfloat16"  # (the frozen base; the adapters stay fp32)
     config.batch_size = 8
     config.grpo.retriever_group_size = 4
     config.grpo.group_size = 4
@@ -214,10 +226,22 @@ def child_trainer(args) -> None:
     from lapdog_jax import tb, train
     from lapdog_jax.data import synthetic
 
+    memory = {}
+    after = train._after_step  # noqa: SLF001 - the live arrays after each step
+
+    def measured(s, p):
+        after(s, p)
+        jax.block_until_ready(p.state)
+        part = {k: _nbytes(getattr(p.state, k)) / 2**30 for k in ("params", "opt_state",
+                                                                  "ref_params")}
+        memory.update(live_device_gib=sum(x.nbytes for x in jax.live_arrays()) / 2**30,
+                      state_gib=sum(part.values()), params_gib=part["params"],
+                      moments_gib=part["opt_state"], reference_gib=part["ref_params"])
+    train._after_step = measured  # noqa: SLF001
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic.generate(os.path.join(tmp, "data"), num_train=512, num_valid=32,
                                   num_stories=48)
-        config = trainer_config(args.tiny, args.steps, data)
+        config = trainer_config(args.tiny, args.steps, data, args.preset, args.lora_rank)
         workdir = os.path.join(tmp, "run")
         start = time.perf_counter()
         last = train.train_and_evaluate(config, workdir)
@@ -241,8 +265,33 @@ def child_trainer(args) -> None:
         "peak_device_gib": (stats["peak_bytes_in_use"] / 2**30
                             if "peak_bytes_in_use" in stats else None),
         "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "lora_rank": config.lora.rank, "param_dtype": config.model.param_dtype, **memory,
     }
     _write(args.child_out, result)
+
+
+def _nbytes(tree) -> int:
+    """Bytes of the arrays of a pytree."""
+    import jax
+
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+               if hasattr(x, "dtype"))
+
+
+def child_memory(args) -> None:
+    """bench_memory.py (each tool's peak RSS and the trainer's live arrays against the train
+    state, at `--memory-dims`) in its own children; its rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = "train,export" if args.tiny else "train,export,evaluate,resume"
+        subprocess.run([sys.executable, os.path.join(HERE, "bench_memory.py"), f"--out={tmp}",
+                        f"--dims={args.memory_dims}", f"--parts={parts}"], check=True,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
+        rows = json.load(open(os.path.join(tmp, "results.json")))
+    _write(args.child_out, {"rows": [{k: v for k, v in r.items() if k != "steps"}
+                                     | {"live_bytes": (r.get("steps") or [{}])[-1].get(
+                                         "live_bytes"),
+                                        "state_bytes": (r.get("steps") or [{}])[-1].get(
+                                            "state_bytes")} for r in rows]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,11 +346,19 @@ def _parts(args) -> list[tuple[str, list[str], tuple[str, ...]]]:
             f"--repeats={args.repeats}", f"--group={args.group}",
             f"--source={args.source}", f"--target={args.target}"]
     steps = args.steps or (4 if args.tiny else 30)
-    trainer = ["--child=trainer", f"--steps={steps}"] + (["--tiny"] if args.tiny else [])
+    tiny = ["--tiny"] if args.tiny else []
+    trainer = ["--child=trainer", f"--steps={steps}"] + tiny
+    # T5-XL (random, bf16 base) with rank-16 LoRA on the attention; fewer steps: it compiles
+    # longer (tiny: the tiny reader, rank 4).
+    xl_lora = ["--child=trainer", f"--steps={args.steps or (4 if args.tiny else 10)}",
+               "--preset=xl", f"--lora-rank={4 if args.tiny else 16}"] + tiny
+    memory = ["--child=memory", f"--memory-dims={'tiny' if args.tiny else 'tiny,base'}"] + tiny
     needs_peer = ("jax", "flax", "optax", "ml_collections", "torch", "transformers")
     needs_trainer = tuple(m for m in MODULES if m != "torch")
     parts = [(f"peer-B{b}", peer + [f"--batch={b}"], needs_peer) for b in args.batches]
-    return parts[:1] + [("trainer", trainer, needs_trainer)] + parts[1:]
+    return parts[:1] + [("trainer", trainer, needs_trainer),
+                        ("trainer-xl-lora", xl_lora, needs_trainer),
+                        ("memory", memory, needs_trainer)] + parts[1:]
 
 
 def run_parts(args, missing: list[str]) -> dict:
@@ -381,18 +438,38 @@ def markdown(report: dict) -> str:
                                          else ".3f") for c in PEER_COLUMNS) + " |"
                   for row in part.get("rows", [])]
         lines.append("")
-    t = report["parts"].get("trainer", {})
-    lines += [f"## trainer end to end ({t.get('status')})", "",
-              "| mode | preset | dtype | B x Gr x G | S / T | steps/s | x seed (0.12) | "
-              "start-up s | first compile s | peak device GiB | peak host RSS GiB |",
-              "|" + "---|" * 11,
-              f"| {t.get('mode', '-')} | {t.get('preset') or 'tiny'} | {t.get('dtype', '-')} | "
-              f"{t.get('B', '-')} x {t.get('Gr', '-')} x {t.get('G', '-')} | "
-              f"{t.get('S', '-')} / {t.get('T', '-')} | {_fmt(t.get('steps_per_sec'))} | "
-              f"{_fmt(t.get('vs_seed'), '.2f')} | {_fmt(t.get('startup_s'), '.1f')} | "
-              f"{_fmt(t.get('first_step_compile_s'), '.1f')} | "
-              f"{_fmt(t.get('peak_device_gib'), '.2f')} | "
-              f"{_fmt(t.get('peak_host_rss_gib'), '.2f')} |", ""]
+    lines += ["## trainer end to end", "",
+              "| part | mode | preset | dtype / params | LoRA rank | B x Gr x G | S / T | "
+              "steps/s | x seed (0.12) | start-up s | first compile s | peak device GiB | "
+              "live arrays GiB | state GiB (params + moments + reference) | "
+              "peak host RSS GiB |", "|" + "---|" * 15]
+    for name in ("trainer", "trainer-xl-lora"):
+        t = report["parts"].get(name)
+        if t is None:
+            continue
+        lines.append(
+            f"| {name} ({t.get('status')}) | {t.get('mode', '-')} | {t.get('preset') or 'tiny'} "
+            f"| {t.get('dtype', '-')} / {t.get('param_dtype', '-')} | "
+            f"{_fmt(t.get('lora_rank') or None)} | "
+            f"{t.get('B', '-')} x {t.get('Gr', '-')} x {t.get('G', '-')} | "
+            f"{t.get('S', '-')} / {t.get('T', '-')} | {_fmt(t.get('steps_per_sec'))} | "
+            f"{_fmt(t.get('vs_seed'), '.2f')} | {_fmt(t.get('startup_s'), '.1f')} | "
+            f"{_fmt(t.get('first_step_compile_s'), '.1f')} | "
+            f"{_fmt(t.get('peak_device_gib'), '.2f')} | "
+            f"{_fmt(t.get('live_device_gib'), '.2f')} | {_fmt(t.get('state_gib'), '.2f')} "
+            f"({_fmt(t.get('params_gib'), '.2f')} + {_fmt(t.get('moments_gib'), '.2f')} + "
+            f"{_fmt(t.get('reference_gib'), '.2f')}) | "
+            f"{_fmt(t.get('peak_host_rss_gib'), '.2f')} |")
+    m = report["parts"].get("memory", {})
+    lines += ["", f"## memory: bench_memory.py ({m.get('status')})", "",
+              "| dims | part | peak host RSS GiB | reader GiB | live arrays GiB | "
+              "train state GiB |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['dims']} | {r['part']} | {r['peak_rss_bytes'] / 2**30:.2f} | "
+              f"{_fmt(r.get('reader_bytes') and r['reader_bytes'] / 2**30, '.2f')} | "
+              f"{_fmt(r.get('live_bytes') and r['live_bytes'] / 2**30, '.2f')} | "
+              f"{_fmt(r.get('state_bytes') and r['state_bytes'] / 2**30, '.2f')} |"
+              for r in m.get("rows", [])]
+    lines.append("")
     for name, part in report["parts"].items():
         if part["status"] != "ok":
             lines.append(f"- {name}: {part['status']} {part.get('reason', '')} "
@@ -405,7 +482,7 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "runs/gpu_suite", "folder for the JSON and .md")
     flags.DEFINE_bool("tiny", False, "toy dims (CPU check)")
     flags.DEFINE_bool("check", False, "list missing modules and exit")
-    flags.DEFINE_float("budget-s", 480.0, "seconds for the whole run")
+    flags.DEFINE_float("budget-s", 540.0, "seconds for the whole run")
     flags.DEFINE_integer("repeats", 3, "timed calls per point (the median is kept)")
     flags.DEFINE_list("batches", ["4", "32"], "B of each peer part (the first runs before the "
                       "trainer, the others after)")
@@ -417,7 +494,10 @@ def define_flags() -> None:
                         "einsum:off,fused:on (default: all four)")
     flags.DEFINE_integer("steps", 0, "trainer steps (0: 30, tiny 4)")
     # a child's flags (the parent passes them)
-    flags.DEFINE_enum("child", None, ["peer", "trainer"], "(child) the part to run")
+    flags.DEFINE_enum("child", None, ["peer", "trainer", "memory"], "(child) the part to run")
+    flags.DEFINE_string("preset", "base", "(child) the trainer's preset (its reader's dims)")
+    flags.DEFINE_integer("lora-rank", 0, "(child) the trainer's LoRA rank (0: none)")
+    flags.DEFINE_string("memory-dims", "tiny", "(child) bench_memory.py's --dims")
     flags.DEFINE_string("child-out", None, "(child) its result JSON")
     flags.DEFINE_string("dims", None, "(child) bench_peer.py's model size")
     flags.DEFINE_string("dtype", None, "(child) compute dtype")
@@ -444,7 +524,7 @@ def main(argv):
     del argv
     args = flag_args()
     if args.child:
-        (child_peer if args.child == "peer" else child_trainer)(args)
+        {"peer": child_peer, "trainer": child_trainer, "memory": child_memory}[args.child](args)
         return
     missing = missing_modules()
     print("[gpu_suite] missing modules: " + (" ".join(missing) or "none"), flush=True)

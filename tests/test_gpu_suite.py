@@ -8,6 +8,8 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "gpu_suite.py")
 _spec = importlib.util.spec_from_file_location("gpu_suite", _PATH)
 gpu_suite = importlib.util.module_from_spec(_spec)
@@ -20,14 +22,14 @@ def test_suite_at_tiny_dims_writes_json_and_tables(tmp_path):
     out = tmp_path / "suite"
     proc = subprocess.run(
         [sys.executable, _PATH, "--tiny", f"--out={out}", "--batches=2",
-         "--variants=einsum:off", "--steps=2", "--repeats=1", "--budget-s=900"],
-        capture_output=True, text=True, timeout=1200)
+         "--variants=einsum:off", "--steps=2", "--repeats=1", "--budget-s=2400"],
+        capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "gpu_suite.json").read_text())
     assert report["tiny"] and report["missing"] == []
-    assert list(report["parts"]) == ["peer-B2", "trainer"]
+    assert list(report["parts"]) == ["peer-B2", "trainer", "trainer-xl-lora", "memory"]
     peer, trainer = report["parts"]["peer-B2"], report["parts"]["trainer"]
-    assert peer["status"] == "ok" and trainer["status"] == "ok", report["parts"]
+    assert {p["status"] for p in report["parts"].values()} == {"ok"}, report["parts"]
     assert peer["device"]["platform"] == "cpu" and (peer["dims"], peer["B"]) == ("tiny", 2)
     # --tiny's toy lengths reach the child: G=4 samples of T=8 tokens from S=32.
     assert (peer["G"], peer["S"], peer["T"]) == (4, 32, 8)
@@ -53,9 +55,21 @@ def test_suite_at_tiny_dims_writes_json_and_tables(tmp_path):
     table = (out / "gpu_suite.md").read_text()
     assert (f"| einsum | off | {row['rollout_s']:.3f} | {row['generate_s']:.3f} | "
             f"{row['generate_s'] / row['rollout_s']:.2f} |") in table
-    assert (f"| joint_grpo | tiny | float32 | 8 x 4 x 4 | 32 / 8 | "
+    assert (f"| trainer (ok) | joint_grpo | tiny | float32 / float32 | - | 8 x 4 x 4 | 32 / 8 | "
             f"{trainer['steps_per_sec']:.3f} | "
             f"{trainer['steps_per_sec'] / gpu_suite.SEED_STEPS_PER_SEC:.2f} |") in table
+    # The trainer's memory: the live arrays hold the state (params + moments + reference).
+    assert trainer["state_gib"] == pytest.approx(
+        trainer["params_gib"] + trainer["moments_gib"] + trainer["reference_gib"])
+    assert trainer["live_device_gib"] >= trainer["state_gib"] > 0
+    lora = report["parts"]["trainer-xl-lora"]
+    assert (lora["lora_rank"], lora["param_dtype"]) == (4, "bfloat16")
+    assert lora["steps_per_sec"] > 0 and lora["state_gib"] > 0
+    rows = {r["part"]: r for r in report["parts"]["memory"]["rows"]}
+    assert set(rows) == {"train", "export"} and rows["export"]["peak_rss_bytes"] > 0
+    assert rows["train"]["live_bytes"] >= rows["train"]["state_bytes"] > 0
+    assert "| trainer-xl-lora (ok) | joint_grpo | tiny | float32 / bfloat16 | 4 |" in table
+    assert "| tiny | export | " in table
 
 
 def test_missing_packages_are_named_with_versions_and_skip_their_parts(monkeypatch, tmp_path):
@@ -70,8 +84,9 @@ def test_missing_packages_are_named_with_versions_and_skip_their_parts(monkeypat
         tiny=True, budget_s=60.0, repeats=1, batches=[2, 4], group=4, source=32, target=8,
         steps=2, variants=gpu_suite.VARIANTS, out=str(tmp_path))
     parts = gpu_suite.run_parts(args, missing)
-    assert list(parts) == ["peer-B2", "trainer", "peer-B4"]
-    assert parts["trainer"] == {"status": "skipped", "reason": "missing faiss-cpu"}
+    assert list(parts) == ["peer-B2", "trainer", "trainer-xl-lora", "memory", "peer-B4"]
+    for name in ("trainer", "trainer-xl-lora", "memory"):
+        assert parts[name] == {"status": "skipped", "reason": "missing faiss-cpu"}
     assert parts["peer-B4"] == {"status": "skipped", "reason": "missing torch"}
     assert not list(tmp_path.iterdir())  # no child was started
     assert "- trainer: skipped missing faiss-cpu" in gpu_suite.markdown(
