@@ -577,6 +577,10 @@ def _reward(c: ml_collections.ConfigDict) -> None:
     # 'device' (token ids, jitted) or 'host' (decoded text): where the built-ins of reward.fn
     # run, and in lapdog mode where the gold scores are computed (host: as LAPDOG's).
     c.reward.backend = "device"
+    # Host backend only: F1 on SQuAD-normalised words (lower case, no punctuation, no
+    # articles), as evaluation's F1, instead of LAPDOG's whitespace words (False), where
+    # punctuation words ('.', ',') earn reward the eval's F1 never counts.
+    c.reward.f1_squad_normalize = False
     # The RL reward: comma-separated names, each a built-in (f1rougebleu = the gold score
     # above; exact_match; contains_answer; length) or a host function 'module:function'
     # on decoded text: f(prompts, completions, references) -> floats, or in TRL's style (a
