@@ -260,3 +260,20 @@ def test_host_reward_f1_squad_normalize_is_the_eval_f1():
     config.reward.backend = "device"
     with pytest.raises(config_lib.ConfigError, match="f1_squad_normalize=True needs"):
         validation.validate(config)
+
+
+def test_config_json_from_before_f1_squad_normalize_reads_back(tmp_path):
+    """A workdir written before reward.f1_squad_normalize (a stage-1 start) reads back with
+    LAPDOG's whitespace words, and validates."""
+    import json
+
+    from lapdog_jax import validation
+    from lapdog_jax import workdir as workdir_lib
+
+    workdir_lib.save_config(config_lib.mode_config("sft"), str(tmp_path))
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["reward"]["f1_squad_normalize"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = workdir_lib.load_config(str(tmp_path))
+    assert old.reward.f1_squad_normalize is False
+    validation.validate(old)
