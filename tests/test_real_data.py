@@ -42,7 +42,7 @@ def test_every_method_starts_from_its_seeds_stage1_at_one_budget():
         config = real_data.preset(f["--config"])
         n_context = int(f.get("--config.data.n_context", config.data.n_context))
         assert n_context == (0 if method.name == "stage1_only" else 1)
-    assert real_data.default_budgets() == (1000, 200)
+    assert real_data.default_budgets() == (1000, 60)
 
 
 def _fake(out, name, seed, step, metrics, wall=60.0):
