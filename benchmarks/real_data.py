@@ -66,7 +66,7 @@ METHODS = (
     Method("joint_grpo", "joint GRPO", "configs/joint_grpo.py:cpu"),
 )
 BY_NAME = {m.name: m for m in METHODS}
-# (table header, metrics key, format)
+# (table header, metrics key); F1 and ROUGE-L to 0.1, the rest (small at this scale) to 0.01
 COLUMNS = (("F1", "f1"), ("BLEU", "bleu"), ("ROUGE-L", "rougeL"), ("Distinct-1", "dist1"),
            ("length ratio", "len_ratio"))
 
@@ -164,7 +164,7 @@ def _row(label: str, results: dict) -> str:
     cells = []
     for _, key in COLUMNS:
         values = [float(r["metrics"][key]) for r in done.values() if key in r["metrics"]]
-        cells.append(_cell(values, 2 if key == "len_ratio" else 1))
+        cells.append(_cell(values, 1 if key in ("f1", "rougeL") else 2))
     walls = [r["wall_s"] / 60 for r in done.values() if r.get("wall_s")]
     return "| " + " | ".join([label, *cells, ",".join(sorted(done, key=int)) or "-",
                               f"{sum(walls) / len(walls):.1f}" if walls else "-"]) + " |"

@@ -64,8 +64,8 @@ def test_report_mean_and_std_over_finished_seeds(tmp_path):
     table = real_data.write_report(str(tmp_path), methods, [0, 1], 10, 5, "cmd", FILES)
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
     # std: sample std of (9, 11) = sqrt(2) = 1.41
-    assert rows["joint GRPO, +5"] == ("| joint GRPO, +5 | 10.0 ± 1.4 | 1.0 ± 0.0 | 8.0 ± 0.0 | "
-                                      "2.0 ± 0.0 | 0.60 ± 0.14 | 0,1 | 3.0 |")
+    assert rows["joint GRPO, +5"] == ("| joint GRPO, +5 | 10.0 ± 1.4 | 1.00 ± 0.00 | 8.0 ± 0.0 | "
+                                      "2.00 ± 0.00 | 0.60 ± 0.14 | 0,1 | 3.0 |")
     assert rows["start: stage 1, 10 steps"].startswith("| start: stage 1, 10 steps | 7.0 ± 1.4")
     assert rows["stage 1 only (closed-book), +5"].endswith("| - | - | - | - | - | - | - |")
     report = json.loads((tmp_path / "results.json").read_text())
