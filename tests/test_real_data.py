@@ -1,5 +1,6 @@
 """benchmarks/real_data.py: the methods' command lines, the report on hand-written workdirs,
-and one real tiny run (stage 1 -> stage1_only and joint_grpo, two steps each)."""
+and one real tiny run (stage 1 -> stage1_only, two steps each; the joint run from a stage-1
+workdir is tests/test_journey.py's)."""
 
 import importlib.util
 import json
@@ -85,22 +86,22 @@ def test_tiny_run_end_to_end(tmp_path):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     tiny = [f"--set_stage1={s}" for s in ("model.reader.num_layers=1", "batch_size=4",
                                           "model.reader.num_decoder_layers=1")]
-    phase2 = ["batch_size=4", "sft_warmup_steps=1", "init.retriever=",
-              "model.retriever.num_hidden_layers=1", "grpo.group_size=2",
-              "grpo.retriever_group_size=2", "retrieval.pool_size=3"]
+    phase2 = ["batch_size=4"]
     cmd = [sys.executable, _PATH, f"--train={tmp_path}/train.jsonl",
            f"--eval={tmp_path}/eval.jsonl", f"--passages={tmp_path}/stories.jsonl",
-           "--seeds=0", "--methods=stage1_only,joint_grpo", "--stage1_steps=2", "--steps=2",
+           "--seeds=0", "--methods=stage1_only", "--stage1_steps=2", "--steps=2",
            "--eval_size=2", f"--out={tmp_path}/out", *tiny, *(f"--set={s}" for s in phase2)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "results.json").read_text())
-    for name in ("stage1_only", "joint_grpo"):
-        run = report["runs"][name]["0"]
-        assert run["finished"] and run["step"] == 2
-        assert {"f1", "bleu", "rougeL", "dist1", "len_ratio"} <= set(run["metrics"])
+    run = report["runs"]["stage1_only"]["0"]
+    assert run["finished"] and run["step"] == 2 and "stage1_only" in run["command"]
+    assert {"f1", "bleu", "rougeL", "dist1", "len_ratio"} <= set(run["metrics"])
     assert report["start"]["0"]["step"] == 2
-    assert "joint GRPO, +2" in (tmp_path / "out" / "results.md").read_text()
+    # (the stage-2 run started from the stage-1 workdir, as its config.json says)
+    config = json.loads((tmp_path / "out" / "seed-0" / "stage1_only" / "config.json").read_text())
+    assert config["init"]["from_workdir"] == str(tmp_path / "out" / "seed-0" / "stage1")
+    assert "stage 1 only (closed-book), +2" in (tmp_path / "out" / "results.md").read_text()
     # A rerun finds every run finished and only rewrites the report.
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert again.count("not rerun") == 3
+    assert again.count("not rerun") == 2
