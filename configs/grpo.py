@@ -17,7 +17,8 @@ from lapdog_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-    """Returns the locked config; `arg` picks a preset (none = embedded default)."""
+    """Returns the locked config; `arg` picks a preset (none = embedded default; `cpu` = the
+    real-data recipe at CPU scale)."""
     c = config_lib.base_config("grpo")
     # The retriever stays as it starts: each dialogue's top-n_context stories, searched once.
     c.data.n_context = 1
@@ -31,7 +32,9 @@ def get_config(arg: str | None = None):
     c.grpo.clip_epsilon, c.grpo.clip_epsilon_high = 0.2, 0.2
     c.grpo.kl_coeff = 0.02
     c.grpo.kl_estimator = "k3"
-    if not config_lib.apply_preset(c, arg):
+    if arg == config_lib.CPU:
+        config_lib.cpu_recipe(c)  # the real-data recipe at CPU scale (README)
+    elif not config_lib.apply_preset(c, arg):
         # The embedded demo: 500 supervised steps learning to copy the fact from the gold
         # story (stage 1 inside the run), then 100 GRPO steps.
         c.sft_warmup_steps = 500

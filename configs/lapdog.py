@@ -20,7 +20,8 @@ from lapdog_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-    """Returns the locked config; `arg` picks a preset (none = embedded default)."""
+    """Returns the locked config; `arg` picks a preset (none = embedded default; `cpu` = the
+    real-data recipe at CPU scale)."""
     c = config_lib.base_config("lapdog")
     # The retriever: LAPDOG's one shared query/passage encoder, re-indexed every refresh_index
     # steps; the pool passages re-encoded by the live encoder every step, as LAPDOG does.
@@ -34,7 +35,10 @@ def get_config(arg: str | None = None):
     c.reward.gold_score_mode = "f1rougebleu"
     c.retrieval.temperature_score, c.retrieval.temperature_gold = 0.05, 0.1
     c.retrieval.distill_scale, c.retrieval.distill_reduction = "none", "batchmean"
-    if config_lib.apply_preset(c, arg):
+    if arg == config_lib.CPU:
+        # The real-data recipe at CPU scale (README), with LAPDOG's scaling.
+        config_lib.cpu_recipe(c)
+    elif config_lib.apply_preset(c, arg):
         # LAPDOG README's stage-2 command (TEMP=0.8, TEMPG=0.85; its src/options.py defaults
         # are 0.01 / 0.01), applied to q·p/√d (the preset's retrieval.distill_scale).
         c.retrieval.temperature_score, c.retrieval.temperature_gold = 0.8, 0.85

@@ -15,9 +15,13 @@ from lapdog_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-    """Returns the locked config; `arg` picks a preset (none = embedded default)."""
+    """Returns the locked config; `arg` picks a preset (none = embedded default; `cpu` = the
+    real-data recipe at CPU scale)."""
     c = config_lib.base_config("sft")
     c.sft_warmup_steps = 0  # stage 1 is all supervised steps: no warm-up before them
-    config_lib.apply_preset(c, arg)
+    if arg == config_lib.CPU:
+        config_lib.cpu_recipe(c)  # the real-data recipe at CPU scale (README)
+    else:
+        config_lib.apply_preset(c, arg)
     c.data.n_context = 0  # closed-book at every size: the reader sees the dialogue alone
     return c

@@ -98,6 +98,30 @@ PRESET_SIZES = {
     )
 }
 
+# `--config=configs/X.py:cpu`: the recipe for LAPDOG-format dialogue files on a CPU (README,
+# docs/real_data.md): the embedded tiny reader, trained from scratch, and the packaged
+# retriever, at the data's own lengths; budgets for benchmarks/real_data.py's table (every
+# method from one stage-1 start). Not a size preset: `config.preset` stays ''.
+CPU = "cpu"
+CPU_RECIPE = {
+    "data.text_maxlength": 0, "data.target_maxlength": 0,  # the data's 99th percentiles
+    "data.query_maxlength": 64, "data.retriever_maxlength": 80,  # ConvAI2's, 99 % kept
+    "eval_freq": 0, "eval_size": 0,
+}
+# Per mode, on top of CPU_RECIPE: stage 1's budget; the steps after it, with no warm-up (the
+# stage-1 reader reads a story as well as it answers closed-book) and the reward that keeps
+# GRPO from collapsing: LAPDOG-GRPO's (F1 + ROUGE-L + l2-normalised BLEU, times the length
+# penalty at s = 1) on decoded text, its F1 on SQuAD-normalised words as the eval's, so that
+# '.' and 'i' repeated earn nothing (docs/real_data.md#rl-that-improves-on-its-start).
+CPU_MODES = {
+    "sft": {"total_steps": 1000, "save_freq": 1000},
+    "rl": {"total_steps": 60, "save_freq": 60, "sft_warmup_steps": 0, "optim.lr": 1e-3,
+           "reward.backend": "host", "reward.f1_squad_normalize": True,
+           "reward.length_penalty": 1.0, "reward.bleu_norm": "l2"},
+    "lapdog": {"retrieval.distill_scale": "sqrt_dim", "retrieval.distill_reduction": "mean",
+               "retrieval.temperature_score": 0.8, "retrieval.temperature_gold": 0.85},
+}
+
 
 class ConfigError(ValueError):
     """A config value that cannot work (missing path, preset without data); names the flag."""
@@ -263,7 +287,9 @@ def check_preset(arg: str | None) -> str:
     ConfigError naming those allowed."""
     if arg not in (None, "", *PRESETS):
         raise ConfigError(f"unknown preset {arg!r} (the part after ':' in --config=FILE:"
-                          f"PRESET); expected none or one of {', '.join(PRESETS)}")
+                          f"PRESET); expected none or one of {', '.join(PRESETS)}"
+                          + (" (cpu: configs/stage1.py, lapdog.py, grpo.py and joint_grpo.py)"
+                             if arg == CPU else ""))
     return arg or ""
 
 
@@ -277,6 +303,16 @@ def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> bool:
         parent, _, key = field.rpartition(".")
         (get(c, parent) if parent else c)[key] = value
     return True
+
+
+def cpu_recipe(c: ml_collections.ConfigDict) -> None:
+    """Sets `--config=configs/X.py:cpu`'s fields (CPU_RECIPE and the mode's CPU_MODES); the
+    config stays at the embedded default's sizes (`c.preset` '')."""
+    mode = "sft" if c.mode == "sft" else "rl"
+    extra = CPU_MODES["lapdog"] if c.mode == "lapdog" else {}
+    for field, value in {**CPU_RECIPE, **CPU_MODES[mode], **extra}.items():
+        parent, _, key = field.rpartition(".")
+        (get(c, parent) if parent else c)[key] = value
 
 
 def _run(c: ml_collections.ConfigDict) -> None:
@@ -548,6 +584,10 @@ def _reward(c: ml_collections.ConfigDict) -> None:
     # 'device' (token ids, jitted) or 'host' (decoded text): where the built-ins of reward.fn
     # run, and in lapdog mode where the gold scores are computed (host: as LAPDOG's).
     c.reward.backend = "device"
+    # Host backend only: F1 on SQuAD-normalised words (lower case, no punctuation, no
+    # articles), as evaluation's F1, instead of LAPDOG's whitespace words (False), where
+    # punctuation words ('.', ',') earn reward the eval's F1 never counts.
+    c.reward.f1_squad_normalize = False
     # The RL reward: comma-separated names, each a built-in (f1rougebleu = the gold score
     # above; exact_match; contains_answer; length) or a host function 'module:function'
     # on decoded text: f(prompts, completions, references) -> floats, or in TRL's style (a

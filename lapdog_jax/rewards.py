@@ -77,7 +77,7 @@ DEVICE_REWARDS: dict[str, Callable[..., jax.Array]] = {
 HOST_BUILTINS: dict[str, Callable[..., np.ndarray]] = {
     "f1rougebleu": lambda rc, c, r: host_combined_reward(
         c, r, tuple(rc.weights), rc.bleu_norm, rc.length_penalty,
-        total=distributed.sum_over_processes),
+        squad_normalize=rc.f1_squad_normalize, total=distributed.sum_over_processes),
     "exact_match": lambda rc, c, r: np.array(
         [metrics.exact_match(x, y) for x, y in zip(c, r, strict=True)], np.float64),
     "contains_answer": lambda rc, c, r: host_contains(c, r),

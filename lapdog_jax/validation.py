@@ -101,6 +101,9 @@ def _retriever(config, spec) -> None:
     if config.batch_size % config.grpo.micro_batches:
         raise ConfigError(f"--config.grpo.micro_batches={config.grpo.micro_batches}: does not "
                           f"divide --config.batch_size={config.batch_size}")
+    if config.reward.f1_squad_normalize and config.reward.backend != "host":
+        raise ConfigError("--config.reward.f1_squad_normalize=True needs --config.reward."
+                          "backend=host (it normalises decoded text)")
     if config.reward.length_unit == "tokens" and config.reward.backend == "host":
         raise ConfigError("--config.reward.length_unit=tokens needs --config.reward.backend="
                           "device: the host reward sees decoded text and counts words")

@@ -238,3 +238,42 @@ def test_bad_bleu_norm_is_an_error():
     with pytest.raises(ValueError, match="bleu_norm"):
         rewards.host_combined_reward(["a"], ["a"], bleu_norm="max")
 
+
+
+def test_host_reward_f1_squad_normalize_is_the_eval_f1():
+    """reward.f1_squad_normalize: the host reward's F1 is evaluation's (SQuAD-normalised words),
+    so a completion of punctuation earns nothing; it needs the host backend."""
+    from lapdog_jax import metrics, validation
+
+    config = config_lib.mode_config("grpo")
+    config.reward.backend = "host"
+    config.reward.weights = (1.0, 0.0, 0.0)
+    preds, refs = ["i love my dog .", ". . ."], ["i love dogs .", "hi . how are you ?"]
+    raw = rewards.make_host_reward(config.reward)(refs, preds, refs)
+    # P = 3/5, R = 3/4, then P = 1/3, R = 1/6: '.' matches '.' in raw words ...
+    assert raw.tolist() == pytest.approx([2 / 3, 2 / 9])
+    config.reward.f1_squad_normalize = True
+    got = rewards.make_host_reward(config.reward)(refs, preds, refs)
+    want = [metrics.token_f1(p, r) for p, r in zip(preds, refs, strict=True)]
+    assert got.tolist() == pytest.approx(want)
+    assert got.tolist() == pytest.approx([4 / 7, 0.0])  # ... and nothing normalised
+    config.reward.backend = "device"
+    with pytest.raises(config_lib.ConfigError, match="f1_squad_normalize=True needs"):
+        validation.validate(config)
+
+
+def test_config_json_from_before_f1_squad_normalize_reads_back(tmp_path):
+    """A workdir written before reward.f1_squad_normalize (a stage-1 start) reads back with
+    LAPDOG's whitespace words, and validates."""
+    import json
+
+    from lapdog_jax import validation
+    from lapdog_jax import workdir as workdir_lib
+
+    workdir_lib.save_config(config_lib.mode_config("sft"), str(tmp_path))
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["reward"]["f1_squad_normalize"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = workdir_lib.load_config(str(tmp_path))
+    assert old.reward.f1_squad_normalize is False
+    validation.validate(old)
