@@ -58,7 +58,7 @@ class Optimizer:
     count an update of the retriever's (its schedule moving on), decay its Adam moments and
     apply AdamW's weight decay to its params, a zero gradient not being "no update"; and it
     takes no subset of the parts (a pytree-structure error). Here a call touches exactly the
-    parts it has gradients for (tests/test_steps.py checks both). The state is
+    parts it has gradients for (tests/test_optim.py checks both). The state is
     {part: that part's optax state}.
     """
 

@@ -1,6 +1,7 @@
 """The per-part optimizer (lapdog_jax/optim.py) with the tiny configs of tests/tiny_steps.py:
-its schedule over the whole run, the accumulator only when accumulating, the old layout
-refused on restore, a from-scratch retriever's token types frozen."""
+its schedule over the whole run, the accumulator only when accumulating, a call that touches
+only the parts it has gradients for, the old layout refused on restore, a from-scratch
+retriever's token types frozen."""
 
 
 import jax
@@ -75,6 +76,14 @@ def test_a_call_updates_only_the_parts_it_has_gradients_for():
     assert int(optim.updates_made(new_state["reader"])) == 1
     assert int(optim.updates_made(new_state["retriever"])) == 0
     assert "opt/grad_norm_retriever" not in m and "opt/grad_norm" in m
+
+    both = optax.partition(opt.parts, {"reader": "reader", "retriever": "retriever"})
+    zero = {**grads, "retriever": jax.tree.map(jnp.zeros_like, params["retriever"])}
+    updates, _ = both.update(zero, both.init(params), params)
+    moved = optax.apply_updates(params, updates)
+    assert tree_max_diff(moved["retriever"], params["retriever"]) > 0
+    with pytest.raises(ValueError, match="pytree structure"):
+        both.update(grads, both.init(params), params)
 
 
 def test_checkpoint_of_the_accumulator_layout_is_refused_with_the_reason(tmp_path):
