@@ -227,12 +227,26 @@ def test_reader_reads_again_when_its_step_changes_meanwhile(change, tmp_path, mo
 # ------------------------------------------------------------- signals and kills, as processes
 
 def test_a_signal_before_the_loop_stops_at_once_and_handlers_are_put_back(tmp_path):
-    """Before the loop a signal raises Interrupted (exit 128 + signal) where the main thread
-    is; in the loop it only sets the request; uninstall puts back the handlers found."""
+    """In set-up a signal waits for `arm` (the process has joined its cluster), which then
+    raises Interrupted; armed, it raises where the main thread is (exit 128 + signal); in the
+    loop it only sets the request; after the loop it raises again, in its own words;
+    uninstall puts back the handlers found."""
     before = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
     stop = interrupt.StopRequest(str(tmp_path))
     assert stop.install()
     try:
+        os.kill(os.getpid(), signal.SIGINT)  # in set-up: recorded
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(interrupt.Interrupted, match=r"^SIGINT \(Ctrl-C\) before training "
+                           "started") as e:
+            stop.arm()
+        assert e.value.exit_code == 130
+    finally:
+        stop.uninstall()
+    stop = interrupt.StopRequest(str(tmp_path))
+    assert stop.install()
+    try:
+        stop.arm()
         with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM before training started: "
                            rf"stopped, nothing new to save \(the checkpoints in {tmp_path} ") as e:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -246,6 +260,17 @@ def test_a_signal_before_the_loop_stops_at_once_and_handlers_are_put_back(tmp_pa
         stop.in_loop = True
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.signum == signal.SIGINT  # (one: no exit)
+    finally:
+        stop.uninstall()
+    stop = interrupt.StopRequest(str(tmp_path))  # (a second signal would exit at once)
+    assert stop.install()
+    try:
+        stop.in_loop = True
+        stop.after_loop()
+        with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM after training, during the "
+                           rf"final evaluation: stopped; the last checkpoint is saved in "):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
     finally:
         stop.uninstall()
     assert {s: signal.getsignal(s) for s in interrupt.SIGNALS} == before
@@ -437,6 +462,42 @@ def _cluster(env, config: str, workdir, peer_timeout_s: int) -> list[_Running]:
                       "LAPDOG_PEER_TIMEOUT": str(peer_timeout_s),
                       "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
                      config, workdir) for i in range(2)]
+
+
+def _no_native_trace(lines: list[str]) -> bool:
+    """No Python traceback, no C++ abort or stack trace among a process's lines."""
+    return not any(text in line for line in lines for text in (
+        "Traceback", "Terminating process", "*** Begin stack trace", "Check failure"))
+
+
+@pytest.mark.parametrize("who", [0, 1])
+def test_ctrl_c_in_set_up_ends_every_process_with_one_line(shared_data, cli_env, tmp_path, who):
+    """Ctrl-C on one process of 2 while it joins the cluster: it stops once joined (exit 130,
+    one line), and so does the other, promptly, with one line naming it, no native trace.
+    Process 0 (the coordination service's host) waits for the other before it goes."""
+    if not test_distributed._has_gloo():
+        pytest.skip("this jaxlib build has no gloo CPU collectives (multi-process CPU)")
+    config = _config_file(tmp_path, shared_data, total_steps=100_000)
+    runs = _cluster(cli_env, config, tmp_path / "run", peer_timeout_s=30)
+    try:
+        runs[who].wait_for("joining a JAX cluster")
+        os.kill(runs[who].proc.pid, signal.SIGINT)
+        results = [run.finish(within_s=WAIT_S) for run in runs]
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.proc.kill()
+    other = 1 - who
+    assert results[who][0] == 130 and runs[who].lines[-1].startswith(
+        "stopped: SIGINT (Ctrl-C) before training started: stopped, nothing new to save"
+    ), runs[who].lines[-10:]
+    assert results[other][0] == 130 and runs[other].lines[-1] == (
+        f"stopped: process {who} of 2 stopped (SIGINT (Ctrl-C) before training started: "
+        f"stopped, nothing new to save (the checkpoints in {tmp_path / 'run'}/checkpoints are "
+        f"as they were)); stopping process {other} too"), runs[other].lines[-10:]
+    for run in runs:
+        assert _no_native_trace(run.lines), run.lines[-20:]
+        assert sum(line.startswith(("stopped:", "error:")) for line in run.lines) == 1
 
 
 def test_a_dead_peer_process_stops_the_others_and_resume_is_exact(shared_data, cli_env,
