@@ -545,6 +545,20 @@ def local_rows(x: jax.Array, mesh) -> np.ndarray:
         x, mesh, sharding.batch_sharding(mesh).spec))
 
 
+def barrier(name: str) -> None:
+    """Waits until every process has reached the barrier `name` (a no-op in one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def gather(tree: Any) -> Any:
+    """`tree`'s arrays as numpy arrays on every process (each process must call it): whole
+    even where they are sharded over other processes' devices."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def sum_over_processes(x: float) -> float:
     """Σ of `x` over all processes (each passes its own; every process must call it): what
     a host-side statistic of the global batch needs from the processes' local rows."""

@@ -30,8 +30,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SETUP, ARMED, LOOP, AFTER = "setup", "armed", "loop", "after"  # StopRequest.phase
 
 
-class Interrupted(Exception):  # noqa: N818 - as KeyboardInterrupt
-    """A signal that stopped the run; `exit_code` is 128 + its number."""
+class Interrupted(KeyboardInterrupt):
+    """A signal that stopped the run; `exit_code` is 128 + its number. (A KeyboardInterrupt:
+    code that handles any Exception, such as a restore that skips an unreadable checkpoint,
+    lets it through.)"""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -427,7 +427,7 @@ def _locked_run(config, workdir: str, stop: interrupt.StopRequest) -> dict:
                 config = init_from.resolve(config, workdir)
                 workdir_lib.check_workdir(config, workdir)
                 s, p = _setup(config, spec, workdir)
-            except Exception:
+            except BaseException:  # (interrupt.Interrupted too)
                 refused = True
                 raise
             return _train(s, p, stop)
