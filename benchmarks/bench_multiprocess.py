@@ -63,9 +63,9 @@ def run_cluster(tree: str, config: str, workdir: str) -> float:
                        "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
         stderr=subprocess.PIPE, text=True) for i in range(2)]
     errs = [p.communicate(timeout=1800)[1] for p in procs]
-    for p, err in zip(procs, errs, strict=True):
-        if p.returncode:
-            raise SystemExit(f"{tree}: exit {p.returncode}\n{err[-3000:]}")
+    if any(p.returncode for p in procs):
+        raise SystemExit("\n".join(f"{tree}: process {i} exit {p.returncode}\n{err[-2000:]}"
+                                   for i, (p, err) in enumerate(zip(procs, errs, strict=True))))
     rates = re.findall(r"steps_per_sec[=: ]+([0-9.]+)", errs[0])
     if not rates:
         raise SystemExit(f"{tree}: no steps_per_sec in its log\n{errs[0][-3000:]}")

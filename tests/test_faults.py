@@ -574,12 +574,14 @@ def test_a_frozen_peer_stops_the_others_and_an_agreed_stop_resumes_exactly(
 def test_init_from_workdir_with_two_processes_has_one_writer(shared_data, sft_run, cli_env,
                                                              tmp_path):
     """2 processes start from a stage-1 workdir: process 0 alone writes WORKDIR/init/ (the
-    other waits, then reads it), both train. A resumed run whose init.from_workdir names
-    another folder is refused naming both."""
+    other waits, then reads it), both train and evaluate one dialogue (the eval batch padded
+    to the 2 devices). A resumed run whose init.from_workdir names another folder is refused
+    naming both."""
     if not test_distributed._has_gloo():
         pytest.skip("this jaxlib build has no gloo CPU collectives (multi-process CPU)")
     stage1, _, _ = sft_run
-    overrides = {"total_steps": 1, "data.tokenizer": "", "init.from_workdir": str(stage1)}
+    overrides = {"total_steps": 1, "eval_size": 1, "data.tokenizer": "",
+                 "init.from_workdir": str(stage1)}
     config = _config_file(tmp_path, shared_data, **overrides)
     workdir = tmp_path / "run"
     runs = _cluster(cli_env, config, workdir, peer_timeout_s=30)
@@ -587,6 +589,7 @@ def test_init_from_workdir_with_two_processes_has_one_writer(shared_data, sft_ru
     assert [rc for rc, _ in results] == [0, 0], [run.lines[-10:] for run in runs]
     written = [any(f"starting from {stage1} at step " in x for x in run.lines) for run in runs]
     assert written == [True, False]
+    assert (workdir / "eval" / "valid-step-1.jsonl").read_text().count("\n") == 1
     from lapdog_jax import init_from
 
     assert init_from.source(str(workdir))["workdir"] == str(stage1)
