@@ -14,13 +14,20 @@ for or detected, and is a no-op in a plain single-process run:
 Each process then feeds its own rows of a global batch (`host_local_batch_slice`) and
 `global_array_from_host` assembles them into one jax.Array sharded over the mesh.
 
-A process that dies (killed, out of memory) would leave the others waiting in their next
-collective. So each process beats once a second in the cluster's key-value store, and a
+A process that dies (killed, out of memory) or freezes would leave the others waiting in their
+next collective. So each process beats once a second in the cluster's key-value store, and a
 watchdog thread ends the process with one line naming a peer that has not beaten for
-LAPDOG_PEER_TIMEOUT seconds (default 30), wherever the main thread is waiting. A collective
-that fails because its peer is gone (gloo: connection reset) is reported the same way. When
-process 0 dies, the coordination service dies with it and JAX itself ends the others at once
-(its 'Terminating process because the JAX distributed service detected fatal errors').
+LAPDOG_PEER_TIMEOUT seconds (default 30), wherever the main thread is waiting; a store that
+fails for a moment is asked again, and only one failing for longer than that timeout ends the
+process. A process that ends alone (an error, a signal in set-up) writes how it ended in place
+of its beat before it exits, so the others end at once, with one line naming it. A collective
+that fails because its peer is gone (gloo: connection reset) waits for the watchdog's verdict.
+When process 0 dies, the coordination service dies with it and JAX itself ends the others at
+once (its 'Terminating process because the JAX distributed service detected fatal errors').
+LAPDOG_JOIN_TIMEOUT (default 300 s, JAX's) bounds the wait for every process to join.
+
+A signal stops every process at the same step through the store, with no collective in the
+steps before (`StopAgreement`, docs/recovery.md).
 """
 
 from __future__ import annotations
