@@ -150,15 +150,15 @@ def run(main) -> None:
             cluster = sys.modules.get("lapdog_jax.distributed")
             if cluster is not None:  # the peers' watchdogs: this process ends normally
                 cluster.finished()
-        except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves first)
-            if _VERBOSE.value:
+        except KeyboardInterrupt as e:  # a run stopped by a signal (interrupt.Interrupted),
+            if _VERBOSE.value:  # or Ctrl-C in a command that does not train
                 raise
+            if hasattr(e, "exit_code"):
+                fail(str(e), e.exit_code, prefix="stopped")
             fail("SIGINT (Ctrl-C)", 128 + signal.SIGINT, prefix="stopped")
         except Exception as e:  # noqa: BLE001 - the one place every error ends
             if _VERBOSE.value:
                 raise
-            if hasattr(e, "exit_code"):  # a run stopped by a signal (interrupt.Interrupted)
-                fail(str(e), e.exit_code, prefix="stopped")
             ours = (type(e).__module__.startswith(("lapdog_jax", "__main__"))
                     or isinstance(e, USAGE_ERRORS))
             message = str(e) if ours else f"{type(e).__name__}: {e}"

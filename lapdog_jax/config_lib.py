@@ -82,7 +82,7 @@ PRESET = {
     "retrieval.pool_size": 20, "retrieval.temperature_score": 0.1,
     "retrieval.refresh_index": 1000,
     "retrieval.distill_scale": "sqrt_dim", "retrieval.distill_reduction": "mean",
-    "reward.bleu_norm": "l2",
+    "reward.bleu_norm": "l2", "reward.bleu_norm_scope": "local",
 }
 # And per size: the learning rate, and T5 v1.1's dims (google/t5-v1_1-*: gated GELU, untied
 # lm_head) for the random reader a preset builds when init.reader is empty.
@@ -149,6 +149,7 @@ CHOICES = {
     "grpo.kl_estimator": ("k3", "k1"),
     "reward.gold_score_mode": ("f1rougebleu",),
     "reward.bleu_norm": ("scale", "l2"),
+    "reward.bleu_norm_scope": ("global", "local"),
     "reward.backend": ("device", "host"),
     "reward.length_unit": LENGTH_UNITS,
     "model.dropout": DROPOUT,
@@ -576,6 +577,10 @@ def _reward(c: ml_collections.ConfigDict) -> None:
     # gold score and the LAPDOG-GRPO reward; the presets), 'scale' = BLEU/100 (the demo's: a
     # completion's reward then does not depend on the rest of its batch).
     c.reward.bleu_norm = "scale"
+    # Which completions share the 'l2' norm: 'global' = the whole batch; 'local' = each
+    # device's rows (each process's on the host backend), as LAPDOG normalises each GPU's
+    # batch (the presets and migrated LAPDOG commands).
+    c.reward.bleu_norm_scope = "global"
     c.reward.length_penalty = 0.0  # s in exp(-s|1-len ratio|) (LAPDOG --generation_length_penalty)
     # Length ratio units for the penalty: 'words' (whitespace words of the text, as the
     # LAPDOG-GRPO reward counts them; on device, SentencePiece pieces that start a word) or

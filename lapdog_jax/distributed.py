@@ -14,13 +14,20 @@ for or detected, and is a no-op in a plain single-process run:
 Each process then feeds its own rows of a global batch (`host_local_batch_slice`) and
 `global_array_from_host` assembles them into one jax.Array sharded over the mesh.
 
-A process that dies (killed, out of memory) would leave the others waiting in their next
-collective. So each process beats once a second in the cluster's key-value store, and a
+A process that dies (killed, out of memory) or freezes would leave the others waiting in their
+next collective. So each process beats once a second in the cluster's key-value store, and a
 watchdog thread ends the process with one line naming a peer that has not beaten for
-LAPDOG_PEER_TIMEOUT seconds (default 30), wherever the main thread is waiting. A collective
-that fails because its peer is gone (gloo: connection reset) is reported the same way. When
-process 0 dies, the coordination service dies with it and JAX itself ends the others at once
-(its 'Terminating process because the JAX distributed service detected fatal errors').
+LAPDOG_PEER_TIMEOUT seconds (default 30), wherever the main thread is waiting; a store that
+fails for a moment is asked again, and only one failing for longer than that timeout ends the
+process. A process that ends alone (an error, a signal in set-up) writes how it ended in place
+of its beat before it exits, so the others end at once, with one line naming it. A collective
+that fails because its peer is gone (gloo: connection reset) waits for the watchdog's verdict.
+When process 0 dies, the coordination service dies with it and JAX itself ends the others at
+once (its 'Terminating process because the JAX distributed service detected fatal errors').
+LAPDOG_JOIN_TIMEOUT (default 300 s, JAX's) bounds the wait for every process to join.
+
+A signal stops every process at the same step through the store, with no collective in the
+steps before (`StopAgreement`, docs/recovery.md).
 """
 
 from __future__ import annotations
@@ -46,13 +53,23 @@ ENV_COORDINATOR = "LAPDOG_COORDINATOR"
 ENV_NUM_PROCESSES = "LAPDOG_NUM_PROCESSES"
 ENV_PROCESS_ID = "LAPDOG_PROCESS_ID"
 ENV_PEER_TIMEOUT = "LAPDOG_PEER_TIMEOUT"
+ENV_JOIN_TIMEOUT = "LAPDOG_JOIN_TIMEOUT"
 PEER_TIMEOUT_S = 30  # default seconds without a beat before a peer counts as gone
+JOIN_TIMEOUT_S = 300  # default seconds the processes wait for each other to join (JAX's)
 _BEAT_S = 1.0
+_LINGER_S = 5.0  # the most process 0 waits, ending alone, for the others to see it
 _KEY = "lapdog_jax/alive"
+_STOP_NOTICE = "lapdog_jax/stop/notice"
+_STOP_AT = "lapdog_jax/stop/at"
+_STOPPED, _FAILED = "stopped", "failed"  # a beat's value when its process ended alone
 
 # The variables jax's own SLURM detection needs (they are set inside an `srun` step).
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
                "SLURM_LOCALID")
+
+
+class JoinError(RuntimeError):
+    """The processes did not form a cluster (one missing, a wrong address or count)."""
 
 
 def _env_int(name: str) -> int | None:
@@ -154,10 +171,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         peer_timeout = _env_int(ENV_PEER_TIMEOUT) or PEER_TIMEOUT_S
         # (JAX's own heartbeat timeout, after which it aborts every process, comes later than
         # the watchdog's, which names the process that is gone.)
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id,
-                                   local_device_ids=local_device_ids,
-                                   heartbeat_timeout_seconds=max(100, 3 * peer_timeout))
+        join_timeout = _env_int(ENV_JOIN_TIMEOUT) or JOIN_TIMEOUT_S
+        try:
+            jax.distributed.initialize(coordinator_address=coordinator_address,
+                                       num_processes=num_processes, process_id=process_id,
+                                       local_device_ids=local_device_ids,
+                                       initialization_timeout=join_timeout,
+                                       heartbeat_timeout_seconds=max(100, 3 * peer_timeout))
+        except Exception as e:  # noqa: BLE001 - JAX's many-line status of a failed join
+            raise JoinError(
+                f"process {process_id} of {num_processes} could not join the cluster at "
+                f"{coordinator_address} within {join_timeout} s ({ENV_JOIN_TIMEOUT}): "
+                f"{str(e).strip().splitlines()[0][:300]}; start every process with the same "
+                "coordinator and count") from None
+        _agreement.reset()
         if jax.process_count() > 1:
             _start_watchdog(peer_timeout)
     if jax.process_count() > 1:  # (a single process's devices are in the start-up summary)
@@ -175,59 +202,113 @@ class _Watchdog:
         self.me, self.count = jax.process_index(), jax.process_count()
         self.done = False
         self.beats = 0
-        self._put(f"0 pid {os.getpid()} on host {socket.gethostname()}")
+        self.failing_since: float | None = None  # when the store's calls started failing
+        self.lock = threading.Lock()  # a beat never overwrites this process's end
         self.who: dict[int, str] = {}
         self.seen: dict[int, tuple[str, float]] = {}
+        self._put(f"0 pid {os.getpid()} on host {socket.gethostname()}")
 
     def _put(self, value: str) -> None:
-        """Writes this process's beat."""
+        """Writes this process's beat (or its end: 'done', 'stopped ...', 'failed ...')."""
         self.client.key_value_set(f"{_KEY}/{self.me}", value, allow_overwrite=True)
 
-    def lost(self) -> list[tuple[int, float]]:
-        """[(process, seconds since its last beat)] of the peers gone quiet; reads the beats."""
-        now = time.monotonic()
+    def read(self) -> dict[int, str]:
+        """{process: its last beat value} of the other processes."""
         values = dict(self.client.key_value_dir_get(f"{_KEY}/"))
+        return {p: values.get(f"{_KEY}/{p}", "") for p in range(self.count) if p != self.me}
+
+    def lost(self, values: dict[int, str]) -> list[tuple[int, float]]:
+        """[(process, seconds since its last beat)] of the peers gone quiet."""
+        now = time.monotonic()
         out = []
-        for p in range(self.count):
-            if p == self.me:
-                continue
-            value = values.get(f"{_KEY}/{p}", "")
+        for p, value in values.items():
             beat, _, who = value.partition(" ")
-            if who:
+            if beat.isdigit() and who:
                 self.who[p] = who
             last = self.seen.get(p)
-            if last is None or last[0] != beat:
-                self.seen[p] = (beat, now)
-            elif beat != "done" and now - last[1] > self.timeout_s:
+            if last is None or last[0] != value:
+                self.seen[p] = (value, now)
+            elif (beat.isdigit() or not value) and now - last[1] > self.timeout_s:
                 out.append((p, now - last[1]))
         return out
+
+    def ended(self, values: dict[int, str]) -> tuple[str, int, str] | None:
+        """(prefix, exit code, line) ending this process when a peer stopped or failed alone
+        (it said so in its beat before it exited), else None."""
+        for p, value in values.items():
+            kind, _, rest = value.partition(" ")
+            if kind in (_STOPPED, _FAILED):
+                code, _, line = rest.partition(" ")
+                what = "stopped" if kind == _STOPPED else "failed"
+                return (kind, int(code) if kind == _STOPPED else 1,
+                        f"process {p} of {self.count} {what} ({line}); stopping process "
+                        f"{self.me} too")
+        return None
 
     def message(self, lost: list[tuple[int, float]]) -> str:
         """The one line naming the processes that are gone."""
         names = ", ".join(f"process {p} of {self.count} ({self.who.get(p, 'unknown pid')}, "
                           f"silent for {age:.0f} s)" for p, age in lost)
-        return (f"lost {names}: it was killed or crashed; stopping process {self.me} too. "
-                "The checkpoints already written are complete: rerun all processes with the "
-                "same command to resume")
+        return (f"lost {names}: it was killed, crashed or is frozen; stopping process "
+                f"{self.me} too. The checkpoints already written are complete: rerun all "
+                "processes with the same command to resume")
+
+    def beat(self) -> dict[int, str] | None:
+        """Beats and reads the others' beats; None while the store's calls fail (ending the
+        process when they have failed for longer than the timeout)."""
+        try:
+            with self.lock:
+                if self.done:
+                    return None
+                self.beats += 1
+                self._put(f"{self.beats} pid {os.getpid()} on host {socket.gethostname()}")
+            values = self.read()
+        except Exception as e:  # noqa: BLE001 - the coordinator's store is unreachable
+            if self.done:
+                return None
+            now = time.monotonic()
+            self.failing_since = self.failing_since or now
+            if now - self.failing_since > self.timeout_s:
+                exit_now(f"lost process 0 of {self.count} (the coordinator: "
+                         f"{self.who.get(0, 'unknown pid')}, unreachable for "
+                         f"{now - self.failing_since:.0f} s: {str(e).splitlines()[0][:200]}); "
+                         f"stopping process {self.me} too. Rerun all processes with the same "
+                         "command to resume", tell=False)
+            return None
+        self.failing_since = None
+        return values
 
     def run(self) -> None:
-        """Beats, and ends the process when a peer is gone."""
-        while True:
+        """Beats, and ends the process when a peer is gone or ended alone."""
+        while not self.done:
             time.sleep(_BEAT_S)
-            try:
-                self.beats += 1
-                if not self.done:
-                    self._put(f"{self.beats} pid {os.getpid()} on host {socket.gethostname()}")
-                lost = self.lost()
-            except Exception as e:  # noqa: BLE001 - the coordinator's store is unreachable
-                if self.done:
-                    return
-                exit_now(f"lost process 0 of {self.count} (the coordinator: "
-                         f"{self.who.get(0, 'unknown pid')}): {str(e).splitlines()[0][:200]}; "
-                         f"stopping process {self.me} too. Rerun all processes with the same "
-                         "command to resume")
-            if lost and not self.done:
+            if self.done:
+                return
+            values = self.beat()
+            if values is None or self.done:
+                continue
+            ended = self.ended(values)
+            if ended is not None:
+                kind, code, line = ended
+                exit_now(line, code, "stopped" if kind == _STOPPED else "error")
+            lost = self.lost(values)
+            if lost:
                 exit_now(self.message(lost))
+
+    def linger(self) -> None:
+        """On process 0 (which holds the coordination service: the others lose it when it
+        exits), waits until every other process has ended or a few seconds have passed."""
+        if self.me != 0:
+            return
+        deadline = time.monotonic() + min(self.timeout_s, _LINGER_S)
+        while time.monotonic() < deadline:
+            try:
+                values = self.read()
+            except Exception:  # noqa: BLE001 - the store is gone: nobody to wait for
+                return
+            if all(not v.partition(" ")[0].isdigit() for v in values.values()):
+                return
+            time.sleep(_BEAT_S / 10)
 
 
 _watchdog: _Watchdog | None = None
@@ -236,9 +317,7 @@ _watchdog: _Watchdog | None = None
 def _start_watchdog(timeout_s: float) -> None:
     """Starts the beats and the watchdog thread of this process."""
     global _watchdog
-    from jax._src import distributed as jax_distributed  # the cluster's client (no public API)
-
-    client = getattr(jax_distributed.global_state, "client", None)
+    client = _client()
     if client is None or not hasattr(client, "key_value_dir_get"):
         logging.warning("this jax has no key-value client: a lost peer process is not watched")
         return
@@ -249,27 +328,49 @@ def _start_watchdog(timeout_s: float) -> None:
     threading.Thread(target=_watchdog.run, name="lapdog-peers", daemon=True).start()
 
 
-def exit_now(message: str, code: int = 1, prefix: str = "error") -> None:
+def _client():
+    """The cluster's key-value client (jax has no public API for it), or None."""
+    from jax._src import distributed as jax_distributed
+
+    return getattr(jax_distributed.global_state, "client", None)
+
+
+def exit_now(message: str, code: int = 1, prefix: str = "error", *, tell: bool = True,
+             newline: bool = False) -> None:
     """Writes `prefix: message` and ends the process at once: a multi-process run must not wait
     in JAX's shutdown barrier for peers that are gone (it would abort after its heartbeat
-    timeout, with a C++ stack trace)."""
+    timeout, with a C++ stack trace). With `tell`, the other processes learn first that this
+    one stopped or failed alone (their watchdogs end them with one line)."""
+    watchdog = _watchdog
+    if watchdog is not None and not watchdog.done:
+        kind = _STOPPED if prefix == "stopped" else _FAILED
+        if tell and _end(f"{kind} {code} {' '.join(message.split())}"):
+            watchdog.linger()
+        watchdog.done = True
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os.write(2, f"{prefix}: {message}\n".encode())
+    os.write(2, f"{chr(10) if newline else ''}{prefix}: {message}\n".encode())
     os._exit(code)
+
+
+def _end(value: str) -> bool:
+    """Stops the beats and writes this process's end; False if the store is gone."""
+    with _watchdog.lock:
+        _watchdog.done = True
+        try:
+            _watchdog._put(value)
+            return True
+        except Exception:  # noqa: BLE001 - the store may be gone already
+            return False
 
 
 def finished() -> None:
     """Tells the peers' watchdogs that this process ends normally (its beats stop)."""
-    if _watchdog is not None:
-        _watchdog.done = True
-        try:
-            _watchdog._put("done")
-        except Exception:  # noqa: BLE001 - the store may be gone already
-            pass
+    if _watchdog is not None and not _watchdog.done:
+        _end("done")
 
 
 # Texts of a collective that failed because a peer process is gone.
@@ -279,17 +380,107 @@ _PEER_ERRORS = ("Gloo", "Connection reset by peer", "Connection closed by peer",
 
 def on_error(message: str, code: int, prefix: str = "error") -> None:
     """The command lines' exit in a multi-process run (cli.fail): a failed collective waits
-    for the watchdog to name the peer that is gone (it then ends the process); any error ends
-    the process at once, past JAX's shutdown barrier. A no-op in a single process."""
+    for the watchdog to name the peer that is gone (it then ends the process); a stop every
+    process agreed on ends normally; any other error or stop ends the process at once, past
+    JAX's shutdown barrier, after telling the others. A no-op in a single process."""
     if _watchdog is None:
         return
-    if prefix == "stopped":  # a signal stops every process at the same step: none is lost
+    if prefix == "stopped" and _agreement.at is not None:  # every process stops here
         finished()
-    elif any(text in message for text in _PEER_ERRORS):
+        _watchdog.linger()
+        exit_now(message, code, prefix, tell=False)
+    if any(text in message for text in _PEER_ERRORS) and not _watchdog.done:
         deadline = time.monotonic() + _watchdog.timeout_s + 5 * _BEAT_S
         while time.monotonic() < deadline:  # (the watchdog exits the process when it knows)
             time.sleep(_BEAT_S / 4)
     exit_now(message, code, prefix)
+
+
+class StopAgreement:
+    """The step at which every process stops after a signal to any of them, agreed through the
+    cluster's key-value store with no collective in the steps before (JAX's preemption sync
+    protocol, for SIGINT as well as SIGTERM): the process that got the signal posts a notice;
+    each process posts the step boundary at which it first sees it (one non-blocking read of
+    the store per boundary); two boundaries later it reads every process's post, and all stop
+    at the largest + 2.
+
+    Why nobody waits forever: what a process does between two boundaries needs no more of the
+    others than the same stretch of their run (the step's collectives, its fetch of the step
+    before, an evaluation), so a process at boundary t + 2 has made every other pass boundary t
+    + 1 after the first post (it fetched their step t + 1). So every process posts at most two
+    boundaries after the first post, each can reach its post while another waits, and the
+    largest post + 2 lies ahead of every process."""
+
+    def __init__(self):
+        self.posted: int | None = None  # the step at which this process saw the notice
+        self.at: int | None = None  # the agreed stop step
+        self.signum: int | None = None  # the signal that one process got
+
+    def reset(self) -> None:
+        """Forgets an agreement (a new run in the same process)."""
+        self.posted = self.at = self.signum = None
+
+    def should_stop(self, step: int, signum: int | None) -> bool:
+        """Whether to stop (save and exit) at this step boundary; `signum`: a signal that this
+        process got (None: none)."""
+        requested = signum is not None
+        if jax.process_count() == 1:
+            return requested
+        client = _client() if _watchdog is not None else None
+        if client is None:  # (no key-value store: a collective at every boundary)
+            return bool(multihost_utils.process_allgather(np.asarray(requested)).any())
+        if self.at is not None:
+            return step >= self.at
+        if self.posted is None:
+            if requested:
+                self.signum = signum
+                client.key_value_set(_STOP_NOTICE, str(signum), allow_overwrite=True)
+            else:
+                notice = _try_get(client, _STOP_NOTICE)
+                if not notice:
+                    return False
+                self.signum = int(notice)
+            self.posted = step
+            client.key_value_set(f"{_STOP_AT}/{jax.process_index()}", str(step))
+            return False
+        if step < self.posted + 2:
+            return False
+        wait_ms = int(1000 * (_watchdog.timeout_s + 10))
+        posts = [int(client.blocking_key_value_get(f"{_STOP_AT}/{p}", wait_ms))
+                 for p in range(jax.process_count())]
+        self.at = max(posts) + 2
+        logging.info("every process stops at step %d (a signal; the steps seen: %s)",
+                     self.at, posts)
+        return step >= self.at
+
+
+def _try_get(client, key: str) -> str | None:
+    """The value of `key`, or None when it is not set (a store that fails for a moment is
+    asked again: a notice missed here could leave a peer waiting)."""
+    deadline = time.monotonic() + (_watchdog.timeout_s if _watchdog else PEER_TIMEOUT_S)
+    while True:
+        try:
+            return client.key_value_try_get(key)
+        except Exception as e:  # noqa: BLE001 - NOT_FOUND, or the store's failure
+            if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
+                return None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(_BEAT_S / 4)
+
+
+_agreement = StopAgreement()
+
+
+def should_stop(step: int, signum: int | None) -> bool:
+    """Whether every process stops at this step boundary (see StopAgreement); in a single
+    process, whether a signal (`signum`) asked to."""
+    return _agreement.should_stop(step, signum)
+
+
+def stop_signal() -> int | None:
+    """The signal that made the processes stop (whichever process got it), or None."""
+    return _agreement.signum
 
 
 def is_main_process() -> bool:
@@ -361,11 +552,18 @@ def local_rows(x: jax.Array, mesh) -> np.ndarray:
         x, mesh, sharding.batch_sharding(mesh).spec))
 
 
-def any_process(flag: bool) -> bool:
-    """Whether `flag` is set on any process (all processes must stop at the same step)."""
+def barrier(name: str) -> None:
+    """Waits until every process has reached the barrier `name` (a no-op in one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def gather(tree: Any) -> Any:
+    """`tree`'s arrays as numpy arrays on every process (each process must call it): whole
+    even where they are sharded over other processes' devices."""
     if jax.process_count() == 1:
-        return flag
-    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def sum_over_processes(x: float) -> float:

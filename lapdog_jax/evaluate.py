@@ -66,11 +66,16 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
     if retriever is not None:
         k = min(k, len(retriever.passages))
     pool_fn = _ScoredPool(retriever, params["retriever"], k) if k else None
-    batch_size = min(config.batch_size, len(dialogues))
+    data = sharding.batch_sharding(mesh)
+    # Whole rows per device: a batch smaller than the mesh's batch axes (few dialogues on
+    # many devices) is padded up (the pipeline repeats the last dialogue; its rows are dropped).
+    shards = sharding.batch_shards(mesh)
+    batch_size = -(-min(config.batch_size, len(dialogues)) // shards) * shards
+    count, dialogues = len(dialogues), list(dialogues)
+    dialogues += dialogues[-1:] * (batch_size - count)  # (fewer dialogues than devices)
     pipeline = experiment.make_pipeline(exp, dialogues, retriever, batch_size, pool_fn,
                                         shuffle=False)
     pipeline.gold_pool = gold_story
-    data = sharding.batch_sharding(mesh)
     local = distributed.host_local_batch_slice(batch_size, data)
     gen = steps.jit_generate(config, exp.spec, models, mesh)
     rows = []
@@ -89,7 +94,7 @@ def predict_rows(exp: experiment.Experiment, models: steps.Models, params, retri
                          "passages": [passage(retriever, pid) for pid in ids[:n]],
                          "retrieved_ids": ids, "retrieved_scores": scores,
                          "gold_passage_ids": texts["gold_passage_ids"][i]})
-    return rows
+    return rows[:count]
 
 
 def run(exp: experiment.Experiment, models: steps.Models, params, retriever, mesh, step: int,

@@ -70,8 +70,10 @@ class Experiment:
 ConfigError = config_lib.ConfigError
 
 
-def _main_process_first(fn):
-    """Runs `fn` on process 0, then (after a barrier) on the others, and returns its result.
+def _main_process_first(fn, what: str):
+    """Runs `fn` on process 0, then (after a barrier named by `what`) on the others, and
+    returns its result. (Each use names its own barrier: one nested in another's `fn` must not
+    meet the outer one.)
 
     Files that a run creates in its workdir (synthetic data, tokenizer) are written once by
     process 0; the others then read them (shared filesystem) or, finding none, build their own
@@ -80,7 +82,7 @@ def _main_process_first(fn):
     if jax.process_count() == 1:
         return fn()
     out = fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("lapdog_jax.experiment: workdir files ready")
+    multihost_utils.sync_global_devices(f"lapdog_jax: {what} ready")
     return out if jax.process_index() == 0 else fn()
 
 
@@ -278,7 +280,7 @@ def build(config, workdir: str, spec: run_spec.RunSpec, weights: bool = True) ->
                                                        formats(spec))
 
     train, valid, passages, (reader_tok, retriever_tok) = _main_process_first(
-        data_and_tokenizers)
+        data_and_tokenizers, f"the data and tokenizers of {workdir}")
     rng_reader, rng_retriever = jax.random.split(jax.random.PRNGKey(config.seed))
     reader, reader_params = build_reader(config, reader_tok, rng_reader, weights or spec.lora)
     retriever, retriever_params = build_retriever(config, retriever_tok, rng_retriever, weights)

@@ -20,7 +20,7 @@ import os
 
 from absl import logging
 
-from lapdog_jax import checkpoint, config_lib, experiment, passes
+from lapdog_jax import checkpoint, config_lib, distributed, passes
 from lapdog_jax import workdir as workdir_lib
 from lapdog_jax.models import hf
 
@@ -43,29 +43,44 @@ def check(config, workdir: str) -> None:
     if os.path.abspath(src) == os.path.abspath(workdir):
         raise ConfigError(f"{flag}: is this run's own --workdir; to resume a run, give its "
                           "--workdir alone")
-    if os.path.isfile(os.path.join(workdir, INIT_DIR, SOURCE_FILE)):
-        return  # resuming: the start was written already (the source need not exist now)
+    found = source(workdir)
+    if found is not None:  # resuming: the start was written already (the source may be gone)
+        if os.path.abspath(found["workdir"]) != os.path.abspath(src):
+            raise ConfigError(
+                f"{flag}: this run started from {found['workdir']} (step {found['step']}, "
+                f"recorded in {os.path.join(workdir, INIT_DIR, SOURCE_FILE)}), and a resumed "
+                f"run keeps its start: give --config.init.from_workdir={found['workdir']}, or "
+                "a new --workdir to start from the other")
+        return
     if not os.path.isfile(os.path.join(src, "config.json")):
         raise ConfigError(f"{flag}: no config.json there (not a training workdir)")
     if not checkpoint.steps_on_disk(src):
         raise ConfigError(f"{flag}: holds no checkpoint to start from")
 
 
-def _write_start(src: str, out: str) -> dict:
-    """Writes the latest checkpoint of `src` as HF folders under `out`; returns source.json."""
+def _write_start(src: str, out: str, write: bool) -> dict:
+    """Writes the latest checkpoint of `src` as HF folders under `out` (when `write`: process
+    0; every process restores it, its restore having collectives); returns source.json."""
     exp, _, state, host_state, _ = workdir_lib.restore_workdir(src, "start from")
     step = workdir_lib.resumed_step(state, host_state)
     source = {"workdir": src, "step": step, "mode": exp.config.mode,
               "reader": os.path.join(out, "reader")}
-    hf.save_t5(source["reader"], exp.reader.config,
-               passes.merged_reader(state.params, exp.config), exp.reader_tokenizer)
     trained = exp.spec.trains_retriever  # (never when closed-book)
+    # (Every process gathers: the params may be sharded over several processes' devices.)
+    params = distributed.gather({"reader": passes.merged_reader(state.params, exp.config),
+                                 "retriever": state.params["retriever"] if trained else {}})
     if trained:
         source["retriever"] = os.path.join(out, "retriever")
-        hf.save_contriever(source["retriever"], exp.retriever.config, state.params["retriever"],
+    if not write:
+        return source
+    os.makedirs(out, exist_ok=True)
+    hf.save_t5(source["reader"], exp.reader.config, params["reader"], exp.reader_tokenizer)
+    if trained:
+        hf.save_contriever(source["retriever"], exp.retriever.config, params["retriever"],
                            exp.retriever_tokenizer)
-    with open(os.path.join(out, SOURCE_FILE), "w") as f:
+    with open(os.path.join(out, SOURCE_FILE) + ".tmp", "w") as f:
         json.dump(source, f, indent=2)
+    os.replace(os.path.join(out, SOURCE_FILE) + ".tmp", os.path.join(out, SOURCE_FILE))
     logging.info("starting from %s at step %d (%s): its reader%s written to %s", src, step,
                  exp.config.mode, " and retriever" if trained else "", out)
     return source
@@ -87,17 +102,13 @@ def resolve(config, workdir: str):
     if not config.init.from_workdir:
         return config
     check(config, workdir)
-    out = os.path.join(workdir, INIT_DIR)
-
-    def start():
-        """The recorded start, written first when there is none."""
-        found = source(workdir)
-        if found is None:
-            os.makedirs(out, exist_ok=True)
-            found = _write_start(config.init.from_workdir, out)
-        return found
-
-    found = experiment._main_process_first(start)  # noqa: SLF001 - the shared-files helper
+    found = source(workdir)
+    # Every process has looked before process 0 writes: they agree on whether to write.
+    distributed.barrier("lapdog_jax: init.from_workdir looked up")
+    if found is None:  # the first start: written by process 0 alone, the others wait
+        found = _write_start(config.init.from_workdir, os.path.join(workdir, INIT_DIR),
+                             write=distributed.is_main_process())
+        distributed.barrier("lapdog_jax: init.from_workdir written")
     resolved = copy.deepcopy(config)
     resolved.init.reader = found["reader"]
     if "retriever" in found:

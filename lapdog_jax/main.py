@@ -5,7 +5,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from lapdog_jax import cli
+from lapdog_jax import cli, interrupt
 from lapdog_jax.config_lib import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -13,6 +13,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, logs, eval files and config.json go here "
     "(default: runs/<mode>).")
+# SIGINT / SIGTERM from the command's first moment: in set-up they wait for a point where the
+# run can stop (interrupt.py); installed when run as a command.
+_STOP = interrupt.StopRequest()
 
 
 def main():
@@ -27,9 +30,10 @@ def main():
     from lapdog_jax import train  # after flag parsing: keeps `--help` fast
 
     workdir = _WORKDIR.value or f"runs/{mode}"
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, stop=_STOP if _STOP.installed else None)
 
 
 if __name__ == "__main__":
+    _STOP.install()
     flags.mark_flags_as_required(["config"])
     cli.run(main)

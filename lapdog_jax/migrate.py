@@ -201,7 +201,8 @@ def _reward_values(opts: dict, given: set[str], source: str, notes: list[str]) -
         raise MigrateError(f"--gold_score_mode={mode}: no equivalent; ours is f1rougebleu "
                            "(F1 + ROUGE-L + BLEU, LAPDOG's f1rougebleudist)")
     out = {"reward.gold_score_mode": GOLD_SCORES[mode][0],
-           "reward.bleu_norm": GOLD_SCORES[mode][1], "reward.length_penalty": 0.0}
+           "reward.bleu_norm": GOLD_SCORES[mode][1], "reward.bleu_norm_scope": "local",
+           "reward.length_penalty": 0.0}
     if source == "lapdog-grpo":
         out["reward.length_penalty"] = opts["generation_length_penalty"]
         if "generation_length_penalty" not in given:

@@ -270,13 +270,18 @@ def length_ratio(pred, ref, special_ids, **kw):
     return reward_stats(pred, ref, special_ids, **kw)["length_ratio"]
 
 
-def normalize_bleu(bleu, bleu_norm: str):
-    """BLEU' = BLEU/100 ('scale') or BLEU/‖BLEU‖₂ over the whole batch ('l2'; 0 if all are 0)."""
+def normalize_bleu(bleu, bleu_norm: str, groups: int = 1):
+    """BLEU' = BLEU/100 ('scale') or BLEU/‖BLEU‖₂ ('l2'; 0 where all are 0), the norm taken
+    over each of `groups` equal consecutive parts of the batch (its leading dim): 1 = the
+    whole batch, the number of devices holding it = each device's rows (LAPDOG's per-GPU
+    batch)."""
     if bleu_norm == "scale":
         return bleu / 100.0
     if bleu_norm == "l2":
-        norm = jnp.sqrt(jnp.sum(jnp.square(bleu)))
-        return jnp.where(norm > 0, bleu / jnp.where(norm > 0, norm, 1.0), 0.0)
+        parts = bleu.reshape(groups, -1)
+        norm = jnp.sqrt(jnp.sum(jnp.square(parts), axis=1, keepdims=True))
+        return jnp.where(norm > 0, parts / jnp.where(norm > 0, norm, 1.0), 0.0
+                         ).reshape(bleu.shape)
     raise ValueError(f"unknown bleu_norm {bleu_norm!r}; expected one of {BLEU_NORMS}")
 
 
@@ -287,23 +292,24 @@ def length_penalty_factor(ratio, length_penalty: float):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "bleu_norm", "eos_id", "extra_ids_from", "max_order", "exclusive"))
+    "bleu_norm", "eos_id", "extra_ids_from", "max_order", "exclusive", "groups"))
 def combined_reward(pred, ref, special_ids, weights: Sequence[float] = (1.0, 1.0, 1.0),
-                    bleu_norm: str = "scale", length_penalty: float = 0.0, *,
+                    bleu_norm: str = "scale", length_penalty: float = 0.0, *, groups: int = 1,
                     eos_id: int | None = EOS_ID, extra_ids_from: int | None = None,
                     max_order: int = MAX_ORDER, exclusive: bool = True, word_starts=None):
     """LAPDOG `f1rougebleu` reward on ids, pred [..., T], ref [..., R] -> [...].
 
     r = (w_f1·F1 + w_rouge·ROUGE-L + w_bleu·BLEU') · exp(-s'·|1-ρ|), with F1 and ROUGE-L in 0..1,
-    BLEU' from `normalize_bleu` ('l2' normalises over every element of the batch, as LAPDOG does
-    over bsz × n_context), ρ from `length_ratio` (in words with `word_starts`, a
-    `word_start_table`; else in tokens) and s' from `length_penalty_factor`.
+    BLEU' from `normalize_bleu` ('l2' normalises over every element of the batch, or of each
+    of its `groups` devices' parts, as LAPDOG does over a GPU's bsz × n_context), ρ from
+    `length_ratio` (in words with `word_starts`, a `word_start_table`; else in tokens) and s'
+    from `length_penalty_factor`.
     """
     w_f1, w_rouge, w_bleu = weights
     stats = reward_stats(pred, ref, special_ids, eos_id=eos_id, extra_ids_from=extra_ids_from,
                          max_order=max_order, exclusive=exclusive, word_starts=word_starts)
     score = (w_f1 * stats["f1"] + w_rouge * stats["rouge_l"]
-             + w_bleu * normalize_bleu(stats["bleu"], bleu_norm))
+             + w_bleu * normalize_bleu(stats["bleu"], bleu_norm, groups))
     return score * length_penalty_factor(stats["length_ratio"], length_penalty)
 
 

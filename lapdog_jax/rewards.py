@@ -63,9 +63,10 @@ REWARD_BACKENDS = ("device", "host")
 
 # name -> f(reward_config, pred, ref, **ids) on device (ids: special_ids, word_starts, ...).
 DEVICE_REWARDS: dict[str, Callable[..., jax.Array]] = {
-    "f1rougebleu": lambda rc, pred, ref, **kw: combined_reward(
+    "f1rougebleu": lambda rc, pred, ref, groups=1, **kw: combined_reward(
         pred, ref, weights=tuple(rc.weights), bleu_norm=rc.bleu_norm,
-        length_penalty=rc.length_penalty, **kw),
+        length_penalty=rc.length_penalty,
+        groups=groups if rc.bleu_norm_scope == "local" else 1, **kw),
     "exact_match": lambda rc, pred, ref, **kw: match_stats(pred, ref, **kw)["exact_match"],
     "contains_answer": lambda rc, pred, ref, **kw: match_stats(pred, ref, **kw)[
         "contains_answer"],
@@ -77,7 +78,8 @@ DEVICE_REWARDS: dict[str, Callable[..., jax.Array]] = {
 HOST_BUILTINS: dict[str, Callable[..., np.ndarray]] = {
     "f1rougebleu": lambda rc, c, r: host_combined_reward(
         c, r, tuple(rc.weights), rc.bleu_norm, rc.length_penalty,
-        squad_normalize=rc.f1_squad_normalize, total=distributed.sum_over_processes),
+        squad_normalize=rc.f1_squad_normalize,
+        total=float if rc.bleu_norm_scope == "local" else distributed.sum_over_processes),
     "exact_match": lambda rc, c, r: np.array(
         [metrics.exact_match(x, y) for x, y in zip(c, r, strict=True)], np.float64),
     "contains_answer": lambda rc, c, r: host_contains(c, r),
@@ -98,14 +100,16 @@ def _uses_words(name: str, reward_config) -> bool:
     return name == "length" or (name == "f1rougebleu" and bool(reward_config.length_penalty))
 
 
-def make_device_reward(reward_config, special_ids, word_start_ids=(), fns=None, **kw):
+def make_device_reward(reward_config, special_ids, word_start_ids=(), fns=None, groups=1,
+                       **kw):
     """The one binding of `config.reward` to device kernels: the weighted sum Σ w_i r_i of the
     built-ins `fns` [(name, weight)] as a jittable f(pred [..., T], ref [..., R]) -> [...] on
     token ids, or None when none of them runs on device. `fns` None: `reward.fn`'s built-ins
     when `reward.backend='device'` (the RL reward); `gold_score` passes LAPDOG's gold score. A
     lone weight-1 'f1rougebleu' is exactly `combined_reward` (the default reward is the gold
     score, bit for bit). Lengths count words (the tokenizer's `word_start_ids`) where
-    `reward.length_unit='words'` applies."""
+    `reward.length_unit='words'` applies. `groups`: the devices a batch is split over (BLEU's
+    l2 norm per device with `reward.bleu_norm_scope='local'`)."""
     if fns is None:
         if reward_config.backend != "device":
             return None
@@ -120,7 +124,8 @@ def make_device_reward(reward_config, special_ids, word_start_ids=(), fns=None, 
     ids = dict(special_ids=jnp.asarray(special_ids), **kw)
     bound = [(functools.partial(DEVICE_REWARDS[n], reward_config,
                                 word_starts=word_start_table(word_start_ids)
-                                if _uses_words(n, reward_config) else None, **ids), w)
+                                if _uses_words(n, reward_config) else None, **ids,
+                                **({"groups": groups} if n == "f1rougebleu" else {})), w)
              for n, w in parts]
 
     def total(pred, ref):

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lapdog_jax import config_lib, lora
@@ -26,10 +26,14 @@ LOGICAL_RULES = {"batch": "data", "embed": "fsdp", "mlp": "tensor", "heads": "te
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-    """Returns the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
+    """Returns the ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices).
+
+    `jax.make_mesh` orders the devices by the accelerators' topology (rings on TPU); the axes
+    stay of the automatic kind (shardings propagated by the compiler, as the steps expect)."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = config_lib.mesh_shape(data, fsdp, tensor, len(devices))  # a ConfigError if unfit
-    return Mesh(np.asarray(devices).reshape([sizes[a] for a in AXES]), AXES)
+    return jax.make_mesh([sizes[a] for a in AXES], AXES, (AxisType.Auto,) * len(AXES),
+                         devices=devices)
 
 
 def _mesh_spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
@@ -83,6 +87,19 @@ def param_shardings(tree: Any, mesh: Mesh, axes: dict[str, dict[tuple, tuple]]) 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of a batch array: leading dim over (data, fsdp), the rest replicated."""
     return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many parts `batch_sharding` splits a batch's leading dim into."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def config_batch_shards(config) -> int:
+    """`batch_shards` of the mesh `config.mesh` makes on this cluster's devices (static: for
+    traced code that needs it without the mesh)."""
+    sizes = config_lib.mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                                  jax.device_count())
+    return sizes["data"] * sizes["fsdp"]
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

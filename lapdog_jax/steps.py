@@ -179,15 +179,16 @@ def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
     B = batch["target_ids"].shape[0]
     N = ro.tokens.shape[0]
     ref = jnp.repeat(batch["target_ids"], N // B, axis=0)
-    out = rewards.make_device_reward(config.reward, models.special_ids,
-                                     models.word_start_ids)(ro.tokens, ref)
+    out = rewards.make_device_reward(config.reward, models.special_ids, models.word_start_ids,
+                                     groups=sharding.config_batch_shards(config))(ro.tokens, ref)
     return out.reshape(B, -1, config.grpo.group_size)
 
 
 def gold_score_fn(models: Models, config):
     """LAPDOG's gold score (`reward.gold_score_mode`) bound on device to the models' special
     and word-start ids."""
-    return rewards.gold_score(config.reward, models.special_ids, models.word_start_ids)
+    return rewards.gold_score(config.reward, models.special_ids, models.word_start_ids,
+                              groups=sharding.config_batch_shards(config))
 
 
 def _loss_mask(ro: Rollout, g) -> jax.Array:

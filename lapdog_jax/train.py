@@ -388,13 +388,31 @@ def _save(s: Setup, p: Progress, last: bool = False) -> None:
         logging.warning("%s; training on (retry_failed_saves): the next save tries again", e)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str,
+                       stop: interrupt.StopRequest | None = None) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics.
 
     The config is checked whole (once), the workdir locked and its checkpoints' shapes
-    compared with the config's before anything in the workdir is written.
+    compared with the config's before anything in the workdir is written. `stop`: the signal
+    handlers the command installed at its start (else installed here).
     """
-    distributed.initialize()
+    # SIGINT (Ctrl-C) and SIGTERM (interrupt.py): in set-up they wait until this process has
+    # joined its cluster (the others then learn that it stops), then stop the run at once; in
+    # the loop the first saves and stops (exit 128 + signal), a second exits at once.
+    if stop is None:
+        stop = interrupt.StopRequest()
+        stop.install()
+    stop.where = f"{workdir}/checkpoints"
+    try:
+        distributed.initialize()
+        stop.arm()
+        return _locked_run(config, workdir, stop)
+    finally:
+        stop.uninstall()
+
+
+def _locked_run(config, workdir: str, stop: interrupt.StopRequest) -> dict:
+    """`train_and_evaluate` once the cluster is joined: checks, lock, set-up and loop."""
     spec = validation.validate(config)  # what the config means, handed down from here
     paths.check_paths(config)
     # A workdir this run creates is removed again if the run is refused before its first step
@@ -404,10 +422,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log_path = os.path.join(workdir, logs.LOG_FILE)
     new_log = not os.path.exists(log_path) and distributed.is_main_process()
     refused = False
-    # SIGINT (Ctrl-C) and SIGTERM: before the loop they stop the run at once; in it, the
-    # first saves and stops (interrupt.Interrupted, exit 128 + signal), a second exits at once.
-    stop = interrupt.StopRequest(f"{workdir}/checkpoints")
-    stop.install()
     try:
         with lock.workdir_lock(workdir, enabled=distributed.is_main_process()), \
                 logs.to_file(log_path, enabled=distributed.is_main_process()):
@@ -415,12 +429,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 config = init_from.resolve(config, workdir)
                 workdir_lib.check_workdir(config, workdir)
                 s, p = _setup(config, spec, workdir)
-            except Exception:
+            except BaseException:  # (interrupt.Interrupted too)
                 refused = True
                 raise
             return _train(s, p, stop)
     finally:
-        stop.uninstall()
         if refused and fresh:  # a refused run leaves no workdir behind ...
             shutil.rmtree(workdir, ignore_errors=True)
         elif refused and new_log and os.path.exists(log_path):  # ... nor a log in one it found
@@ -456,16 +469,17 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
                 fetch.flush()
             if evals:
                 _evaluate(s, p)
-            # One agreed decision per step: a process that got SIGTERM must not save or leave
-            # the loop alone (the others would wait for it in their next collective).
-            stopping = distributed.any_process(stop.requested)
+            # One agreed decision: a process that got a signal must not save or leave the loop
+            # alone (the others would wait for it in their next collective).
+            stopping = distributed.should_stop(step, stop.signum)
             if stopping:
                 fetch.flush()
             if saves or stopping:
                 _save(s, p, last=stopping or step == config.total_steps)
         fetch.flush()
         last = {**fetch.last, **started}
-        if p.step >= config.total_steps:
+        stop.after_loop()  # from here a signal stops at once (the last step is saved)
+        if p.step >= config.total_steps and not stopping:
             final = _evaluate(s, p)
             last.update(final)
             s.writer.hparams(config_lib.flatten(config), final)
@@ -474,7 +488,7 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
                 logging.info("%s", summary.end_summary(config, s.spec.task, s.workdir,
                                                        s.manager.all_steps()))
         else:
-            signum = stop.signum or signal.SIGTERM  # (or another process's signal)
+            signum = stop.signum or distributed.stop_signal() or signal.SIGTERM
             stopped = interrupt.Interrupted(
                 f"{interrupt.name(signum)} at step {p.step}: saved the checkpoint of step "
                 f"{p.step} in {s.workdir}/checkpoints; rerun the same command to resume",

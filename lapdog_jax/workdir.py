@@ -91,6 +91,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         # (workdirs written before the reward registry: their reward was the gold score)
         raw["reward"].setdefault("fn", "f1rougebleu")
         raw["reward"]["fn_weights"] = tuple(raw["reward"].get("fn_weights", ()))
+        raw["reward"].setdefault("bleu_norm_scope", "global")  # (written before the scope)
         raw["data"].setdefault("prompt_field", "prompt")
         raw["data"].setdefault("answer_field", "answer")
         raw["init"].setdefault("from_workdir", "")  # (written before init.from_workdir)

@@ -226,58 +226,162 @@ def test_slurm_one_task_per_node_uses_every_gpu(no_cluster):
 
 
 class _FakeStore:
-    """The cluster client's key-value calls; raises like a coordinator that is gone once
-    `gone` is set."""
+    """The cluster client's key-value calls; each raises like an unreachable coordinator
+    while `failing` is set."""
 
     def __init__(self):
-        self.values, self.gone = {}, False
+        self.values, self.failing = {}, False
+
+    def _check(self):
+        if self.failing:
+            raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
 
     def key_value_set(self, key, value, allow_overwrite=False):
-        if self.gone:
-            raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
+        self._check()
+        assert allow_overwrite or key not in self.values, key
         self.values[key] = value
 
     def key_value_dir_get(self, prefix):
-        if self.gone:
-            raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
-        return list(self.values.items())
+        self._check()
+        return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+    def key_value_try_get(self, key):
+        self._check()
+        if key not in self.values:
+            raise RuntimeError(f"NOT_FOUND: Config key {key} not found")
+        return self.values[key]
+
+    def blocking_key_value_get(self, key, timeout_in_ms):
+        self._check()
+        return self.values[key]
 
 
-def test_watchdog_stops_beating_at_exit_before_the_service_goes(monkeypatch):
-    """The watchdog registers `finished` with atexit, so a process that ends normally stops
-    beating before JAX's clean-up stops the coordinator: an unreachable store is then no lost
-    peer (it used to end process 1 with 'lost process 0' after a clean run)."""
+class _Exit(Exception):
+    """What the fake `exit_now` raises (the real one ends the process)."""
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    """A watchdog of process 0 of 2 on a fake store and a fake clock (each sleep advances it);
+    `exit_now` records its line and raises _Exit. Yields (watchdog, store, exits, clock)."""
     from jax._src import distributed as jax_distributed
 
-    store, registered, exits = _FakeStore(), [], []
+    store, registered, exits, clock = _FakeStore(), [], [], [0.0]
     monkeypatch.setattr(jax_distributed.global_state, "client", store, raising=False)
     monkeypatch.setattr(distributed.atexit, "register", registered.append)
     monkeypatch.setattr(distributed.threading, "Thread",
                         lambda **kw: type("T", (), {"start": lambda self: None})())
-    monkeypatch.setattr(distributed, "exit_now", lambda message, *a, **k: exits.append(message))
+    monkeypatch.setattr(distributed.jax, "process_index", lambda: 0)
+    monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
     monkeypatch.setattr(distributed, "_watchdog", None)
-    monkeypatch.setattr(distributed.time, "sleep", lambda s: None)
-    distributed._start_watchdog(30.0)
-    watchdog = distributed._watchdog
+    monkeypatch.setattr(distributed.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    def fake_exit(message, code=1, prefix="error", **kwargs):
+        exits.append((prefix, code, message))
+        raise _Exit
+
+    monkeypatch.setattr(distributed, "exit_now", fake_exit)
+    distributed._start_watchdog(10.0)
     assert registered == [distributed.finished]
-    # While running, an unreachable store ends the process with the one line naming process 0.
-    store.gone = True
-    monkeypatch.setattr(distributed, "exit_now",
-                        lambda message, *a, **k: (exits.append(message), _stop()))
+    yield distributed._watchdog, store, exits, clock
 
-    class _Stop(Exception):
-        pass
 
-    def _stop():
-        raise _Stop
+def _beat_peer(store, n: int):
+    """Process 1's n-th beat."""
+    store.values[f"{distributed._KEY}/1"] = f"{n} pid 42 on host h"
 
-    with pytest.raises(_Stop):
+
+def _run_beats(watchdog, store, n: int, peer=True):
+    """n beats of the watchdog (with process 1 beating too when `peer`)."""
+    for i in range(n):
+        if peer and not store.failing:
+            _beat_peer(store, i + 1)
+        watchdog.beat() and watchdog.lost(watchdog.read())
+
+
+def test_watchdog_survives_a_store_failing_for_less_than_the_timeout(watched):
+    """The store failing for 8 s of a 10 s timeout (and once more later) ends nothing; failing
+    for longer ends the process with one line naming process 0, unreachable that long."""
+    watchdog, store, exits, clock = watched
+    _run_beats(watchdog, store, 3)
+    store.failing = True
+    for _ in range(8):
+        clock[0] += 1
+        assert watchdog.beat() is None
+    store.failing = False
+    clock[0] += 1
+    _beat_peer(store, 9)
+    assert watchdog.lost(watchdog.beat()) == [] and exits == []
+    store.failing = True
+    clock[0] += 1
+    watchdog.beat()
+    with pytest.raises(_Exit):
+        for _ in range(12):
+            clock[0] += 1
+            watchdog.beat()
+    (prefix, code, line), = exits
+    assert (prefix, code) == ("error", 1)
+    assert line.startswith("lost process 0 of 2 (the coordinator: ") and "unreachable for 1" in line
+
+
+def test_watchdog_names_a_silent_peer_after_the_timeout(watched):
+    """A peer whose beat stops changing is named once the timeout has passed, not before."""
+    watchdog, store, exits, clock = watched
+    _beat_peer(store, 1)
+    assert watchdog.lost(watchdog.beat()) == []
+    clock[0] += 9.5
+    assert watchdog.lost(watchdog.beat()) == []
+    clock[0] += 1
+    lost = watchdog.lost(watchdog.beat())
+    assert [p for p, _ in lost] == [1]
+    assert watchdog.message(lost).startswith("lost process 1 of 2 (pid 42 on host h, silent "
+                                             "for 10 s): it was killed, crashed or is frozen")
+
+
+def test_watchdog_ends_the_process_when_a_peer_ended_alone(watched):
+    """A peer that stopped on a signal (or failed) in set-up says so in its beat: the watchdog
+    ends this process at once with its exit code and one line naming it."""
+    watchdog, store, exits, clock = watched
+    store.values[f"{distributed._KEY}/1"] = "stopped 130 SIGINT (Ctrl-C) before training"
+    with pytest.raises(_Exit):
         watchdog.run()
-    assert len(exits) == 1 and exits[0].startswith("lost process 0 of")
-    # After the atexit handler, the same failure ends the thread quietly.
-    store.gone = False
-    registered[0]()
-    assert store.values[f"{distributed._KEY}/{watchdog.me}"] == "done"
-    store.gone = True
+    assert exits == [("stopped", 130, "process 1 of 2 stopped (SIGINT (Ctrl-C) before "
+                      "training); stopping process 0 too")]
+    store.values[f"{distributed._KEY}/1"] = "failed 1 error: bad data"
+    with pytest.raises(_Exit):
+        watchdog.run()
+    assert exits[1][:2] == ("error", 1) and exits[1][2].startswith("process 1 of 2 failed (")
+
+
+def test_watchdog_stops_beating_at_exit_before_the_service_goes(watched):
+    """`finished` (registered with atexit) writes 'done' and stops the beats: a beat never
+    overwrites it, and an unreachable store after it ends nothing (JAX's clean-up then stops
+    the coordinator; it used to end process 1 with 'lost process 0')."""
+    watchdog, store, exits, clock = watched
+    distributed.finished()
+    assert store.values[f"{distributed._KEY}/0"] == "done"
+    assert watchdog.beat() is None and store.values[f"{distributed._KEY}/0"] == "done"
+    store.failing = True
     watchdog.run()  # returns
-    assert len(exits) == 1
+    assert exits == []
+
+
+def test_stop_agreement_needs_no_collective_and_stops_every_process_together(watched):
+    """Process 0 (no signal) reads the notice at each boundary; once process 1 has posted one,
+    process 0 posts the boundary where it saw it and, two boundaries later, stops at the
+    largest post + 2 with the peer's signal; process 1 (the signal) the same on its side."""
+    watchdog, store, exits, clock = watched
+    agree = distributed.StopAgreement()
+    assert not agree.should_stop(5, None) and not agree.should_stop(6, None)
+    store.values[distributed._STOP_NOTICE] = "2"  # process 1 got SIGINT at its step 7
+    store.values[f"{distributed._STOP_AT}/1"] = "7"
+    assert [agree.should_stop(s, None) for s in (7, 8, 9, 10)] == [False, False, True, True]
+    assert store.values[f"{distributed._STOP_AT}/0"] == "7" and agree.at == 9
+    assert agree.signum == 2
+    store.values.clear()
+    other = distributed.StopAgreement()  # the side of the process that got the signal
+    store.values[f"{distributed._STOP_AT}/1"] = "4"
+    assert [other.should_stop(s, 15 if s >= 3 else None) for s in (2, 3, 4, 5, 6, 7)] == [
+        False, False, False, False, True, True]
+    assert store.values[distributed._STOP_NOTICE] == "15" and other.at == 6

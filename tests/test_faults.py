@@ -242,12 +242,26 @@ def test_reader_reads_again_when_its_step_changes_meanwhile(change, tmp_path, mo
 # ------------------------------------------------------------- signals and kills, as processes
 
 def test_a_signal_before_the_loop_stops_at_once_and_handlers_are_put_back(tmp_path):
-    """Before the loop a signal raises Interrupted (exit 128 + signal) where the main thread
-    is; in the loop it only sets the request; uninstall puts back the handlers found."""
+    """In set-up a signal waits for `arm` (the process has joined its cluster), which then
+    raises Interrupted; armed, it raises where the main thread is (exit 128 + signal); in the
+    loop it only sets the request; after the loop it raises again, in its own words;
+    uninstall puts back the handlers found."""
     before = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
     stop = interrupt.StopRequest(str(tmp_path))
     assert stop.install()
     try:
+        os.kill(os.getpid(), signal.SIGINT)  # in set-up: recorded
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(interrupt.Interrupted, match=r"^SIGINT \(Ctrl-C\) before training "
+                           "started") as e:
+            stop.arm()
+        assert e.value.exit_code == 130
+    finally:
+        stop.uninstall()
+    stop = interrupt.StopRequest(str(tmp_path))
+    assert stop.install()
+    try:
+        stop.arm()
         with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM before training started: "
                            rf"stopped, nothing new to save \(the checkpoints in {tmp_path} ") as e:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -261,6 +275,17 @@ def test_a_signal_before_the_loop_stops_at_once_and_handlers_are_put_back(tmp_pa
         stop.in_loop = True
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.signum == signal.SIGINT  # (one: no exit)
+    finally:
+        stop.uninstall()
+    stop = interrupt.StopRequest(str(tmp_path))  # (a second signal would exit at once)
+    assert stop.install()
+    try:
+        stop.in_loop = True
+        stop.after_loop()
+        with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM after training, during the "
+                           r"final evaluation: stopped; the last checkpoint is saved in "):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
     finally:
         stop.uninstall()
     assert {s: signal.getsignal(s) for s in interrupt.SIGNALS} == before
@@ -454,53 +479,140 @@ def _cluster(env, config: str, workdir, peer_timeout_s: int) -> list[_Running]:
                      config, workdir) for i in range(2)]
 
 
-def test_a_dead_peer_process_stops_the_others_and_resume_is_exact(shared_data, cli_env,
-                                                                   tmp_path):
-    """2 processes train; process 1 is SIGKILLed after checkpoint 4: process 0 exits within
-    the peer timeout (plus slack) with exit 1 and one line naming process 1 by its pid,
-    instead of waiting in its next collective. Checkpoint 4 is then set aside and a new
-    2-process run resumes from 2 to 4: its checkpoint is the one set aside, bit for bit."""
+def _no_native_trace(lines: list[str]) -> bool:
+    """No Python traceback, no C++ abort or stack trace among a process's lines."""
+    return not any(text in line for line in lines for text in (
+        "Traceback", "Terminating process", "*** Begin stack trace", "Check failure"))
+
+
+@pytest.mark.parametrize("who", [0, 1])
+def test_ctrl_c_in_set_up_ends_every_process_with_one_line(shared_data, cli_env, tmp_path, who):
+    """Ctrl-C on one process of 2 while it joins the cluster: it stops once joined (exit 130,
+    one line), and so does the other, promptly, with one line naming it, no native trace.
+    Process 0 (the coordination service's host) waits for the other before it goes."""
+    if not test_distributed._has_gloo():
+        pytest.skip("this jaxlib build has no gloo CPU collectives (multi-process CPU)")
+    config = _config_file(tmp_path, shared_data, total_steps=100_000)
+    runs = _cluster(cli_env, config, tmp_path / "run", peer_timeout_s=30)
+    try:
+        runs[who].wait_for("joining a JAX cluster")
+        os.kill(runs[who].proc.pid, signal.SIGINT)
+        results = [run.finish(within_s=WAIT_S) for run in runs]
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.proc.kill()
+    other = 1 - who
+    assert results[who][0] == 130 and runs[who].lines[-1].startswith(
+        "stopped: SIGINT (Ctrl-C) before training started: stopped, nothing new to save"
+    ), runs[who].lines[-10:]
+    assert results[other][0] == 130 and runs[other].lines[-1] == (
+        f"stopped: process {who} of 2 stopped (SIGINT (Ctrl-C) before training started: "
+        f"stopped, nothing new to save (the checkpoints in {tmp_path / 'run'}/checkpoints are "
+        f"as they were)); stopping process {other} too"), runs[other].lines[-10:]
+    for run in runs:
+        assert _no_native_trace(run.lines), run.lines[-20:]
+        assert sum(line.startswith(("stopped:", "error:")) for line in run.lines) == 1
+
+
+def _wait_for_step(runs: list[_Running], workdir, step: int) -> None:
+    """Waits until checkpoint `step` is saved, every process running."""
+    deadline = time.monotonic() + 2 * WAIT_S  # (two processes start side by side)
+    while not ((workdir / "checkpoints").is_dir() and step in saved_steps(workdir)):
+        assert all(r.proc.poll() is None for r in runs), [r.lines[-20:] for r in runs]
+        assert time.monotonic() < deadline, f"no checkpoint {step} in time"
+        time.sleep(0.1)
+
+
+def test_a_frozen_peer_stops_the_others_and_an_agreed_stop_resumes_exactly(
+        shared_data, cli_env, tmp_path):
+    """2 processes train with an 8 s peer timeout. Each is frozen (SIGSTOP) for 5 s in turn:
+    both train on. Process 1 is then frozen for good: process 0 exits within the timeout (plus
+    slack) with exit 1 and one line naming process 1 by its pid. Checkpoint 4 is set aside and
+    a new 2-process run resumes from 2; Ctrl-C to process 1 after its checkpoint 4 stops both
+    at the same step (exit 130, one line each naming the signal and step, no native trace),
+    and its checkpoint 4 is the one set aside, bit for bit."""
     if not test_distributed._has_gloo():
         pytest.skip("this jaxlib build has no gloo CPU collectives (multi-process CPU)")
     overrides = dict(save_freq=2, keep=10, log_freq=1, **{"optim.schedule": "constant"})
     config = _config_file(tmp_path, shared_data, total_steps=100_000, **overrides)
     workdir = tmp_path / "run"
-    p0, p1 = _cluster(cli_env, config, workdir, peer_timeout_s=10)
+    runs = p0, p1 = _cluster(cli_env, config, workdir, peer_timeout_s=8)
     try:
-        deadline = time.monotonic() + 2 * WAIT_S  # (two processes start side by side)
-        while not ((workdir / "checkpoints").is_dir() and 4 in saved_steps(workdir)):
-            assert p0.proc.poll() is None and p1.proc.poll() is None, (p0.lines[-20:],
-                                                                       p1.lines[-20:])
-            assert time.monotonic() < deadline, "no checkpoint 4 in time"
-            time.sleep(0.1)
-        p1.proc.kill()
-        rc, took = p0.finish(within_s=10 + 50)
+        _wait_for_step(runs, workdir, 2)
+        for run in runs:
+            os.kill(run.proc.pid, signal.SIGSTOP)
+            time.sleep(5)  # (the pause itself: nothing to wait for)
+            os.kill(run.proc.pid, signal.SIGCONT)
+        _wait_for_step(runs, workdir, 4)
+        os.kill(p1.proc.pid, signal.SIGSTOP)
+        rc, took = p0.finish(within_s=8 + 20)
     finally:
-        for p in (p0, p1):
+        for p in runs:
             if p.proc.poll() is None:
                 p.proc.kill()
     last = p0.lines[-1]
     assert rc == 1 and last.startswith(f"error: lost process 1 of 2 (pid {p1.proc.pid} on host "
                                        ), p0.lines[-10:]
-    assert "stopping process 0 too" in last and not any("Traceback" in x for x in p0.lines)
+    assert "stopping process 0 too" in last and _no_native_trace(p0.lines)
 
     reference = tmp_path / "reference" / "checkpoints"
     reference.mkdir(parents=True)
     os.rename(workdir / "checkpoints" / "4", reference / "4")
     for name in list(os.listdir(workdir / "checkpoints")):
-        if name.isdigit() and int(name) > 4:
+        if name.isdigit() and int(name) > 2:
             shutil.rmtree(workdir / "checkpoints" / name)
-    config = _config_file(tmp_path, shared_data, total_steps=4, **overrides)
-    runs = _cluster(cli_env, config, workdir, peer_timeout_s=10)
-    for run in runs:
-        rc, _ = run.finish(within_s=2 * WAIT_S)
-        assert rc == 0, run.lines[-20:]
+    runs = _cluster(cli_env, config, workdir, peer_timeout_s=8)
+    try:
+        _wait_for_step(runs, workdir, 4)
+        os.kill(runs[1].proc.pid, signal.SIGINT)
+        results = [run.finish(within_s=WAIT_S) for run in runs]
+    finally:
+        for p in runs:
+            if p.proc.poll() is None:
+                p.proc.kill()
     assert any("resuming at step 2" in x for x in runs[0].lines)
+    lasts = [run.lines[-1] for run in runs]
+    assert [rc for rc, _ in results] == [130, 130], [run.lines[-10:] for run in runs]
+    step = int(lasts[1].split(" at step ")[1].split(":")[0])
+    assert lasts[0] == lasts[1] and lasts[1].startswith(f"stopped: SIGINT (Ctrl-C) at step "
+                                                        f"{step}: saved the checkpoint"), lasts
+    assert all(_no_native_trace(run.lines) for run in runs)
+    assert step in saved_steps(workdir)
     config = tiny_config("sft", shared_data, total_steps=4, **overrides)
     done, _ = restore(workdir, config, step=4)
     want, _ = restore(tmp_path / "reference", config, step=4)
     assert _leaves_equal(done.params, want.params) and _leaves_equal(done.opt_state,
                                                                      want.opt_state)
+
+
+def test_init_from_workdir_with_two_processes_has_one_writer(shared_data, sft_run, cli_env,
+                                                             tmp_path):
+    """2 processes start from a stage-1 workdir: process 0 alone writes WORKDIR/init/ (the
+    other waits, then reads it), both train and evaluate one dialogue (the eval batch padded
+    to the 2 devices). A resumed run whose init.from_workdir names another folder is refused
+    naming both."""
+    if not test_distributed._has_gloo():
+        pytest.skip("this jaxlib build has no gloo CPU collectives (multi-process CPU)")
+    stage1, _, _ = sft_run
+    overrides = {"total_steps": 1, "eval_size": 1, "data.tokenizer": "",
+                 "init.from_workdir": str(stage1)}
+    config = _config_file(tmp_path, shared_data, **overrides)
+    workdir = tmp_path / "run"
+    runs = _cluster(cli_env, config, workdir, peer_timeout_s=30)
+    results = [run.finish(within_s=2 * WAIT_S) for run in runs]
+    assert [rc for rc, _ in results] == [0, 0], [run.lines[-10:] for run in runs]
+    written = [any(f"starting from {stage1} at step " in x for x in run.lines) for run in runs]
+    assert written == [True, False]
+    assert (workdir / "eval" / "valid-step-1.jsonl").read_text().count("\n") == 1
+    from lapdog_jax import init_from
+
+    assert init_from.source(str(workdir))["workdir"] == str(stage1)
+    moved = tiny_config("sft", shared_data, **{**overrides, "init.from_workdir": "elsewhere"})
+    with pytest.raises(init_from.ConfigError, match=(
+            rf"^--config.init.from_workdir=elsewhere: this run started from {stage1} \(step "
+            r"\d+, recorded in .*source.json\), and a resumed run keeps its start")):
+        init_from.check(moved, str(workdir))
 
 
 def test_export_in_a_loop_beside_a_saving_run(shared_data, cli_env, tmp_path):

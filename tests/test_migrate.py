@@ -152,7 +152,8 @@ _RL = {**_DATA, "preset": "base", "batch_size": 2, "total_steps": 1000, "optim.l
        "optim.warmup_steps": 1000, "optim.schedule": "cosine", "data.retriever_from": "all",
        "retrieval.temperature_score": 0.01, "init.retriever": "facebook/contriever",
        "init.reader": "", "reward.gold_score_mode": "f1rougebleu", "reward.bleu_norm": "l2",
-       "reward.length_penalty": 1.0, "model.dtype": "float32", "data.n_context": 1}
+       "reward.bleu_norm_scope": "local", "reward.length_penalty": 1.0, "model.dtype": "float32",
+       "data.n_context": 1}
 _JOINT = {**_DATA, "mode": "joint_grpo", "preset": "base", "batch_size": 4,
           "accumulation_steps": 2, "total_steps": 12000, "eval_freq": 1000, "save_freq": 1000,
           "grpo.group_size": 4, "grpo.retriever_group_size": 4, "grpo.kl_coeff": 0.01,
@@ -161,7 +162,7 @@ _JOINT = {**_DATA, "mode": "joint_grpo", "preset": "base", "batch_size": 4,
           "data.passages": "data/corpora/story/story.jsonl",
           "init.reader": "ckpt/stage1/checkpoint/step-12000",
           "init.retriever": "facebook/contriever", "reward.gold_score_mode": "f1rougebleu",
-          "reward.bleu_norm": "l2", "reward.length_penalty": 1.0,
+          "reward.bleu_norm": "l2", "reward.bleu_norm_scope": "local", "reward.length_penalty": 1.0,
           "retrieval.refresh_index": 0, "data.retriever_from": "all"}
 EXPECTED = {
     "stage1_closed_book": ({**_DATA, "mode": "sft", "preset": "base", "name": "stage1_t5base",
@@ -202,7 +203,8 @@ EXPECTED_README = {
                 "init.retriever": "facebook/contriever", "model.shared_retriever": True,
                 "model.passage_scores": "live", "model.train_passage_encoder": True,
                 "reward.gold_score_mode": "f1rougebleu", "reward.bleu_norm": "l2",
-                "reward.length_penalty": 0.0}, "ckpt/xl_exp/LAPDOG_XL"),
+                "reward.bleu_norm_scope": "local", "reward.length_penalty": 0.0},
+               "ckpt/xl_exp/LAPDOG_XL"),
 }
 
 

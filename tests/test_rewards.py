@@ -230,6 +230,33 @@ def test_reward_factories_from_config():
     np.testing.assert_allclose(np.asarray(gold), np.asarray(want))
 
 
+def test_local_bleu_norm_divides_each_devices_rows_by_their_own_norm():
+    """BLEU/‖BLEU‖₂ per device's rows ('local', as LAPDOG per GPU) by hand: rows (3, 4) and
+    (0, 5) give (0.6, 0.8) and (0, 1); over the whole batch ('global') each is /√50; the
+    device kernel, the grouped host combination and the reward binding agree."""
+    bleu = jnp.asarray([3.0, 4.0, 0.0, 5.0])
+    np.testing.assert_allclose(rewards.normalize_bleu(bleu, "l2", groups=2), [0.6, 0.8, 0, 1])
+    np.testing.assert_allclose(rewards.normalize_bleu(bleu, "l2"), np.asarray(bleu) / 50 ** 0.5,
+                               rtol=1e-6)
+    np.testing.assert_allclose(rewards.normalize_bleu(jnp.zeros((2, 2)), "l2", groups=2), 0)
+    pred = np.random.default_rng(1).integers(3, 9, size=(4, T)).astype(np.int32)
+    ref = np.random.default_rng(2).integers(3, 9, size=(4, R)).astype(np.int32)
+    halves = [rewards.combined_reward(pred[i:i + 2], ref[i:i + 2], SPECIAL, bleu_norm="l2")
+              for i in (0, 2)]
+    got = rewards.combined_reward(pred, ref, SPECIAL, bleu_norm="l2", groups=2)
+    np.testing.assert_allclose(got, np.concatenate(halves), rtol=1e-6)
+    rc = config_lib.mode_config("grpo").reward
+    with rc.unlocked():
+        rc.bleu_norm, rc.bleu_norm_scope = "l2", "local"
+    bound = rewards.make_device_reward(rc, SPECIAL, fns=(("f1rougebleu", 1.0),), groups=2)
+    np.testing.assert_allclose(bound(pred, ref), got, rtol=1e-6)
+    with rc.unlocked():
+        rc.bleu_norm_scope = "global"
+    bound = rewards.make_device_reward(rc, SPECIAL, fns=(("f1rougebleu", 1.0),), groups=2)
+    np.testing.assert_allclose(bound(pred, ref), rewards.combined_reward(
+        pred, ref, SPECIAL, bleu_norm="l2"), rtol=1e-6)
+
+
 def test_bad_bleu_norm_is_an_error():
     """An unknown normalisation is rejected on both backends."""
     pred, ref = _pad([[5]], T), _pad([[5]], R)
