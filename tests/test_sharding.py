@@ -103,9 +103,14 @@ def test_sharded_steps_match_single_device(tmp_path):
         # The same rng gives the same docs and completions.
         np.testing.assert_array_equal(out[name + "/ro/tokens"], single["ro/tokens"])
         np.testing.assert_array_equal(out[name + "/ro/doc_idx"], single["ro/doc_idx"])
+        micro = MESHES[name][1] > 1
         for key, want in single.items():
             if not key.endswith("_shards"):
-                np.testing.assert_allclose(out[f"{name}/{key}"], want, atol=1e-4, rtol=1e-4,
+                # Under grpo.micro_batches the reader's metrics are the mean over the parts'
+                # means (steps._reader_grads; the loss and gradients are exact): equal to the
+                # unsplit ones only when the parts hold equal token counts.
+                tol = 2e-3 if micro and key.startswith("m/grpo/") else 1e-4
+                np.testing.assert_allclose(out[f"{name}/{key}"], want, atol=tol, rtol=tol,
                                            err_msg=f"{name}: {key}")
 
 
