@@ -98,8 +98,8 @@ def test_startup_summary_names_the_memory_settings(env, tmp_path):
         text = summary.startup_summary(config, str(tmp_path), exp, mesh, 0)
         return next(line for line in text.splitlines() if line.strip().startswith("steps:"))
 
-    assert not any(w in steps_line() for w in ("micro-batches", "remat", "scanned"))
+    assert not any(w in steps_line() for w in ("micro-batches", "remat", "unrolled"))
     line = steps_line(**{"grpo.micro_batches": 2, "model.remat": "full",
-                         "accumulation_steps": 3, "model.scan_layers": True})
+                         "accumulation_steps": 3, "model.scan_layers": False})
     assert line.endswith("; 3 batches per optimizer step; GRPO update in 2 micro-batches; "
-                         "reader remat full; layers scanned"), line
+                         "reader remat full; layers unrolled"), line

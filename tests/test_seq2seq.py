@@ -54,11 +54,12 @@ def test_arithmetic_problems_are_right_and_seeded():
 
 
 def test_grpo_raises_accuracy_after_the_warmup(tmp_path):
-    """A short real run of the embedded task: 100 supervised steps, then 50 GRPO steps (no KL)
-    with the exact-answer reward (plus a host reward that adds 0); eval em rises (measured:
-    43.8 -> 54.7, ~60 s on 2 shared CPU cores)."""
+    """A short real run of the embedded task: 100 supervised steps, then 100 GRPO steps (no
+    KL) with the exact-answer reward (plus a host reward that adds 0); eval em rises by more
+    than 5 points. (50 GRPO steps gained 3.1 points at seeds 1 and 2 and lost 3.1 at seed 0
+    once the scanned T5 drew its layers' initial weights per layer.)"""
     config = config_lib.mode_config("seq2seq_grpo")
-    overrides = {"sft_warmup_steps": 100, "total_steps": 150, "eval_freq": 100,
+    overrides = {"sft_warmup_steps": 100, "total_steps": 200, "eval_freq": 100,
                  "eval_size": 64, "save_freq": 0, "log_freq": 20,
                  "data.synthetic.num_train": 800, "data.synthetic.num_valid": 64,
                  "grpo.kl_coeff": 0.0,  # (no reference pass: a faster test)
@@ -72,11 +73,11 @@ def test_grpo_raises_accuracy_after_the_warmup(tmp_path):
     HOST_CALLS.clear()
     train.train_and_evaluate(config, str(tmp_path))
     em = {}
-    for step in (100, 150):
+    for step in (100, 200):
         with open(os.path.join(tmp_path, "eval", f"metrics-step-{step}.json")) as f:
             em[step] = json.load(f)["em"]
-    assert HOST_CALLS == [16 * 8] * 50  # B x G completions, once per GRPO step
-    assert em[150] > em[100] + 5, em
+    assert HOST_CALLS == [16 * 8] * 100  # B x G completions, once per GRPO step
+    assert em[200] > em[100] + 5, em
     # Its export: a reader and the card, no retriever or stories for a model without one.
     paths = export.export(str(tmp_path), str(tmp_path / "hf"))
     assert set(paths) == {"checkpoint", "reader", "settings", "card"}
