@@ -16,14 +16,19 @@ import functools
 import os
 import sys
 import time
-import types
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_peer import DEFAULT_MODEL, grpo_steps, t5_config, train_state  # noqa: E402
+from bench_peer import (  # noqa: E402
+    DEFAULT_MODEL,
+    flag_args,
+    grpo_steps,
+    t5_config,
+    train_state,
+)
 
 from lapdog_jax.models.t5 import init_params  # noqa: E402
 
@@ -66,11 +71,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("source", 256, "source tokens S")
     flags.DEFINE_integer("target", 32, "target tokens T")
 
-
-def flag_args() -> types.SimpleNamespace:
-    """The parsed flags as attributes (a '-' in a flag's name read as '_')."""
-    return types.SimpleNamespace(**{name.replace("-", "_"): value
-                                    for name, value in flags.FLAGS.flag_values_dict().items()})
 
 
 def main(argv):

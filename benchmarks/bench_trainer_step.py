@@ -36,14 +36,17 @@ import functools
 import os
 import pstats
 import statistics
+import sys
 import tempfile
 import time
-import types
 
 import jax
 from absl import app, flags
 
 from lapdog_jax import config_lib, retrieval, steps, tb, train
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_peer import flag_args  # noqa: E402
 
 
 def _set(config, assignment: str) -> None:
@@ -157,11 +160,6 @@ def define_flags() -> None:
     flags.DEFINE_string("trace", None, "write a jax.profiler trace of run 1 here")
     flags.DEFINE_bool("cprofile", False, "host profile of run 1")
 
-
-def flag_args() -> types.SimpleNamespace:
-    """The parsed flags as attributes (a '-' in a flag's name read as '_')."""
-    return types.SimpleNamespace(**{name.replace("-", "_"): value
-                                    for name, value in flags.FLAGS.flag_values_dict().items()})
 
 
 def main(argv):
