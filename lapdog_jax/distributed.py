@@ -57,7 +57,6 @@ ENV_JOIN_TIMEOUT = "LAPDOG_JOIN_TIMEOUT"
 PEER_TIMEOUT_S = 30  # default seconds without a beat before a peer counts as gone
 JOIN_TIMEOUT_S = 300  # default seconds the processes wait for each other to join (JAX's)
 _BEAT_S = 1.0
-_LINGER_S = 5.0  # the most process 0 waits, ending alone, for the others to see it
 _KEY = "lapdog_jax/alive"
 _STOP_NOTICE = "lapdog_jax/stop/notice"
 _STOP_AT = "lapdog_jax/stop/at"
@@ -297,16 +296,18 @@ class _Watchdog:
 
     def linger(self) -> None:
         """On process 0 (which holds the coordination service: the others lose it when it
-        exits), waits until every other process has ended or a few seconds have passed."""
+        exits), waits until every other process has ended or the peer timeout has passed. A peer
+        that has not beaten yet (still between joining and its first beat) counts as running:
+        process 0 leaving then would abort it inside JAX."""
         if self.me != 0:
             return
-        deadline = time.monotonic() + min(self.timeout_s, _LINGER_S)
+        deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             try:
                 values = self.read()
             except Exception:  # noqa: BLE001 - the store is gone: nobody to wait for
                 return
-            if all(not v.partition(" ")[0].isdigit() for v in values.values()):
+            if all(v and not v.partition(" ")[0].isdigit() for v in values.values()):
                 return
             time.sleep(_BEAT_S / 10)
 
