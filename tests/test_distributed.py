@@ -88,7 +88,8 @@ def cluster_results():
     if not _has_gloo():
         pytest.skip("this jaxlib build has no gloo CPU collectives (multi-process CPU)")
     port = _free_port()
-    env = _clean_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = _clean_env(XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                     + " --xla_force_host_platform_device_count=2")
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]

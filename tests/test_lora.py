@@ -504,7 +504,8 @@ def test_sharded_lora_update_equals_one_device():
     and a LoRA rollout + grpo_update gives the 1-device numbers."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": root}
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+           + " --xla_force_host_platform_device_count=8", "PYTHONPATH": root}
     done = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
                           timeout=900, cwd=root, env=env)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

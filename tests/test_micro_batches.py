@@ -21,12 +21,18 @@ from tests.tiny_steps import (
     random_rewards,
 )
 
+BASE = {"grpo.kl_coeff": 0.05, "grpo.mask_truncated": True, "optim.clip_norm": 0.0}
+
 
 @pytest.fixture(scope="module")
 def env():
+    """(models, params, batch, a rollout of them): the loss aggregation leaves the rollout as
+    it is, so every test updates on this one."""
     models = make_models()
     params = steps.freeze_copy(jax.tree.map(jnp.asarray, _params(models)))
-    return models, params, jax.tree.map(jnp.asarray, make_batch())
+    batch = jax.tree.map(jnp.asarray, make_batch())
+    fns = Fns(make_config("joint_grpo", **BASE), models)
+    return models, params, batch, fns.rollout(params, batch, jax.random.PRNGKey(5), params)
 
 
 def _params(models):
@@ -37,12 +43,10 @@ def _params(models):
 @pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "seq_mean_token_mean_all_rows",
                                       "token_mean", "seq_mean_token_sum_norm"])
 def test_micro_batched_update_equals_whole_batch(env, loss_agg):
-    models, params, batch = env
-    overrides = {"grpo.kl_coeff": 0.05, "grpo.loss_agg": loss_agg, "grpo.mask_truncated": True,
-                 "optim.clip_norm": 0.0}
+    models, params, batch, ro = env
+    overrides = {**BASE, "grpo.loss_agg": loss_agg}
     whole = Fns(make_config("joint_grpo", **overrides), models)
     parts = Fns(make_config("joint_grpo", **overrides, **{"grpo.micro_batches": 2}), models)
-    ro = whole.rollout(params, batch, jax.random.PRNGKey(5), params)
     # Uneven parts: rows truncated (left out of the loss) only in the first sources, and
     # lengths that differ, so each part's share of the normaliser differs from 1/2.
     lengths = np.array([1, 2, 3, 6] * (B * Gr * G // 4))
@@ -87,7 +91,7 @@ def test_startup_summary_names_the_memory_settings(env, tmp_path):
 
     from lapdog_jax import run_spec, sharding, summary
 
-    models, params, _ = env
+    models, params, _, _ = env
     exp = types.SimpleNamespace(reader=models.reader, retriever=models.retriever, params=params,
                                 train=[None] * 4, valid=[None] * 2, passages=[None] * 3)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])

@@ -84,7 +84,8 @@ def run(mesh_shape, micro_batches: int = 1, scan_layers: bool = False
 def test_sharded_steps_match_single_device(tmp_path):
     path = str(tmp_path / "out.npz")
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+               + " --xla_force_host_platform_device_count=8")
     # The 8-device runs go in a subprocess while this process computes the 1-device one.
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, path], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
