@@ -23,10 +23,15 @@ time is recorded as such and the others still run; a part's peak device memory i
    the train state's (params + AdamW moments + reference).
 3. `trainer-xl-lora`: part 2 at T5 v1.1-XL dims (a random reader stored in bf16,
    `model.param_dtype=bfloat16`) with rank-16 LoRA adapters (fp32) on its attention, 10 steps.
-4. `memory`: `bench_memory.py` at the demo's tiny dims and at T5 v1.1-base: the peak host RSS
+4. `index`: `bench_index.py` at 100k stories: the packaged MiniLM retriever's embedding rate
+   (a refresh's cost), and build, search and memory of the on-device exact index beside faiss
+   flat, IVF and HNSW (on the host) with their recall.
+5. `memory`: `bench_memory.py` at the demo's tiny dims and at T5 v1.1-base: the peak host RSS
    of a 1-step stage-1 run, its export, evaluation and resumed run, and the trainer's live
    arrays against its state (docs/performance.md has the CPU's figures).
-5. `peer-B32`: part 1 at B=32.
+6. `peer-B32`: part 1 at B=32.
+
+`--parts=peer,trainer-xl-lora` runs only the parts named (`peer` names every peer part).
 
 `--tiny` runs the same parts unchanged at toy dims (bench_peer's `tiny` T5, the embedded
 config's tiny reader and a random tiny retriever, a few steps): the test of this script.
@@ -278,6 +283,18 @@ def _nbytes(tree) -> int:
                if hasattr(x, "dtype"))
 
 
+def child_index(args) -> None:
+    """bench_index.py (embedding rate, and each index's build, search and memory) in its own
+    child; its report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "index.json")
+        size = (["--num_stories=2000", "--embed_sample=64", "--batch=32", "--repeats=3"]
+                if args.tiny else ["--num_stories=100000", "--embed_sample=8192"])
+        subprocess.run([sys.executable, os.path.join(HERE, "bench_index.py"), f"--out={out}",
+                        *size], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        _write(args.child_out, json.load(open(out)))
+
+
 def child_memory(args) -> None:
     """bench_memory.py (each tool's peak RSS and the trainer's live arrays against the train
     state, at `--memory-dims`) in its own children; its rows."""
@@ -353,12 +370,20 @@ def _parts(args) -> list[tuple[str, list[str], tuple[str, ...]]]:
     xl_lora = ["--child=trainer", f"--steps={args.steps or (4 if args.tiny else 10)}",
                "--preset=xl", f"--lora-rank={4 if args.tiny else 16}"] + tiny
     memory = ["--child=memory", f"--memory-dims={'tiny' if args.tiny else 'tiny,base'}"] + tiny
+    index = ["--child=index"] + tiny
     needs_peer = ("jax", "flax", "optax", "ml_collections", "torch", "transformers")
     needs_trainer = tuple(m for m in MODULES if m != "torch")
     parts = [(f"peer-B{b}", peer + [f"--batch={b}"], needs_peer) for b in args.batches]
-    return parts[:1] + [("trainer", trainer, needs_trainer),
-                        ("trainer-xl-lora", xl_lora, needs_trainer),
-                        ("memory", memory, needs_trainer)] + parts[1:]
+    parts = parts[:1] + [("trainer", trainer, needs_trainer),
+                         ("trainer-xl-lora", xl_lora, needs_trainer),
+                         ("index", index, needs_trainer),
+                         ("memory", memory, needs_trainer)] + parts[1:]
+    wanted = set(getattr(args, "parts", None) or ())
+    unknown = wanted - {"peer"} - {name for name, _, _ in parts if not name.startswith("peer")}
+    if unknown:
+        raise app.UsageError(f"--parts: unknown {', '.join(sorted(unknown))}")
+    return [p for p in parts if not wanted or p[0] in wanted
+            or (p[0].startswith("peer-") and "peer" in wanted)]
 
 
 def run_parts(args, missing: list[str]) -> dict:
@@ -460,6 +485,17 @@ def markdown(report: dict) -> str:
             f"({_fmt(t.get('params_gib'), '.2f')} + {_fmt(t.get('moments_gib'), '.2f')} + "
             f"{_fmt(t.get('reference_gib'), '.2f')}) | "
             f"{_fmt(t.get('peak_host_rss_gib'), '.2f')} |")
+    x = report["parts"].get("index")
+    if x is not None:
+        e = x.get("embed", {})
+        lines += ["", f"## index: bench_index.py ({x.get('status')}): N={x.get('N')} D={x.get('D')}"
+                  f", {x.get('queries')} queries, top {x.get('k')}; {x.get('retriever')} embeds "
+                  f"{_fmt(e.get('stories_per_s'), '.0f')} stories/s: a refresh takes "
+                  f"{_fmt(e.get('refresh_s_at_N'), '.1f')} s", "",
+                  "| index | build s | search ms / batch | MB | recall@k |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['index']} | {r['build_s']:.2f} | {1000 * r['search_s']:.2f} | "
+                  f"{r['bytes'] / 1e6:.0f} | {r['recall']:.3f} |" for r in x.get("indexes", [])]
     m = report["parts"].get("memory", {})
     lines += ["", f"## memory: bench_memory.py ({m.get('status')})", "",
               "| dims | part | peak host RSS GiB | reader GiB | live arrays GiB | "
@@ -494,7 +530,10 @@ def define_flags() -> None:
                         "einsum:off,fused:on (default: all four)")
     flags.DEFINE_integer("steps", 0, "trainer steps (0: 30, tiny 4)")
     # a child's flags (the parent passes them)
-    flags.DEFINE_enum("child", None, ["peer", "trainer", "memory"], "(child) the part to run")
+    flags.DEFINE_list("parts", [], "the parts to run (peer, trainer, trainer-xl-lora, index, "
+                      "memory; default: all)")
+    flags.DEFINE_enum("child", None, ["peer", "trainer", "memory", "index"],
+                      "(child) the part to run")
     flags.DEFINE_string("preset", "base", "(child) the trainer's preset (its reader's dims)")
     flags.DEFINE_integer("lora-rank", 0, "(child) the trainer's LoRA rank (0: none)")
     flags.DEFINE_string("memory-dims", "tiny", "(child) bench_memory.py's --dims")
@@ -524,7 +563,8 @@ def main(argv):
     del argv
     args = flag_args()
     if args.child:
-        {"peer": child_peer, "trainer": child_trainer, "memory": child_memory}[args.child](args)
+        {"peer": child_peer, "trainer": child_trainer, "memory": child_memory,
+         "index": child_index}[args.child](args)
         return
     missing = missing_modules()
     print("[gpu_suite] missing modules: " + (" ".join(missing) or "none"), flush=True)

@@ -154,6 +154,7 @@ CHOICES = {
     "reward.length_unit": LENGTH_UNITS,
     "model.dropout": DROPOUT,
     "retrieval.distill_scale": DISTILL_SCALES,
+    "retrieval.index": ("auto", "device", "faiss"),
     "retrieval.distill_reduction": DISTILL_REDUCTIONS,
 }
 TINY_READER_INTS = tuple(f"model.reader.{k}" for k in (
@@ -521,6 +522,9 @@ def _retrieval(c: ml_collections.ConfigDict) -> None:
     c.retrieval = ml_collections.ConfigDict()
     c.retrieval.pool_size = 16  # K passages scored per prompt (faiss top-K)
     c.retrieval.refresh_index = 20  # steps between index rebuilds (0 = never)
+    # Where the top-K search runs: 'device' (exact, the embeddings kept on the accelerators),
+    # 'faiss' (exact, on the host) or 'auto' (device when the embeddings fit; docs/performance.md).
+    c.retrieval.index = "auto"
     c.retrieval.temperature_score = 0.05  # retriever score temperature τ (LAPDOG)
     c.retrieval.temperature_gold = 0.1  # gold score temperature (LAPDOG stage 2)
     # LAPDOG stage 2's retriever loss, torch.nn.KLDivLoss()(log_softmax(s/τ_s), softmax(g/τ_g))

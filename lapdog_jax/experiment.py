@@ -359,7 +359,8 @@ def make_pipeline(exp: Experiment, dialogues, retriever: Retriever | None, batch
 def passage_retriever(exp: Experiment) -> Retriever:
     """The story corpus tokenized for the retriever (call `rebuild(params)` to index it)."""
     return Retriever(exp.retriever, exp.passages, exp.retriever_tokenizer,
-                     exp.config.data.retriever_maxlength)
+                     exp.config.data.retriever_maxlength,
+                     index=exp.config.retrieval.index)
 
 
 def abstract_state(exp: Experiment, mesh, optimizer: optim.Optimizer | None = None):

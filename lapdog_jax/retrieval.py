@@ -1,9 +1,13 @@
-"""Dense retrieval over the story corpus: Contriever embeddings in a faiss inner-product index.
+"""Dense retrieval over the story corpus: Contriever embeddings searched by exact inner product.
 
 Shapes: N passages, B queries, L tokens, D embedding width, K results per query.
 Embedding runs the jitted Contriever on fixed [batch_size, L] blocks (the last one padded), so
-a whole corpus compiles once. The index is an exact `IndexFlatIP`, moved to all GPUs when faiss
-sees any. `Retriever.rebuild(params)` re-embeds the corpus after the passage encoder changed.
+a whole corpus compiles once. Two exact indexes give the same top-K: `DeviceIndex` keeps the
+embeddings on this process's accelerators (rows split over them) and searches with a jitted
+matmul + `lax.top_k`, so the embeddings never leave the device; `PassageIndex` is a faiss
+`IndexFlatIP` on the host (moved to all GPUs when faiss sees any), for corpora that do not fit.
+`retrieval.index='auto'` (`choose_index`) takes the device one when the embeddings fit.
+`Retriever.rebuild(params)` re-embeds the corpus after the passage encoder changed.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from collections.abc import Callable, Sequence
 
 import faiss
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from lapdog_jax.data import Passage, retriever_passage
@@ -25,6 +31,12 @@ from lapdog_jax.data.pipeline import Pool
 from lapdog_jax.data.tokenizer import TruncationStats, encode
 
 INDEX_FILE, IDS_FILE = "index.faiss", "passage_ids.json"
+INDEXES = ("auto", "device", "faiss")  # retrieval.index
+# 'auto' keeps the embeddings on the devices up to this share of the smallest local device's
+# memory (the rest is the train state's), and up to DEVICE_INDEX_MAX_BYTES where jax does not
+# report a device's memory (CPU).
+DEVICE_INDEX_MEMORY_SHARE = 1 / 16
+DEVICE_INDEX_MAX_BYTES = 4 << 30
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -50,8 +62,80 @@ def embed_passages(model, params, input_ids: np.ndarray, attention_mask: np.ndar
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def choose_index(kind: str, n: int, dim: int) -> str:
+    """'device' or 'faiss' for `retrieval.index` `kind` and N x D float32 embeddings."""
+    if kind not in INDEXES:
+        raise ValueError(f"retrieval.index={kind!r}: expected one of {', '.join(INDEXES)}")
+    if kind != "auto":
+        return kind
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in jax.local_devices()]
+    budget = (min(limits) * DEVICE_INDEX_MEMORY_SHARE if all(limits)
+              else DEVICE_INDEX_MAX_BYTES)
+    return "device" if n * dim * 4 <= budget else "faiss"
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n"))
+def _top_k(embeddings, queries, k: int, n: int):
+    """Scores [B, N] = queries [B, D] . embeddings [Np, D] (the Np - n pad rows at -inf), and
+    their top k (the lower row first on ties, as faiss)."""
+    scores = jnp.einsum("bd,nd->bn", queries, embeddings,
+                        precision=jax.lax.Precision.HIGHEST)  # (f32 on every backend)
+    if embeddings.shape[0] > n:
+        scores = jnp.where(jnp.arange(embeddings.shape[0]) < n, scores, -jnp.inf)
+    return jax.lax.top_k(scores, k)
+
+
+class DeviceIndex:
+    """Exact inner-product search with the embeddings on this process's devices, returning
+    passage ids (the `PassageIndex` interface). The rows are split over the local devices (N
+    padded to a multiple of their count); each search is one jitted matmul + top-k, compiled
+    once per number of queries."""
+
+    def __init__(self, ids: Sequence[str], embeddings: np.ndarray):
+        """Places `embeddings` [N, D] (in the order of `ids`) on the local devices."""
+        self.ids = np.asarray(list(ids), dtype=object)
+        devices = np.asarray(jax.local_devices())
+        self.sharding = NamedSharding(Mesh(devices, ("passages",)),
+                                      PartitionSpec("passages", None))
+        self.reset(embeddings)
+
+    def reset(self, embeddings) -> None:
+        """Replaces all embeddings [N, D] (same ids, same order); a jax array stays on device."""
+        if embeddings.ndim != 2 or len(embeddings) != len(self.ids):
+            raise ValueError(f"embeddings {embeddings.shape} do not match {len(self.ids)} "
+                             "passage ids")
+        n, pad = len(self.ids), -len(self.ids) % self.sharding.mesh.size
+        emb = jnp.asarray(embeddings, jnp.float32)
+        if pad:
+            emb = jnp.concatenate([emb, jnp.zeros((pad, emb.shape[1]), jnp.float32)])
+        self.embeddings = jax.device_put(emb, self.sharding)
+        self._n, self._dim = n, int(emb.shape[1])
+
+    @property
+    def dim(self) -> int:
+        """Embedding width D."""
+        return self._dim
+
+    def __len__(self) -> int:
+        """Number of passages N."""
+        return self._n
+
+    def search(self, query_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: queries [B, D] -> (ids str [B, k], scores float32 [B, k])."""
+        if not 1 <= k <= len(self):
+            raise ValueError(f"k={k} must be in [1, {len(self)}]")
+        scores, rows = _top_k(self.embeddings, jnp.asarray(query_emb, jnp.float32), k=k,
+                              n=self._n)
+        return self.ids[np.asarray(rows)], np.asarray(scores)
+
+    def save(self, path: str) -> None:
+        """Writes the same files as `PassageIndex.save` (a faiss index and the id map)."""
+        PassageIndex(self.ids, np.asarray(self.embeddings)[:self._n], use_gpu=False).save(path)
+
+
 class PassageIndex:
-    """Exact inner-product search over passage embeddings, returning passage ids."""
+    """Exact inner-product search over passage embeddings on the host (faiss), returning
+    passage ids."""
 
     def __init__(self, ids: Sequence[str], embeddings: np.ndarray, use_gpu: bool | None = None):
         """Builds the index; `use_gpu=None` uses GPUs when faiss has any."""
@@ -105,9 +189,11 @@ class Retriever:
     """A passage corpus with its retriever tokens and a faiss index built from given params."""
 
     def __init__(self, model, passages: Sequence[Passage], tokenizer, max_length: int,
-                 batch_size: int = 256, progress: bool = True):
-        """Tokenizes "{title} {text}" of every passage once; call `rebuild` to index."""
+                 batch_size: int = 256, progress: bool = True, index: str = "auto"):
+        """Tokenizes "{title} {text}" of every passage once; call `rebuild` to index.
+        `index`: 'device', 'faiss' or 'auto' (see `choose_index`)."""
         self.model, self.passages = model, list(passages)
+        self.index_kind = index
         self.by_id = {p.id: p for p in self.passages}
         self.row = {p.id: i for i, p in enumerate(self.passages)}
         self.batch_size, self.progress = batch_size, progress
@@ -115,7 +201,7 @@ class Retriever:
         self.input_ids, self.attention_mask = encode(
             tokenizer, [retriever_passage(p) for p in self.passages], max_length, self.stats,
             "passage")
-        self.index: PassageIndex | None = None
+        self.index: DeviceIndex | PassageIndex | None = None
         self.embeddings: np.ndarray | None = None  # [N, D] float32 of the last rebuild
 
     def embed(self, params, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -123,20 +209,24 @@ class Retriever:
         return embed_passages(self.model, params, input_ids, attention_mask,
                               batch_size=len(input_ids), progress=False)
 
-    def rebuild(self, params) -> PassageIndex:
+    def rebuild(self, params) -> DeviceIndex | PassageIndex:
         """(Re-)embeds every passage with `params` and refreshes the index."""
         start = time.perf_counter()
         # A corpus smaller than one batch is embedded in one batch of its own size.
         emb = embed_passages(self.model, params, self.input_ids, self.attention_mask,
                              min(self.batch_size, len(self.passages)), self.progress)
         if self.index is None:
-            self.index = PassageIndex([p.id for p in self.passages], emb)
+            ids = [p.id for p in self.passages]
+            kind = choose_index(self.index_kind, *emb.shape)
+            self.index = DeviceIndex(ids, emb) if kind == "device" else PassageIndex(ids, emb)
         else:
             self.index.reset(emb)
         self.embeddings = emb
         took = time.perf_counter() - start
-        logging.info("indexed %d passages (D=%d) in %.1f s (%.0f passages/s)", len(self.index),
-                     self.index.dim, took, len(self.index) / max(took, 1e-9))
+        logging.info("indexed %d passages (D=%d, %s) in %.1f s (%.0f passages/s)",
+                     len(self.index), self.index.dim,
+                     "on device" if isinstance(self.index, DeviceIndex) else "faiss", took,
+                     len(self.index) / max(took, 1e-9))
         return self.index
 
     def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

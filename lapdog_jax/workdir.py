@@ -101,6 +101,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raw["data"]["synthetic"].setdefault("fact_words", 2)
         raw.setdefault("eval_gold_story", False)
         raw["reward"].setdefault("f1_squad_normalize", False)  # (LAPDOG's words before it)
+        raw["retrieval"].setdefault("index", "auto")  # (written before the on-device index)
         # (workdirs written before LoRA existed: adapters off)
         adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
         adapters["targets"] = tuple(adapters["targets"])
