@@ -7,18 +7,21 @@ counters). The optional index item holds the retriever params the passage index 
 from, when they are neither the initial nor the current ones (a resumed run rebuilds the very
 same index from them).
 
-A step is written under `<step>.orbax-checkpoint-tmp` and renamed to `<step>` once whole, so a
-listed step is complete; a run cut short (SIGKILL, full disk) leaves only the temporary folder,
-which the next run removes. A step whose files do not read whole (cut short, bad JSON) is
-skipped on restore for the newest one that does, and stays on disk until the run saves that
-step again. Readers beside a training run (evaluate, predict, export) restore the newest step;
-one that the run deletes or replaces while they read it is read again from the new newest.
+Saves are asynchronous: `save` returns once the arrays are copied off the devices, and orbax
+writes them in the background while training goes on; `finish` waits for that write (the next
+save, the last one and the end of a run call it), and a write that failed raises SaveError
+there, naming its step. A step is written under `<step>.orbax-checkpoint-tmp` and renamed to
+`<step>` once whole, so a listed step is complete; a run cut short (SIGKILL, full disk) leaves
+only the temporary folder, which the next run removes. A step whose files do not read whole
+(cut short, bad JSON) is skipped on restore for the newest one that does, and stays on disk
+until the run saves that step again. Readers beside a training run (evaluate, predict,
+export) restore the newest step; one that the run deletes or replaces while they read it is
+read again from the new newest.
 """
 
 from __future__ import annotations
 
 import concurrent.futures.thread
-import contextlib
 import glob
 import logging as py_logging
 import os
@@ -27,6 +30,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -60,7 +64,7 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
     """Returns a CheckpointManager over `workdir/checkpoints` keeping the last `keep` steps;
     `create=False` makes a reader's: read-only (it writes and deletes nothing)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, read_only=not create,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=create)
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for item, arg_types in ITEMS.items():
         for args in arg_types:
@@ -116,15 +120,67 @@ def free_bytes(workdir: str) -> int:
     return shutil.disk_usage(path).free
 
 
+class _Pending:
+    """A save in flight: its step, the bytes it writes, the threads before it, the filter that
+    keeps orbax's error logs of its writes (reported by `finish`)."""
+
+    def __init__(self, step: int, needed: int):
+        self.step, self.needed = step, needed
+        self.threads = set(threading.enumerate())
+        self.logged: list = []
+        self.collect = _Collect(self.logged)
+        py_logging.getLogger("absl").addFilter(self.collect)
+        asyncio_logger = py_logging.getLogger("asyncio")
+        if not any(isinstance(f, _DropOrphanTasks) for f in asyncio_logger.filters):
+            asyncio_logger.addFilter(_DropOrphanTasks())
+
+    def failed(self, manager, error: BaseException) -> SaveError:
+        """Cleans up after the failed write; the error to raise."""
+        self.done()
+        _join_new_threads(self.threads)
+        return _save_error(manager, self.step, self.needed, error)
+
+    def done(self) -> None:
+        """Stops collecting orbax's error logs."""
+        py_logging.getLogger("absl").removeFilter(self.collect)
+
+
+_pending: dict[int, _Pending] = {}  # id(manager) -> its save in flight
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Waits until the save in flight of `manager` (if any) is written whole.
+
+    A write that failed (full disk, any I/O error) is removed and raises SaveError naming its
+    step, the space it needs and the space there is; the steps saved before stay as they were.
+    """
+    pending = _pending.pop(id(manager), None)
+    if pending is None:
+        return
+    try:
+        manager.wait_until_finished()
+    # The writers fail with OSError (json, folders) or ValueError (tensorstore's arrays).
+    except Exception as e:  # noqa: BLE001
+        raise pending.failed(manager, e) from e
+    pending.done()
+    for record in pending.logged:  # (errors of a save that still went through: one line each)
+        logging.warning("while saving step %d: %s", pending.step,
+                        record.getMessage().splitlines()[0])
+    logging.info("saved checkpoint at step %d", pending.step)
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, host: dict,
-         index: Any = None, replace: bool = False) -> None:
+         index: Any = None, replace: bool = False, wait: bool = True) -> None:
     """Saves `state` (pytree of arrays), `host` (JSON) and optionally `index` (retriever params)
     at `step`; a step already saved is kept as it is, unless `replace` (it did not read).
+    With `wait=False` it returns once the arrays are off the devices (`finish` waits for the
+    write); a save still in flight is finished first.
 
     A save that fails part-way (full disk, any I/O error) removes what it wrote and raises
-    SaveError naming the workdir, the space it needs and the space there is; the steps saved
-    before stay as they were.
+    SaveError naming the workdir, the space it needs and the space there is (from here or
+    from `finish`); the steps saved before stay as they were.
     """
+    finish(manager)
     if step in manager.all_steps():
         if not replace:
             return
@@ -134,19 +190,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, host: dict,
     if index is not None:
         items["index"] = ocp.args.StandardSave(index)
     _quiet_abandoned_reads()  # (a write that fails leaves the others failing on a closed loop)
-    threads = set(threading.enumerate())
-    logged = []
+    pending = _Pending(step, nbytes(state, index))
     try:
-        with _orbax_errors(logged):
-            manager.save(step, args=ocp.args.Composite(**items), force=True)
-            manager.wait_until_finished()
-    # The writers fail with OSError (json, folders) or ValueError (tensorstore's arrays).
-    except Exception as e:  # noqa: BLE001
-        _join_new_threads(threads)
-        raise _save_error(manager, step, nbytes(state, index), e) from e
-    for record in logged:  # (errors of a save that still went through: shown, one line each)
-        logging.warning("while saving step %d: %s", step, record.getMessage().splitlines()[0])
-    logging.info("saved checkpoint at step %d", step)
+        manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # noqa: BLE001 - (as in `finish`)
+        raise pending.failed(manager, e) from e
+    _pending[id(manager)] = pending
+    if wait:
+        finish(manager)
 
 
 class _Collect(py_logging.Filter):
@@ -174,21 +225,6 @@ class _DropOrphanTasks(py_logging.Filter):
         text = record.getMessage()
         return not (("exception was never retrieved" in text
                      or "was destroyed but it is pending" in text) and "orbax" in text)
-
-
-@contextlib.contextmanager
-def _orbax_errors(into: list):
-    """Collects orbax's error logs into `into` for the block (the save reports them itself)."""
-    collect = _Collect(into)
-    absl_logger = py_logging.getLogger("absl")
-    absl_logger.addFilter(collect)
-    asyncio_logger = py_logging.getLogger("asyncio")
-    if not any(isinstance(f, _DropOrphanTasks) for f in asyncio_logger.filters):
-        asyncio_logger.addFilter(_DropOrphanTasks())
-    try:
-        yield
-    finally:
-        absl_logger.removeFilter(collect)
 
 
 def _join_new_threads(before: set, timeout_s: float = 60.0) -> None:
@@ -242,8 +278,12 @@ def _quiet_abandoned_reads() -> None:
     When one array of a checkpoint does not read (or write), orbax's event loop ends while
     tensorstore still works on the others; their completion callbacks then fail on the closed
     loop and reach `sys.unraisablehook` or `sys.excepthook` (printed from tensorstore's
-    threads), each of which would print a traceback per array. Any other error passes on.
+    threads), each of which would print a traceback per array. The writes never started are
+    coroutines that are never awaited: Python warns of each at exit ("sys:1: RuntimeWarning:
+    coroutine ... was never awaited") after the run's last line. Any other error passes on.
     """
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
+                            category=RuntimeWarning)
     if not getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
         previous_unraisable = sys.unraisablehook
 

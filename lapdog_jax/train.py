@@ -291,6 +291,7 @@ def _finish_step(s: Setup, p: Progress, out: StepOut, timer: dict, bar) -> dict:
     p.bad = p.bad + 1 if nonfinite else 0
     if p.bad >= config.max_bad_steps:
         s.writer.scalars(out.step, m)
+        checkpoint.finish(s.manager)  # (a save still writing)
         saved = s.manager.latest_step()
         kept = (f"nothing was saved after step {saved}, so the checkpoints in "
                 f"{s.workdir}/checkpoints are intact" if saved is not None
@@ -373,19 +374,25 @@ def _evaluate(s: Setup, p: Progress) -> dict:
 def _save(s: Setup, p: Progress, last: bool = False) -> None:
     """Checkpoints the state with the host state (data position, counters, index step).
 
-    A save that fails (full disk) stops the run with checkpoint.SaveError, or with
-    `retry_failed_saves` is logged and retried at the next save (unless it is the `last`)."""
+    The save is written in the background (checkpoint.save, wait=False) unless it is the
+    `last`; the one before it is finished first. A save that fails (full disk) stops the run
+    with checkpoint.SaveError, or with `retry_failed_saves` is logged and retried at the next
+    save (unless it is the `last`)."""
     host_state = {"step": p.step, "pipeline": s.pipeline.get_state(), "bad_steps": p.bad,
                   "index_step": p.index_step}
     stale = p.index_step not in (0, p.step)
-    try:
-        checkpoint.save(s.manager, p.step, workdir_lib.checkpointed(p.state, s.spec),
-                        host_state, index=p.saved_index if stale else None,
-                        replace=p.step in s.unreadable)
-    except checkpoint.SaveError as e:
-        if last or not s.config.retry_failed_saves:
-            raise
-        logging.warning("%s; training on (retry_failed_saves): the next save tries again", e)
+    for save in (lambda: checkpoint.finish(s.manager),
+                 lambda: checkpoint.save(s.manager, p.step,
+                                         workdir_lib.checkpointed(p.state, s.spec), host_state,
+                                         index=p.saved_index if stale else None,
+                                         replace=p.step in s.unreadable, wait=last)):
+        try:
+            save()
+        except checkpoint.SaveError as e:
+            if last or not s.config.retry_failed_saves:
+                raise
+            logging.warning("%s; training on (retry_failed_saves): the next save tries again",
+                            e)
 
 
 def train_and_evaluate(config, workdir: str,
@@ -498,5 +505,8 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
     finally:
         bar.close()
         s.writer.close()
-        s.manager.close()
+        try:
+            checkpoint.finish(s.manager)  # a save still writing (the last one has waited)
+        finally:
+            s.manager.close()
     return {k: float(v) for k, v in last.items()}

@@ -47,24 +47,24 @@ def _save(workdir, steps, keep=10):
 
 
 def _fail_json_writes(monkeypatch, error: OSError, times: int = 1, at=None) -> list:
-    """Makes the host item's writer fail part-way, `times` times or at the saves numbered
-    `at` (1 = the first from now): it writes half a file, then raises `error` (as a disk that
-    fills up does). Returns the list of failed directories."""
+    """Makes the host item's writer (its background write) fail part-way, `times` times or at
+    the saves numbered `at` (1 = the first from now): it writes half a file, then raises
+    `error` (as a disk that fills up does). Returns the list of failed directories."""
     failed, calls = [], []
     handler = ocp.handlers.JsonCheckpointHandler
-    original = handler.async_save
+    original = handler._save_fn
 
-    async def failing(self, directory, *args, **kwargs):
+    async def failing(self, item, directory):
         """Half a file, then the error; else the original."""
         calls.append(directory)
         if (len(calls) not in at) if at is not None else len(failed) >= times:
-            return await original(self, directory, *args, **kwargs)
+            return await original(self, item, directory)
         failed.append(str(directory))
         with open(os.path.join(str(directory), "metadata"), "w") as f:
             f.write('{"step": ')
         raise error
 
-    monkeypatch.setattr(handler, "async_save", failing)
+    monkeypatch.setattr(handler, "_save_fn", failing)
     return failed
 
 
@@ -97,6 +97,43 @@ def test_failed_save_leaves_the_previous_checkpoint_and_names_the_space(tmp_path
     state, host, _ = checkpoint.restore_latest(restored, _tree(0.0), step=2)
     restored.close()
     assert float(state["w"][5, 5]) == 2.0
+
+
+def test_a_save_writes_in_the_background_and_fails_at_finish(tmp_path, monkeypatch):
+    """`save(wait=False)` returns while its files are still written (the step is on disk only
+    after `finish`); the arrays are copied first, so deleting them (a donated train state)
+    does not change what is written. A background write that fails raises SaveError naming
+    its step at the next `finish` (or save), and leaves the earlier steps and no folder."""
+    import asyncio
+
+    manager = _save(tmp_path, [1])
+    handler = ocp.handlers.JsonCheckpointHandler
+    original, started = handler._save_fn, threading.Event()
+
+    async def slow(self, item, directory):
+        started.set()
+        await asyncio.sleep(1.0)
+        return await original(self, item, directory)
+
+    monkeypatch.setattr(handler, "_save_fn", slow)
+    tree = _tree(2.0)
+    begun = time.monotonic()
+    checkpoint.save(manager, 2, tree, {"step": 2}, wait=False)
+    assert time.monotonic() - begun < 1.0 and checkpoint.steps_on_disk(str(tmp_path)) == [1]
+    jax.tree.map(lambda x: x.delete(), tree)  # (as the next step's donation does)
+    checkpoint.finish(manager)
+    assert started.is_set() and checkpoint.steps_on_disk(str(tmp_path)) == [1, 2]
+    checkpoint.finish(manager)  # (nothing in flight: a no-op)
+    monkeypatch.setattr(handler, "_save_fn", original)
+    _fail_json_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    checkpoint.save(manager, 3, _tree(3.0), {"step": 3}, wait=False)
+    with pytest.raises(checkpoint.SaveError, match=r"saving the checkpoint of step 3 failed "
+                       r"\(OSError: \[Errno 28\] No space left on device\).*step 2 is intact"):
+        checkpoint.save(manager, 4, _tree(4.0), {"step": 4})  # (finishes step 3 first)
+    assert manager.all_steps() == [1, 2] and checkpoint.unfinished(str(tmp_path)) == []
+    manager.close()
+    step, state, _, _ = checkpoint.restore_newest(str(tmp_path), _tree(0.0))
+    assert step == 2 and float(state["w"][3, 3]) == 2.0
 
 
 def test_leftover_temporary_steps_are_removed(tmp_path, caplog):
@@ -307,9 +344,9 @@ if fsize:
 if kill_at or slow_s:
     import orbax.checkpoint as ocp
     handler = ocp.handlers.JsonCheckpointHandler
-    original, calls = handler.async_save, []
+    original, calls = handler._save_fn, []
 
-    async def dying(self, directory, *args, **kwargs):
+    async def dying(self, item, directory):  # (the host item's write, in the background)
         calls.append(directory)
         print("saving", directory, file=sys.stderr, flush=True)
         time.sleep(slow_s)
@@ -317,9 +354,9 @@ if kill_at or slow_s:
             with open(os.path.join(str(directory), "metadata"), "w") as f:
                 f.write('{"step": ')
             os.kill(os.getpid(), signal.SIGKILL)
-        return await original(self, directory, *args, **kwargs)
+        return await original(self, item, directory)
 
-    handler.async_save = dying
+    handler._save_fn = dying
 sys.argv = ["lapdog_jax.main", *sys.argv[4:]]
 runpy.run_module("lapdog_jax.main", run_name="__main__", alter_sys=True)
 """
@@ -475,7 +512,8 @@ def _cluster(env, config: str, workdir, peer_timeout_s: int) -> list[_Running]:
     return [_Running({**env, "LAPDOG_COORDINATOR": f"127.0.0.1:{port}",
                       "LAPDOG_NUM_PROCESSES": "2", "LAPDOG_PROCESS_ID": str(i),
                       "LAPDOG_PEER_TIMEOUT": str(peer_timeout_s),
-                      "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+                      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+                      + " --xla_force_host_platform_device_count=1"},
                      config, workdir) for i in range(2)]
 
 
