@@ -23,13 +23,13 @@ time is recorded as such and the others still run; a part's peak device memory i
    the train state's (params + AdamW moments + reference).
 3. `trainer-xl-lora`: part 2 at T5 v1.1-XL dims (a random reader stored in bf16,
    `model.param_dtype=bfloat16`) with rank-16 LoRA adapters (fp32) on its attention, 10 steps.
-4. `index`: `bench_index.py` at 100k stories: the packaged MiniLM retriever's embedding rate
-   (a refresh's cost), and build, search and memory of the on-device exact index beside faiss
-   flat, IVF and HNSW (on the host) with their recall.
-5. `memory`: `bench_memory.py` at the demo's tiny dims and at T5 v1.1-base: the peak host RSS
+4. `memory`: `bench_memory.py` at the demo's tiny dims and at T5 v1.1-base: the peak host RSS
    of a 1-step stage-1 run, its export, evaluation and resumed run, and the trainer's live
    arrays against its state (docs/performance.md has the CPU's figures).
-6. `peer-B32`: part 1 at B=32.
+5. `peer-B32`: part 1 at B=32.
+6. `index`: `bench_index.py` at 100k stories: the packaged MiniLM retriever's embedding rate
+   (a refresh's cost), and build, search and memory of the on-device exact index beside faiss
+   flat, IVF and HNSW (on the host) with their recall.
 
 `--parts=peer,trainer-xl-lora` runs only the parts named (`peer` names every peer part).
 
@@ -374,10 +374,11 @@ def _parts(args) -> list[tuple[str, list[str], tuple[str, ...]]]:
     needs_peer = ("jax", "flax", "optax", "ml_collections", "torch", "transformers")
     needs_trainer = tuple(m for m in MODULES if m != "torch")
     parts = [(f"peer-B{b}", peer + [f"--batch={b}"], needs_peer) for b in args.batches]
+    # (The index part last: it takes what the budget leaves.)
     parts = parts[:1] + [("trainer", trainer, needs_trainer),
                          ("trainer-xl-lora", xl_lora, needs_trainer),
-                         ("index", index, needs_trainer),
-                         ("memory", memory, needs_trainer)] + parts[1:]
+                         ("memory", memory, needs_trainer)] + parts[1:] + [
+                             ("index", index, needs_trainer)]
     wanted = set(getattr(args, "parts", None) or ())
     unknown = wanted - {"peer"} - {name for name, _, _ in parts if not name.startswith("peer")}
     if unknown:

@@ -93,7 +93,7 @@ def test_missing_packages_are_named_with_versions_and_skip_their_parts(monkeypat
         tiny=True, budget_s=60.0, repeats=1, batches=[2, 4], group=4, source=32, target=8,
         steps=2, variants=gpu_suite.VARIANTS, out=str(tmp_path))
     parts = gpu_suite.run_parts(args, missing)
-    assert list(parts) == ["peer-B2", "trainer", "trainer-xl-lora", "index", "memory", "peer-B4"]
+    assert list(parts) == ["peer-B2", "trainer", "trainer-xl-lora", "memory", "peer-B4", "index"]
     for name in ("trainer", "trainer-xl-lora", "index", "memory"):
         assert parts[name] == {"status": "skipped", "reason": "missing faiss-cpu"}
     assert parts["peer-B4"] == {"status": "skipped", "reason": "missing torch"}
