@@ -60,6 +60,10 @@ ITEMS = {"state": (ocp.args.StandardSave, ocp.args.StandardRestore),
          "index": (ocp.args.StandardSave, ocp.args.StandardRestore)}
 
 
+# GB a restore reads at a time: what it holds beyond the arrays it restores.
+_RESTORE_GB = 0.1
+
+
 def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
     """Returns a CheckpointManager over `workdir/checkpoints` keeping the last `keep` steps;
     `create=False` makes a reader's: read-only (it writes and deletes nothing)."""
@@ -67,8 +71,12 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
                                            enable_async_checkpointing=create)
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for item, arg_types in ITEMS.items():
+        # The arrays are read _RESTORE_GB at a time (orbax's default, 96 GB, holds every read
+        # buffer beside the arrays it fills: a second copy of the state while it restores).
+        handler = (ocp.StandardCheckpointHandler(restore_concurrent_gb=_RESTORE_GB)
+                   if arg_types[0] is ocp.args.StandardSave else None)
         for args in arg_types:
-            registry.add(item, args)
+            registry.add(item, args, handler)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                  options=options, handler_registry=registry)
 
@@ -359,8 +367,6 @@ def _restore(manager, step: int, abstract_state: Any, abstract_index: Any):
     return state, restored["host"], restored.get("index")
 
 
-# GB a tool's restore reads at a time: what it holds beyond the params it restores.
-_RESTORE_GB = 0.1
 
 
 def _restore_parts(manager, step: int, target: dict) -> dict:
