@@ -72,7 +72,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("target", 32, "target tokens T")
 
 
-
 def main(argv):
     """Prints one row per --dims point."""
     del argv

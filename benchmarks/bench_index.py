@@ -23,7 +23,6 @@ import json
 import os
 import resource
 import sys
-import time
 
 import faiss
 import jax
@@ -31,6 +30,10 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_compile import timed  # noqa: E402
+from bench_peer import median_time  # noqa: E402
+
 from lapdog_jax import config_lib, paths, retrieval  # noqa: E402
 from lapdog_jax.models import contriever, hf  # noqa: E402
 
@@ -60,21 +63,9 @@ def retriever_model():
 
 
 def median_s(fn, repeats: int) -> float:
-    """Median wall seconds of `fn()` over `repeats` calls after one untimed call."""
+    """Median wall seconds of `fn()` over `repeats` calls after one untimed call (a compile)."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def timed(fn):
-    """(fn(), seconds)."""
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+    return median_time(fn, repeats)
 
 
 def embed_rate(model, params) -> dict:

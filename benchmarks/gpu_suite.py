@@ -379,7 +379,7 @@ def _parts(args) -> list[tuple[str, list[str], tuple[str, ...]]]:
                          ("trainer-xl-lora", xl_lora, needs_trainer),
                          ("memory", memory, needs_trainer)] + parts[1:] + [
                              ("index", index, needs_trainer)]
-    wanted = set(getattr(args, "parts", None) or ())
+    wanted = set(args.parts)
     unknown = wanted - {"peer"} - {name for name, _, _ in parts if not name.startswith("peer")}
     if unknown:
         raise app.UsageError(f"--parts: unknown {', '.join(sorted(unknown))}")

@@ -290,9 +290,9 @@ def _quiet_abandoned_reads() -> None:
     coroutines that are never awaited: Python warns of each at exit ("sys:1: RuntimeWarning:
     coroutine ... was never awaited") after the run's last line. Any other error passes on.
     """
-    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
-                            category=RuntimeWarning)
     if not getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
+        warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
+                                category=RuntimeWarning)
         previous_unraisable = sys.unraisablehook
 
         def unraisable_hook(unraisable):

@@ -52,6 +52,7 @@ PASSAGE_SCORES = ("index", "live")
 DROPOUT = ("none", "supervised", "all")  # model.dropout: where dropout acts
 DISTILL_SCALES = ("none", "sqrt_dim")  # retrieval.distill_scale
 DISTILL_REDUCTIONS = ("batchmean", "mean")  # retrieval.distill_reduction
+RETRIEVAL_INDEXES = ("auto", "device", "faiss")  # retrieval.index
 LENGTH_UNITS = ("words", "tokens")  # reward.length_unit
 # reward.fn: the built-in rewards (rewards.BUILTINS; on device unless reward.backend='host');
 # any other name is a host reward 'module:function'.
@@ -154,7 +155,7 @@ CHOICES = {
     "reward.length_unit": LENGTH_UNITS,
     "model.dropout": DROPOUT,
     "retrieval.distill_scale": DISTILL_SCALES,
-    "retrieval.index": ("auto", "device", "faiss"),
+    "retrieval.index": RETRIEVAL_INDEXES,
     "retrieval.distill_reduction": DISTILL_REDUCTIONS,
 }
 TINY_READER_INTS = tuple(f"model.reader.{k}" for k in (

@@ -26,12 +26,12 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from lapdog_jax.config_lib import RETRIEVAL_INDEXES
 from lapdog_jax.data import Passage, retriever_passage
 from lapdog_jax.data.pipeline import Pool
 from lapdog_jax.data.tokenizer import TruncationStats, encode
 
 INDEX_FILE, IDS_FILE = "index.faiss", "passage_ids.json"
-INDEXES = ("auto", "device", "faiss")  # retrieval.index
 # 'auto' keeps the embeddings on the devices up to this share of the smallest local device's
 # memory (the rest is the train state's), and up to DEVICE_INDEX_MAX_BYTES where jax does not
 # report a device's memory (CPU).
@@ -64,8 +64,9 @@ def embed_passages(model, params, input_ids: np.ndarray, attention_mask: np.ndar
 
 def choose_index(kind: str, n: int, dim: int) -> str:
     """'device' or 'faiss' for `retrieval.index` `kind` and N x D float32 embeddings."""
-    if kind not in INDEXES:
-        raise ValueError(f"retrieval.index={kind!r}: expected one of {', '.join(INDEXES)}")
+    if kind not in RETRIEVAL_INDEXES:
+        raise ValueError(f"retrieval.index={kind!r}: expected one of "
+                         f"{', '.join(RETRIEVAL_INDEXES)}")
     if kind != "auto":
         return kind
     limits = [(d.memory_stats() or {}).get("bytes_limit") for d in jax.local_devices()]

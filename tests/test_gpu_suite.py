@@ -91,7 +91,7 @@ def test_missing_packages_are_named_with_versions_and_skip_their_parts(monkeypat
     assert "faiss-cpu==1.15.1" in missing and any(m.startswith("torch==") for m in missing)
     args = types.SimpleNamespace(
         tiny=True, budget_s=60.0, repeats=1, batches=[2, 4], group=4, source=32, target=8,
-        steps=2, variants=gpu_suite.VARIANTS, out=str(tmp_path))
+        steps=2, variants=gpu_suite.VARIANTS, out=str(tmp_path), parts=[])
     parts = gpu_suite.run_parts(args, missing)
     assert list(parts) == ["peer-B2", "trainer", "trainer-xl-lora", "memory", "peer-B4", "index"]
     for name in ("trainer", "trainer-xl-lora", "index", "memory"):
