@@ -53,10 +53,6 @@ def export(workdir: str, out: str, lora_format: str = "both") -> dict[str, str]:
     if retrieves:
         paths["retriever"] = os.path.join(out, "retriever")
     adapted = exp.spec.lora
-    if not adapted or lora_format != "adapter":
-        paths["reader"] = os.path.join(out, "reader")
-        hf.save_t5(paths["reader"], exp.reader.config, passes.merged_reader(params, exp.config),
-                   exp.reader_tokenizer)
     if adapted and lora_format != "merged":
         paths.update(_export_adapter(exp, params, out))
     if retrieves:
@@ -69,6 +65,11 @@ def export(workdir: str, out: str, lora_format: str = "both") -> dict[str, str]:
         paths["passage_encoder"] = os.path.join(out, "passage_encoder")
         hf.save_contriever(paths["passage_encoder"], exp.retriever.config,
                            state.ref_params["retriever"], exp.retriever_tokenizer)
+    if not adapted or lora_format != "adapter":
+        # Last, as the params' last use: the writer takes the reader's arrays over one by one.
+        paths["reader"] = os.path.join(out, "reader")
+        hf.save_t5(paths["reader"], exp.reader.config, passes.merged_reader(params, exp.config),
+                   exp.reader_tokenizer, consume=True)
     settings = card_settings(exp, workdir_lib.resumed_step(state, host), host, paths)
     paths["settings"] = os.path.join(out, SETTINGS_FILE)
     with open(paths["settings"], "w", encoding="utf-8") as f:

@@ -62,6 +62,20 @@ def test_load_then_save_gives_identical_tensors(source, tmp_path):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+def test_a_consuming_save_writes_the_same_file_and_gives_the_params_up(source, tmp_path):
+    """save_t5(consume=True) (export's: the writer takes the arrays over) writes the same bytes
+    and leaves the caller's params dict empty, holding no array."""
+    _, _, path = source
+    config, params = hf.load_t5(path)
+    hf.save_t5(str(tmp_path / "kept"), config, params)
+    assert params  # the default leaves them alone
+    hf.save_t5(str(tmp_path / "consumed"), config, params, consume=True)
+    assert params == {}
+    with open(tmp_path / "kept" / "model.safetensors", "rb") as a, \
+            open(tmp_path / "consumed" / "model.safetensors", "rb") as b:
+        assert a.read() == b.read()
+
+
 def test_reads_pytorch_bin_and_sharded_checkpoints(source, tmp_path):
     """pytorch_model.bin and a sharded safetensors index load to the same params."""
     name, model, path = source

@@ -215,11 +215,14 @@ def load_t5(path: str, dtype: str = "float32"):
     return config, params
 
 
-def save_t5(path: str, config, params, tokenizer: Any = None) -> None:
-    """Writes a HF T5ForConditionalGeneration folder: config.json, model.safetensors, tokenizer."""
+def save_t5(path: str, config, params, tokenizer: Any = None, *, consume: bool = False) -> None:
+    """Writes a HF T5ForConditionalGeneration folder: config.json, model.safetensors, tokenizer.
+
+    consume=True: `params` is a nested dict the caller gives up: it is emptied, and each of its
+    arrays is dropped once its HF tensors (transposed, per layer) are made, so that those copies
+    replace the params rather than add to them (export's peak: the params once, not twice)."""
     import jax
 
-    params = jax.device_get(params)
     flat = {tuple(k.key for k in p): leaf
             for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
     names = _t5_names(config)
@@ -227,11 +230,28 @@ def save_t5(path: str, config, params, tokenizer: Any = None) -> None:
     if set(flat) != want:
         diff = sorted(set(flat) ^ want)[:5]
         raise CheckpointError(f"{path}: params do not match the T5 config (e.g. {diff})")
-    tensors = {}
+    if consume:
+        _empty(params)
+    by_leaf: dict[tuple, list[tuple[str, bool, int | None]]] = {}
     for name, (ours, transpose, layer) in names.items():
-        value = np.asarray(flat[ours] if layer is None else flat[ours][layer], np.float32)
-        tensors[name] = value.T if transpose else value
+        by_leaf.setdefault(ours, []).append((name, transpose, layer))
+    tensors = {}
+    for ours, entries in by_leaf.items():
+        value = np.asarray(jax.device_get(flat.pop(ours)), np.float32)
+        for name, transpose, layer in entries:
+            v = value if layer is None else value[layer]
+            tensors[name] = np.ascontiguousarray(v.T if transpose else v)
+        del value  # (with consume, the last reference to the leaf's array)
+    tensors = {name: tensors[name] for name in names}  # transformers' order
     write_model_dir(path, config.to_hf(), tensors, tokenizer)
+
+
+def _empty(tree) -> None:
+    """Empties a nested dict in place (its arrays then live only where else they are held)."""
+    if isinstance(tree, dict):
+        for v in tree.values():
+            _empty(v)
+        tree.clear()
 
 
 # ---------------------------------------------------------------------------------------------
