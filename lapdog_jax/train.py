@@ -117,12 +117,20 @@ def host_copy(tree):
                         and not x.is_fully_addressable else np.array(x), tree)
 
 
+def _initial_weights(config, spec: run_spec.RunSpec, workdir: str) -> dict:
+    """The step-0 params and reference of `config` (experiment.build's, with weights)."""
+    built = experiment.build(config, workdir, spec)
+    return {"params": built.params, "ref_params": built.ref_params}
+
+
 def _setup(config, spec: run_spec.RunSpec, workdir: str) -> tuple[Setup, Progress]:
     """Experiment, mesh, models, optimizer, state (restored from the newest checkpoint that
     reads whole), steps, passage index and input pipeline of `config` (`spec`: what it means);
     config.json is written once the data has passed its checks."""
     logdir = tb.logdir(workdir, config)  # checks config.name before any work
-    exp = experiment.build(config, workdir, spec)
+    # A run that resumes reads its weights from its checkpoint: none are built for it first.
+    resuming = bool(checkpoint.steps_on_disk(workdir))
+    exp = experiment.build(config, workdir, spec, weights=not resuming)
     config, length_notes = experiment.resolve_lengths(exp)
     exp.config = config
     if distributed.is_main_process():
@@ -139,6 +147,8 @@ def _setup(config, spec: run_spec.RunSpec, workdir: str) -> tuple[Setup, Progres
     # weights: the experiment keeps their shapes.
     restored = workdir_lib.restore(manager, exp, abstract)
     if restored is None:
+        if resuming:  # (its checkpoints were removed since listed): the step-0 weights after all
+            exp = dataclasses.replace(exp, **_initial_weights(config, spec, workdir))
         restored = (steps.initial_state(exp, optimizer, config.seed, state_sh),
                     workdir_lib.fresh_host_state(), None)
     state, host_state, saved_index = restored

@@ -328,7 +328,7 @@ def test_every_mode_trains_and_writes_its_files(mode, shared_data, sft_run, tmp_
         assert set(scalars["grpo/zero_std_pct"].values()) == {100.0}
 
 
-def test_tools_and_resume_hold_one_copy_of_the_weights(sft_run):
+def test_tools_and_resume_hold_one_copy_of_the_weights(sft_run, monkeypatch):
     """A tool's restore (evaluate, predict, chat, export, init.from_workdir) builds no initial
     weights and reads the params (and the reference retriever its index was built from)
     alone: no optimizer moments, no reference reader. A resumed trainer reads its state onto
@@ -344,9 +344,21 @@ def test_tools_and_resume_hold_one_copy_of_the_weights(sft_run):
     assert host == full_host and int(state.step) == int(full.step)
     assert _tree_equal(state.params["reader"], full.params["reader"])
 
+    built = []  # the `weights` argument of each experiment.build
+    build = experiment.build
+    monkeypatch.setattr(experiment, "build",
+                        lambda *a, **k: built.append(k.get("weights", True)) or build(*a, **k))
     s, p = train._setup(config, run_spec.resolve(config), str(workdir))  # (resumes)
     s.manager.close()
+    assert built == [False]  # no initial weights built for a run that resumes
     assert p.step == config.total_steps
+    # Checkpoints listed but none restored (removed meanwhile): the step-0 weights after all.
+    built.clear()
+    monkeypatch.setattr(train.workdir_lib, "restore", lambda *a, **k: None)
+    s0, p0 = train._setup(config, run_spec.resolve(config), str(workdir))
+    s0.manager.close()
+    assert built == [False, True] and p0.step == 0
+    assert not any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(p0.state.params))
     assert all(isinstance(x, jax.ShapeDtypeStruct)
                for x in jax.tree.leaves((s.exp.params, s.exp.ref_params)))
     assert _tree_equal(p.state, full)
