@@ -111,13 +111,20 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def config_total_steps(config_file: str, overrides: dict[str, str]) -> int:
-    """The run's total_steps: the override if given, else the config file's default."""
+    """The run's total_steps: the override if given, else the config's (`FILE[:PRESET]`)."""
     if "total_steps" in overrides:
         return int(overrides["total_steps"])
-    spec = importlib.util.spec_from_file_location("_ablation_cfg", os.path.join(ROOT, config_file))
+    path, _, preset = config_file.partition(":")
+    spec = importlib.util.spec_from_file_location("_ablation_cfg", os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return int(module.get_config().total_steps)
+    return int(module.get_config(preset or None).total_steps)
+
+
+def method_config(method: Method, split: str = "heldout") -> str:
+    """The method's `--config=`: on the held-out split its file's `heldout` preset (the task
+    sized so that the warm-up teaches copying: config_lib.HELDOUT_RECIPE)."""
+    return f"{method.config}:heldout" if method.retrieval and split == "heldout" else method.config
 
 
 def method_overrides(method: Method, overrides: dict[str, str], seed: int = 0,
@@ -134,7 +141,7 @@ def method_overrides(method: Method, overrides: dict[str, str], seed: int = 0,
 def command(method: Method, workdir: str, overrides: dict[str, str], seed: int = 0,
             split: str = "heldout") -> list[str]:
     """The trainer command line for `method` at `seed` writing to `workdir`."""
-    return [sys.executable, "-m", "lapdog_jax.main", f"--config={method.config}",
+    return [sys.executable, "-m", "lapdog_jax.main", f"--config={method_config(method, split)}",
             f"--workdir={workdir}",
             *(f"--config.{k}={v}" for k, v in method_overrides(method, overrides, seed,
                                                                 split).items())]
@@ -175,7 +182,7 @@ def run_method(method: Method, out: str, overrides: dict[str, str], force: bool,
     """Runs (or resumes) one method at one seed unless finished; logs to its workdir's
     train.log; True on success."""
     workdir = run_dir(out, seed, method)
-    total = config_total_steps(method.config, overrides)
+    total = config_total_steps(method_config(method, split), overrides)
     cmd = command(method, workdir, overrides, seed, split)
     if is_finished(workdir, total) and not force:
         before = run_info(workdir).get("command")
@@ -421,7 +428,7 @@ def write_report(methods: list[Method], out: str, seeds: list[int], split: str,
                  overrides: dict[str, str], command_line: str = "",
                  baselines: dict | None = None) -> str:
     """Writes OUT/ablation.json, OUT/ablation.md and OUT/ablation.png; returns the table."""
-    total = {m.name: config_total_steps(m.config, overrides) for m in methods}
+    total = {m.name: config_total_steps(method_config(m, split), overrides) for m in methods}
     runs = collect(methods, out, seeds, total)
     table = format_table(methods, runs)
     retrieval = any(m.retrieval for m in methods)

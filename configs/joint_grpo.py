@@ -22,7 +22,7 @@ from lapdog_jax import config_lib
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default; `cpu` = the
-    real-data recipe at CPU scale)."""
+    real-data recipe at CPU scale; `heldout` = the embedded task on unseen characters)."""
     c = config_lib.base_config("joint_grpo")
     # The retriever: a pool of K stories per dialogue from the index, Gr of them drawn by
     # Gumbel-top-k, one shared query/passage encoder scored against the stored passage
@@ -45,6 +45,8 @@ def get_config(arg: str | None = None):
     c.grpo.kl_coeff_retriever = 0.0  # no KL on the retriever's pool distribution
     if arg == config_lib.CPU:
         config_lib.cpu_recipe(c)  # the real-data recipe at CPU scale (README)
+    elif arg == config_lib.HELDOUT:
+        config_lib.heldout_recipe(c)  # unseen characters, a reader that copies (ablation)
     elif not config_lib.apply_preset(c, arg):
         # The embedded demo: 500 supervised steps learning to copy the fact from the gold
         # story (stage 1 inside the run), then 100 joint steps.

@@ -21,7 +21,7 @@ from lapdog_jax import config_lib
 
 def get_config(arg: str | None = None):
     """Returns the locked config; `arg` picks a preset (none = embedded default; `cpu` = the
-    real-data recipe at CPU scale)."""
+    real-data recipe at CPU scale; `heldout` = the embedded task on unseen characters)."""
     c = config_lib.base_config("lapdog")
     # The retriever: LAPDOG's one shared query/passage encoder, re-indexed every refresh_index
     # steps; the pool passages re-encoded by the live encoder every step, as LAPDOG does.
@@ -38,6 +38,8 @@ def get_config(arg: str | None = None):
     if arg == config_lib.CPU:
         # The real-data recipe at CPU scale (README), with LAPDOG's scaling.
         config_lib.cpu_recipe(c)
+    elif arg == config_lib.HELDOUT:
+        config_lib.heldout_recipe(c)  # unseen characters, a reader that copies (ablation)
     elif config_lib.apply_preset(c, arg):
         # LAPDOG README's stage-2 command (TEMP=0.8, TEMPG=0.85; its src/options.py defaults
         # are 0.01 / 0.01), applied to q·p/√d (the preset's retrieval.distill_scale).

@@ -137,14 +137,14 @@ def test_commands_set_seed_split_budget_and_method_overrides():
     assert overrides == {"total_steps": "200", "sft_warmup_steps": "100", "init.retriever": ""}
     stage1 = ablation.command(ablation.BY_NAME["stage1_only"], "/w/s", overrides, seed=2)
     assert stage1[:5] == [sys.executable, "-m", "lapdog_jax.main",
-                          "--config=configs/joint_grpo.py", "--workdir=/w/s"]
+                          "--config=configs/joint_grpo.py:heldout", "--workdir=/w/s"]
     assert {"--config.seed=2", "--config.data.synthetic.seed=2",
             "--config.data.synthetic.split=heldout", "--config.sft_warmup_steps=-1",
             "--config.init.retriever="} <= set(stage1)
     assert "--config.sft_warmup_steps=100" not in stage1
     joint = ablation.command(ablation.BY_NAME["joint_grpo"], "/w/j", overrides, 1, "shared")
-    assert {"--config.sft_warmup_steps=100", "--config.total_steps=200",
-            "--config.data.synthetic.split=shared"} <= set(joint)
+    assert {"--config=configs/joint_grpo.py", "--config.sft_warmup_steps=100",
+            "--config.total_steps=200", "--config.data.synthetic.split=shared"} <= set(joint)
     qside = ablation.command(ablation.BY_NAME["joint_grpo_qside"], "/w/q", overrides)
     assert "--config.model.shared_retriever=False" in qside
     exact = ablation.command(ablation.BY_NAME["lapdog_exact"], "/w/l", overrides)
@@ -159,15 +159,20 @@ def test_commands_set_seed_split_budget_and_method_overrides():
         ablation.parse_overrides(["seed=3"])
 
 
-def test_method_overrides_are_valid_config_fields():
+@pytest.mark.parametrize("split", ablation.SPLITS)
+def test_method_overrides_are_valid_config_fields(split):
     from lapdog_jax import validation
 
     for method in ablation.METHODS:
-        spec = importlib.util.spec_from_file_location("cfg", os.path.join(ablation.ROOT,
-                                                                          method.config))
+        path, _, preset = ablation.method_config(method, split).partition(":")
+        assert preset == ("heldout" if split == "heldout" else "")
+        spec = importlib.util.spec_from_file_location("cfg", os.path.join(ablation.ROOT, path))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        config = module.get_config()
+        config = module.get_config(preset or None)
+        if split == "heldout":  # the copy task (config_lib.HELDOUT_RECIPE), its own budget
+            assert (config.data.synthetic.fact_words, config.total_steps) == (1, 600)
+            assert ablation.config_total_steps(ablation.method_config(method, split), {}) == 600
         budget = {"total_steps": "10", "sft_warmup_steps": "5"}  # (a warm-up within budget)
         for key, value in ablation.method_overrides(method, budget).items():
             node = config

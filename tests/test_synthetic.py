@@ -181,6 +181,23 @@ def test_one_word_facts_are_shared_training_words():
         synthetic.make_splits(seed=0, **{**HELDOUT, "fact_words": 3})
 
 
+def test_heldout_answers_follow_the_question(heldout):
+    """On the held-out split the answer's template is the question's pair (the shared split
+    draws it at random), so an exact answer follows from the input and the story."""
+    seen = set()
+    for d in heldout.train + heldout.valid + heldout.test:
+        question = d.question.rsplit("Q: ", 1)[1]
+        topic = next(t for t in synthetic.TOPICS
+                     for k in t.kinds if any(q.format(k=k) == question for q in t.questions))
+        kind = next(k for k in topic.kinds if any(q.format(k=k) == question for q in topic.questions))
+        q = next(i for i, x in enumerate(topic.questions) if x.format(k=kind) == question)
+        pattern = topic.answers[q].format(k=kind, f="\x00")
+        head, tail = pattern.split("\x00")
+        assert d.answers[0].startswith(head) and d.answers[0].endswith(tail), (question, d.answers)
+        seen.add((topic.name, q))
+    assert len(seen) == 2 * len(synthetic.TOPICS)  # both templates of every topic occur
+
+
 def test_heldout_split_covers_every_topic(heldout):
     d = heldout
     chars = synthetic._characters(np.random.default_rng(0), len(d.stories))

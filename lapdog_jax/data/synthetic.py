@@ -17,6 +17,10 @@ Two splits of the characters (`split`):
            answer and only a reader that reads the retrieved story can answer them. Facts are
            two words here ("captain luna", "spicy curry"); each word of a held-out fact is in
            some training answer, the pair in none, so the reader can copy it from the story.
+           (`fact_words=1`: one word, which several training characters of the topic share.)
+           The answer's template is the one paired with the question's ("what is your dog
+           called ?" -> "my dog is called biscuit ."), so the whole answer follows from the
+           input and from the story: a reader that copies can be exactly right.
 
     python -m lapdog_jax.data.synthetic --out=DIR [--split=heldout --seed=0 --num_train=2000 ...]
 
@@ -236,15 +240,21 @@ def _persona(rng: np.random.Generator, c: Character) -> str:
     return " ".join(lines[i] for i in rng.permutation(len(lines)))
 
 
-def _dialogue(rng: np.random.Generator, c: Character, story_id: str) -> Dialogue:
-    """One dialogue: persona, 1-3 turns of context ending in the partner's question."""
+def _dialogue(rng: np.random.Generator, c: Character, story_id: str,
+              answer_follows_question: bool = False) -> Dialogue:
+    """One dialogue: persona, 1-3 turns of context ending in the partner's question. The
+    answer's template is drawn at random, or with `answer_follows_question` is the one paired
+    with the question's (so that the whole answer, not only its fact, follows from the input)."""
     opener, reply = _pick(rng, OPENERS)
-    question = _pick(rng, c.topic.questions).format(k=c.kind)
+    q = int(rng.integers(len(c.topic.questions)))
+    question = c.topic.questions[q].format(k=c.kind)
     turns = [opener, reply, question][-int(rng.integers(1, 4)):]
     # LAPDOG labels turns counting back from the end: the last one is always the partner (Q).
     labels = ["Q" if (len(turns) - 1 - i) % 2 == 0 else "R" for i in range(len(turns))]
     context = " ".join(f"{lab}: {t}" for lab, t in zip(labels, turns, strict=True))
-    answer = _pick(rng, c.topic.answers).format(k=c.kind, f=c.fact)
+    template = (c.topic.answers[q % len(c.topic.answers)] if answer_follows_question
+                else _pick(rng, c.topic.answers))
+    answer = template.format(k=c.kind, f=c.fact)
     return Dialogue(question=f"persona: {_persona(rng, c)} context:  {context}",
                     answers=(answer,), gold_passage_ids=(story_id,))
 
@@ -365,7 +375,8 @@ def make_splits(seed: int = 0, num_train: int = 2000, num_valid: int = 200,
     out = {}
     for name, members in parts.items():
         gold = rng.choice(members, size=sizes[name])
-        out[name] = [_dialogue(rng, chars[g], stories[g].id) for g in gold]
+        out[name] = [_dialogue(rng, chars[g], stories[g].id, answer_follows_question=True)
+                     for g in gold]
     return Dataset(out["train"], out["valid"], out["test"], stories, split,
                    {name: tuple(ids[i] for i in members) for name, members in parts.items()})
 
