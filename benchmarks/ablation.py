@@ -91,7 +91,8 @@ BY_NAME = {m.name: m for m in METHODS + SEQ2SEQ_METHODS}
 # (table header, metrics-file keys tried in order)
 COLUMNS = (("F1", ("f1",)), ("EM", ("em", "exact_match")), ("BLEU", ("bleu",)),
            ("ROUGE-L", ("rougeL",)), ("recall@1", ("recall@1",)),
-           ("EM, gold story first", ("em_gold_first",)))
+           ("EM, gold story first", ("em_gold_first",)),
+           ("EM, gold story given", ("em_gold_given",)))
 # Keys the ablation sets itself (from --seeds / --split), which --set may not.
 OWN_KEYS = ("seed", "data.synthetic.seed", "data.synthetic.split")
 
@@ -246,6 +247,16 @@ def em_gold_first(workdir: str, step: int) -> float | None:
                                 for r in hits]))
 
 
+def em_gold_given(workdir: str, step: int) -> float | None:
+    """EM (%) with each dialogue's gold story given instead of the retrieved one (oracle
+    retrieval, `eval_gold_story`): whether the reader copies (None when not evaluated so)."""
+    path = os.path.join(workdir, "eval", f"metrics-valid-gold-step-{step}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return float(json.load(f)["em"])
+
+
 def collect(methods: list[Method], out: str, seeds: list[int],
             total_steps: dict[str, int]) -> dict:
     """{method name: {seed: {step, metrics, finished, wall_s, command}}} of the runs that
@@ -262,6 +273,9 @@ def collect(methods: list[Method], out: str, seeds: list[int],
             copied = em_gold_first(workdir, step)
             if copied is not None:
                 final = {**final, "em_gold_first": copied}
+            oracle = em_gold_given(workdir, step)
+            if oracle is not None:
+                final = {**final, "em_gold_given": oracle}
             info = run_info(workdir)
             per_seed[str(seed)] = {
                 "step": step, "finished": is_finished(workdir, total_steps[method.name]),

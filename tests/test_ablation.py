@@ -41,6 +41,8 @@ VALID = {(0, "joint_grpo"): "".join(json.dumps(r) + "\n" for r in (
      "retrieved_ids": ["s3", "s1"], "gold_passage_ids": ["s3"]},
     {"generation": "i drive a red van .", "answers": ["i drive a red van ."],
      "retrieved_ids": ["s1", "s4"], "gold_passage_ids": ["s4"]}))}
+# Stage 1's evals with the gold story given (eval_gold_story) at its final step.
+GOLD_GIVEN = {(0, "stage1_only"): 85.0, (1, "stage1_only"): 90.0}
 WALL_S = {"stage1_only": 60.0, "grpo": 120.0, "lapdog": 90.0, "joint_grpo": 150.0}
 
 
@@ -52,6 +54,9 @@ def _fake_out(tmp_path) -> str:
         for step, m in by_step.items():
             (workdir / "eval" / f"metrics-step-{step}.json").write_text(json.dumps(m))
         (workdir / "eval" / "valid-step-10.jsonl").write_text(VALID.get((seed, name), ""))
+        if (seed, name) in GOLD_GIVEN:
+            (workdir / "eval" / "metrics-valid-gold-step-10.json").write_text(
+                json.dumps({"em": GOLD_GIVEN[seed, name], "n": 3}))
         (workdir / ablation.RUN_FILE).write_text(json.dumps(
             {"command": f"python -m lapdog_jax.main --workdir={name}",
              "attempts": [{"wall_s": WALL_S[name] * (seed + 1)}],
@@ -77,19 +82,22 @@ def test_table_is_mean_and_std_over_finished_seeds(tmp_path):
     rows = _rows(_report(out))
     assert list(rows) == [m.label for m in ablation.METHODS]
     # F1, EM, BLEU, ROUGE-L, recall@1 (mean ± sample std of seeds 0 and 1), EM with the gold
-    # story first (from the final generations), seeds, wall (min)
+    # story first (from the final generations), EM with the gold story given (its eval),
+    # seeds, wall (min)
     s = np.std([50.0, 54.0], ddof=1)  # 2.83
     assert rows["stage-1 only"] == [f"52.0 ± {s:.1f}", f"22.0 ± {s:.1f}", f"32.0 ± {s:.1f}",
-                                    f"51.0 ± {s:.1f}", "30.0 ± 7.1", "-", "0,1", "1.5"]
+                                    f"51.0 ± {s:.1f}", "30.0 ± 7.1", "-", "87.5 ± 3.5", "0,1",
+                                    "1.5"]
     # seed 1 unfinished: seed 0's values alone, no ±
-    assert rows["reader-only GRPO"] == ["61.0", "30.0", "41.0", "60.0", "12.5", "-", "0", "2.0"]
+    assert rows["reader-only GRPO"] == ["61.0", "30.0", "41.0", "60.0", "12.5", "-", "-", "0",
+                                        "2.0"]
     assert rows["LAPDOG stage 2, demo scaling"] == ["55.0", "22.5", "33.3", "54.0", "-", "-",
-                                                    "0", "1.5"]
+                                                    "-", "0", "1.5"]
     assert rows["joint GRPO, shared encoder"][:5] == [
         f"65.8 ± {s:.1f}", "33.0 ± 4.2", f"42.8 ± {s:.1f}", f"64.3 ± {s:.1f}", "60.0 ± 14.1"]
     # 1 of the 2 rows with the gold story first is exact (seed 1 wrote no generations)
-    assert rows["joint GRPO, shared encoder"][5:] == ["50.0", "0,1", "3.8"]
-    assert rows["joint GRPO, query-side"] == ["-"] * 8
+    assert rows["joint GRPO, shared encoder"][5:] == ["50.0", "-", "0,1", "3.8"]
+    assert rows["joint GRPO, query-side"] == ["-"] * 9
     md = (tmp_path / "ablation.md").read_text()
     assert "`python benchmarks/ablation.py`" in md and "split heldout" in md
     # the curves at each step, over the seeds evaluated there (unfinished runs too)
