@@ -321,9 +321,7 @@ def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> bool:
     c.preset = check_preset(arg)
     if not c.preset:
         return False
-    for field, value in {**PRESET, **PRESET_SIZES[c.preset]}.items():
-        parent, _, key = field.rpartition(".")
-        (get(c, parent) if parent else c)[key] = value
+    set_fields(c, {**PRESET, **PRESET_SIZES[c.preset]})
     return True
 
 
@@ -332,14 +330,17 @@ def cpu_recipe(c: ml_collections.ConfigDict) -> None:
     config stays at the embedded default's sizes (`c.preset` '')."""
     mode = "sft" if c.mode == "sft" else "rl"
     extra = CPU_MODES["lapdog"] if c.mode == "lapdog" else {}
-    for field, value in {**CPU_RECIPE, **CPU_MODES[mode], **extra}.items():
-        parent, _, key = field.rpartition(".")
-        (get(c, parent) if parent else c)[key] = value
+    set_fields(c, {**CPU_RECIPE, **CPU_MODES[mode], **extra})
 
 
 def heldout_recipe(c: ml_collections.ConfigDict) -> None:
     """Sets `--config=configs/X.py:heldout`'s fields (HELDOUT_RECIPE); `c.preset` stays ''."""
-    for field, value in HELDOUT_RECIPE.items():
+    set_fields(c, HELDOUT_RECIPE)
+
+
+def set_fields(c: ml_collections.ConfigDict, fields: dict) -> None:
+    """Sets each dotted field of `fields` ('a.b': value) in `c`."""
+    for field, value in fields.items():
         parent, _, key = field.rpartition(".")
         (get(c, parent) if parent else c)[key] = value
 

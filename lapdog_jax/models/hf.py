@@ -242,7 +242,6 @@ def save_t5(path: str, config, params, tokenizer: Any = None, *, consume: bool =
             v = value if layer is None else value[layer]
             tensors[name] = np.ascontiguousarray(v.T if transpose else v)
         del value  # (with consume, the last reference to the leaf's array)
-    tensors = {name: tensors[name] for name in names}  # transformers' order
     write_model_dir(path, config.to_hf(), tensors, tokenizer)
 
 
