@@ -107,7 +107,8 @@ def main(argv):
     # self-attention ones of the N rows at their full length (masked past the step)
     cache = jax.eval_shape(lambda p, e: model.apply({"params": p}, e, mask, args.steps, rows,
                                                     method=T5.init_cache), params, enc)
-    cache_mb = sum(x.size * x.dtype.itemsize for k, x in cache.items() if k != "encoder_mask") / 1e6
+    cache_mb = sum(x.size * x.dtype.itemsize for k in ("self_k", "self_v", "cross_k", "cross_v")
+                   for x in cache[k]) / 1e6
     gflop = 2 * rows * (stack_n + vocab_n) / 1e9
     print(f"T5 {args.dims} {args.dtype}, {rows} rows (B={args.batch} x G={args.group}), "
           f"S={args.source}, {args.steps} steps | {jax.devices()[0].platform}")

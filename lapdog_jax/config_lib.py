@@ -211,7 +211,7 @@ RANGES = (
      "an integer >= 0, or -1 (the whole budget: a warm-up-only run)"),
     (("optim.lr", "optim.lr_retriever", "optim.weight_decay", "optim.clip_norm",
       "grpo.kl_coeff", "grpo.kl_coeff_retriever", "grpo.clip_epsilon", "grpo.clip_epsilon_high",
-      "reward.length_penalty"), lambda v: is_num(v) and v >= 0, "a number >= 0"),
+      "grpo.sft_coeff", "reward.length_penalty"), lambda v: is_num(v) and v >= 0, "a number >= 0"),
     (("retrieval.temperature_score", "retrieval.temperature_gold", "grpo.temperature",
       "grpo.eps", "lora.alpha"), lambda v: is_num(v) and v > 0, "a number > 0"),
     (("optim.b1", "optim.b2", "model.reader.dropout_rate", "model.retriever.dropout_rate"),
@@ -586,6 +586,11 @@ def _grpo(c: ml_collections.ConfigDict) -> None:
     c.grpo.scale_rewards = "group"  # std used in advantages: group | batch | none
     c.grpo.kl_coeff = 0.02  # reader KL weight to the frozen reference (0 = no ref pass)
     c.grpo.kl_coeff_retriever = 0.0  # retriever KL weight to the reference pool distribution
+    # Weight of a supervised anchor in the reader's GRPO loss (InstructGPT's PPO-ptx): the
+    # token-mean cross-entropy of each prompt's gold answer, reading the same story as its
+    # rollout, sharing the rollout's encoder pass. Keeps the reader near the data where the
+    # reward alone narrows it to one generic answer (docs/real_data.md). 0 = off.
+    c.grpo.sft_coeff = 0.0
     # k3 = exp(δ)-δ-1 on δ = logπ_ref - logπ clamped to |δ| <= 20 (no overflow; TRL's k3 has
     # no clamp and agrees inside it: docs/grpo_loss.md) | k1 = logπ - logπ_ref
     c.grpo.kl_estimator = "k3"

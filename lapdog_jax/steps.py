@@ -120,6 +120,8 @@ class Rollout:
     logp_old: jax.Array  # [N,T] policy log-probs at rollout time (temperature-scaled)
     logp_ref: jax.Array  # [N,T] reference log-probs (zeros when kl_coeff == 0)
     truncated: jax.Array  # [N] bool: no EOS within T
+    gold_ids: jax.Array  # [B*Gr,T'] each source's gold answer (the supervised anchor's target)
+    gold_mask: jax.Array  # [B*Gr,T']
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,11 +168,14 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config, spec: Run
         ref_enc, ref_mask = encode_sources(models, ref_reader, src_ids, src_mask, config)
         ref_logits = decode_logits(models, ref_reader, ref_enc, ref_mask, s.tokens, s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
+    per_source = lambda x: jnp.repeat(x, src_ids.shape[0] // B, axis=0)  # B -> B*Gr rows
     return Rollout(doc_idx=doc_idx, pool_logp=jax.lax.stop_gradient(pool_logp),
                    ref_pool_logp=jax.lax.stop_gradient(ref_pool_logp),
                    src_ids=src_ids, src_mask=src_mask, tokens=s.tokens, mask=s.mask,
                    logp_old=jax.lax.stop_gradient(logp_old),
-                   logp_ref=jax.lax.stop_gradient(logp_ref), truncated=s.truncated)
+                   logp_ref=jax.lax.stop_gradient(logp_ref), truncated=s.truncated,
+                   gold_ids=per_source(batch["target_ids"]),
+                   gold_mask=per_source(batch["target_mask"]))
 
 
 def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
@@ -197,8 +202,12 @@ def _loss_mask(ro: Rollout, g) -> jax.Array:
     return losses.mask_truncated(mask, ro.truncated) if g.mask_truncated else mask
 
 
-def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, rng=None):
-    """GRPO reader loss over all N completions (encoder shared by each group of G)."""
+def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, rng=None,
+                 share=1.0, gold_tokens=None):
+    """GRPO reader loss over all N completions (encoder shared by each group of G), times
+    `share` (a micro-batch's part of the aggregation), plus `grpo.sft_coeff` x the gold
+    answers' summed token NLL over `gold_tokens` (default: these sources' gold tokens, i.e.
+    their token-mean cross-entropy), decoded from the same encoder output."""
     g = config.grpo
     enc_rng, dec_rng = jax.random.split(rng) if rng is not None else (None, None)
     enc, enc_mask = encode_sources(models, reader_params, ro.src_ids, ro.src_mask, config,
@@ -215,7 +224,18 @@ def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, r
         loss_type=g.loss_type, loss_agg=g.loss_agg, clip_eps_low=g.clip_epsilon,
         clip_eps_high=g.clip_epsilon_high, kl_coeff=g.kl_coeff, kl_estimator=g.kl_estimator,
         max_length=ro.tokens.shape[1], logits_NxTxV=logits, temperature=g.temperature)
-    return loss, {f"grpo/{k}": v for k, v in m.items()}
+    m = {f"grpo/{k}": v for k, v in m.items()}
+    loss = loss * share
+    if g.sft_coeff:
+        gold_logits = decode_logits(models, reader_params, enc, enc_mask, ro.gold_ids,
+                                    ro.gold_mask, None if dec_rng is None
+                                    else jax.random.fold_in(dec_rng, 1))
+        gold_mask = ro.gold_mask.astype(jnp.float32)
+        nll = -jnp.sum(losses.token_logprobs(gold_logits, ro.gold_ids) * gold_mask)
+        count = jnp.maximum(jnp.sum(gold_mask), 1.0)
+        m["grpo/sft_loss"] = nll / count
+        loss = loss + g.sft_coeff * nll / (count if gold_tokens is None else gold_tokens)
+    return loss, m
 
 
 def _retriever_loss(retriever_params, ro: Rollout, batch, rewards_BxGrxG, *, models, config,
@@ -282,7 +302,8 @@ def _micro_chunks(ro: Rollout, adv_N, parts: int) -> tuple[Rollout, jax.Array]:
     chunked = Rollout(doc_idx=none, pool_logp=none, ref_pool_logp=none,
                       src_ids=sources(ro.src_ids), src_mask=sources(ro.src_mask),
                       tokens=rows(ro.tokens), mask=rows(ro.mask), logp_old=rows(ro.logp_old),
-                      logp_ref=rows(ro.logp_ref), truncated=rows(ro.truncated))
+                      logp_ref=rows(ro.logp_ref), truncated=rows(ro.truncated),
+                      gold_ids=sources(ro.gold_ids), gold_mask=sources(ro.gold_mask))
     return chunked, rows(adv_N)
 
 
@@ -293,25 +314,27 @@ def _reader_grads(state: TrainState, ro: Rollout, adv_N, rng, *, models: Models,
     `grpo.micro_batches` > 1 the pass runs over that many parts of the sources in a `lax.scan`
     (one part's activations alive at a time), part c's loss weighted by its share of the
     aggregation's normaliser (`losses.aggregation_count`), so the summed loss and gradients
-    are the unsplit ones up to rounding; the metrics are then the mean over parts."""
+    are the unsplit ones up to rounding (the supervised anchor's NLL is divided by the whole
+    batch's gold tokens); the metrics are then the mean over parts."""
     g = config.grpo
 
-    def loss_fn(trained, ro, adv, rng, share=1.0):
+    def loss_fn(trained, ro, adv, rng, share=1.0, gold_tokens=None):
         reader = policy_reader(_with_trained(state, {reader_part: trained}), config)
-        loss, m = _reader_loss(reader, ro, adv, models=models, config=config, rng=rng)
-        return loss * share, m
+        return _reader_loss(reader, ro, adv, models=models, config=config, rng=rng,
+                            share=share, gold_tokens=gold_tokens)
 
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     params = state.params[reader_part]
     if g.micro_batches == 1:
         return value_and_grad(params, ro, adv_N, rng)
     total = jnp.maximum(losses.aggregation_count(_loss_mask(ro, g), g.loss_agg), 1.0)
+    gold_tokens = jnp.maximum(jnp.sum(ro.gold_mask.astype(jnp.float32)), 1.0)
 
     def part(grad_sum, xs):
         ro_c, adv_c, c = xs
         share = losses.aggregation_count(_loss_mask(ro_c, g), g.loss_agg) / total
         rng_c = None if rng is None else jax.random.fold_in(rng, c)
-        (loss, m), grads = value_and_grad(params, ro_c, adv_c, rng_c, share)
+        (loss, m), grads = value_and_grad(params, ro_c, adv_c, rng_c, share, gold_tokens)
         return jax.tree.map(jnp.add, grad_sum, grads), (loss, m)
 
     grads, (losses_c, ms) = jax.lax.scan(part, jax.tree.map(jnp.zeros_like, params),

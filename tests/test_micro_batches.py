@@ -14,6 +14,8 @@ from tests.tiny_steps import (
     G,
     Gr,
     adam_moments,
+    at_tokens,
+    forward_logp,
     make_batch,
     make_config,
     make_models,
@@ -75,6 +77,39 @@ def test_micro_batched_update_equals_whole_batch(env, loss_agg):
     chunked, _ = steps._micro_chunks(ro, jnp.arange(B * Gr * G), 2)
     np.testing.assert_array_equal(chunked.tokens[1, :G], ro.tokens[G:2 * G])
     np.testing.assert_array_equal(chunked.src_ids[1, 0], ro.src_ids[1])
+
+
+def test_supervised_anchor_adds_the_gold_answers_cross_entropy(env):
+    """grpo.sft_coeff adds coeff x the token-mean NLL of each prompt's gold answer given the
+    rollout's sources (the prompt with each sampled story), computed here without the step's
+    code; in micro-batches the update is the whole batch's."""
+    models, params, batch, ro = env
+    # Gold answers of unequal lengths: the token mean weights them, not the row mean.
+    gold_mask = np.asarray(ro.gold_mask).copy()
+    gold_mask[0, 2:] = 0
+    ro = ro.replace(gold_mask=jnp.asarray(gold_mask))
+    np.testing.assert_array_equal(ro.gold_ids[::Gr], batch["target_ids"])
+    np.testing.assert_array_equal(ro.gold_ids[1::Gr], batch["target_ids"])
+    lp = at_tokens(forward_logp(models, params["reader"], ro.src_ids, ro.src_mask,
+                                ro.gold_ids), ro.gold_ids)
+    ce = -(lp * gold_mask).sum() / gold_mask.sum()
+    rewards = random_rewards(4)
+    out = {}
+    for name, extra in (("off", {}), ("on", {"grpo.sft_coeff": 0.5}),
+                        ("parts", {"grpo.sft_coeff": 0.5, "grpo.micro_batches": 2})):
+        f = Fns(make_config("joint_grpo", **BASE, **extra), models)
+        out[name] = f.update(make_state(params, params, f.optimizer), ro, rewards, batch)
+    (_, off), (s_on, on), (s_parts, parts) = out["off"], out["on"], out["parts"]
+    assert "grpo/sft_loss" not in off
+    np.testing.assert_allclose(float(on["grpo/sft_loss"]), ce, rtol=1e-5)
+    np.testing.assert_allclose(float(on["train/loss"]) - float(off["train/loss"]), 0.5 * ce,
+                               rtol=1e-4)
+    np.testing.assert_allclose(float(parts["train/loss"]), float(on["train/loss"]), rtol=1e-5)
+    assert abs(float(on["opt/grad_norm"]) - float(off["opt/grad_norm"])) > 1e-3
+    for a, b in zip(jax.tree.leaves(adam_moments(s_parts.opt_state, "reader")),
+                    jax.tree.leaves(adam_moments(s_on.opt_state, "reader")), strict=True):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
 def test_micro_batches_must_divide_the_batch():

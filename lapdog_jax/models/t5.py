@@ -352,7 +352,8 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """One pre-norm T5 block: self-attention, (cross-attention), feed-forward. `Stack` runs
     its layers as one `nn.scan` of this block (params stacked on a leading layer axis), so
-    every method has the scan's form (carry, *broadcast args) -> (carry, per-layer output)."""
+    its scanned methods (`__call__`, `cross_kv`) have the scan's form (carry, *broadcast
+    args) -> (carry, per-layer output); `decode` is applied per layer, unscanned."""
 
     config: T5Config
     is_decoder: bool
@@ -397,21 +398,19 @@ class Block(nn.Module):
         k, v = self.cross_attn.kv(encoder_output)
         return carry, (jnp.swapaxes(k, 2, 3), v)
 
-    def step(self, carry, step, mask, bias, enc_mask, deterministic=True):
-        """One decoder position: carry = (x [N, 1, D], the whole cache, this layer's index
-        i); reads layer i's slices of the stacked cache and writes its new self-attention
-        key and value at [i, :, :, step] in place; returns (carry, None)."""
-        x, cache, i = carry
+    def decode(self, x, self_kv, cross_kv, step, mask, bias, enc_mask, deterministic=True):
+        """One decoder position of this layer, applied with the layer's own (unstacked) params:
+        x [N, 1, D]; self_kv: this layer's self-attention cache (k, v), each [N, H, M, Dk];
+        cross_kv: its cross-attention (keys [B, H, Dk, S], values [B, H, S, Dk]). Writes the
+        new key and value at position `step`; returns (x, (k, v))."""
         h = self.self_attn_norm(x)
         k_new, v_new = self.self_attn.kv(h)  # [N, H, 1, Dk]
-        at = (i, 0, 0, step, 0)
-        self_k = jax.lax.dynamic_update_slice(cache["self_k"], k_new[None], at)
-        self_v = jax.lax.dynamic_update_slice(cache["self_v"], v_new[None], at)
-        x = self._residual(x, self.self_attn(h, self_k[i], self_v[i], mask, bias,
-                                             deterministic), deterministic)
-        cross_kv = (cache["cross_k"][i], cache["cross_v"][i])
+        at = (0, 0, step, 0)
+        k = jax.lax.dynamic_update_slice(self_kv[0], k_new, at)
+        v = jax.lax.dynamic_update_slice(self_kv[1], v_new, at)
+        x = self._residual(x, self.self_attn(h, k, v, mask, bias, deterministic), deterministic)
         x = self._cross_and_mlp(x, cross_kv, enc_mask, deterministic, keys_transposed=True)
-        return (x, {**cache, "self_k": self_k, "self_v": self_v}, i + 1), None
+        return x, (k, v)
 
 
 def scanned_blocks(config: T5Config, is_decoder: bool) -> type[nn.Module]:
@@ -429,7 +428,7 @@ def scanned_blocks(config: T5Config, is_decoder: bool) -> type[nn.Module]:
                                                                    "dropout": True},
                    in_axes=nn.broadcast, length=n, unroll=1 if config.scan_layers else n,
                    metadata_params={nn.PARTITION_NAME: "layers"},
-                   methods=["__call__", "cross_kv", "step"])
+                   methods=["__call__", "cross_kv"])
 
 
 class Stack(nn.Module):
@@ -467,20 +466,30 @@ class Stack(nn.Module):
         return self._finish(x, deterministic)
 
     def init_cache(self, encoder_output, encoder_mask, max_length, batch_size=None):
-        """Empty self-attention K/V [L, N, H, M, Dk] and cross K [L, B, H, Dk, S], V
-        [L, B, H, S, Dk] computed once, stacked over the L layers (N = batch_size, a multiple
-        of B; default B)."""
+        """The decoding cache: per layer (tuples of L) the empty self-attention keys and values
+        [N, H, M, Dk], the cross-attention keys [B, H, Dk, S] and values [B, H, S, Dk] computed
+        once, and the layer's params sliced once from the stacked ones (N = batch_size, a
+        multiple of B; default B). Per-layer arrays, not stacked ones: a decode step inside
+        the sampler's loop then reads each weight and cache where it lies, where slicing a
+        stacked array per layer copied every decoder weight at every step on a CPU."""
         cfg = self.config
         batch = batch_size or encoder_output.shape[0]
         _, (ck, cv) = self.block.cross_kv(None, encoder_output)
-        zeros = jnp.zeros((ck.shape[0], batch, cfg.num_heads, max_length, cfg.d_kv), ck.dtype)
-        return {"self_k": zeros, "self_v": zeros, "cross_k": ck, "cross_v": cv,
+        layers = ck.shape[0]
+        zeros = jnp.zeros((batch, cfg.num_heads, max_length, cfg.d_kv), ck.dtype)
+        stacked = nn.meta.unbox(self.block.variables["params"])
+        return {"self_k": (zeros,) * layers, "self_v": (zeros,) * layers,
+                "cross_k": tuple(ck[i] for i in range(layers)),
+                "cross_v": tuple(cv[i] for i in range(layers)),
+                "layer_params": tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
+                                      for i in range(layers)),
                 "encoder_mask": encoder_mask.astype(bool)}
 
     def step(self, x, cache, step, deterministic=True):
-        """Decodes embeddings x [B, 1, D] at position `step`; returns ([B, 1, D], cache)."""
+        """Decodes embeddings x [B, 1, D] at position `step`; returns ([B, 1, D], cache). The
+        layers run unrolled, each applied with its params from the cache."""
         cfg = self.config
-        max_length = cache["self_k"].shape[3]
+        max_length = cache["self_k"][0].shape[2]
         # Buckets of query `step` vs every key, gathered from a static table of all offsets.
         table = relative_position_bucket(
             np.arange(1 - max_length, max_length), False, cfg.relative_attention_num_buckets,
@@ -491,8 +500,17 @@ class Stack(nn.Module):
         mask = (key_pos <= step)[None, None, None, :]
         enc_mask = cache["encoder_mask"][:, None, None, :]
         x = self.dropout(x, deterministic=deterministic)
-        (x, cache, _), _ = self.block.step((x, cache, jnp.int32(0)), step, mask, bias, enc_mask,
-                                           deterministic)
+        block = Block(cfg, is_decoder=True, parent=None)
+        self_k, self_v = [], []
+        for i, params in enumerate(cache["layer_params"]):
+            rngs = None if deterministic else {"dropout": self.make_rng("dropout")}
+            x, (k, v) = block.apply(
+                {"params": params}, x, (cache["self_k"][i], cache["self_v"][i]),
+                (cache["cross_k"][i], cache["cross_v"][i]), step, mask, bias, enc_mask,
+                deterministic, rngs=rngs, method=Block.decode)
+            self_k.append(k)
+            self_v.append(v)
+        cache = {**cache, "self_k": tuple(self_k), "self_v": tuple(self_v)}
         return self._finish(x, deterministic), cache
 
 
@@ -561,8 +579,9 @@ class T5(nn.Module):
         N = batch_size decoded rows (a multiple of B, G adjacent rows per encoder row;
         default B).
 
-        {'self_k', 'self_v': [L, N, H, M, Dk] zeros, 'cross_k': [L, B, H, Dk, S],
-        'cross_v': [L, B, H, S, Dk], 'encoder_mask': [B, S] bool}, L = decoder layers.
+        {'self_k', 'self_v': L x [N, H, M, Dk] zeros, 'cross_k': L x [B, H, Dk, S],
+        'cross_v': L x [B, H, S, Dk], 'layer_params': L per-layer param trees,
+        'encoder_mask': [B, S] bool}, L = decoder layers (tuples of L).
         """
         enc = encoder_output.astype(self.config.compute_dtype)
         return self.decoder.init_cache(enc, encoder_mask, max_length, batch_size)
