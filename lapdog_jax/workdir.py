@@ -102,6 +102,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raw.setdefault("eval_gold_story", False)
         raw["reward"].setdefault("f1_squad_normalize", False)  # (LAPDOG's words before it)
         raw["retrieval"].setdefault("index", "auto")  # (written before the on-device index)
+        raw["grpo"].setdefault("sft_coeff", 0.0)  # (written before the supervised anchor)
         # (workdirs written before LoRA existed: adapters off)
         adapters = raw.setdefault("lora", config_lib.base_config("sft").lora.to_dict())
         adapters["targets"] = tuple(adapters["targets"])

@@ -142,3 +142,20 @@ def test_startup_summary_names_the_memory_settings(env, tmp_path):
                          "accumulation_steps": 3, "model.scan_layers": False})
     assert line.endswith("; 3 batches per optimizer step; GRPO update in 2 micro-batches; "
                          "reader remat full; layers unrolled"), line
+
+
+def test_config_json_from_before_the_supervised_anchor_reads_back(tmp_path):
+    """A workdir written before grpo.sft_coeff (a stage-1 start that a GRPO run starts from)
+    reads back with the anchor off, and validates."""
+    import json
+
+    from lapdog_jax import config_lib
+    from lapdog_jax import workdir as workdir_lib
+
+    workdir_lib.save_config(config_lib.mode_config("sft"), str(tmp_path))
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["grpo"]["sft_coeff"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = workdir_lib.load_config(str(tmp_path))
+    assert old.grpo.sft_coeff == 0.0
+    validation.validate(old)
