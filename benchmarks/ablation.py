@@ -124,7 +124,7 @@ def config_total_steps(config_file: str, overrides: dict[str, str]) -> int:
 
 def method_config(method: Method, split: str = "heldout") -> str:
     """The method's `--config=`: on the held-out split its file's `heldout` preset (the task
-    sized so that the warm-up teaches copying: config_lib.HELDOUT_RECIPE)."""
+    sized so that the warm-up teaches copying: presets.HELDOUT_RECIPE)."""
     return f"{method.config}:heldout" if method.retrieval and split == "heldout" else method.config
 
 

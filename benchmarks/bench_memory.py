@@ -3,7 +3,7 @@ r"""Memory of the trainer and of each tool against the bytes of what it must hol
     PYTHONPATH=. python benchmarks/bench_memory.py --out=/tmp/bench_memory [--dims=tiny,base]
 
 Per --dims point (`tiny`: the demo's reader; `base`, `large`, `xl`: a random T5 v1.1 reader of
-that size, `config_lib.PRESET_SIZES`), on the embedded synthetic data (its SentencePiece
+that size, `presets.PRESET_SIZES`), on the embedded synthetic data (its SentencePiece
 vocabulary, 1000 tokens): a stage-1 run of one step (`configs/stage1.py`, batch 2, eval on 2
 dialogues), then each tool on its checkpoint (`export`, `evaluate`, `predict`, `chat`,
 `init.from_workdir`'s start), then the run resumed for a second step. Each is a child process
@@ -51,13 +51,13 @@ GIB = 2**30
 
 def run_config(dims: str, total_steps: int):
     """The stage-1 config of a point: one step (two when resumed), batch 2, tiny eval."""
-    from lapdog_jax import config_lib
+    from lapdog_jax import config_lib, presets
 
     config = config_lib.from_file(os.path.join(ROOT, "configs", "stage1.py"))
     config.total_steps, config.batch_size, config.eval_size = total_steps, 2, 2
     config.save_freq, config.eval_freq = 1, 0
     if dims != "tiny":
-        for field, value in config_lib.PRESET_SIZES[dims].items():
+        for field, value in presets.PRESET_SIZES[dims].items():
             if field.startswith("model.reader."):
                 config.model.reader[field.removeprefix("model.reader.")] = value
         config.model.reader.d_kv = 64

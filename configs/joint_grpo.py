@@ -17,7 +17,7 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax import config_lib
+from lapdog_jax import config_lib, presets
 
 
 def get_config(arg: str | None = None):
@@ -43,11 +43,11 @@ def get_config(arg: str | None = None):
     c.grpo.kl_coeff = 0.02
     c.grpo.kl_estimator = "k3"
     c.grpo.kl_coeff_retriever = 0.0  # no KL on the retriever's pool distribution
-    if arg == config_lib.CPU:
-        config_lib.cpu_recipe(c)  # the real-data recipe at CPU scale (README)
-    elif arg == config_lib.HELDOUT:
-        config_lib.heldout_recipe(c)  # unseen characters, a reader that copies (ablation)
-    elif not config_lib.apply_preset(c, arg):
+    if arg == presets.CPU:
+        presets.cpu_recipe(c)  # the real-data recipe at CPU scale (README)
+    elif arg == presets.HELDOUT:
+        presets.heldout_recipe(c)  # unseen characters, a reader that copies (ablation)
+    elif not presets.apply_preset(c, arg):
         # The embedded demo: 500 supervised steps learning to copy the fact from the gold
         # story (stage 1 inside the run), then 100 joint steps.
         c.sft_warmup_steps = 500

@@ -16,7 +16,7 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax import config_lib
+from lapdog_jax import config_lib, presets
 
 
 def get_config(arg: str | None = None):
@@ -35,12 +35,12 @@ def get_config(arg: str | None = None):
     c.reward.gold_score_mode = "f1rougebleu"
     c.retrieval.temperature_score, c.retrieval.temperature_gold = 0.05, 0.1
     c.retrieval.distill_scale, c.retrieval.distill_reduction = "none", "batchmean"
-    if arg == config_lib.CPU:
+    if arg == presets.CPU:
         # The real-data recipe at CPU scale (README), with LAPDOG's scaling.
-        config_lib.cpu_recipe(c)
-    elif arg == config_lib.HELDOUT:
-        config_lib.heldout_recipe(c)  # unseen characters, a reader that copies (ablation)
-    elif config_lib.apply_preset(c, arg):
+        presets.cpu_recipe(c)
+    elif arg == presets.HELDOUT:
+        presets.heldout_recipe(c)  # unseen characters, a reader that copies (ablation)
+    elif presets.apply_preset(c, arg):
         # LAPDOG README's stage-2 command (TEMP=0.8, TEMPG=0.85; its src/options.py defaults
         # are 0.01 / 0.01), applied to q·p/√d (the preset's retrieval.distill_scale).
         c.retrieval.temperature_score, c.retrieval.temperature_gold = 0.8, 0.85

@@ -13,7 +13,7 @@ Paper sizes (small | base | large | xl) need real data and HF checkpoints:
     --config.init.reader=ckpt/stage1_export --config.init.retriever=/models/contriever
 """
 
-from lapdog_jax import config_lib
+from lapdog_jax import config_lib, presets
 
 
 def get_config(arg: str | None = None):
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
     c.grpo.loss_type = "no_baseline"
     c.grpo.kl_coeff = 0.0
     c.reward.fn = "f1rougebleu"  # LAPDOG's gold score as the reward
-    if not config_lib.apply_preset(c, arg):
+    if not presets.apply_preset(c, arg):
         # The embedded demo: 500 supervised steps learning to copy the fact from the gold
         # story (stage 1 inside the run), then 100 REINFORCE steps.
         c.sft_warmup_steps = 500

@@ -14,7 +14,7 @@ Your data and model (paper sizes: small | base | large | xl):
     --config.init.reader=google/flan-t5-base --config.reward.fn=mypkg.rewards:score
 """
 
-from lapdog_jax import config_lib
+from lapdog_jax import config_lib, presets
 
 
 def get_config(arg: str | None = None):
@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
     c.reward.fn = "exact_match"
     c.grpo.loss_type = "grpo_clip"
     c.grpo.kl_coeff = 0.02
-    if not config_lib.apply_preset(c, arg):
+    if not presets.apply_preset(c, arg):
         # The embedded demo: short arithmetic word problems (a 200-piece vocabulary), 200
         # supervised steps, then 300 GRPO steps of 16 problems x 8 completions; eval `em` is
         # the accuracy on 200 held-out problems.

@@ -11,7 +11,7 @@ The export of this run (`python -m lapdog_jax.export`) is what the other stages'
 and the KL reference start from.
 """
 
-from lapdog_jax import config_lib
+from lapdog_jax import config_lib, presets
 
 
 def get_config(arg: str | None = None):
@@ -19,9 +19,9 @@ def get_config(arg: str | None = None):
     real-data recipe at CPU scale)."""
     c = config_lib.base_config("sft")
     c.sft_warmup_steps = 0  # stage 1 is all supervised steps: no warm-up before them
-    if arg == config_lib.CPU:
-        config_lib.cpu_recipe(c)  # the real-data recipe at CPU scale (README)
+    if arg == presets.CPU:
+        presets.cpu_recipe(c)  # the real-data recipe at CPU scale (README)
     else:
-        config_lib.apply_preset(c, arg)
+        presets.apply_preset(c, arg)
     c.data.n_context = 0  # closed-book at every size: the reader sees the dialogue alone
     return c

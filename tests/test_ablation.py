@@ -178,7 +178,7 @@ def test_method_overrides_are_valid_config_fields(split):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config = module.get_config(preset or None)
-        if split == "heldout":  # the copy task (config_lib.HELDOUT_RECIPE), its own budget
+        if split == "heldout":  # the copy task (presets.HELDOUT_RECIPE), its own budget
             assert (config.data.synthetic.fact_words, config.total_steps) == (1, 600)
             assert ablation.config_total_steps(ablation.method_config(method, split), {}) == 600
         budget = {"total_steps": "10", "sft_warmup_steps": "5"}  # (a warm-up within budget)

@@ -189,7 +189,8 @@ def test_heldout_answers_follow_the_question(heldout):
         question = d.question.rsplit("Q: ", 1)[1]
         topic = next(t for t in synthetic.TOPICS
                      for k in t.kinds if any(q.format(k=k) == question for q in t.questions))
-        kind = next(k for k in topic.kinds if any(q.format(k=k) == question for q in topic.questions))
+        kind = next(k for k in topic.kinds
+                    if any(q.format(k=k) == question for q in topic.questions))
         q = next(i for i, x in enumerate(topic.questions) if x.format(k=kind) == question)
         pattern = topic.answers[q].format(k=kind, f="\x00")
         head, tail = pattern.split("\x00")
