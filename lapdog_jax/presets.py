@@ -58,12 +58,14 @@ CPU_RECIPE = {
 # stage-1 reader reads a story as well as it answers closed-book) and the reward that keeps
 # GRPO from collapsing: LAPDOG-GRPO's (F1 + ROUGE-L + l2-normalised BLEU, times the length
 # penalty at s = 1) on decoded text, its F1 on SQuAD-normalised words as the eval's, so that
-# '.' and 'i' repeated earn nothing (docs/real_data.md#rl-that-improves-on-its-start).
+# '.' and 'i' repeated earn nothing (docs/real_data.md#rl-that-improves-on-its-start); and a
+# supervised anchor (the gold answer's cross-entropy at 0.3x), without which the reader's
+# greedy answer narrows to one string for every dialogue.
 CPU_MODES = {
     "sft": {"total_steps": 1000, "save_freq": 1000},
     "rl": {"total_steps": 60, "save_freq": 60, "sft_warmup_steps": 0, "optim.lr": 1e-3,
            "reward.backend": "host", "reward.f1_squad_normalize": True,
-           "reward.length_penalty": 1.0, "reward.bleu_norm": "l2"},
+           "reward.length_penalty": 1.0, "reward.bleu_norm": "l2", "grpo.sft_coeff": 0.3},
     "lapdog": {"retrieval.distill_scale": "sqrt_dim", "retrieval.distill_reduction": "mean",
                "retrieval.temperature_score": 0.8, "retrieval.temperature_gold": 0.85},
 }
