@@ -168,14 +168,19 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config, spec: Run
         ref_enc, ref_mask = encode_sources(models, ref_reader, src_ids, src_mask, config)
         ref_logits = decode_logits(models, ref_reader, ref_enc, ref_mask, s.tokens, s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
-    per_source = lambda x: jnp.repeat(x, src_ids.shape[0] // B, axis=0)  # B -> B*Gr rows
+    if "target_ids" in batch:  # the supervised anchor's targets, one per source
+        gold_ids, gold_mask = (jnp.repeat(batch[k], src_ids.shape[0] // B, axis=0)
+                               for k in ("target_ids", "target_mask"))
+    elif g.sft_coeff:
+        raise ValueError("grpo.sft_coeff needs the batch's gold answers ('target_ids')")
+    else:  # (a batch of prompts only, as the benchmarks time: no anchor)
+        gold_ids = gold_mask = jnp.zeros((src_ids.shape[0], 1), jnp.int32)
     return Rollout(doc_idx=doc_idx, pool_logp=jax.lax.stop_gradient(pool_logp),
                    ref_pool_logp=jax.lax.stop_gradient(ref_pool_logp),
                    src_ids=src_ids, src_mask=src_mask, tokens=s.tokens, mask=s.mask,
                    logp_old=jax.lax.stop_gradient(logp_old),
                    logp_ref=jax.lax.stop_gradient(logp_ref), truncated=s.truncated,
-                   gold_ids=per_source(batch["target_ids"]),
-                   gold_mask=per_source(batch["target_mask"]))
+                   gold_ids=gold_ids, gold_mask=gold_mask)
 
 
 def reward(ro: Rollout, batch, *, models: Models, config) -> jax.Array:
