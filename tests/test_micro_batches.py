@@ -159,3 +159,16 @@ def test_config_json_from_before_the_supervised_anchor_reads_back(tmp_path):
     old = workdir_lib.load_config(str(tmp_path))
     assert old.grpo.sft_coeff == 0.0
     validation.validate(old)
+
+
+def test_anchor_without_gold_answers_is_a_clear_error(env):
+    """A rollout of a prompts-only batch (no 'target_ids') works with the anchor off and is a
+    ValueError naming the field with it on."""
+    models, params, batch, _ = env
+    prompts_only = {k: v for k, v in batch.items() if k not in ("target_ids", "target_mask")}
+    f = Fns(make_config("grpo", **BASE), models)
+    ro = f.rollout(params, prompts_only, jax.random.PRNGKey(0), params)
+    assert ro.gold_mask.sum() == 0
+    f = Fns(make_config("grpo", **BASE, **{"grpo.sft_coeff": 0.3}), models)
+    with pytest.raises(ValueError, match="grpo.sft_coeff needs the batch's gold answers"):
+        f.rollout(params, prompts_only, jax.random.PRNGKey(0), params)
