@@ -23,9 +23,9 @@ settings.load_profile("ci")
 
 # The slowest files (several minutes of the suite between them), first: xdist's loadfile hands
 # out whole files in collection order, and one collected last would keep a worker busy alone.
-SLOWEST_FIRST = ("test_fault_processes.py", "test_lora.py", "test_gpu_suite.py", "test_cli.py",
-                 "test_journey.py", "test_sharding.py", "test_seq2seq.py", "test_real_data.py",
-                 "test_faults.py")
+SLOWEST_FIRST = ("test_fault_processes.py", "test_lora.py", "test_faults.py", "test_gpu_suite.py",
+                 "test_cli.py", "test_journey.py", "test_sharding.py", "test_seq2seq.py",
+                 "test_real_data.py")
 
 
 def pytest_collection_modifyitems(items):
