@@ -120,8 +120,8 @@ class Rollout:
     logp_old: jax.Array  # [N,T] policy log-probs at rollout time (temperature-scaled)
     logp_ref: jax.Array  # [N,T] reference log-probs (zeros when kl_coeff == 0)
     truncated: jax.Array  # [N] bool: no EOS within T
-    gold_ids: jax.Array  # [B*Gr,T'] each source's gold answer (the supervised anchor's target)
-    gold_mask: jax.Array  # [B*Gr,T']
+    gold_ids: jax.Array  # [B*Gr,T'] each source's gold answer (grpo.sft_coeff's target; else
+    gold_mask: jax.Array  # [B*Gr,T']   [B*Gr,1] zeros, unread)
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,13 +168,12 @@ def rollout(params, batch, rng, ref_params, *, models: Models, config, spec: Run
         ref_enc, ref_mask = encode_sources(models, ref_reader, src_ids, src_mask, config)
         ref_logits = decode_logits(models, ref_reader, ref_enc, ref_mask, s.tokens, s.mask)
         logp_ref = losses.token_logprobs(ref_logits, s.tokens, g.temperature) * s.mask
-    if "target_ids" in batch:  # the supervised anchor's targets, one per source
+    gold_ids = gold_mask = jnp.zeros((src_ids.shape[0], 1), jnp.int32)  # (no anchor: unread)
+    if g.sft_coeff:  # the supervised anchor's targets, one per source
+        if "target_ids" not in batch:
+            raise ValueError("grpo.sft_coeff needs the batch's gold answers ('target_ids')")
         gold_ids, gold_mask = (jnp.repeat(batch[k], src_ids.shape[0] // B, axis=0)
                                for k in ("target_ids", "target_mask"))
-    elif g.sft_coeff:
-        raise ValueError("grpo.sft_coeff needs the batch's gold answers ('target_ids')")
-    else:  # (a batch of prompts only, as the benchmarks time: no anchor)
-        gold_ids = gold_mask = jnp.zeros((src_ids.shape[0], 1), jnp.int32)
     return Rollout(doc_idx=doc_idx, pool_logp=jax.lax.stop_gradient(pool_logp),
                    ref_pool_logp=jax.lax.stop_gradient(ref_pool_logp),
                    src_ids=src_ids, src_mask=src_mask, tokens=s.tokens, mask=s.mask,
@@ -211,8 +210,8 @@ def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, r
                  share=1.0, gold_tokens=None):
     """GRPO reader loss over all N completions (encoder shared by each group of G), times
     `share` (a micro-batch's part of the aggregation), plus `grpo.sft_coeff` x the gold
-    answers' summed token NLL over `gold_tokens` (default: these sources' gold tokens, i.e.
-    their token-mean cross-entropy), decoded from the same encoder output."""
+    answers' token-mean cross-entropy, decoded from the same encoder output (with
+    `gold_tokens`, the whole batch's gold-token count, weighted by these sources' share)."""
     g = config.grpo
     enc_rng, dec_rng = jax.random.split(rng) if rng is not None else (None, None)
     enc, enc_mask = encode_sources(models, reader_params, ro.src_ids, ro.src_mask, config,
@@ -235,11 +234,11 @@ def _reader_loss(reader_params, ro: Rollout, adv_N, *, models: Models, config, r
         gold_logits = decode_logits(models, reader_params, enc, enc_mask, ro.gold_ids,
                                     ro.gold_mask, None if dec_rng is None
                                     else jax.random.fold_in(dec_rng, 1))
-        gold_mask = ro.gold_mask.astype(jnp.float32)
-        nll = -jnp.sum(losses.token_logprobs(gold_logits, ro.gold_ids) * gold_mask)
-        count = jnp.maximum(jnp.sum(gold_mask), 1.0)
-        m["grpo/sft_loss"] = nll / count
-        loss = loss + g.sft_coeff * nll / (count if gold_tokens is None else gold_tokens)
+        ce = losses.sft_loss(gold_logits, ro.gold_ids, ro.gold_mask)
+        m["grpo/sft_loss"] = ce
+        if gold_tokens is not None:  # a part's token mean, weighted by its share of the tokens
+            ce = ce * jnp.sum(ro.gold_mask.astype(jnp.float32)) / gold_tokens
+        loss = loss + g.sft_coeff * ce
     return loss, m
 
 

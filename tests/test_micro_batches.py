@@ -83,7 +83,10 @@ def test_supervised_anchor_adds_the_gold_answers_cross_entropy(env):
     """grpo.sft_coeff adds coeff x the token-mean NLL of each prompt's gold answer given the
     rollout's sources (the prompt with each sampled story), computed here without the step's
     code; in micro-batches the update is the whole batch's."""
-    models, params, batch, ro = env
+    models, params, batch, _ = env
+    # The anchor's rollout carries the gold answers (one without it carries none).
+    anchored = Fns(make_config("joint_grpo", **BASE, **{"grpo.sft_coeff": 0.5}), models)
+    ro = anchored.rollout(params, batch, jax.random.PRNGKey(5), params)
     # Gold answers of unequal lengths: the token mean weights them, not the row mean.
     gold_mask = np.asarray(ro.gold_mask).copy()
     gold_mask[0, 2:] = 0
