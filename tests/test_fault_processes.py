@@ -4,6 +4,7 @@ in a loop beside a saving run (and the signal handlers' own states, in-process).
 checkpoint faults: test_faults.py.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -30,53 +31,48 @@ compile_cache, shared_data, sft_run = (test_train.compile_cache, test_train.shar
 
 # ------------------------------------------------------------- signals and kills, as processes
 
+@contextlib.contextmanager
+def _installed(tmp_path):
+    """A fresh StopRequest with its handlers installed; uninstalled on the way out."""
+    stop = interrupt.StopRequest(str(tmp_path))
+    assert stop.install()
+    try:
+        yield stop
+    finally:
+        stop.uninstall()
+
+
 def test_a_signal_before_the_loop_stops_at_once_and_handlers_are_put_back(tmp_path):
     """In set-up a signal waits for `arm` (the process has joined its cluster), which then
     raises Interrupted; armed, it raises where the main thread is (exit 128 + signal); in the
     loop it only sets the request; after the loop it raises again, in its own words;
     uninstall puts back the handlers found."""
     before = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
-    stop = interrupt.StopRequest(str(tmp_path))
-    assert stop.install()
-    try:
+    with _installed(tmp_path) as stop:
         os.kill(os.getpid(), signal.SIGINT)  # in set-up: recorded
         assert stop.signum == signal.SIGINT
         with pytest.raises(interrupt.Interrupted, match=r"^SIGINT \(Ctrl-C\) before training "
                            "started") as e:
             stop.arm()
         assert e.value.exit_code == 130
-    finally:
-        stop.uninstall()
-    stop = interrupt.StopRequest(str(tmp_path))
-    assert stop.install()
-    try:
+    with _installed(tmp_path) as stop:
         stop.arm()
         with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM before training started: "
                            rf"stopped, nothing new to save \(the checkpoints in {tmp_path} ") as e:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # (the handler raises here, long before)
         assert e.value.exit_code == 143
-    finally:
-        stop.uninstall()
-    stop = interrupt.StopRequest(str(tmp_path))
-    assert stop.install()
-    try:
+    with _installed(tmp_path) as stop:
         stop.in_loop = True
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.signum == signal.SIGINT  # (one: no exit)
-    finally:
-        stop.uninstall()
-    stop = interrupt.StopRequest(str(tmp_path))  # (a second signal would exit at once)
-    assert stop.install()
-    try:
+    with _installed(tmp_path) as stop:  # (a second signal would exit at once)
         stop.in_loop = True
         stop.after_loop()
         with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM after training, during the "
                            r"final evaluation: stopped; the last checkpoint is saved in "):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
-    finally:
-        stop.uninstall()
     assert {s: signal.getsignal(s) for s in interrupt.SIGNALS} == before
 
 
