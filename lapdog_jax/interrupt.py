@@ -11,6 +11,11 @@ number (130 for Ctrl-C, 143 for SIGTERM).
 - After the loop (the final evaluation and summary): a signal stops the run at once; the last
   checkpoint is saved already.
 
+The handler runs between any two bytecodes of the main thread, so its raise can land where
+Python drops exceptions (a garbage-collector callback, a `__del__`: "Exception ignored in").
+`install` also puts in a `sys.unraisablehook` that takes such an Interrupted in, silently, and
+`check` raises it again: the run calls it before its loop and before it returns.
+
 A second signal exits at once, without saving, at any point (the checkpoints already written
 are complete; a save cut short leaves only a temporary folder that the next run removes). It is
 seen by a thread reading the signal wakeup fd, so it ends the process even while the main
@@ -57,6 +62,8 @@ class StopRequest:
         self._wakeup = None
         self._pipe = None
         self._seen = 0
+        self._hook = None  # the sys.unraisablehook found by `install`
+        self._dropped: Interrupted | None = None  # a raise that Python dropped (see `check`)
 
     @property
     def requested(self) -> bool:
@@ -87,6 +94,7 @@ class StopRequest:
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
         self._wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         threading.Thread(target=self._watch, args=(read_fd,), name="lapdog-signals",
                          daemon=True).start()
         return True
@@ -96,6 +104,8 @@ class StopRequest:
         if self._pipe is None:
             return
         signal.set_wakeup_fd(self._wakeup)
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._hook
         for signum, previous in self._previous.items():
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         os.close(self._pipe[1])  # ends the watcher (it reads EOF), which closes its end
@@ -107,6 +117,12 @@ class StopRequest:
         self.phase = ARMED
         if self.signum is not None:
             raise self.interrupted(self.signum)
+
+    def check(self) -> None:
+        """Raises again an Interrupted that the handler raised where Python drops exceptions
+        (a garbage-collector callback, a `__del__`); nothing otherwise."""
+        if self._dropped is not None:
+            raise self._dropped
 
     def after_loop(self) -> None:
         """From now on (the final evaluation, the summary) a signal stops the run at once."""
@@ -128,6 +144,14 @@ class StopRequest:
             self.signum = signum
         if self.phase in (ARMED, AFTER):
             raise self.interrupted(signum)
+
+    def _unraisable(self, unraisable) -> None:
+        """sys.unraisablehook: keeps an Interrupted for `check` (it was raised in a place
+        that cannot raise; no traceback), hands anything else to the hook found."""
+        if isinstance(unraisable.exc_value, Interrupted):
+            self._dropped = unraisable.exc_value
+        else:
+            (self._hook or sys.__unraisablehook__)(unraisable)
 
     def _watch(self, read_fd: int) -> None:
         """Counts the run's signals as they arrive; the second one exits at once."""

@@ -446,6 +446,7 @@ def _locked_run(config, workdir: str, stop: interrupt.StopRequest) -> dict:
                 config = init_from.resolve(config, workdir)
                 workdir_lib.check_workdir(config, workdir)
                 s, p = _setup(config, spec, workdir)
+                stop.check()  # (a signal in set-up whose raise Python dropped stops it here)
             except BaseException:  # (interrupt.Interrupted too)
                 refused = True
                 raise
@@ -500,6 +501,7 @@ def _train(s: Setup, p: Progress, stop: interrupt.StopRequest) -> dict:
             final = _evaluate(s, p)
             last.update(final)
             s.writer.hparams(config_lib.flatten(config), final)
+            stop.check()  # (likewise, a signal in the final evaluation)
             if distributed.is_main_process():
                 bar.close()  # (the summary comes after the bar's last line)
                 logging.info("%s", summary.end_summary(config, s.spec.task, s.workdir,

@@ -76,6 +76,50 @@ def test_a_signal_before_the_loop_stops_at_once_and_handlers_are_put_back(tmp_pa
     assert {s: signal.getsignal(s) for s in interrupt.SIGNALS} == before
 
 
+class _RaisesInDel:
+    """Its `__del__` raises `signal_or_error`: a signal (the handler runs inside `__del__`,
+    whose exceptions Python drops) or an exception class."""
+
+    def __init__(self, signal_or_error):
+        self.what = signal_or_error
+
+    def __del__(self):
+        if isinstance(self.what, int):
+            signal.raise_signal(self.what)  # (the Python handler runs before this returns)
+        else:
+            raise self.what("not ours")
+
+
+def test_a_signal_whose_raise_python_drops_stops_the_run_at_the_next_check(tmp_path, capfd):
+    """Armed, the handler's raise can land where Python drops exceptions (here a `__del__`;
+    in a run, a garbage-collector callback): no traceback is printed, `check` raises it; an
+    exception that is not ours still reaches the unraisable hook found; uninstall puts that
+    hook back."""
+    seen = []
+    previous, sys.unraisablehook = sys.unraisablehook, lambda u: seen.append(u.exc_type)
+    try:
+        with _installed(tmp_path) as stop:
+            stop.check()  # (nothing dropped: nothing raised)
+            stop.arm()
+            victim = _RaisesInDel(signal.SIGINT)
+            del victim  # (its __del__ runs here)
+            assert stop.signum == signal.SIGINT
+            with pytest.raises(interrupt.Interrupted, match=r"^SIGINT \(Ctrl-C\) before "
+                               "training started") as e:
+                stop.check()
+            assert e.value.exit_code == 130
+            victim = _RaisesInDel(ValueError)
+            del victim
+            assert seen == [ValueError]
+        victim = _RaisesInDel(KeyError)
+        del victim
+        assert seen == [ValueError, KeyError]  # (the hook found is back)
+    finally:
+        sys.unraisablehook = previous
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT_S = 240  # the most any one process of these tests may take
 
