@@ -13,8 +13,9 @@ number (130 for Ctrl-C, 143 for SIGTERM).
 
 The handler runs between any two bytecodes of the main thread, so its raise can land where
 Python drops exceptions (a garbage-collector callback, a `__del__`: "Exception ignored in").
-`install` also puts in a `sys.unraisablehook` that takes such an Interrupted in, silently, and
-`check` raises it again: the run calls it before its loop and before it returns.
+`install` also puts in a `sys.unraisablehook` that drops such an Interrupted silently, and
+`check` raises it again (as it does for one that code caught and swallowed): the run calls it
+at the end of its set-up and before it returns.
 
 A second signal exits at once, without saving, at any point (the checkpoints already written
 are complete; a save cut short leaves only a temporary folder that the next run removes). It is
@@ -63,7 +64,7 @@ class StopRequest:
         self._pipe = None
         self._seen = 0
         self._hook = None  # the sys.unraisablehook found by `install`
-        self._dropped: Interrupted | None = None  # a raise that Python dropped (see `check`)
+        self._raised = False  # the handler raised (armed or after the loop): see `check`
 
     @property
     def requested(self) -> bool:
@@ -119,10 +120,11 @@ class StopRequest:
             raise self.interrupted(self.signum)
 
     def check(self) -> None:
-        """Raises again an Interrupted that the handler raised where Python drops exceptions
-        (a garbage-collector callback, a `__del__`); nothing otherwise."""
-        if self._dropped is not None:
-            raise self._dropped
+        """Raises the Interrupted of a signal that came since `arm` yet did not stop the run
+        (its raise landed where Python drops exceptions, such as a garbage-collector callback
+        or a `__del__`, or in code that swallowed it); nothing otherwise."""
+        if self._raised:
+            raise self.interrupted(self.signum)
 
     def after_loop(self) -> None:
         """From now on (the final evaluation, the summary) a signal stops the run at once."""
@@ -143,14 +145,13 @@ class StopRequest:
         if self.signum is None:
             self.signum = signum
         if self.phase in (ARMED, AFTER):
+            self._raised = True
             raise self.interrupted(signum)
 
     def _unraisable(self, unraisable) -> None:
-        """sys.unraisablehook: keeps an Interrupted for `check` (it was raised in a place
-        that cannot raise; no traceback), hands anything else to the hook found."""
-        if isinstance(unraisable.exc_value, Interrupted):
-            self._dropped = unraisable.exc_value
-        else:
+        """sys.unraisablehook: drops an Interrupted without a traceback (`check` raises it
+        again), hands anything else to the hook found."""
+        if not isinstance(unraisable.exc_value, Interrupted):
             (self._hook or sys.__unraisablehook__)(unraisable)
 
     def _watch(self, read_fd: int) -> None:

@@ -92,8 +92,9 @@ class _RaisesInDel:
 
 def test_a_signal_whose_raise_python_drops_stops_the_run_at_the_next_check(tmp_path, capfd):
     """Armed, the handler's raise can land where Python drops exceptions (here a `__del__`;
-    in a run, a garbage-collector callback): no traceback is printed, `check` raises it; an
-    exception that is not ours still reaches the unraisable hook found; uninstall puts that
+    in a run, a garbage-collector callback): no traceback is printed, `check` raises it; so
+    it does after the loop for a raise that code swallowed, and not for a signal in the loop;
+    an exception that is not ours still reaches the unraisable hook found; uninstall puts that
     hook back."""
     seen = []
     previous, sys.unraisablehook = sys.unraisablehook, lambda u: seen.append(u.exc_type)
@@ -111,6 +112,19 @@ def test_a_signal_whose_raise_python_drops_stops_the_run_at_the_next_check(tmp_p
             victim = _RaisesInDel(ValueError)
             del victim
             assert seen == [ValueError]
+        with _installed(tmp_path) as stop:
+            stop.in_loop = True
+            signal.raise_signal(signal.SIGINT)  # in the loop: recorded, not raised
+            stop.after_loop()
+            stop.check()
+        with _installed(tmp_path) as stop:
+            stop.after_loop()
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except KeyboardInterrupt:
+                pass  # (code that swallows it)
+            with pytest.raises(interrupt.Interrupted, match=r"^SIGTERM after training"):
+                stop.check()
         victim = _RaisesInDel(KeyError)
         del victim
         assert seen == [ValueError, KeyError]  # (the hook found is back)
