@@ -152,7 +152,7 @@ class StopRequest:
         """sys.unraisablehook: drops an Interrupted without a traceback (`check` raises it
         again), hands anything else to the hook found."""
         if not isinstance(unraisable.exc_value, Interrupted):
-            (self._hook or sys.__unraisablehook__)(unraisable)
+            self._hook(unraisable)
 
     def _watch(self, read_fd: int) -> None:
         """Counts the run's signals as they arrive; the second one exits at once."""
