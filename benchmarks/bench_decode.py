@@ -17,6 +17,11 @@ prompts for `--batch` x `--group` rows (as `steps.rollout` does), with the model
 The difference between a whole step and the stack is the vocab product and its max. The
 weights and caches a step reads and its FLOPs are printed beside, with the floors they give
 at `--bandwidth` GB/s and `--peak` TFLOP/s when those are given (measure them on the host).
+
+`--phases` also splits a whole sampled rollout of the same point (what `steps.rollout` runs
+for a reader-only batch: the encoder of the B prompts, the cache, then `sampling.sample` at
+temperature 1 for `--steps` steps, vocab-major when tied) into its phases, timed as three
+programs in turns: the encoder alone, the encoder and the cache, and the whole rollout.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from bench_peer import DIMS, t5_config
 
+from lapdog_jax import sampling
 from lapdog_jax.models.t5 import T5
 
 
@@ -50,6 +56,47 @@ def loop(model: T5, params, enc, mask, rows: int, steps: int, mode: str):
         return cache, acc + logits.max()
 
     return jax.lax.fori_loop(0, steps, body, (cache, jnp.float32(0)))[1]
+
+
+def call_ms(fn, args) -> float:
+    """Milliseconds of one call fn(*args), its result made ready."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return 1e3 * (time.perf_counter() - start)
+
+
+def median_ms(fn, args, repeats: int) -> float:
+    """Median milliseconds of the jitted fn(*args) over `repeats` calls, after a warm-up."""
+    jax.block_until_ready(fn(*args))
+    return statistics.median(call_ms(fn, args) for _ in range(repeats))
+
+
+def phases(model: T5, params, ids, mask, rows: int, steps: int, repeats: int) -> dict:
+    """Milliseconds of the encoder, the encoder and the cache, and the whole sampled rollout
+    of `rows` completions of `steps` tokens, timed in turns (median over `repeats` rounds)."""
+    vocab_major = model.config.tie_word_embeddings
+    encode = lambda p: model.apply({"params": p}, ids, mask, method=T5.encode)
+    cache = lambda p: model.apply({"params": p}, encode(p), mask, steps, rows,
+                                  method=T5.init_cache)
+
+    def rollout(p):
+        step = lambda t, c, i: model.apply({"params": p}, t, c, i, True, vocab_major,
+                                           method=T5.decode_step)
+        cfg = model.config
+        return sampling.sample(step, cache(p), jax.random.PRNGKey(1), batch_size=rows,
+                               max_length=steps, start_id=cfg.decoder_start_token_id,
+                               eos_id=-1, pad_id=cfg.pad_token_id,  # no EOS: every step runs
+                               vocab_axis=0 if vocab_major else -1).tokens
+
+    fns = {"encoder": jax.jit(encode), "encoder + cache": jax.jit(cache),
+           "rollout": jax.jit(rollout)}
+    for fn in fns.values():
+        jax.block_until_ready(fn(params))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(call_ms(fn, (params,)))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def step_weights(params, tied: bool) -> tuple[int, int, int]:
@@ -77,6 +124,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("repeats", 15, "timed loops (the median is printed)")
     flags.DEFINE_float("bandwidth", None, "memory read GB/s, for the floor")
     flags.DEFINE_float("peak", None, "matmul TFLOP/s, for the floor")
+    flags.DEFINE_bool("phases", False, "also split a whole rollout into its phases")
 
 
 def main(argv):
@@ -94,13 +142,7 @@ def main(argv):
     ms = {}
     for mode in ("row-major", "vocab-major", "stack"):
         fn = jax.jit(lambda p, e, mode=mode: loop(model, p, e, mask, rows, args.steps, mode))
-        jax.block_until_ready(fn(params, enc))
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(params, enc))
-            times.append(time.perf_counter() - start)
-        ms[mode] = 1e3 * statistics.median(times) / args.steps
+        ms[mode] = median_ms(fn, (params, enc), args.repeats) / args.steps
     stack_n, vocab_n, weight_bytes = step_weights(params, cfg.tie_word_embeddings)
     mbytes = weight_bytes / 1e6
     # the caches a step reads: the cross-attention keys and values of the B prompts, and the
@@ -124,6 +166,13 @@ def main(argv):
     if args.peak:
         line += f"; compute floor {gflop / args.peak:.2f} ms"
     print(line)
+    if args.phases:
+        ph = phases(model, params, ids, mask, rows, args.steps, args.repeats)
+        cache_ms = ph["encoder + cache"] - ph["encoder"]
+        loop_ms = ph["rollout"] - ph["encoder + cache"]
+        print(f"rollout {ph['rollout']:.1f} ms: encoder {ph['encoder']:.1f} ms, cache "
+              f"{cache_ms:.1f} ms, {args.steps} steps {loop_ms:.1f} ms "
+              f"({loop_ms / args.steps:.2f} ms a step)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """benchmarks/bench_decode.py: the decode-step split runs at toy dims and counts the weights a
-step multiplies by from the real param tree."""
+step multiplies by from the real param tree; `--phases` splits a whole rollout."""
 
 import os
 import re
@@ -12,7 +12,7 @@ _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_
 def test_tiny_decode_split_prints_times_and_the_hand_counted_weights():
     proc = subprocess.run(
         [sys.executable, _PATH, "--dims=tiny", "--source=8", "--steps=3", "--repeats=2",
-         "--bandwidth=0.01", "--peak=0.1"], capture_output=True, text=True, timeout=600,
+         "--bandwidth=0.01", "--peak=0.1", "--phases"], capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(_PATH), os.pardir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -33,3 +33,8 @@ def test_tiny_decode_split_prints_times_and_the_hand_counted_weights():
     assert (f"streaming floor {(stack + head) * 4 / 1e6 / 0.01:.2f} ms (weights), "
             f"{((stack + head) * 4 + caches) / 1e6 / 0.01:.2f} ms (with the caches)") in out, out
     assert f"compute floor {gflop / 0.1:.2f} ms" in out, out
+    phases = re.search(r"^rollout ([\d.]+) ms: encoder ([\d.]+) ms, cache (-?[\d.]+) ms, "
+                       r"3 steps (-?[\d.]+) ms \((-?[\d.]+) ms a step\)$", out, re.M)
+    assert phases, out
+    total, encoder = float(phases[1]), float(phases[2])
+    assert total > 0 and encoder > 0, out
