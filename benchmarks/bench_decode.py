@@ -18,10 +18,10 @@ The difference between a whole step and the stack is the vocab product and its m
 weights and caches a step reads and its FLOPs are printed beside, with the floors they give
 at `--bandwidth` GB/s and `--peak` TFLOP/s when those are given (measure them on the host).
 
-`--phases` also splits a whole sampled rollout of the same point (what `steps.rollout` runs
-for a reader-only batch: the encoder of the B prompts, the cache, then `sampling.sample` at
-temperature 1 for `--steps` steps, vocab-major when tied) into its phases, timed as three
-programs in turns: the encoder alone, the encoder and the cache, and the whole rollout.
+`--phases` also splits a whole sampled rollout of the same point (the encoder of the B
+prompts, then `passes.sample_completions`, as `steps.rollout` runs them for a reader-only
+batch; a random model rarely ends a row, so all `--steps` steps run) into its phases, timed as
+three programs in turns: the encoder alone, the encoder and the cache, and the whole rollout.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from bench_peer import DIMS, t5_config
 
-from lapdog_jax import sampling
+from lapdog_jax import config_lib, passes
 from lapdog_jax.models.t5 import T5
 
 
@@ -71,23 +71,20 @@ def median_ms(fn, args, repeats: int) -> float:
     return statistics.median(call_ms(fn, args) for _ in range(repeats))
 
 
-def phases(model: T5, params, ids, mask, rows: int, steps: int, repeats: int) -> dict:
+def phases(model: T5, params, ids, mask, group: int, steps: int, repeats: int) -> dict:
     """Milliseconds of the encoder, the encoder and the cache, and the whole sampled rollout
-    of `rows` completions of `steps` tokens, timed in turns (median over `repeats` rounds)."""
-    vocab_major = model.config.tie_word_embeddings
+    (`passes.sample_completions`, as `steps.rollout` runs it: `group` completions per prompt
+    of up to `steps` tokens at the GRPO defaults), timed in turns (median over `repeats`
+    rounds)."""
+    config = config_lib.mode_config("grpo")
+    config.data.target_maxlength = steps
+    models = passes.Models(model, None, ())
     encode = lambda p: model.apply({"params": p}, ids, mask, method=T5.encode)
-    cache = lambda p: model.apply({"params": p}, encode(p), mask, steps, rows,
-                                  method=T5.init_cache)
-
-    def rollout(p):
-        step = lambda t, c, i: model.apply({"params": p}, t, c, i, True, vocab_major,
-                                           method=T5.decode_step)
-        cfg = model.config
-        return sampling.sample(step, cache(p), jax.random.PRNGKey(1), batch_size=rows,
-                               max_length=steps, start_id=cfg.decoder_start_token_id,
-                               eos_id=-1, pad_id=cfg.pad_token_id,  # no EOS: every step runs
-                               vocab_axis=0 if vocab_major else -1).tokens
-
+    cache = lambda p: model.apply({"params": p}, encode(p), mask, steps,
+                                  ids.shape[0] * group, method=T5.init_cache)
+    rollout = lambda p: passes.sample_completions(
+        models, p, encode(p), mask, jax.random.PRNGKey(1), config, greedy=False,
+        group_size=group).tokens
     fns = {"encoder": jax.jit(encode), "encoder + cache": jax.jit(cache),
            "rollout": jax.jit(rollout)}
     for fn in fns.values():
@@ -167,7 +164,7 @@ def main(argv):
         line += f"; compute floor {gflop / args.peak:.2f} ms"
     print(line)
     if args.phases:
-        ph = phases(model, params, ids, mask, rows, args.steps, args.repeats)
+        ph = phases(model, params, ids, mask, args.group, args.steps, args.repeats)
         cache_ms = ph["encoder + cache"] - ph["encoder"]
         loop_ms = ph["rollout"] - ph["encoder + cache"]
         print(f"rollout {ph['rollout']:.1f} ms: encoder {ph['encoder']:.1f} ms, cache "
