@@ -22,10 +22,16 @@ at `--bandwidth` GB/s and `--peak` TFLOP/s when those are given (measure them on
 prompts, then `passes.sample_completions`, as `steps.rollout` runs them for a reader-only
 batch; a random model rarely ends a row, so all `--steps` steps run) into its phases, timed as
 three programs in turns: the encoder alone, the encoder and the cache, and the whole rollout.
+A fourth program runs the same number of steps of the step's weight products alone (per
+layer the self-attention's q, k, v, o, the cross-attention's q, o and the feed-forward, then
+the vocab product and its max; no attention, norms or sampling), with the layer-sliced weights
+the rollout reads: encoder + cache + those steps is what the rollout would cost if a decode
+step were only its products, the floor of any rewrite that keeps the products.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -75,7 +81,7 @@ def phases(model: T5, params, ids, mask, group: int, steps: int, repeats: int) -
     """Milliseconds of the encoder, the encoder and the cache, and the whole sampled rollout
     (`passes.sample_completions`, as `steps.rollout` runs it: `group` completions per prompt
     of up to `steps` tokens at the GRPO defaults), timed in turns (median over `repeats`
-    rounds)."""
+    rounds); and `steps` steps of the products alone (`products_only`)."""
     config = config_lib.mode_config("grpo")
     config.data.target_maxlength = steps
     models = passes.Models(model, None, ())
@@ -85,8 +91,9 @@ def phases(model: T5, params, ids, mask, group: int, steps: int, repeats: int) -
     rollout = lambda p: passes.sample_completions(
         models, p, encode(p), mask, jax.random.PRNGKey(1), config, greedy=False,
         group_size=group).tokens
+    products = lambda p: products_only(model, p, ids.shape[0] * group, steps)
     fns = {"encoder": jax.jit(encode), "encoder + cache": jax.jit(cache),
-           "rollout": jax.jit(rollout)}
+           "rollout": jax.jit(rollout), "products only": jax.jit(products)}
     for fn in fns.values():
         jax.block_until_ready(fn(params))
     times = {name: [] for name in fns}
@@ -94,6 +101,36 @@ def phases(model: T5, params, ids, mask, group: int, steps: int, repeats: int) -
         for name, fn in fns.items():
             times[name].append(call_ms(fn, (params,)))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def products_only(model: T5, params, rows: int, steps: int):
+    """`steps` decode steps of the step's weight products alone, chained through one [rows, D]
+    activation (the cross-attention's keys and values are the cache's, not a step's); returns
+    a scalar that depends on each step's vocab product."""
+    p = flax.linen.unbox(params)
+    stacked = p["decoder"]["block"]
+    layers = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(
+        jax.tree.leaves(stacked)[0].shape[0])]
+    cfg = model.config
+    head = p["shared"]["embedding"] if cfg.tie_word_embeddings else p["lm_head"]["kernel"].T
+    kernel = lambda tree, *path: functools.reduce(lambda t, k: t[k], path, tree)["kernel"]
+
+    def body(_, x):
+        for layer in layers:
+            sa, ca, mlp = layer["self_attn"], layer["cross_attn"], layer["mlp"]
+            qkv = sum(x @ kernel(sa, name) for name in "qkv")
+            x = x + qkv @ kernel(sa, "o")
+            x = x + (x @ kernel(ca, "q")) @ kernel(ca, "o")
+            if cfg.is_gated:
+                hidden = jax.nn.relu(x @ kernel(mlp, "wi_0")) * (x @ kernel(mlp, "wi_1"))
+            else:
+                hidden = jax.nn.relu(x @ kernel(mlp, "wi"))
+            x = x + hidden @ kernel(mlp, "wo")
+        # vocab-major, as the tied rollout's product; its max feeds the next step
+        return 0.5 * x + 1e-6 * jnp.max(head @ x.T, axis=0)[:, None]
+
+    x = jnp.ones((rows, cfg.d_model), head.dtype)
+    return jax.lax.fori_loop(0, steps, body, x).sum()
 
 
 def step_weights(params, tied: bool) -> tuple[int, int, int]:
@@ -170,6 +207,10 @@ def main(argv):
         print(f"rollout {ph['rollout']:.1f} ms: encoder {ph['encoder']:.1f} ms, cache "
               f"{cache_ms:.1f} ms, {args.steps} steps {loop_ms:.1f} ms "
               f"({loop_ms / args.steps:.2f} ms a step)")
+        floor = ph["encoder + cache"] + ph["products only"]
+        print(f"products only: {args.steps} steps {ph['products only']:.1f} ms "
+              f"({ph['products only'] / args.steps:.2f} ms a step); encoder + cache + those "
+              f"steps {floor:.1f} ms, {floor / ph['rollout']:.2f} of the rollout")
 
 
 if __name__ == "__main__":

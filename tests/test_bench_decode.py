@@ -1,5 +1,6 @@
 """benchmarks/bench_decode.py: the decode-step split runs at toy dims and counts the weights a
-step multiplies by from the real param tree; `--phases` splits a whole rollout."""
+step multiplies by from the real param tree; `--phases` splits a whole rollout and
+times its products alone."""
 
 import os
 import re
@@ -38,3 +39,11 @@ def test_tiny_decode_split_prints_times_and_the_hand_counted_weights():
     assert phases, out
     total, encoder = float(phases[1]), float(phases[2])
     assert total > 0 and encoder > 0, out
+    floor = re.search(r"^products only: 3 steps ([\d.]+) ms \(([\d.]+) ms a step\); encoder \+ "
+                      r"cache \+ those steps ([\d.]+) ms, ([\d.]+) of the rollout$", out, re.M)
+    assert floor, out
+    steps_ms, step_ms, floor_ms, share = map(float, floor.groups())
+    # printed to 0.1 ms (the step to 0.01 ms, the share to 0.01): equal up to that rounding
+    assert steps_ms > 0 and abs(step_ms - steps_ms / 3) <= 0.05 / 3 + 0.005, out
+    assert floor_ms > 0, out
+    assert abs(share - floor_ms / total) <= 0.05 * (1 + share) / total + 0.005, out
