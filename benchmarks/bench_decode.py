@@ -31,7 +31,6 @@ step were only its products, the floor of any rewrite that keeps the products.
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 
@@ -91,7 +90,9 @@ def phases(model: T5, params, ids, mask, group: int, steps: int, repeats: int) -
     rollout = lambda p: passes.sample_completions(
         models, p, encode(p), mask, jax.random.PRNGKey(1), config, greedy=False,
         group_size=group).tokens
-    products = lambda p: products_only(model, p, ids.shape[0] * group, steps)
+    # (a zero encoder output: only the weight slices of the cache are used)
+    zeros = jnp.zeros((*ids.shape, model.config.d_model), model.config.compute_dtype)
+    products = lambda p: products_only(model, p, zeros, mask, ids.shape[0] * group, steps)
     fns = {"encoder": jax.jit(encode), "encoder + cache": jax.jit(cache),
            "rollout": jax.jit(rollout), "products only": jax.jit(products)}
     for fn in fns.values():
@@ -103,17 +104,17 @@ def phases(model: T5, params, ids, mask, group: int, steps: int, repeats: int) -
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def products_only(model: T5, params, rows: int, steps: int):
+def products_only(model: T5, params, enc, mask, rows: int, steps: int):
     """`steps` decode steps of the step's weight products alone, chained through one [rows, D]
-    activation (the cross-attention's keys and values are the cache's, not a step's); returns
-    a scalar that depends on each step's vocab product."""
-    p = flax.linen.unbox(params)
-    stacked = p["decoder"]["block"]
-    layers = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(
-        jax.tree.leaves(stacked)[0].shape[0])]
+    activation, with the per-layer weights `T5.init_cache` slices for the rollout (the rest of
+    the cache is unused, so the compiler drops it); returns a scalar that depends on each
+    step's vocab product."""
+    layers = model.apply({"params": params}, enc, mask, steps, rows,
+                         method=T5.init_cache)["layer_params"]
     cfg = model.config
+    p = flax.linen.unbox(params)
     head = p["shared"]["embedding"] if cfg.tie_word_embeddings else p["lm_head"]["kernel"].T
-    kernel = lambda tree, *path: functools.reduce(lambda t, k: t[k], path, tree)["kernel"]
+    kernel = lambda tree, name: tree[name]["kernel"]
 
     def body(_, x):
         for layer in layers:
